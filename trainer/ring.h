@@ -1,0 +1,24 @@
+/* The CPU collective: ring all-reduce and broadcast over ZeroMQ between the W
+ * trainer ranks of a run (nn/collective.h).  Rank r binds a PULL socket on
+ * endpoints[r] and connects a PUSH socket to endpoints[(r+1) % W].
+ *
+ * All-reduce is the bandwidth-optimal ring (reduce-scatter then all-gather,
+ * 2(W-1)/W of the buffer sent per rank); each chunk is summed in one fixed
+ * order and then copied to every rank, so all ranks end with identical bits
+ * and a run is deterministic.  Every frame carries the run tag, the call
+ * number and the chunk, checked on receipt; a missing peer is reported by
+ * rank after timeout_ms.  After a failed call the ring must be rebuilt. */
+#ifndef SWAV_TRAINER_RING_H
+#define SWAV_TRAINER_RING_H
+
+#include <stdint.h>
+
+#include "nn/collective.h"
+
+/* endpoints: world entries ("ipc:///run/x/ring-0", "tcp://10.0.0.1:6100").
+ * Returns NULL with a message in err on failure. */
+struct nn_collective *trainer_ring_new(void *zmq_ctx, int rank, int world,
+                                       const char *const *endpoints, uint64_t run_tag,
+                                       int timeout_ms, char *err, size_t errlen);
+
+#endif
