@@ -1,0 +1,68 @@
+/* Scores and Sinkhorn-Knopp behind a backend seam.
+ *
+ * The problem is the reference's distributed_sinkhorn (main_swav.py) over the
+ * global matrix of all ranks: rows x (n, d) are the samples to assign (the
+ * queue rows of every rank, then the batch rows of every rank), w (k, d) the
+ * current prototypes.  With S = x w^T, the reference computes
+ *
+ *     Q = exp(S / epsilon)^T;  Q /= sum(Q)
+ *     repeat `iterations` times:  Q /= rowsum(Q); Q /= K;  Q /= colsum(Q); Q /= B
+ *     return (Q * B)^T              (B = n, every rank's columns counted)
+ *
+ * The CPU backend never rewrites the matrix: it keeps E = exp(S/eps - m_b)
+ * (m_b the row maximum, which keeps exp in range) and two scaling vectors,
+ * Q = diag(v) E diag(u) in sample-by-prototype layout, so that an iteration
+ * is one fused pass over E (a dot product per row for the column
+ * normalisation, an axpy per row for the next row sums), and Q is written
+ * only for the rows asked for, once, at the end.
+ *
+ * A backend is a table of functions behind an opaque handle (ggml style); the
+ * CUDA one (a later issue) plugs in with the same signature. */
+#ifndef SWAV_ASSIGNER_SINKHORN_H
+#define SWAV_ASSIGNER_SINKHORN_H
+
+#include <stdint.h>
+
+struct sinkhorn_problem {
+    int n;           /* rows of x: samples, the reference's B (all ranks) */
+    int d;           /* feature dimension */
+    int k;           /* prototypes */
+    int out_row0;    /* codes are written for rows [out_row0, out_row0 + out_rows) */
+    int out_rows;
+    float epsilon;
+    int iterations;  /* sinkhorn_iterations, >= 0 */
+};
+
+/* Per-call results besides the codes. */
+struct sinkhorn_result {
+    double ms_scores;     /* x w^T */
+    double ms_sinkhorn;   /* exp, iterations, writing Q */
+};
+
+struct sinkhorn_backend {
+    const char *name;
+    void *impl;
+    /* Make room for problems up to n rows and k prototypes (allocation happens
+     * here, never in run).  Returns 0, or -1 when out of memory. */
+    int (*reserve)(void *impl, int n, int k, int d);
+    /* x: (n, d); w: (k, d); codes: (out_rows, k) row-major.
+     * entropy (out_rows, optional): -sum_k q log q of each output row;
+     * argmax (out_rows, optional): the prototype with the largest q.
+     * Returns 0, or -1 when a non-finite value appeared (codes unspecified). */
+    int (*run)(void *impl, const struct sinkhorn_problem *p, const float *x, const float *w,
+               float *codes, float *entropy, int32_t *argmax, struct sinkhorn_result *res);
+    void (*free_impl)(void *impl);
+};
+
+/* The CPU backend: OpenBLAS sgemm for the scores, `threads` worker threads
+ * for the passes (threads >= 1). */
+struct sinkhorn_backend *sinkhorn_backend_cpu_new(int threads);
+void sinkhorn_backend_destroy(struct sinkhorn_backend **b);
+
+/* Plain, obviously-correct version of the same computation (double
+ * accumulation, the reference's operation order): the yardstick the fast
+ * backends are checked against.  scratch: (k, n) floats. */
+void sinkhorn_plain(const struct sinkhorn_problem *p, const float *x, const float *w,
+                    float *codes, float *scratch);
+
+#endif

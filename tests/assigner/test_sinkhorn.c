@@ -1,0 +1,190 @@
+/* Unit test: the CPU backend (scaling vectors, fused passes, threads) against
+ * sinkhorn_plain (the reference's operations in order, double sums), over
+ * sizes, thread counts, iteration counts and output windows; the queue's FIFO
+ * and file round trip; the core refusing non-finite input without changing
+ * state.  Tolerance: |fast - plain| <= 2e-5 * |plain| + 1e-9 per code. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "assigner/core.h"
+#include "assigner/queue.h"
+#include "assigner/sinkhorn.h"
+#include "common/rng.h"
+
+static int failures;
+
+#define EXPECT(cond, ...)                                     \
+    do {                                                      \
+        if (!(cond)) {                                        \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                     \
+            fprintf(stderr, "\n");                            \
+            failures++;                                       \
+        }                                                     \
+    } while (0)
+
+static void fill_unit_rows(float *x, int n, int d, struct swav_rng *r)
+{
+    for (int i = 0; i < n; i++) {
+        double s = 0;
+        for (int t = 0; t < d; t++) {
+            x[i * d + t] = (float)swav_rng_normal(r);
+            s += (double)x[i * d + t] * x[i * d + t];
+        }
+        for (int t = 0; t < d; t++) x[i * d + t] = (float)(x[i * d + t] / sqrt(s));
+    }
+}
+
+static void check_case(int n, int d, int k, int row0, int rows, int iters, float eps,
+                       int threads)
+{
+    struct swav_rng r;
+    swav_rng_init(&r, 1234, (uint32_t)n, (uint32_t)k, (uint32_t)iters);
+    float *x = malloc(sizeof(float) * n * d), *w = malloc(sizeof(float) * k * d);
+    float *c1 = malloc(sizeof(float) * rows * k), *c2 = malloc(sizeof(float) * rows * k);
+    float *scratch = malloc(sizeof(float) * n * k);
+    float *ent = malloc(sizeof(float) * rows);
+    int32_t *am = malloc(sizeof(int32_t) * rows);
+    fill_unit_rows(x, n, d, &r);
+    fill_unit_rows(w, k, d, &r);
+    struct sinkhorn_problem p = {n, d, k, row0, rows, eps, iters};
+    struct sinkhorn_backend *b = sinkhorn_backend_cpu_new(threads);
+    EXPECT(b->reserve(b->impl, n, k, d) == 0, "reserve");
+    int rc = b->run(b->impl, &p, x, w, c1, ent, am, NULL);
+    EXPECT(rc == 0, "run rc %d", rc);
+    sinkhorn_plain(&p, x, w, c2, scratch);
+    double worst = 0;
+    for (int i = 0; i < rows * k; i++) {
+        double e = fabs((double)c1[i] - c2[i]) / (fabs((double)c2[i]) + 1e-9 / 2e-5);
+        if (e > worst) worst = e;
+    }
+    EXPECT(worst <= 2e-5, "n=%d k=%d iters=%d threads=%d: worst relative error %.3g", n, k,
+           iters, threads, worst);
+    for (int i = 0; i < rows; i++) {
+        double h = 0, mx = -1;
+        int best = 0;
+        for (int j = 0; j < k; j++) {
+            double q = c2[i * k + j];
+            if (q > 0) h -= q * log(q);
+            if (q > mx) {
+                mx = q;
+                best = j;
+            }
+        }
+        EXPECT(fabs(h - ent[i]) <= 1e-3 * (fabs(h) + 1e-3), "entropy row %d: %g vs %g", i,
+               (double)ent[i], h);
+        EXPECT(am[i] == best || c2[i * k + am[i]] >= (float)mx * (1 - 1e-5f),
+               "argmax row %d: %d vs %d", i, am[i], best);
+    }
+    printf("n=%d d=%d k=%d rows=[%d,%d) iters=%d threads=%d: worst rel %.3g, q[0]=%g/%g\n", n,
+           d, k, row0, row0 + rows, iters, threads, worst, (double)c1[0], (double)c2[0]);
+    sinkhorn_backend_destroy(&b);
+    free(x);
+    free(w);
+    free(c1);
+    free(c2);
+    free(scratch);
+    free(ent);
+    free(am);
+}
+
+static void test_queue(void)
+{
+    struct assigner_queue q;
+    assigner_queue_init(&q, 2, 2, 4, 3, 2);
+    assigner_queue_create(&q);
+    EXPECT(!assigner_queue_last_row_nonzero(&q, 0), "empty queue used");
+    for (int step = 0; step < 2; step++) {
+        for (int i = 0; i < 2; i++)
+            for (int r = 0; r < 2; r++) {
+                float *s = assigner_queue_batch(&q, i, r);
+                for (int t = 0; t < 2 * 3; t++) s[t] = (float)(100 * step + 10 * r + i + 1);
+            }
+        for (int i = 0; i < 2; i++) assigner_queue_push(&q, i);
+        EXPECT(assigner_queue_last_row_nonzero(&q, 0) == (step == 1), "fill after step %d",
+               step);
+    }
+    /* rank 1, crop 0: rows 0-1 newest (111), rows 2-3 older (11) */
+    const float *seg = assigner_queue_block(&q, 0) + 4 * 3;
+    EXPECT(seg[0] == 111 && seg[2 * 3] == 11, "FIFO order: %g %g", (double)seg[0],
+           (double)seg[6]);
+    char path[] = "/tmp/swav-test-queue-XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    char err[256];
+    EXPECT(assigner_queue_save(&q, path, 3, 77, err, sizeof err) == 0, "save: %s", err);
+    struct assigner_queue q2;
+    assigner_queue_init(&q2, 2, 2, 4, 3, 2);
+    int64_t ep, st;
+    EXPECT(assigner_queue_load(&q2, path, &ep, &st, err, sizeof err) == 0, "load: %s", err);
+    EXPECT(ep == 3 && st == 77 && q2.present, "header");
+    EXPECT(memcmp(q.buf, q2.buf, 2 * 4 * 3 * sizeof(float)) == 0, "data");
+    struct assigner_queue q3;
+    assigner_queue_init(&q3, 2, 2, 8, 3, 2);
+    EXPECT(assigner_queue_load(&q3, path, &ep, &st, err, sizeof err) == -EINVAL,
+           "geometry mismatch accepted");
+    printf("queue: %s\n", err);
+    unlink(path);
+    EXPECT(assigner_queue_load(&q3, path, &ep, &st, err, sizeof err) == -ENOENT, "missing file");
+    assigner_queue_free(&q);
+    assigner_queue_free(&q2);
+    assigner_queue_free(&q3);
+}
+
+static void test_core_nonfinite(void)
+{
+    struct assigner_config cfg = {.world_size = 2, .batch_size = 4, .nmb_prototypes = 10,
+                                  .feat_dim = 8, .ncrops_assign = 2, .epsilon = 0.05f,
+                                  .sinkhorn_iterations = 3, .queue_length = 16,
+                                  .epoch_queue_starts = 0, .collapse_entropy_frac = 0.99};
+    struct sinkhorn_backend *b = sinkhorn_backend_cpu_new(2);
+    char err[256];
+    assigner_core_t *c = assigner_core_new(&cfg, b, err, sizeof err);
+    EXPECT(c != NULL, "core: %s", err);
+    struct swav_rng r;
+    swav_rng_init(&r, 5, 0, 0, 0);
+    float protos[80];
+    fill_unit_rows(protos, 10, 8, &r);
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++) fill_unit_rows(assigner_core_embed_slot(c, i, k), 4, 8, &r);
+    struct assigner_stats st;
+    EXPECT(assigner_core_step(c, 0, 0, protos, &st, err, sizeof err) == 0, "step: %s", err);
+    size_t qbytes = (size_t)16 * 8 * sizeof(float);
+    float *before = malloc(2 * qbytes);
+    memcpy(before, assigner_queue_block(assigner_core_queue(c), 0), qbytes);
+    memcpy(before + 16 * 8, assigner_queue_block(assigner_core_queue(c), 1), qbytes);
+    assigner_core_embed_slot(c, 1, 1)[5] = NAN;
+    EXPECT(assigner_core_step(c, 0, 1, protos, &st, err, sizeof err) < 0, "NaN accepted");
+    printf("core: %s\n", err);
+    EXPECT(memcmp(before, assigner_queue_block(assigner_core_queue(c), 0), qbytes) == 0 &&
+               memcmp(before + 16 * 8, assigner_queue_block(assigner_core_queue(c), 1),
+                      qbytes) == 0 &&
+               assigner_core_last_step(c) == 0,
+           "state changed by a refused step");
+    free(before);
+    assigner_core_destroy(&c);
+    sinkhorn_backend_destroy(&b);
+}
+
+int main(void)
+{
+    check_case(37, 16, 23, 0, 37, 3, 0.05f, 1);
+    check_case(37, 16, 23, 0, 37, 3, 0.05f, 2);
+    check_case(64, 32, 100, 48, 16, 3, 0.05f, 3);
+    check_case(100, 8, 7, 90, 10, 1, 0.05f, 2);
+    check_case(50, 8, 30, 10, 40, 0, 0.05f, 2);
+    check_case(200, 128, 300, 100, 100, 5, 0.03f, 2);
+    check_case(129, 16, 64, 1, 128, 3, 0.5f, 4);
+    test_queue();
+    test_core_nonfinite();
+    if (failures) {
+        fprintf(stderr, "%d failures\n", failures);
+        return 1;
+    }
+    printf("all passed\n");
+    return 0;
+}
