@@ -1,0 +1,235 @@
+/* swav-evaluator: probes on frozen features.
+ *
+ * For now it works on raw feature files (float32 (N, dim), int32 labels, as
+ * written by any feature extractor), runs one probe, appends the result to
+ * <dump_path>/eval.jsonl and regenerates <dump_path>/report.html:
+ *
+ *   swav-evaluator --features_train F --labels_train L --features_val F
+ *                  --labels_val L --dim D --probe knn|linear --dump_path D
+ *   swav-evaluator --report D        (regenerate D/report.html only)
+ *
+ * The checkpoint-watching mode (SUB to the trainer's announcements, folder
+ * scan, skip to the newest: ckpt_scan.h) comes with the trainer.  Exit
+ * status: 0 done, 1 a probe or file failed, 2 bad flags. */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "common/fileio.h"
+#include "common/flags.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+#include "evaluator/knn.h"
+#include "evaluator/linear.h"
+#include "evaluator/report.h"
+#include "evaluator/results.h"
+
+struct cli {
+    const char *features_train, *labels_train, *features_val, *labels_val;
+    int64_t dim, n_classes;
+    const char *probe, *dump_path, *report, *config;
+    const char *checkpoint;
+    int64_t epoch, step;
+    bool baseline;
+    int64_t knn_k;
+    double knn_temperature;
+    int64_t threads;
+    int64_t epochs, batch_size;
+    double lr, wd;
+    bool nesterov;
+    const char *scheduler_type;
+    struct swav_int_list decay_epochs;
+    double gamma, final_lr;
+    int64_t seed;
+};
+
+#define F(name, type, field, mn, mx, def, help) \
+    {name, type, offsetof(struct cli, field), mn, mx, def, help}
+static const struct swav_flag cli_flags[] = {
+    F("features_train", SWAV_FLAG_STR, features_train, 0, 0, "", "float32 (N, dim) training features"),
+    F("labels_train", SWAV_FLAG_STR, labels_train, 0, 0, "", "int32 (N) training labels"),
+    F("features_val", SWAV_FLAG_STR, features_val, 0, 0, "", "float32 (M, dim) validation features"),
+    F("labels_val", SWAV_FLAG_STR, labels_val, 0, 0, "", "int32 (M) validation labels"),
+    F("dim", SWAV_FLAG_INT, dim, 1, 1 << 20, "2048", "feature dimension"),
+    F("n_classes", SWAV_FLAG_INT, n_classes, 0, 1 << 24, "0", "classes (0: max label + 1)"),
+    F("probe", SWAV_FLAG_STR, probe, 0, 0, "knn", "knn or linear"),
+    F("dump_path", SWAV_FLAG_STR, dump_path, 0, 0, ".", "where eval.jsonl and report.html go"),
+    F("report", SWAV_FLAG_STR, report, 0, 0, "", "only regenerate <report>/report.html"),
+    F("config", SWAV_FLAG_STR, config, 0, 0, "", "run configuration JSON file for the report"),
+    F("checkpoint", SWAV_FLAG_STR, checkpoint, 0, 0, "", "checkpoint the features came from"),
+    F("epoch", SWAV_FLAG_INT, epoch, -1, SWAV_FLAG_NO_MAX, "-1", "the checkpoint's epoch"),
+    F("step", SWAV_FLAG_INT, step, -1, SWAV_FLAG_NO_MAX, "-1", "the checkpoint's step"),
+    F("baseline", SWAV_FLAG_BOOL, baseline, 0, 0, "false", "features of the random-init network"),
+    F("knn_k", SWAV_FLAG_INT, knn_k, 1, EVAL_KNN_MAX_K, "20", "kNN neighbours"),
+    F("knn_temperature", SWAV_FLAG_FLOAT, knn_temperature, 1e-6, 1e6, "0.07", "kNN vote temperature"),
+    F("threads", SWAV_FLAG_INT, threads, 1, 256, "1", "kNN worker threads"),
+    F("epochs", SWAV_FLAG_INT, epochs, 1, 100000, "100", "linear: epochs"),
+    F("batch_size", SWAV_FLAG_INT, batch_size, 1, 1 << 20, "32", "linear: batch size"),
+    F("lr", SWAV_FLAG_FLOAT, lr, 0, 1e6, "0.3", "linear: initial learning rate"),
+    F("wd", SWAV_FLAG_FLOAT, wd, 0, 1e6, "1e-6", "linear: weight decay"),
+    F("nesterov", SWAV_FLAG_BOOL, nesterov, 0, 0, "false", "linear: nesterov momentum"),
+    F("scheduler_type", SWAV_FLAG_STR, scheduler_type, 0, 0, "cosine", "linear: cosine or step"),
+    F("decay_epochs", SWAV_FLAG_INT_LIST, decay_epochs, 0, 1e9, "60 80", "linear: step milestones"),
+    F("gamma", SWAV_FLAG_FLOAT, gamma, 0, 1e6, "0.1", "linear: step decay factor"),
+    F("final_lr", SWAV_FLAG_FLOAT, final_lr, 0, 1e6, "0", "linear: cosine final learning rate"),
+    F("seed", SWAV_FLAG_INT, seed, 0, SWAV_FLAG_NO_MAX, "31", "linear: init and order seed"),
+};
+#undef F
+
+static int regen_report(const char *dir, const char *config_path)
+{
+    char err[1024];
+    void *cfg = NULL;
+    size_t len;
+    if (config_path[0] &&
+        swav_file_read_all(config_path, 64u << 20, &cfg, &len, err, sizeof(err)) != 0) {
+        LOG_ERROR("%s", err);
+        return 1;
+    }
+    int rc = eval_report_write(dir, cfg, err, sizeof(err));
+    free(cfg);
+    if (rc != 0) {
+        LOG_ERROR("report: %s", err);
+        return 1;
+    }
+    LOG_INFO("wrote %s/report.html", dir);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    swav_log_init("evaluator", -1);
+    struct cli c;
+    struct swav_flag_set set = {cli_flags, sizeof(cli_flags) / sizeof(cli_flags[0]), &c};
+    char err[1024];
+    int pr = swav_flags_parse(&set, 1, argc - 1, argv + 1, err, sizeof(err));
+    if (pr == 1) {
+        swav_flags_usage(stdout, "swav-evaluator", &set, 1);
+        return 0;
+    }
+    if (pr != 0) {
+        fprintf(stderr, "swav-evaluator: %s\n", err);
+        return 2;
+    }
+    if (c.report[0])
+        return regen_report(c.report, c.config);
+    bool knn = !strcmp(c.probe, "knn"), lin = !strcmp(c.probe, "linear");
+    if (!knn && !lin) {
+        fprintf(stderr, "swav-evaluator: --probe: '%s' is not knn or linear\n", c.probe);
+        return 2;
+    }
+    if (!c.features_train[0] || !c.labels_train[0] || !c.features_val[0] || !c.labels_val[0]) {
+        fprintf(stderr, "swav-evaluator: --features_train, --labels_train, --features_val and "
+                        "--labels_val are required\n");
+        return 2;
+    }
+    bool step_sched = !strcmp(c.scheduler_type, "step");
+    if (!step_sched && strcmp(c.scheduler_type, "cosine") != 0) {
+        fprintf(stderr, "swav-evaluator: --scheduler_type: '%s' is not cosine or step\n",
+                c.scheduler_type);
+        return 2;
+    }
+
+    size_t cap = (size_t)64 << 30;
+    float *xt = NULL, *xv = NULL;
+    int32_t *yt = NULL, *yv = NULL;
+    int64_t nt, nv, nyt, nyv;
+    int rc = 1;
+    if (eval_read_features(c.features_train, c.dim, cap, &xt, &nt, err, sizeof(err)) ||
+        eval_read_features(c.features_val, c.dim, cap, &xv, &nv, err, sizeof(err)) ||
+        eval_read_labels(c.labels_train, cap, &yt, &nyt, err, sizeof(err)) ||
+        eval_read_labels(c.labels_val, cap, &yv, &nyv, err, sizeof(err))) {
+        LOG_ERROR("%s", err);
+        goto out;
+    }
+    if (nt != nyt || nv != nyv) {
+        LOG_ERROR("%lld training features but %lld labels, %lld validation features but %lld "
+                  "labels", (long long)nt, (long long)nyt, (long long)nv, (long long)nyv);
+        goto out;
+    }
+    int64_t ncls = c.n_classes;
+    if (ncls == 0) {
+        for (int64_t i = 0; i < nt; i++)
+            ncls = yt[i] + 1 > ncls ? yt[i] + 1 : ncls;
+        for (int64_t i = 0; i < nv; i++)
+            ncls = yv[i] + 1 > ncls ? yv[i] + 1 : ncls;
+    }
+    if (ncls < 1 || ncls > (1 << 24)) {
+        LOG_ERROR("no usable labels (classes: %lld)", (long long)ncls);
+        goto out;
+    }
+
+    double t0 = swav_now_s();
+    double top1 = 0, top5 = 0;
+    if (knn) {
+        struct eval_knn_config kc;
+        eval_knn_config_default(&kc);
+        kc.k = (int)c.knn_k;
+        kc.temperature = c.knn_temperature;
+        kc.threads = (int)c.threads;
+        struct eval_acc acc;
+        enum eval_knn_status st = eval_knn_run(xt, yt, nt, xv, yv, nv, c.dim, (int)ncls, &kc, &acc);
+        if (st != EVAL_KNN_OK) {
+            LOG_ERROR("knn probe: %s", eval_knn_status_str(st));
+            goto out;
+        }
+        top1 = eval_acc_top1(&acc);
+        top5 = eval_acc_top5(&acc);
+    } else {
+        struct eval_linear_config lc;
+        eval_linear_config_default(&lc);
+        lc.epochs = (int)c.epochs;
+        lc.batch_size = (int)c.batch_size;
+        lc.lr = c.lr;
+        lc.wd = c.wd;
+        lc.nesterov = c.nesterov;
+        lc.sched = step_sched ? EVAL_SCHED_STEP : EVAL_SCHED_COSINE;
+        lc.final_lr = c.final_lr;
+        lc.n_decay = c.decay_epochs.n;
+        for (int i = 0; i < c.decay_epochs.n && i < EVAL_MAX_MILESTONES; i++)
+            lc.decay_epochs[i] = (int)c.decay_epochs.v[i];
+        lc.gamma = c.gamma;
+        lc.seed = (uint64_t)c.seed;
+        struct eval_linear m;
+        eval_linear_init(&m, c.dim, ncls, lc.batch_size, lc.seed);
+        struct eval_feature_source fs = {xt, yt, nt, c.dim};
+        struct eval_batch_source src = eval_linear_source_features(&fs);
+        struct eval_linear_result res;
+        enum eval_linear_status st =
+            eval_linear_run(&m, &lc, &src, xv, yv, nv, NULL, NULL, &res);
+        eval_linear_free(&m);
+        if (st != EVAL_LINEAR_OK) {
+            LOG_ERROR("linear probe: %s", eval_linear_status_str(st));
+            goto out;
+        }
+        top1 = res.best_top1;
+        top5 = res.best_top5;
+    }
+    double secs = swav_now_s() - t0;
+
+    int need = swav_flags_to_json(NULL, 0, &set, 1);
+    char *cfg_json = swav_xmalloc((size_t)need + 1);
+    swav_flags_to_json(cfg_json, (size_t)need + 1, &set, 1);
+    struct eval_result r = {
+        .epoch = c.epoch, .step = c.step, .checkpoint = c.checkpoint, .probe = c.probe,
+        .top1 = top1, .top5 = top5, .n_train = nt, .n_val = nv, .seconds = secs,
+        .baseline = c.baseline, .config_json = cfg_json,
+    };
+    int arc = eval_result_append(c.dump_path, &r, err, sizeof(err));
+    free(cfg_json);
+    if (arc != 0) {
+        LOG_ERROR("%s", err);
+        goto out;
+    }
+    printf("%s top1 %.2f top5 %.2f (%lld train, %lld val, %.2f s)\n", c.probe, top1, top5,
+           (long long)nt, (long long)nv, secs);
+    rc = regen_report(c.dump_path, c.config);
+out:
+    free(xt);
+    free(xv);
+    free(yt);
+    free(yv);
+    return rc;
+}

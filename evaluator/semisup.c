@@ -1,0 +1,240 @@
+/* Semi-supervised subset selection and schedule (see semisup.h). */
+#include "semisup.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "common/fileio.h"
+#include "common/rng.h"
+
+void eval_semisup_config_default(struct eval_semisup_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->labels_perc = 10;
+    cfg->epochs = 20;
+    cfg->batch_size = 32;
+    cfg->lr = 0.01;
+    cfg->lr_last_layer = 0.2;
+    cfg->momentum = 0.9;
+    cfg->wd = 0.0;
+    cfg->n_decay = 2;
+    cfg->decay_epochs[0] = 12;
+    cfg->decay_epochs[1] = 16;
+    cfg->gamma = 0.2;
+    cfg->seed = 31;
+}
+
+void eval_semisup_lr(const struct eval_semisup_config *cfg, int epoch, double *lr_trunk,
+                     double *lr_head)
+{
+    *lr_trunk = eval_multistep_lr(cfg->lr, cfg->decay_epochs, cfg->n_decay, cfg->gamma, epoch);
+    *lr_head = eval_multistep_lr(cfg->lr_last_layer, cfg->decay_epochs, cfg->n_decay, cfg->gamma,
+                                 epoch);
+}
+
+const char *eval_subset_status_str(enum eval_subset_status st)
+{
+    switch (st) {
+    case EVAL_SUBSET_OK: return "ok";
+    case EVAL_SUBSET_ERR_ARGS: return "bad subset arguments";
+    case EVAL_SUBSET_ERR_IO: return "subset list I/O error";
+    case EVAL_SUBSET_ERR_FORMAT: return "malformed subset list";
+    case EVAL_SUBSET_ERR_UNKNOWN: return "subset list names a file the data set lacks";
+    case EVAL_SUBSET_ERR_AMBIGUOUS: return "subset list name matches several files";
+    case EVAL_SUBSET_ERR_DUPLICATE: return "subset list names a file twice";
+    }
+    return "unknown subset status";
+}
+
+const char *eval_basename(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+enum eval_subset_status eval_subset_stratified(const int32_t *labels, int64_t n, int n_classes,
+                                               double fraction, uint64_t seed, uint32_t **idx,
+                                               int64_t *n_out)
+{
+    if (n < 1 || n > UINT32_MAX || n_classes < 1 || !(fraction > 0.0 && fraction <= 1.0))
+        return EVAL_SUBSET_ERR_ARGS;
+    int64_t *count = swav_xcalloc((size_t)n_classes + 1, sizeof(int64_t));
+    for (int64_t i = 0; i < n; i++) {
+        if (labels[i] < 0 || labels[i] >= n_classes) {
+            free(count);
+            return EVAL_SUBSET_ERR_ARGS;
+        }
+        count[labels[i] + 1]++;
+    }
+    /* members of class c: byclass[start[c] .. start[c+1]), in index order */
+    for (int c = 0; c < n_classes; c++)
+        count[c + 1] += count[c];
+    uint32_t *byclass = swav_xmalloc(sizeof(uint32_t) * (size_t)n);
+    int64_t *fill = swav_xmalloc(sizeof(int64_t) * (size_t)n_classes);
+    memcpy(fill, count, sizeof(int64_t) * (size_t)n_classes);
+    for (int64_t i = 0; i < n; i++)
+        byclass[fill[labels[i]]++] = (uint32_t)i;
+    uint32_t *out = swav_xmalloc(sizeof(uint32_t) * (size_t)n);
+    int64_t m = 0;
+    for (int c = 0; c < n_classes; c++) {
+        int64_t nc = count[c + 1] - count[c];
+        if (nc == 0)
+            continue;
+        int64_t k = (int64_t)floor(fraction * (double)nc + 0.5);
+        k = k < 1 ? 1 : k > nc ? nc : k;
+        struct swav_rng r;
+        swav_rng_init(&r, seed, 0, (uint32_t)c, EVAL_RNG_SUBSET);
+        swav_rng_shuffle_u32(&r, byclass + count[c], (uint32_t)nc);
+        memcpy(out + m, byclass + count[c], sizeof(uint32_t) * (size_t)k);
+        m += k;
+    }
+    qsort(out, (size_t)m, sizeof(uint32_t), cmp_u32);
+    free(count);
+    free(byclass);
+    free(fill);
+    *idx = out;
+    *n_out = m;
+    return EVAL_SUBSET_OK;
+}
+
+struct name_ref {
+    const char *name;
+    uint32_t index;
+};
+
+static int cmp_name(const void *a, const void *b)
+{
+    const struct name_ref *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
+enum eval_subset_status eval_subset_read(const char *list_path, const char *const *paths,
+                                         int64_t n, uint32_t **idx, int64_t *n_out, char *err,
+                                         size_t errlen)
+{
+    if (n < 1 || n > UINT32_MAX) {
+        snprintf(err, errlen, "%s: the data set has no images", list_path);
+        return EVAL_SUBSET_ERR_ARGS;
+    }
+    void *data;
+    size_t len;
+    char ferr[512];
+    if (swav_file_read_all(list_path, (size_t)1 << 30, &data, &len, ferr, sizeof(ferr)) != 0) {
+        snprintf(err, errlen, "%s", ferr);
+        return EVAL_SUBSET_ERR_IO;
+    }
+    struct name_ref *refs = swav_xmalloc(sizeof(*refs) * (size_t)n);
+    for (int64_t i = 0; i < n; i++)
+        refs[i] = (struct name_ref){eval_basename(paths[i]), (uint32_t)i};
+    qsort(refs, (size_t)n, sizeof(*refs), cmp_name);
+
+    enum eval_subset_status st = EVAL_SUBSET_OK;
+    size_t cap = 1024;
+    int64_t m = 0;
+    uint32_t *out = swav_xmalloc(sizeof(uint32_t) * cap);
+    char *p = data, *end = p + len;
+    long line = 0;
+    bool blank_seen = false;
+    while (p < end && st == EVAL_SUBSET_OK) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *e = nl ? nl : end;
+        line++;
+        size_t l = (size_t)(e - p);
+        if (l > 0 && p[l - 1] == '\r')
+            l--;
+        if (l == 0) {
+            blank_seen = true;
+        } else if (blank_seen) {
+            snprintf(err, errlen, "%s:%ld: a name after a blank line", list_path, line);
+            st = EVAL_SUBSET_ERR_FORMAT;
+        } else if (l >= EVAL_SUBSET_MAX_LINE || memchr(p, '/', l) || memchr(p, '\0', l)) {
+            snprintf(err, errlen, "%s:%ld: not a file name (over-long, a '/' or a NUL)",
+                     list_path, line);
+            st = EVAL_SUBSET_ERR_FORMAT;
+        } else {
+            char name[EVAL_SUBSET_MAX_LINE];
+            memcpy(name, p, l);
+            name[l] = '\0';
+            /* first match by binary search */
+            int64_t lo = 0, hi = n;
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (strcmp(refs[mid].name, name) < 0)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo == n || strcmp(refs[lo].name, name) != 0) {
+                snprintf(err, errlen, "%s:%ld: '%s' is not a file of the data set", list_path,
+                         line, name);
+                st = EVAL_SUBSET_ERR_UNKNOWN;
+            } else if (lo + 1 < n && strcmp(refs[lo + 1].name, name) == 0) {
+                snprintf(err, errlen, "%s:%ld: '%s' matches several files of the data set",
+                         list_path, line, name);
+                st = EVAL_SUBSET_ERR_AMBIGUOUS;
+            } else {
+                if ((size_t)m == cap) {
+                    cap *= 2;
+                    out = swav_xrealloc(out, sizeof(uint32_t) * cap);
+                }
+                out[m++] = refs[lo].index;
+            }
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (st == EVAL_SUBSET_OK && m == 0) {
+        snprintf(err, errlen, "%s: no file names", list_path);
+        st = EVAL_SUBSET_ERR_FORMAT;
+    }
+    if (st == EVAL_SUBSET_OK) {
+        qsort(out, (size_t)m, sizeof(uint32_t), cmp_u32);
+        for (int64_t i = 1; i < m; i++)
+            if (out[i] == out[i - 1]) {
+                snprintf(err, errlen, "%s: '%s' is listed twice", list_path,
+                         eval_basename(paths[out[i]]));
+                st = EVAL_SUBSET_ERR_DUPLICATE;
+                break;
+            }
+    }
+    free(refs);
+    free(data);
+    if (st != EVAL_SUBSET_OK) {
+        free(out);
+        return st;
+    }
+    *idx = out;
+    *n_out = m;
+    return EVAL_SUBSET_OK;
+}
+
+enum eval_subset_status eval_subset_write(const char *list_path, const char *const *paths,
+                                          const uint32_t *idx, int64_t n, char *err,
+                                          size_t errlen)
+{
+    size_t len = 0;
+    for (int64_t i = 0; i < n; i++)
+        len += strlen(eval_basename(paths[idx[i]])) + 1;
+    char *buf = swav_xmalloc(len + 1);
+    size_t off = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const char *b = eval_basename(paths[idx[i]]);
+        size_t l = strlen(b);
+        memcpy(buf + off, b, l);
+        off += l;
+        buf[off++] = '\n';
+    }
+    int rc = swav_file_write_atomic(list_path, buf, off, err, errlen);
+    free(buf);
+    return rc == 0 ? EVAL_SUBSET_OK : EVAL_SUBSET_ERR_IO;
+}
