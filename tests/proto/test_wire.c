@@ -1,0 +1,127 @@
+/* proto/wire tests over real ZeroMQ sockets (inproc and loopback TCP): a
+ * message goes DEALER -> ROUTER and back with the identity, tensor frames
+ * arrive intact; a message of too many frames is drained and reported; a
+ * non-blocking receive with nothing waiting says PROTO_ERR_AGAIN; a frame
+ * over ZMQ_MAXMSGSIZE never reaches the receiver. */
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "proto/wire.h"
+#include "samples.h"
+
+static int failures, checks;
+#define CHECK(cond, ...)                                         \
+    do {                                                         \
+        checks++;                                                \
+        if (!(cond)) {                                           \
+            failures++;                                          \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                        \
+            fputc('\n', stderr);                                 \
+        }                                                        \
+    } while (0)
+
+int main(void)
+{
+    void *ctx = zmq_ctx_new();
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    CHECK(proto_socket_setup(router, 1 << 20, 1000, 3000) == PROTO_OK, "setup router");
+    CHECK(proto_socket_setup(dealer, 1 << 20, 0, 0) == PROTO_OK, "setup dealer");
+    int64_t mm = 0;
+    size_t sz = sizeof mm;
+    zmq_getsockopt(router, ZMQ_MAXMSGSIZE, &mm, &sz);
+    CHECK(mm == 1 << 20, "ZMQ_MAXMSGSIZE %lld", (long long)mm);
+    int ivl = 0;
+    sz = sizeof ivl;
+    zmq_getsockopt(router, ZMQ_HEARTBEAT_IVL, &ivl, &sz);
+    CHECK(ivl == 1000, "ZMQ_HEARTBEAT_IVL %d", ivl);
+    int timeo = 2000;
+    zmq_setsockopt(router, ZMQ_RCVTIMEO, &timeo, sizeof timeo);
+    zmq_setsockopt(dealer, ZMQ_RCVTIMEO, &timeo, sizeof timeo);
+    CHECK(zmq_bind(router, "inproc://wire-test") == 0, "bind");
+    CHECK(zmq_connect(dealer, "inproc://wire-test") == 0, "connect");
+
+    struct proto_msg m;
+    proto_msg_init(&m);
+    struct proto_rx rx;
+    proto_rx_init(&rx);
+    CHECK(proto_recv(router, &rx, true, ZMQ_DONTWAIT) == PROTO_ERR_AGAIN, "nothing waiting");
+
+    /* dealer -> router: a batch */
+    CHECK(sample_encode(PROTO_TYPE_BATCH, &m) == PROTO_OK, "encode batch");
+    CHECK(proto_send(dealer, NULL, 0, &m, 0) == PROTO_OK, "send batch");
+    enum proto_status st = proto_recv(router, &rx, true, 0);
+    CHECK(st == PROTO_OK, "recv batch: %s", proto_status_str(st));
+    CHECK(rx.idlen > 0 && rx.nframes == m.nframes, "identity %zu, %zu frames", rx.idlen, rx.nframes);
+    struct proto_batch b;
+    struct proto_diag d;
+    st = proto_batch_decode(rx.frames, rx.nframes, &(struct proto_decode_opts){.run = SAMPLE_RUN}, &b, &d);
+    CHECK(st == PROTO_OK, "decode received batch: %s %s", proto_status_str(st), d.detail);
+    const struct proto_batch *sb = sample_struct(PROTO_TYPE_BATCH);
+    CHECK(st == PROTO_OK && !memcmp(b.crops[0].data, sb->crops[0].data, sb->crops[0].nbytes) &&
+              !memcmp(b.labels.data, sb->labels.data, sb->labels.nbytes),
+          "tensor frames intact");
+
+    /* router -> dealer: an order, addressed by identity */
+    uint8_t id[PROTO_MAX_IDENTITY];
+    size_t idlen = rx.idlen;
+    memcpy(id, rx.identity, idlen);
+    CHECK(sample_encode(PROTO_TYPE_ORDER, &m) == PROTO_OK, "encode order");
+    CHECK(proto_send(router, id, idlen, &m, 0) == PROTO_OK, "send order");
+    st = proto_recv(dealer, &rx, false, 0);
+    CHECK(st == PROTO_OK && rx.idlen == 0 && rx.nframes == 2, "recv order: %s", proto_status_str(st));
+    struct proto_order o;
+    CHECK(proto_order_decode(rx.frames, rx.nframes, NULL, &o, NULL) == PROTO_OK && o.n_images == 5 &&
+              ((const uint32_t *)o.indices.data)[3] == 99999,
+          "decode received order");
+
+    /* too many frames: drained, reported with the identity, next one fine */
+    for (int i = 0; i < PROTO_MAX_FRAMES + 3; i++) {
+        zmq_send(dealer, "x", 1, i + 1 < PROTO_MAX_FRAMES + 3 ? ZMQ_SNDMORE : 0);
+    }
+    CHECK(sample_encode(PROTO_TYPE_READY, &m) == PROTO_OK, "encode ready");
+    CHECK(proto_send(dealer, NULL, 0, &m, 0) == PROTO_OK, "send ready");
+    st = proto_recv(router, &rx, true, 0);
+    CHECK(st == PROTO_ERR_TOO_MANY_FRAMES && rx.idlen == idlen, "19 frames: %s", proto_status_str(st));
+    st = proto_recv(router, &rx, true, 0);
+    struct proto_ready r;
+    CHECK(st == PROTO_OK && proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_OK &&
+              r.credit == 4,
+          "message after the drained one: %s", proto_status_str(st));
+
+    /* identity only (an empty ROUTER message) */
+    zmq_send(dealer, "", 0, 0);
+    st = proto_recv(router, &rx, true, 0);
+    CHECK(st == PROTO_OK && rx.nframes == 1 && rx.frames[0].len == 0, "one empty frame: %s", proto_status_str(st));
+    CHECK(proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_ERR_NO_FRAMES, "empty header");
+
+    /* TCP: a frame over ZMQ_MAXMSGSIZE is refused by the receiver */
+    void *rt = zmq_socket(ctx, ZMQ_ROUTER);
+    void *dt = zmq_socket(ctx, ZMQ_DEALER);
+    proto_socket_setup(rt, 4096, 0, 0);
+    proto_socket_setup(dt, -1, 0, 0);
+    int shortto = 500;
+    zmq_setsockopt(rt, ZMQ_RCVTIMEO, &shortto, sizeof shortto);
+    CHECK(zmq_bind(rt, "tcp://127.0.0.1:*") == 0, "bind tcp");
+    char ep[256];
+    sz = sizeof ep;
+    zmq_getsockopt(rt, ZMQ_LAST_ENDPOINT, ep, &sz);
+    CHECK(zmq_connect(dt, ep) == 0, "connect tcp");
+    static char big[8192];
+    struct proto_msg bigm = {.frames = {{big, sizeof big}}, .nframes = 1};
+    CHECK(proto_send(dt, NULL, 0, &bigm, 0) == PROTO_OK, "send big");
+    st = proto_recv(rt, &rx, true, 0);
+    CHECK(st == PROTO_ERR_AGAIN, "oversized frame dropped: %s", proto_status_str(st));
+
+    proto_rx_free(&rx);
+    proto_msg_free(&m);
+    zmq_close(rt);
+    zmq_close(dt);
+    zmq_close(router);
+    zmq_close(dealer);
+    zmq_ctx_term(ctx);
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
