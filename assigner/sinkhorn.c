@@ -48,21 +48,18 @@ static inline float sk_expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &e, sizeof s);
-    return p * s;
+    union { int32_t i; float f; } s;
+    s.i = ((int32_t)n + 127) << 23;
+    return p * s.f;
 }
 
 /* Natural log for x > 0 normal; only used for statistics. */
 static inline float sk_logf(float x)
 {
-    int32_t i;
-    memcpy(&i, &x, sizeof i);
-    int32_t e = ((i >> 23) & 0xff) - 126;
-    int32_t mi = (i & 0x007fffff) | 0x3f000000; /* mantissa in [0.5, 1) */
-    float m;
-    memcpy(&m, &mi, sizeof m);
+    union { float f; int32_t i; } v = {x}, mu;
+    int32_t e = ((v.i >> 23) & 0xff) - 126;
+    mu.i = (v.i & 0x007fffff) | 0x3f000000; /* mantissa in [0.5, 1) */
+    float m = mu.f;
     /* to [sqrt(.5), sqrt(2)) */
     int small = m < 0.707106781186547524f;
     e -= small;
