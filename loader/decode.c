@@ -92,7 +92,8 @@ void loader_decoder_destroy(struct loader_decoder **dec)
 
 static uint8_t *grow(uint8_t **p, size_t *cap, size_t n)
 {
-    if (*cap < n) {
+    /* one huge image must not pin hundreds of MiB in every worker for good */
+    if (*cap < n || (*cap > ((size_t)64 << 20) && n < *cap / 4)) {
         free(*p);
         /* round up to 1 MiB steps so near sizes reuse the buffer */
         size_t c = (n + (1u << 20) - 1) & ~(size_t)((1u << 20) - 1);
@@ -104,6 +105,55 @@ static uint8_t *grow(uint8_t **p, size_t *cap, size_t n)
 
 /* ---- JPEG ---------------------------------------------------------------- */
 
+/* Walks the markers up to the frame header (SOFn) ourselves: turbojpeg 2.1's
+ * tjDecompressHeader3 can report success with garbage sizes on a file cut
+ * inside its header, and the size must be trusted before any allocation. */
+static enum loader_status jpeg_frame_size(const uint8_t *d, size_t len, int *w, int *h,
+                                          char *err, size_t errlen)
+{
+    size_t pos = 2; /* after SOI */
+    for (;;) {
+        if (pos >= len) {
+            return fail(LOADER_ERR_TRUNCATED, err, errlen, "JPEG ends before its frame header");
+        }
+        if (d[pos] != 0xFF) {
+            return fail(LOADER_ERR_CORRUPT, err, errlen, "JPEG: no marker at byte %zu", pos);
+        }
+        while (pos < len && d[pos] == 0xFF) {
+            pos++;
+        }
+        if (pos >= len) {
+            return fail(LOADER_ERR_TRUNCATED, err, errlen, "JPEG ends before its frame header");
+        }
+        uint8_t m = d[pos++];
+        if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) {
+            continue; /* standalone markers */
+        }
+        if (m == 0xD9 || m == 0xDA || m == 0xD8) {
+            return fail(LOADER_ERR_CORRUPT, err, errlen, "JPEG: marker 0x%02X before the frame header", m);
+        }
+        if (pos + 2 > len) {
+            return fail(LOADER_ERR_TRUNCATED, err, errlen, "JPEG ends inside a marker segment");
+        }
+        size_t seg = ((size_t)d[pos] << 8) | d[pos + 1];
+        if (seg < 2) {
+            return fail(LOADER_ERR_CORRUPT, err, errlen, "JPEG: segment length %zu", seg);
+        }
+        if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+            if (pos + 8 > len) {
+                return fail(LOADER_ERR_TRUNCATED, err, errlen, "JPEG ends inside its frame header");
+            }
+            *h = (d[pos + 3] << 8) | d[pos + 4];
+            *w = (d[pos + 5] << 8) | d[pos + 6];
+            if (*w == 0 || *h == 0) {
+                return fail(LOADER_ERR_CORRUPT, err, errlen, "JPEG frame size %dx%d", *w, *h);
+            }
+            return LOADER_OK;
+        }
+        pos += seg;
+    }
+}
+
 static enum loader_status jpeg_header(tjhandle tj, const uint8_t *data, size_t len,
                                       int *w, int *h, int *cs, char *err, size_t errlen)
 {
@@ -111,22 +161,27 @@ static enum loader_status jpeg_header(tjhandle tj, const uint8_t *data, size_t l
     if (len > 0xFFFFFFFFul) {
         return fail(LOADER_ERR_TOO_LARGE, err, errlen, "JPEG file of %zu bytes", len);
     }
+    int fw = 0, fh = 0;
+    enum loader_status st = jpeg_frame_size(data, len, &fw, &fh, err, errlen);
+    if (st != LOADER_OK) {
+        return st;
+    }
+    if ((long long)fw * fh > LOADER_MAX_PIXELS) {
+        return fail(LOADER_ERR_TOO_LARGE, err, errlen,
+                    "JPEG claims %dx%d = %lld pixels, over the limit of %lld", fw, fh,
+                    (long long)fw * fh, (long long)LOADER_MAX_PIXELS);
+    }
     if (tjDecompressHeader3(tj, data, (unsigned long)len, w, h, &subsamp, cs) != 0) {
         const char *m = tjGetErrorStr2(tj);
-        enum loader_status st = LOADER_ERR_CORRUPT;
-        if (strstr(m, "Premature end") || strstr(m, "premature end") ||
-            strstr(m, "insufficient") || strstr(m, "Empty input")) {
+        st = LOADER_ERR_CORRUPT;
+        if (strstr(m, "Premature end") || strstr(m, "premature end")) {
             st = LOADER_ERR_TRUNCATED;
         }
         return fail(st, err, errlen, "JPEG header: %s", m);
     }
-    if (*w <= 0 || *h <= 0) {
-        return fail(LOADER_ERR_CORRUPT, err, errlen, "JPEG size %dx%d", *w, *h);
-    }
-    if ((long long)*w * *h > LOADER_MAX_PIXELS) {
-        return fail(LOADER_ERR_TOO_LARGE, err, errlen,
-                    "JPEG claims %dx%d = %lld pixels, over the limit of %lld", *w, *h,
-                    (long long)*w * *h, (long long)LOADER_MAX_PIXELS);
+    if (*w != fw || *h != fh) {
+        return fail(LOADER_ERR_CORRUPT, err, errlen, "JPEG header: size %dx%d, frame says %dx%d",
+                    *w, *h, fw, fh);
     }
     return LOADER_OK;
 }
