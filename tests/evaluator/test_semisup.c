@@ -1,0 +1,276 @@
+/* Semi-supervised subsets: stratified (round(fraction * n_class), at least 1,
+ * per class), deterministic (same seed -> same files, another seed -> other
+ * files), written and read back in SimCLR's list format; a bad list is a
+ * status with a message, not a crash.  Also the fine-tuning schedule
+ * (MultiStepLR per parameter group, eval_semisup.py's defaults), the result
+ * record (eval.jsonl line) and the checkpoint folder scan. */
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/check.h"
+#include "common/fileio.h"
+#include "evaluator/ckpt_scan.h"
+#include "evaluator/results.h"
+#include "evaluator/semisup.h"
+
+static int failures;
+#define EXPECT(cond, ...)                                        \
+    do {                                                         \
+        if (!(cond)) {                                           \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                        \
+            fprintf(stderr, "\n");                               \
+            failures++;                                          \
+        }                                                        \
+    } while (0)
+
+enum { NCLS = 7 };
+
+static void write_text(const char *path, const char *s)
+{
+    char err[256];
+    SWAV_ASSERT(swav_file_write_atomic(path, s, strlen(s), err, sizeof(err)) == 0);
+}
+
+static void test_subsets(const char *dir)
+{
+    /* classes of very different sizes: 1, 5, 49, 50, 150, 333, 1300 */
+    const int sizes[NCLS] = {1, 5, 49, 50, 150, 333, 1300};
+    int n = 0;
+    for (int c = 0; c < NCLS; c++)
+        n += sizes[c];
+    int32_t *labels = malloc(sizeof(int32_t) * n);
+    char **names = malloc(sizeof(char *) * n);
+    int i = 0;
+    for (int c = 0; c < NCLS; c++)
+        for (int j = 0; j < sizes[c]; j++, i++) {
+            labels[i] = c;
+            names[i] = malloc(64);
+            snprintf(names[i], 64, "n0%d/n0%d_%d.JPEG", 1440 + c, 1440 + c, 10000 + j * 7);
+        }
+    const char *const *paths = (const char *const *)names;
+
+    const double fracs[2] = {0.01, 0.10};
+    for (int f = 0; f < 2; f++) {
+        uint32_t *a, *b, *o;
+        int64_t na, nb, no;
+        SWAV_ASSERT(eval_subset_stratified(labels, n, NCLS, fracs[f], 31, &a, &na) == EVAL_SUBSET_OK);
+        SWAV_ASSERT(eval_subset_stratified(labels, n, NCLS, fracs[f], 31, &b, &nb) == EVAL_SUBSET_OK);
+        SWAV_ASSERT(eval_subset_stratified(labels, n, NCLS, fracs[f], 32, &o, &no) == EVAL_SUBSET_OK);
+        EXPECT(na == nb && !memcmp(a, b, sizeof(uint32_t) * na), "same seed, other subset");
+        EXPECT(na == no && memcmp(a, o, sizeof(uint32_t) * na) != 0,
+               "another seed gave the same subset");
+        int per[NCLS] = {0};
+        for (int64_t k = 0; k < na; k++) {
+            per[labels[a[k]]]++;
+            EXPECT(k == 0 || a[k] > a[k - 1], "subset not sorted or has duplicates");
+        }
+        for (int c = 0; c < NCLS; c++) {
+            int want = (int)floor(fracs[f] * sizes[c] + 0.5);
+            want = want < 1 ? 1 : want;
+            EXPECT(per[c] == want, "fraction %.2f class %d: %d images, want %d", fracs[f], c,
+                   per[c], want);
+        }
+        printf("subset %.0f%%: %lld of %d images; per class", fracs[f] * 100, (long long)na, n);
+        for (int c = 0; c < NCLS; c++)
+            printf(" %d", per[c]);
+        printf("\n");
+
+        /* SimCLR format round trip */
+        char path[4096], err[1024];
+        snprintf(path, sizeof(path), "%s/%dpercent.txt", dir, f ? 10 : 1);
+        SWAV_ASSERT(eval_subset_write(path, paths, a, na, err, sizeof(err)) == EVAL_SUBSET_OK);
+        void *txt;
+        size_t len;
+        SWAV_ASSERT(swav_file_read_all(path, 1 << 20, &txt, &len, err, sizeof(err)) == 0);
+        const char *first = eval_basename(paths[a[0]]);
+        EXPECT(!strncmp(txt, first, strlen(first)) && ((char *)txt)[strlen(first)] == '\n',
+               "first line is not '%s'", first);
+        EXPECT(!strchr(txt, '/'), "a folder in the list");
+        free(txt);
+        uint32_t *r;
+        int64_t nr;
+        enum eval_subset_status st = eval_subset_read(path, paths, n, &r, &nr, err, sizeof(err));
+        EXPECT(st == EVAL_SUBSET_OK && nr == na && !memcmp(r, a, sizeof(uint32_t) * na),
+               "read back differs: %s", st ? err : "");
+        if (st == EVAL_SUBSET_OK)
+            free(r);
+        free(a);
+        free(b);
+        free(o);
+    }
+
+    /* a hand-written list in SimCLR's format with CRLF and a trailing blank */
+    char path[4096], err[1024], txt[512];
+    uint32_t *r;
+    int64_t nr;
+    snprintf(path, sizeof(path), "%s/hand.txt", dir);
+    snprintf(txt, sizeof(txt), "%s\r\n%s\n\n", eval_basename(names[6]), eval_basename(names[0]));
+    write_text(path, txt);
+    EXPECT(eval_subset_read(path, paths, n, &r, &nr, err, sizeof(err)) == EVAL_SUBSET_OK &&
+               nr == 2 && r[0] == 0 && r[1] == 6,
+           "hand list: %s", err);
+    if (nr == 2)
+        free(r);
+    /* faults */
+    struct {
+        const char *text;
+        enum eval_subset_status want;
+    } bad[] = {
+        {"n01440_nosuch.JPEG\n", EVAL_SUBSET_ERR_UNKNOWN},
+        {"n01441/n01441_10000.JPEG\n", EVAL_SUBSET_ERR_FORMAT},
+        {"n01441_10000.JPEG\nn01441_10000.JPEG\n", EVAL_SUBSET_ERR_DUPLICATE},
+        {"\n\n", EVAL_SUBSET_ERR_FORMAT},
+        {"n01441_10000.JPEG\n\nn01441_10007.JPEG\n", EVAL_SUBSET_ERR_FORMAT},
+    };
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        write_text(path, bad[k].text);
+        err[0] = 0;
+        enum eval_subset_status st = eval_subset_read(path, paths, n, &r, &nr, err, sizeof(err));
+        EXPECT(st == bad[k].want, "bad list %zu: status %d (%s), want %d", k, st, err,
+               bad[k].want);
+        EXPECT(err[0] != 0, "bad list %zu: no message", k);
+    }
+    snprintf(path, sizeof(path), "%s/missing.txt", dir);
+    EXPECT(eval_subset_read(path, paths, n, &r, &nr, err, sizeof(err)) == EVAL_SUBSET_ERR_IO,
+           "missing list");
+    /* ambiguous: two files with the same base name in different classes */
+    char *dup[2] = {"a/x.JPEG", "b/x.JPEG"};
+    snprintf(path, sizeof(path), "%s/amb.txt", dir);
+    write_text(path, "x.JPEG\n");
+    EXPECT(eval_subset_read(path, (const char *const *)dup, 2, &r, &nr, err, sizeof(err)) ==
+               EVAL_SUBSET_ERR_AMBIGUOUS,
+           "ambiguous name accepted");
+    int32_t badl[3] = {0, 1, 9};
+    EXPECT(eval_subset_stratified(badl, 3, 2, 0.1, 1, &r, &nr) == EVAL_SUBSET_ERR_ARGS,
+           "bad label accepted");
+    EXPECT(eval_subset_stratified(labels, n, NCLS, 0.0, 1, &r, &nr) == EVAL_SUBSET_ERR_ARGS,
+           "fraction 0 accepted");
+    for (i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    free(labels);
+}
+
+static void test_schedule(void)
+{
+    struct eval_semisup_config c;
+    eval_semisup_config_default(&c);
+    double t, h;
+    eval_semisup_lr(&c, 0, &t, &h);
+    EXPECT(fabs(t - 0.01) < 1e-15 && fabs(h - 0.2) < 1e-15, "epoch 0: %g %g", t, h);
+    eval_semisup_lr(&c, 12, &t, &h);
+    EXPECT(fabs(t - 0.002) < 1e-15 && fabs(h - 0.04) < 1e-15, "epoch 12: %g %g", t, h);
+    eval_semisup_lr(&c, 19, &t, &h);
+    EXPECT(fabs(t - 0.0004) < 1e-15 && fabs(h - 0.008) < 1e-15, "epoch 19: %g %g", t, h);
+}
+
+static void test_result(const char *dir)
+{
+    char err[1024], path[4096];
+    struct eval_result r = {.time_ms = 1764288000123, .epoch = 3, .step = 1404,
+                            .checkpoint = "/run/ckp-3.safetensors", .probe = "knn",
+                            .top1 = 79.51, .top5 = 98.25, .n_train = 60000, .n_val = 10000,
+                            .seconds = 12.5, .baseline = true, .config_json = "{\"k\":20}"};
+    SWAV_ASSERT(eval_result_append(dir, &r, err, sizeof(err)) == 0);
+    r.probe = "linear";
+    r.baseline = false;
+    SWAV_ASSERT(eval_result_append(dir, &r, err, sizeof(err)) == 0);
+    r.config_json = "[1]";
+    EXPECT(eval_result_append(dir, &r, err, sizeof(err)) != 0, "non-object config accepted");
+    snprintf(path, sizeof(path), "%s/eval.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    SWAV_ASSERT(f);
+    char line[4096];
+    int lines = 0;
+    while (fgets(line, sizeof(line), f)) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        EXPECT(json_is_object(o), "line %d is not a JSON object", lines);
+        const char *keys[] = {"time", "epoch", "step", "checkpoint", "probe", "top1", "top5",
+                              "n_train", "n_val", "seconds", "baseline", "config"};
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+            EXPECT(json_object_get(o, keys[k]), "line %d lacks %s", lines, keys[k]);
+        EXPECT(json_integer_value(json_object_get(o, "step")) == 1404, "step");
+        EXPECT(fabs(json_number_value(json_object_get(o, "top1")) - 79.51) < 1e-9, "top1");
+        EXPECT(json_is_boolean(json_object_get(o, "baseline")) &&
+                   json_is_true(json_object_get(o, "baseline")) == (lines == 0),
+               "baseline flag");
+        EXPECT(json_integer_value(json_object_get(json_object_get(o, "config"), "k")) == 20,
+               "config");
+        json_decref(o);
+        lines++;
+    }
+    fclose(f);
+    EXPECT(lines == 2, "%d lines, want 2", lines);
+}
+
+static void touch(const char *dir, const char *name, time_t mtime)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    write_text(path, "x");
+    struct timespec ts[2] = {{mtime, 0}, {mtime, 0}};
+    SWAV_ASSERT(utimensat(AT_FDCWD, path, ts, 0) == 0);
+}
+
+static void test_scan(const char *dir)
+{
+    char ck[4096], err[1024];
+    snprintf(ck, sizeof(ck), "%s/ckpts", dir);
+    SWAV_ASSERT(swav_mkdirs(ck, err, sizeof(err)) == 0);
+    touch(ck, "ckp-0.safetensors", 1000);
+    touch(ck, "ckp-10.safetensors", 3000);
+    touch(ck, "ckp-2.safetensors", 2000);
+    touch(ck, "checkpoint.safetensors", 3000);
+    touch(ck, ".checkpoint.safetensors.tmp123", 4000); /* a write in progress */
+    touch(ck, "ckp-x.safetensors", 4000);
+    touch(ck, "notes.txt", 4000);
+    struct eval_ckpt list[8];
+    int n = eval_ckpt_scan(ck, list, 8, err, sizeof(err));
+    EXPECT(n == 4, "scan found %d, want 4", n);
+    if (n == 4) {
+        EXPECT(list[0].epoch == 0 && list[1].epoch == 2 && list[2].epoch == -1 &&
+                   list[3].epoch == 10,
+               "scan order %lld %lld %lld %lld", (long long)list[0].epoch,
+               (long long)list[1].epoch, (long long)list[2].epoch, (long long)list[3].epoch);
+        int k = eval_ckpt_pick_newest(list, n, INT64_MIN, -1);
+        EXPECT(k == 3, "newest of all: %d", k);
+        /* after evaluating ckp-0, skip ckp-2 and checkpoint.safetensors */
+        k = eval_ckpt_pick_newest(list, n, list[0].mtime_ns, list[0].epoch);
+        EXPECT(k == 3, "skip to newest: %d", k);
+        k = eval_ckpt_pick_newest(list, n, list[3].mtime_ns, list[3].epoch);
+        EXPECT(k == -1, "nothing newer: %d", k);
+    }
+    n = eval_ckpt_scan(ck, list, 2, err, sizeof(err));
+    EXPECT(n == 2 && list[1].epoch == 10 && list[0].epoch == -1, "cap keeps the newest");
+    snprintf(ck, sizeof(ck), "%s/nosuch", dir);
+    EXPECT(eval_ckpt_scan(ck, list, 8, err, sizeof(err)) == -1 && err[0], "missing folder");
+}
+
+int main(void)
+{
+    char dir[] = "/tmp/swav-eval-test-XXXXXX";
+    SWAV_ASSERT(mkdtemp(dir));
+    test_subsets(dir);
+    test_schedule();
+    test_result(dir);
+    test_scan(dir);
+    char cmd[4200];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    if (failures) {
+        fprintf(stderr, "%d failure(s)\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
