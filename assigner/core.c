@@ -19,7 +19,7 @@ struct assigner_core {
     int64_t flag_epoch;      /* epoch the flag belongs to */
     int64_t last_step, last_epoch;
     uint64_t collapse_warnings;
-    float *codes;            /* (ncrops, world*bs, K) */
+    float *codes;            /* (world, ncrops, bs, K): per rank contiguous */
     float *entropy;          /* (ncrops, world*bs) */
     int32_t *argmax;         /* (ncrops, world*bs) */
     uint8_t *seen;           /* (K) */
@@ -121,9 +121,13 @@ float *assigner_core_embed_slot(assigner_core_t *c, int crop, int rank)
 
 const float *assigner_core_codes(const assigner_core_t *c, int crop, int rank)
 {
-    size_t rows = (size_t)c->cfg.world_size * c->cfg.batch_size;
-    return c->codes + ((size_t)crop * rows + (size_t)rank * c->cfg.batch_size) *
-                          (size_t)c->cfg.nmb_prototypes;
+    const size_t bs = (size_t)c->cfg.batch_size, k = (size_t)c->cfg.nmb_prototypes;
+    return c->codes + ((size_t)rank * c->cfg.ncrops_assign + (size_t)crop) * bs * k;
+}
+
+const float *assigner_core_rank_codes(const assigner_core_t *c, int rank)
+{
+    return assigner_core_codes(c, 0, rank);
 }
 
 static int first_nonfinite(const float *x, size_t n, size_t *at)
@@ -184,11 +188,13 @@ int assigner_core_step(assigner_core_t *c, int64_t epoch, int64_t step, const fl
             .k = k,
             .out_row0 = qrows,
             .out_rows = rows,
+            .out_group = bs,
+            .out_group_stride = (size_t)cfg->ncrops_assign * bs * k,
             .epsilon = cfg->epsilon,
             .iterations = cfg->sinkhorn_iterations,
         };
         const float *x = assigner_queue_batch(&c->queue, i, 0) - (size_t)qrows * d;
-        float *codes = c->codes + (size_t)i * rows * k;
+        float *codes = c->codes + (size_t)i * bs * k;
         float *ent = c->entropy + (size_t)i * rows;
         int32_t *am = c->argmax + (size_t)i * rows;
         struct sinkhorn_result res = {0};

@@ -76,6 +76,9 @@ int assigner_core_step(assigner_core_t *c, int64_t epoch, int64_t step, const fl
                        struct assigner_stats *st, char *err, size_t errlen);
 /* Rank r's codes of assign crop i after a step: (batch_size, K). */
 const float *assigner_core_codes(const assigner_core_t *c, int crop, int rank);
+/* Rank r's codes of all assign crops: (ncrops_assign, batch_size, K), the
+ * layout of the codes message. */
+const float *assigner_core_rank_codes(const assigner_core_t *c, int rank);
 
 /* Queue persistence (format in queue.h).  load: 0, -ENOENT, or -errno/-EINVAL. */
 int assigner_core_save(assigner_core_t *c, const char *path, char *err, size_t errlen);

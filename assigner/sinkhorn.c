@@ -218,7 +218,10 @@ SWAV_HOT static void pass_write(struct cpu_impl *c, int share, int nshares)
     assigner_pool_range(p->out_rows, share, nshares, &lo, &hi);
     for (int r = lo; r < hi; r++) {
         const float *row = c->e + (size_t)(p->out_row0 + r) * (size_t)k;
-        float *q = c->codes + (size_t)r * (size_t)k;
+        float *q = p->out_group > 0
+                       ? c->codes + (size_t)(r / p->out_group) * p->out_group_stride +
+                             (size_t)(r % p->out_group) * (size_t)k
+                       : c->codes + (size_t)r * (size_t)k;
         float inv;
         if (p->iterations > 0) {
             float w = 0.0f;
@@ -448,7 +451,11 @@ void sinkhorn_plain(const struct sinkhorn_problem *p, const float *x, const floa
     }
     for (int r = 0; r < p->out_rows; r++) {
         for (int j = 0; j < k; j++) {
-            codes[(size_t)r * k + j] = q[(size_t)j * n + p->out_row0 + r] * (float)n;
+            float *row = p->out_group > 0 ? codes + (size_t)(r / p->out_group) *
+                                                            p->out_group_stride +
+                                                        (size_t)(r % p->out_group) * k
+                                          : codes + (size_t)r * k;
+            row[j] = q[(size_t)j * n + p->out_row0 + r] * (float)n;
         }
     }
 }

@@ -21,6 +21,7 @@
 #ifndef SWAV_ASSIGNER_SINKHORN_H
 #define SWAV_ASSIGNER_SINKHORN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct sinkhorn_problem {
@@ -29,6 +30,10 @@ struct sinkhorn_problem {
     int k;           /* prototypes */
     int out_row0;    /* codes are written for rows [out_row0, out_row0 + out_rows) */
     int out_rows;
+    /* Output row r goes to codes + (r / out_group) * out_group_stride +
+     * (r % out_group) * k: ranks' rows land in per-rank buffers.  0: dense. */
+    int out_group;
+    size_t out_group_stride;
     float epsilon;
     int iterations;  /* sinkhorn_iterations, >= 0 */
 };
@@ -45,7 +50,7 @@ struct sinkhorn_backend {
     /* Make room for problems up to n rows and k prototypes (allocation happens
      * here, never in run).  Returns 0, or -1 when out of memory. */
     int (*reserve)(void *impl, int n, int k, int d);
-    /* x: (n, d); w: (k, d); codes: (out_rows, k) row-major.
+    /* x: (n, d); w: (k, d); codes: (out_rows, k) row-major, or grouped (above).
      * entropy (out_rows, optional): -sum_k q log q of each output row;
      * argmax (out_rows, optional): the prototype with the largest q.
      * Returns 0, or -1 when a non-finite value appeared (codes unspecified). */
