@@ -234,7 +234,8 @@ static void fmt_tick(char *buf, size_t n, double v, double step)
 /* One plot; vlines (x positions) with labels vlab (may be NULL). */
 static void svg_plot(struct sbuf *b, const char *title, const char *xlabel, const char *ylabel,
                      const struct series *s, int ns, const struct hline *h, int nh,
-                     const double *vx, const char *const *vlab, int nv, bool y_from_zero)
+                     const double *vx, const char *const *vlab, int nv, bool y_from_zero,
+                     bool x_int_from_zero)
 {
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
     size_t npts = 0;
@@ -266,6 +267,8 @@ static void svg_plot(struct sbuf *b, const char *title, const char *xlabel, cons
                   PW / 2 - 40, PH / 2);
         return;
     }
+    if (x_int_from_zero && isfinite(x0) && x0 > 0)
+        x0 = 0;
     if (!(x1 > x0)) {
         if (!isfinite(x0))
             x0 = 0, x1 = 1;
@@ -280,6 +283,10 @@ static void svg_plot(struct sbuf *b, const char *title, const char *xlabel, cons
         y1 += pad;
     }
     double ys = nice_step(y1 - y0, 6), xs = nice_step(x1 - x0, 8);
+    if (x_int_from_zero && xs < 1)
+        xs = 1; /* epochs: whole ticks */
+    if (x_int_from_zero)
+        x1 += 0.03 * (x1 - x0); /* room for the last markers */
     y0 = floor(y0 / ys) * ys;
     y1 = ceil(y1 / ys) * ys;
     double pw = PW - ML - MR, ph = PH - MT - MB;
@@ -444,13 +451,13 @@ static void render_loss(struct sbuf *b, struct report_data *d)
     }
     struct series ls = {"loss", palette[0], x, y, n, false, n <= 60};
     svg_plot(b, "Training loss", "step (dotted lines: epoch starts)", "loss", &ls, 1, NULL, 0,
-             vx, vlab, nv, false);
+             vx, vlab, nv, false, false);
     bool have_lr = false;
     for (size_t i = 0; i < n; i++)
         have_lr |= isfinite(lr[i]);
     if (have_lr) {
         struct series lrs = {"learning rate", palette[4], x, lr, n, false, false};
-        svg_plot(b, "Learning rate", "step", "lr", &lrs, 1, NULL, 0, vx, vlab, nv, true);
+        svg_plot(b, "Learning rate", "step", "lr", &lrs, 1, NULL, 0, vx, vlab, nv, true, false);
     }
     free(x);
     free(y);
@@ -499,7 +506,7 @@ static void render_probe(struct sbuf *b, struct report_data *d, const char *prob
     char title[128];
     snprintf(title, sizeof(title), "Probe \"%.64s\": accuracy (%%) against epoch", probe);
     svg_plot(b, title, "epoch of the checkpoint", "accuracy (%)", s, 2, h, nh, NULL, NULL, 0,
-             false);
+             false, true);
     free(x);
     free(t1);
     free(t5);
@@ -507,7 +514,7 @@ static void render_probe(struct sbuf *b, struct report_data *d, const char *prob
 
 static void render_results_table(struct sbuf *b, struct report_data *d)
 {
-    sb_puts(b, "<h2>Results</h2>\n<table><tr><th>time (UTC)</th><th>probe</th><th>epoch</th>"
+    sb_puts(b, "<h3>All results (file order; random-init baselines in italics)</h3>\n<table><tr><th>time (UTC)</th><th>probe</th><th>epoch</th>"
                "<th>step</th><th>top-1 %</th><th>top-5 %</th><th>n train</th><th>n val</th>"
                "<th>seconds</th><th>checkpoint</th></tr>\n");
     for (size_t i = 0; i < d->nrr; i++) {
@@ -520,7 +527,7 @@ static void render_results_table(struct sbuf *b, struct report_data *d)
         sb_printf(b, "<tr%s><td>%s</td><td>", r->baseline ? " class=\"base\"" : "", ts);
         sb_esc(b, r->probe);
         sb_printf(b, "%s</td><td>%.0f</td><td>%.0f</td><td>%.2f</td><td>%.2f</td><td>%lld</td>"
-                     "<td>%lld</td><td>%.1f</td><td>",
+                     "<td>%lld</td><td>%.2f</td><td>",
                   r->baseline ? " (random init)" : "", r->epoch, r->step, r->top1, r->top5,
                   r->n_train, r->n_val, r->seconds);
         sb_esc(b, r->checkpoint);
@@ -543,7 +550,9 @@ static void render_config(struct sbuf *b, struct report_data *d)
     json_t *v;
     json_object_foreach(d->config, key, v)
     {
-        char *txt = json_is_string(v) ? NULL : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        char *txt = json_is_string(v) ? NULL
+                                      : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY |
+                                                          JSON_REAL_PRECISION(12));
         sb_puts(b, "<tr><th>");
         sb_esc(b, key);
         sb_puts(b, "</th><td>");
@@ -639,7 +648,6 @@ int eval_report_render(const char *dump_path, const char *config_json, char **ht
     sb_puts(&b, "<h2>Probes</h2>\n");
     if (np == 0)
         sb_puts(&b, "<p class=\"note\">No probe results yet.</p>\n");
-    render_results_table(&b, &d); /* in file order, before the sort below */
     struct result_row *sorted = swav_xmalloc(sizeof(*sorted) * (d.nrr + 1));
     memcpy(sorted, d.rr, sizeof(*sorted) * d.nrr);
     qsort(sorted, d.nrr, sizeof(*sorted), cmp_result_epoch);
@@ -652,6 +660,7 @@ int eval_report_render(const char *dump_path, const char *config_json, char **ht
         render_probe(&b, &d, names[j]);
     d.rr = orig;
     free(sorted);
+    render_results_table(&b, &d);
     render_config(&b, &d);
     sb_puts(&b, "</body></html>\n");
 
