@@ -310,3 +310,28 @@ int64_t assigner_core_last_epoch(const assigner_core_t *c)
 {
     return c->last_epoch;
 }
+
+void assigner_core_reset_queue(assigner_core_t *c)
+{
+    assigner_queue_create(&c->queue);
+    c->queue.present = false;
+    c->use_the_queue = false;
+    c->flag_epoch = -1;
+}
+
+int64_t assigner_core_queue_fill(const assigner_core_t *c)
+{
+    const struct assigner_queue *q = &c->queue;
+    if (!q->present) {
+        return 0;
+    }
+    int64_t rows = 0;
+    const float *seg = assigner_queue_block(q, 0);
+    for (int i = 0; i < q->rows_per_rank; i++) {
+        const float *row = seg + (size_t)i * q->d;
+        bool nz = false;
+        for (int t = 0; t < q->d && !nz; t++) nz = row[t] != 0.0f;
+        rows += nz;
+    }
+    return rows * q->world;
+}

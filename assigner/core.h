@@ -84,6 +84,11 @@ const float *assigner_core_rank_codes(const assigner_core_t *c, int rank);
 int assigner_core_save(assigner_core_t *c, const char *path, char *err, size_t errlen);
 int assigner_core_load(assigner_core_t *c, const char *path, char *err, size_t errlen);
 
+/* Forget the queue (a resume from a checkpoint that had none). */
+void assigner_core_reset_queue(assigner_core_t *c);
+/* Rows of the global queue holding an embedding (0 .. queue_length). */
+int64_t assigner_core_queue_fill(const assigner_core_t *c);
+
 /* Last completed step and epoch (-1 before the first). */
 int64_t assigner_core_last_step(const assigner_core_t *c);
 int64_t assigner_core_last_epoch(const assigner_core_t *c);
