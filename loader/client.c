@@ -437,6 +437,15 @@ static void on_error(struct loader_client *c, int k)
         if (s->state != SLOT_SENT || s->peer != k || s->order.step != e.step) continue;
         if (p->outstanding > 0) p->outstanding--;
         s->peer = -1;
+        if (e.code == PROTO_ERRC_BUSY) {
+            /* A stopping or overloaded loader: not the order's fault. */
+            p->credit = 0;
+            s->state = SLOT_QUEUED;
+            c->st.reissued++;
+            LOG_LIMITED(SWAV_LOG_INFO, "loader %s busy (%s): order step %" PRIu64 " re-issued",
+                        peer_name(p), e.message, e.step);
+            return;
+        }
         s->refusals++;
         if (s->refusals >= c->o.max_attempts) {
             s->state = SLOT_FAILED;

@@ -18,7 +18,9 @@
  * re-issued order is simply a duplicate: the first batch wins, later ones are
  * dropped and counted.  A loader that refuses an order (an `error` naming the
  * order's step) gets it taken back; after max_attempts refusals the order
- * fails and next() says so.
+ * fails and next() says so.  A BUSY refusal (a loader that is stopping) is
+ * not the order's fault: the order is re-issued and the loader's credit set
+ * to 0 until its next `ready`.
  *
  * Zero copy: the batch handed out by next() points into the received ZeroMQ
  * frames (batch->crops[g].data, batch->labels.data); it stays valid until the

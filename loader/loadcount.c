@@ -273,6 +273,7 @@ int main(int argc, char **argv)
                     fprintf(hf, " [%u:%u]", b->notes[k].position, b->notes[k].code);
                 }
                 fprintf(hf, "\n");
+                fflush(hf); /* tests watch the progress */
             }
             if (batches == 0) {
                 t_first = swav_now_s();

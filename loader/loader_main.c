@@ -63,6 +63,8 @@ struct config {
     int64_t max_batch_bytes;
     int64_t index_threads;
     int64_t report_s;
+    bool index_only;
+    int64_t delay_ms;
 };
 
 #define OFF(f) offsetof(struct config, f)
@@ -89,6 +91,10 @@ static const struct swav_flag loader_flags[] = {
      "threads for the header probes of the index (0: --workers)"},
     {"report_s", SWAV_FLAG_INT, OFF(report_s), 0, 86400, "30",
      "seconds between counter lines on stderr (0: never)"},
+    {"index_only", SWAV_FLAG_BOOL, OFF(index_only), 0, 0, "false",
+     "build (or check) the index cache in --dump_path and exit"},
+    {"delay_ms", SWAV_FLAG_INT, OFF(delay_ms), 0, 60000, "0",
+     "sleep this long per image (tests: a slow loader holds its orders longer)"},
 };
 #undef OFF
 
@@ -297,6 +303,7 @@ static void *worker_main(void *arg)
         int64_t t0 = swav_now_ms();
         int substituted = 0;
         work_one(w, j, pos, note, sizeof note, &substituted);
+        if (L->cfg.delay_ms > 0) swav_sleep_ms(L->cfg.delay_ms);
         double ms = (double)(swav_now_ms() - t0);
         PTHREAD_CHECK(pthread_mutex_lock(&L->mu));
         if (substituted) {
@@ -671,7 +678,7 @@ int main(int argc, char **argv)
         usage(stderr, &set);
         return 2;
     }
-    if (L->nsocks == 0) {
+    if (L->nsocks == 0 && !L->cfg.index_only) {
         fprintf(stderr, "swav-loader: no --connect endpoint\n");
         return 2;
     }
@@ -717,6 +724,11 @@ int main(int argc, char **argv)
             return 1;
         }
         L->ndatasets++;
+    }
+    if (L->cfg.index_only) {
+        for (int d = 0; d < L->ndatasets; d++) loader_index_destroy(&L->datasets[d].ix);
+        free(rest);
+        return 0;
     }
 
     struct sigaction sa;
