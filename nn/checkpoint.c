@@ -364,7 +364,7 @@ enum nn_checkpoint_status nn_checkpoint_load(const char *path,
                 slot = &src_b[idx];
             }
         }
-        if (!p || *slot >= 0) { /* unknown, or a second copy (with and without module.) */
+        if (!p || *slot != -1) { /* unknown, or a second copy (with and without module.) */
             problem(&unexpected, "\"%.120s\"", t->name);
             continue;
         }
@@ -372,23 +372,24 @@ enum nn_checkpoint_status nn_checkpoint_load(const char *path,
             shape_str(s1, sizeof s1, t->ndim, t->shape);
             shape_str(s2, sizeof s2, p->ndim, p->shape);
             problem(&mismatched, "\"%.120s\" is %s, expected %s", t->name, s1, s2);
+            *slot = -2; /* present but unusable: not also "missing" */
             continue;
         }
         *slot = ti;
     }
     for (int i = 0; i < np; i++) {
-        if (src_p[i] < 0) {
+        if (src_p[i] == -1) {
             problem(&missing, "\"%s\"", params->p[i].name);
         }
     }
     for (int i = 0; i < nb; i++) {
-        if (src_b[i] < 0) {
+        if (src_b[i] == -1) {
             problem(&missing, "\"%s\"", buffers->p[i].name);
         }
     }
     int mom_missing = 0;
     for (int i = 0; momentum && i < np; i++) {
-        if (src_m[i] < 0) {
+        if (src_m[i] == -1) {
             mom_missing++;
             if (strict) {
                 problem(&missing, "\"" OPT_PREFIX "%s" MOM_SUFFIX "\"", params->p[i].name);
