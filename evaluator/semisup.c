@@ -2,6 +2,7 @@
 #include "semisup.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -237,4 +238,63 @@ enum eval_subset_status eval_subset_write(const char *list_path, const char *con
     int rc = swav_file_write_atomic(list_path, buf, off, err, errlen);
     free(buf);
     return rc == 0 ? EVAL_SUBSET_OK : EVAL_SUBSET_ERR_IO;
+}
+
+enum eval_subset_status eval_subset_prepare(const struct eval_semisup_config *cfg,
+                                            const char *dump_path, const char *const *paths,
+                                            const int32_t *labels, int64_t n, int n_classes,
+                                            uint32_t **idx, int64_t *n_out, char *err,
+                                            size_t errlen)
+{
+    if (cfg->labels_perc != 1 && cfg->labels_perc != 10) {
+        snprintf(err, errlen, "labels_perc %d is not 1 or 10", cfg->labels_perc);
+        return EVAL_SUBSET_ERR_ARGS;
+    }
+    enum eval_subset_status st;
+    if (cfg->subset_file && cfg->subset_file[0]) {
+        st = eval_subset_read(cfg->subset_file, paths, n, idx, n_out, err, errlen);
+    } else {
+        st = eval_subset_stratified(labels, n, n_classes, cfg->labels_perc / 100.0, cfg->seed,
+                                    idx, n_out);
+        if (st != EVAL_SUBSET_OK)
+            snprintf(err, errlen, "cannot draw a %d%% subset of %lld images: %s",
+                     cfg->labels_perc, (long long)n, eval_subset_status_str(st));
+    }
+    if (st != EVAL_SUBSET_OK)
+        return st;
+    if (errlen)
+        err[0] = '\0';
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s/semisup-%dpercent.txt", dump_path,
+                         cfg->labels_perc) >= sizeof(path) ||
+        swav_mkdirs(dump_path, err, errlen) != 0 ||
+        eval_subset_write(path, paths, *idx, *n_out, err, errlen) != EVAL_SUBSET_OK) {
+        if (!err[0])
+            snprintf(err, errlen, "dump_path too long");
+        free(*idx);
+        *idx = NULL;
+        return EVAL_SUBSET_ERR_IO;
+    }
+    return EVAL_SUBSET_OK;
+}
+
+int eval_semisup_config_json(const struct eval_semisup_config *cfg, char *buf, size_t len)
+{
+    char ms[16 * EVAL_MAX_MILESTONES] = "";
+    size_t o = 0;
+    for (int i = 0; i < cfg->n_decay && i < EVAL_MAX_MILESTONES; i++)
+        o += (size_t)snprintf(ms + o, sizeof(ms) - o, "%s%d", i ? "," : "", cfg->decay_epochs[i]);
+    json_t *sf = json_string(cfg->subset_file ? cfg->subset_file : "");
+    char *sfs = json_dumps(sf, JSON_ENCODE_ANY);
+    json_decref(sf);
+    int n = snprintf(buf, len,
+                     "{\"labels_perc\":%d,\"epochs\":%d,\"batch_size\":%d,\"lr\":%.10g,"
+                     "\"lr_last_layer\":%.10g,\"momentum\":%.10g,\"wd\":%.10g,"
+                     "\"scheduler_type\":\"step\",\"decay_epochs\":[%s],\"gamma\":%.10g,"
+                     "\"seed\":%llu,\"subset_file\":%s}",
+                     cfg->labels_perc, cfg->epochs, cfg->batch_size, cfg->lr, cfg->lr_last_layer,
+                     cfg->momentum, cfg->wd, ms, cfg->gamma, (unsigned long long)cfg->seed,
+                     sfs ? sfs : "\"\"");
+    free(sfs);
+    return n;
 }

@@ -30,6 +30,7 @@ struct eval_semisup_config {
     int decay_epochs[EVAL_MAX_MILESTONES]; /* 12 16 */
     double gamma;         /* 0.2 */
     uint64_t seed;        /* 31 */
+    const char *subset_file; /* SimCLR list; NULL or "": draw a stratified subset */
 };
 
 void eval_semisup_config_default(struct eval_semisup_config *cfg);
@@ -69,6 +70,20 @@ enum eval_subset_status eval_subset_read(const char *list_path, const char *cons
 enum eval_subset_status eval_subset_write(const char *list_path, const char *const *paths,
                                           const uint32_t *idx, int64_t n, char *err,
                                           size_t errlen);
+
+/* The subset of a run: read cfg->subset_file when set, else draw the
+ * stratified labels_perc% subset from cfg->seed; either way save it as
+ * <dump_path>/semisup-<labels_perc>percent.txt (SimCLR format) beside the
+ * results.  Sorted indices on success, a message in err otherwise. */
+enum eval_subset_status eval_subset_prepare(const struct eval_semisup_config *cfg,
+                                            const char *dump_path, const char *const *paths,
+                                            const int32_t *labels, int64_t n, int n_classes,
+                                            uint32_t **idx, int64_t *n_out, char *err,
+                                            size_t errlen);
+
+/* The config as a JSON object (the "config" of its eval.jsonl record, probe
+ * "semisup1" / "semisup10"); returns the length as snprintf does. */
+int eval_semisup_config_json(const struct eval_semisup_config *cfg, char *buf, size_t len);
 
 /* Base name of a relative path (after the last '/'). */
 const char *eval_basename(const char *path);

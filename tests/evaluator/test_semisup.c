@@ -148,6 +148,42 @@ static void test_subsets(const char *dir)
     EXPECT(eval_subset_read(path, (const char *const *)dup, 2, &r, &nr, err, sizeof(err)) ==
                EVAL_SUBSET_ERR_AMBIGUOUS,
            "ambiguous name accepted");
+    /* a run's subset: drawn, then saved beside the results; read back when
+     * given as the subset file, the same images */
+    {
+        struct eval_semisup_config sc;
+        eval_semisup_config_default(&sc);
+        sc.labels_perc = 1;
+        char dump[4096], saved[4200];
+        snprintf(dump, sizeof(dump), "%s/run", dir);
+        uint32_t *a, *b2;
+        int64_t na, nb2;
+        SWAV_ASSERT(eval_subset_prepare(&sc, dump, paths, labels, n, NCLS, &a, &na, err,
+                                        sizeof(err)) == EVAL_SUBSET_OK);
+        snprintf(saved, sizeof(saved), "%s/semisup-1percent.txt", dump);
+        sc.subset_file = saved;
+        sc.seed = 99; /* ignored when a list is given */
+        enum eval_subset_status st =
+            eval_subset_prepare(&sc, dump, paths, labels, n, NCLS, &b2, &nb2, err, sizeof(err));
+        EXPECT(st == EVAL_SUBSET_OK && na == nb2 && !memcmp(a, b2, sizeof(uint32_t) * na),
+               "prepared subset does not read back: %s", st ? err : "");
+        char js[1024];
+        eval_semisup_config_json(&sc, js, sizeof(js));
+        json_error_t je;
+        json_t *o = json_loads(js, 0, &je);
+        EXPECT(json_is_object(o) && json_integer_value(json_object_get(o, "labels_perc")) == 1 &&
+                   json_array_size(json_object_get(o, "decay_epochs")) == 2 &&
+                   fabs(json_number_value(json_object_get(o, "lr_last_layer")) - 0.2) < 1e-12,
+               "semisup config json: %s", js);
+        json_decref(o);
+        sc.labels_perc = 5;
+        EXPECT(eval_subset_prepare(&sc, dump, paths, labels, n, NCLS, &b2, &nb2, err,
+                                   sizeof(err)) == EVAL_SUBSET_ERR_ARGS,
+               "labels_perc 5 accepted");
+        free(a);
+        if (st == EVAL_SUBSET_OK)
+            free(b2);
+    }
     int32_t badl[3] = {0, 1, 9};
     EXPECT(eval_subset_stratified(badl, 3, 2, 0.1, 1, &r, &nr) == EVAL_SUBSET_ERR_ARGS,
            "bad label accepted");
