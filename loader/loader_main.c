@@ -136,6 +136,8 @@ struct loader {
     void *ctx;
     void *socks[MAX_CONSUMERS];
     void *monitors[MAX_CONSUMERS]; /* PAIR: connection events of socks[k] */
+    unsigned generation[MAX_CONSUMERS];
+    int rebuild[MAX_CONSUMERS];    /* the connection dropped: make a fresh socket */
     const char *endpoints[MAX_CONSUMERS];
     int nsocks;
     uint32_t in_hand[MAX_CONSUMERS];
@@ -597,7 +599,11 @@ static void on_monitor(struct loader *L, int k, int stopping)
             LOG_INFO("connected to %s", L->endpoints[k]);
             send_ready(L, k, stopping);
         } else if (ev == ZMQ_EVENT_DISCONNECTED) {
+            /* libzmq reconnects after a network error but gives up on the
+             * endpoint after a protocol error (an oversized or malformed
+             * ZMTP frame): a fresh socket reconnects in both cases. */
             LOG_INFO("disconnected from %s (reconnecting)", L->endpoints[k]);
+            L->rebuild[k] = 1;
         }
     }
 }
@@ -609,6 +615,46 @@ static int jobs_in_hand(struct loader *L)
     for (int i = 0; i < L->njobs; i++) n += L->jobs[i]->stage != JOB_FREE;
     PTHREAD_CHECK(pthread_mutex_unlock(&L->mu));
     return n;
+}
+
+/* The DEALER of consumer k and the monitor of its connection events. */
+static int open_consumer(struct loader *L, int k)
+{
+    void *s = zmq_socket(L->ctx, ZMQ_DEALER);
+    ZMQ_CHECK_PTR(s);
+    if (proto_socket_setup(s, L->cfg.max_order_bytes, (int)L->cfg.heartbeat_ms,
+                           (int)L->cfg.heartbeat_timeout_ms) != PROTO_OK) {
+        LOG_ERROR("socket options: %s", zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return -1;
+    }
+    int one = 1;
+    ZMQ_CHECK(zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof one));
+    if (zmq_connect(s, L->endpoints[k]) != 0) {
+        fprintf(stderr, "swav-loader: --connect %s: %s\n", L->endpoints[k],
+                zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return -1;
+    }
+    L->socks[k] = s;
+    /* Say ready the moment a connection is up (a consumer that just started
+     * or restarted), not at the next beat. */
+    char mon[64];
+    snprintf(mon, sizeof mon, "inproc://monitor-%d-%u", k, ++L->generation[k]);
+    ZMQ_CHECK(zmq_socket_monitor(s, mon, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED));
+    L->monitors[k] = zmq_socket(L->ctx, ZMQ_PAIR);
+    ZMQ_CHECK_PTR(L->monitors[k]);
+    ZMQ_CHECK(zmq_connect(L->monitors[k], mon));
+    return 0;
+}
+
+static void close_consumer(struct loader *L, int k, int linger)
+{
+    zmq_socket_monitor(L->socks[k], NULL, 0);
+    zmq_close(L->monitors[k]);
+    zmq_setsockopt(L->socks[k], ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(L->socks[k]);
+    L->monitors[k] = L->socks[k] = NULL;
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
@@ -742,29 +788,7 @@ int main(int argc, char **argv)
     L->ctx = zmq_ctx_new();
     ZMQ_CHECK_PTR(L->ctx);
     for (int k = 0; k < L->nsocks; k++) {
-        void *s = zmq_socket(L->ctx, ZMQ_DEALER);
-        ZMQ_CHECK_PTR(s);
-        if (proto_socket_setup(s, L->cfg.max_order_bytes, (int)L->cfg.heartbeat_ms,
-                               (int)L->cfg.heartbeat_timeout_ms) != PROTO_OK) {
-            LOG_ERROR("socket options: %s", zmq_strerror(zmq_errno()));
-            return 1;
-        }
-        int one = 1;
-        ZMQ_CHECK(zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof one));
-        if (zmq_connect(s, L->endpoints[k]) != 0) {
-            fprintf(stderr, "swav-loader: --connect %s: %s\n", L->endpoints[k],
-                    zmq_strerror(zmq_errno()));
-            return 2;
-        }
-        L->socks[k] = s;
-        /* Say ready the moment a connection is up (a consumer that just
-         * started or restarted), not at the next beat. */
-        char mon[64];
-        snprintf(mon, sizeof mon, "inproc://monitor-%d", k);
-        ZMQ_CHECK(zmq_socket_monitor(s, mon, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED));
-        L->monitors[k] = zmq_socket(L->ctx, ZMQ_PAIR);
-        ZMQ_CHECK_PTR(L->monitors[k]);
-        ZMQ_CHECK(zmq_connect(L->monitors[k], mon));
+        if (open_consumer(L, k) != 0) return 2;
     }
 
     PTHREAD_CHECK(pthread_mutex_init(&L->mu, NULL));
@@ -812,6 +836,15 @@ int main(int argc, char **argv)
             next_report = now + L->cfg.report_s * 1000;
         }
         if (stopping && jobs_in_hand(L) == 0) break;
+        for (int k = 0; k < L->nsocks; k++) {
+            if (!L->rebuild[k]) continue;
+            L->rebuild[k] = 0;
+            close_consumer(L, k, 0);
+            if (open_consumer(L, k) != 0) {
+                LOG_ERROR("cannot reopen the socket of %s", L->endpoints[k]);
+                g_stop = 1;
+            }
+        }
         for (int k = 0; k < L->nsocks; k++) {
             items[k] = (zmq_pollitem_t){.socket = L->socks[k], .events = ZMQ_POLLIN};
         }
@@ -866,13 +899,7 @@ int main(int argc, char **argv)
     PTHREAD_CHECK(pthread_cond_broadcast(&L->cv));
     PTHREAD_CHECK(pthread_mutex_unlock(&L->mu));
     for (int i = 0; i < nw; i++) PTHREAD_CHECK(pthread_join(L->threads[i], NULL));
-    int linger = 2000;
-    for (int k = 0; k < L->nsocks; k++) {
-        zmq_socket_monitor(L->socks[k], NULL, 0);
-        zmq_close(L->monitors[k]);
-        zmq_setsockopt(L->socks[k], ZMQ_LINGER, &linger, sizeof linger);
-        zmq_close(L->socks[k]);
-    }
+    for (int k = 0; k < L->nsocks; k++) close_consumer(L, k, 2000);
     proto_rx_free(&L->rx);
     proto_msg_free(&L->msg);
     zmq_ctx_term(L->ctx);
