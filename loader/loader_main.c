@@ -741,6 +741,15 @@ int main(int argc, char **argv)
         snprintf(L->loader_id, sizeof L->loader_id, "%.40s:%ld", host, (long)getpid());
     }
 
+    /* A stop during indexing: index, then leave with 0. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
     /* Data sets: the index of each, built (or taken from the cache) once. */
     struct loader_index_opts iopts = {
         .cache_dir = L->cfg.dump_path,
@@ -771,19 +780,12 @@ int main(int argc, char **argv)
         }
         L->ndatasets++;
     }
-    if (L->cfg.index_only) {
+    if (L->cfg.index_only || g_stop) {
         for (int d = 0; d < L->ndatasets; d++) loader_index_destroy(&L->datasets[d].ix);
         free(rest);
         return 0;
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     L->ctx = zmq_ctx_new();
     ZMQ_CHECK_PTR(L->ctx);
