@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,12 +35,26 @@ static int fsync_parent(const char *path)
 int swav_file_writev_atomic(const char *path, const struct iovec *iov, int iovcnt,
                             unsigned mode, char *err, size_t errlen)
 {
+    /* A name of its own per call (pid + a process-wide counter), created
+     * with O_EXCL: two threads replacing the same file must not write into
+     * one temporary file (with only the pid they did, and one of the two
+     * renames failed). */
+    static atomic_uint counter;
     char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
-        snprintf(err, errlen, "%s: path too long", path);
-        return -ENAMETOOLONG;
+    int fd = -1;
+    /* a leftover of a crashed process with the same pid: take the next name */
+    for (int tries = 0; tries < 100; tries++) {
+        unsigned seq = atomic_fetch_add(&counter, 1u);
+        if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(), seq) >=
+            (int)sizeof tmp) {
+            snprintf(err, errlen, "%s: path too long", path);
+            return -ENAMETOOLONG;
+        }
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+        if (fd >= 0 || errno != EEXIST) {
+            break;
+        }
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(e));

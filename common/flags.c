@@ -70,6 +70,24 @@ static int parse_float(const struct swav_flag *f, const char *s, double *out, ch
     return 0;
 }
 
+/* s is one of the '|'-separated words of choices. */
+static int in_choices(const char *choices, const char *s)
+{
+    size_t n = strlen(s);
+    const char *p = choices;
+    for (;;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && !strncmp(p, s, n)) {
+            return 1;
+        }
+        if (!bar) {
+            return 0;
+        }
+        p = bar + 1;
+    }
+}
+
 /* Store the values vals[0..nvals) into f's field. */
 static int store(const struct swav_flag *f, void *cfg, char **vals, int nvals, char *err,
                  size_t errlen)
@@ -89,6 +107,10 @@ static int store(const struct swav_flag *f, void *cfg, char **vals, int nvals, c
         if (f->type == SWAV_FLAG_FLOAT) {
             return parse_float(f, vals[0], (double *)field, err, errlen);
         }
+        if (f->choices && !in_choices(f->choices, vals[0])) {
+            snprintf(err, errlen, "--%s: '%s' is not one of %s", f->name, vals[0], f->choices);
+            return -1;
+        }
         *(const char **)field = vals[0];
         return 0;
     case SWAV_FLAG_BOOL: {
@@ -107,9 +129,16 @@ static int store(const struct swav_flag *f, void *cfg, char **vals, int nvals, c
     }
     case SWAV_FLAG_INT_LIST:
     case SWAV_FLAG_FLOAT_LIST: {
-        if (nvals < 1 || nvals > SWAV_FLAG_LIST_MAX) {
-            snprintf(err, errlen, "--%s: expects 1 to %d values, got %d", f->name,
-                     SWAV_FLAG_LIST_MAX, nvals);
+        int lo = f->min_len > 0 ? f->min_len : 1;
+        int hi = f->max_len > 0 && f->max_len < SWAV_FLAG_LIST_MAX ? f->max_len : SWAV_FLAG_LIST_MAX;
+        if (nvals < lo || nvals > hi) {
+            if (lo == hi) {
+                snprintf(err, errlen, "--%s: expects %d value%s, got %d", f->name, lo,
+                         lo == 1 ? "" : "s", nvals);
+            } else {
+                snprintf(err, errlen, "--%s: expects %d to %d values, got %d", f->name, lo, hi,
+                         nvals);
+            }
             return -1;
         }
         if (f->type == SWAV_FLAG_INT_LIST) {
@@ -150,7 +179,9 @@ static int store_default(const struct swav_flag *f, void *cfg, char *err, size_t
     snprintf(buf, sizeof buf, "%s", def);
     char *vals[SWAV_FLAG_LIST_MAX + 1];
     int n = 0;
-    for (char *tok = strtok(buf, " "); tok && n <= SWAV_FLAG_LIST_MAX; tok = strtok(NULL, " ")) {
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " ", &save); tok && n <= SWAV_FLAG_LIST_MAX;
+         tok = strtok_r(NULL, " ", &save)) {
         vals[n++] = tok;
     }
     if (store(f, cfg, vals, n, err, errlen)) {
@@ -219,10 +250,10 @@ int swav_flags_parse(const struct swav_flag_set *sets, int nsets, int argc, char
         } else {
             bool list = f->type == SWAV_FLAG_INT_LIST || f->type == SWAV_FLAG_FLOAT_LIST;
             int want = list ? SWAV_FLAG_LIST_MAX + 1 : 1;
+            /* a boolean takes the next token unless it is a flag, and
+             * store() rejects it when it is not a boolean: "--use_fp16
+             * maybe" names --use_fp16, not "maybe" */
             while (i < argc && n < want && strncmp(argv[i], "--", 2) != 0) {
-                if (f->type == SWAV_FLAG_BOOL && swav_flags_parse_bool(argv[i]) < 0) {
-                    break; /* a bare boolean flag followed by something else */
-                }
                 vals[n++] = argv[i++];
             }
             if (list && i < argc && n == want) {
@@ -256,19 +287,24 @@ void swav_flags_usage(FILE *out, const char *prog, const struct swav_flag_set *s
 
 static int json_str(char *buf, size_t len, const char *s)
 {
-    int n = snprintf(buf, len, "\"");
+    /* buf may be NULL (len 0) to measure; never form a pointer past buf + len */
+#define JROOM ((size_t)n < len ? len - (size_t)n : 0)
+#define JAT (buf ? buf + ((size_t)n < len ? (size_t)n : len) : NULL)
+    int n = 0;
+    n += snprintf(JAT, JROOM, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        size_t room = (size_t)n < len ? len - (size_t)n : 0;
         if (c == '"' || c == '\\') {
-            n += snprintf(buf + n, room, "\\%c", c);
+            n += snprintf(JAT, JROOM, "\\%c", c);
         } else if (c < 0x20) {
-            n += snprintf(buf + n, room, "\\u%04x", c);
+            n += snprintf(JAT, JROOM, "\\u%04x", c);
         } else {
-            n += snprintf(buf + n, room, "%c", c);
+            n += snprintf(JAT, JROOM, "%c", c);
         }
     }
-    n += snprintf(buf + n, (size_t)n < len ? len - (size_t)n : 0, "\"");
+    n += snprintf(JAT, JROOM, "\"");
+#undef JROOM
+#undef JAT
     return n;
 }
 

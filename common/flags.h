@@ -5,7 +5,9 @@
  * reference's spelling is kept: `--name value`, `--name=value`, lists as
  * `--nmb_crops 2 6` (values up to the next `--` token), booleans as
  * `--use_fp16 true` (bool_flag of src/utils.py: on/true/1, off/false/0; a
- * bare boolean flag means true).  A bad flag gets a message that names it. */
+ * bare boolean flag, followed by nothing or by another flag, means true; the
+ * next token that is not a flag is its value and must be a boolean).  A bad
+ * flag gets a message that names it. */
 #ifndef SWAV_COMMON_FLAGS_H
 #define SWAV_COMMON_FLAGS_H
 
@@ -42,6 +44,11 @@ struct swav_flag {
     double min, max;      /* numbers, and every element of a list */
     const char *def;      /* default as typed on a command line; NULL: "" / empty */
     const char *help;
+    /* Optional (zero: no constraint).  Lists: number of values allowed
+     * (min_len 0 means 1, max_len 0 means SWAV_FLAG_LIST_MAX).  Strings:
+     * choices as "a|b|c" (argparse's choices=). */
+    int min_len, max_len;
+    const char *choices;
 };
 
 /* A table and the struct its offsets point into. */

@@ -1,0 +1,157 @@
+/* common/fileio.h: an atomic write replaces the content and leaves no
+ * temporary file, also when it fails and when threads replace one file at
+ * once; bounded reads refuse what is too large or not a file; mkdirs. */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/fileio.h"
+
+static int failures, checks;
+#define CHECK(cond, ...)                                         \
+    do {                                                         \
+        checks++;                                                \
+        if (!(cond)) {                                           \
+            failures++;                                          \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                        \
+            fputc('\n', stderr);                                 \
+        }                                                        \
+    } while (0)
+
+static char g_dir[256];
+
+/* Number of entries in dir (without . and ..); names containing ".tmp." counted in *tmps. */
+static int count_entries(const char *dir, int *tmps)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    *tmps = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        n++;
+        if (strstr(e->d_name, ".tmp.")) (*tmps)++;
+    }
+    if (d) closedir(d);
+    return n;
+}
+
+static int read_is(const char *path, const char *want)
+{
+    void *data = NULL;
+    size_t len = 0;
+    char err[256];
+    if (swav_file_read_all(path, 1 << 20, &data, &len, err, sizeof err) != 0) return 0;
+    int ok = len == strlen(want) && !memcmp(data, want, len) && ((char *)data)[len] == '\0';
+    free(data);
+    return ok;
+}
+
+struct writer {
+    const char *path;
+    char fill;
+    int fails;
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    char buf[4096];
+    memset(buf, w->fill, sizeof buf);
+    char err[256];
+    for (int i = 0; i < 100; i++) {
+        if (swav_file_write_atomic(w->path, buf, sizeof buf, err, sizeof err) != 0) {
+            fprintf(stderr, "writer %c: %s\n", w->fill, err);
+            w->fails++;
+        }
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/swav-test-fileio-XXXXXX");
+    if (!mkdtemp(g_dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    char path[512], err[512];
+    int tmps;
+    snprintf(path, sizeof path, "%s/state.json", g_dir);
+
+    CHECK(swav_file_write_atomic(path, "first version, long", 19, err, sizeof err) == 0, "write: %s", err);
+    CHECK(read_is(path, "first version, long"), "content after first write");
+    CHECK(count_entries(g_dir, &tmps) == 1 && tmps == 0, "one file, no temporary");
+    CHECK(swav_file_write_atomic(path, "second", 6, err, sizeof err) == 0, "replace: %s", err);
+    CHECK(read_is(path, "second"), "content replaced (and shorter)");
+    CHECK(count_entries(g_dir, &tmps) == 1 && tmps == 0, "still one file, no temporary");
+    CHECK(swav_file_write_atomic(path, "", 0, err, sizeof err) == 0 && read_is(path, ""), "empty file");
+
+    /* writev and the mode */
+    char secret[512];
+    snprintf(secret, sizeof secret, "%s/key", g_dir);
+    struct iovec iov[3] = {{"ab", 2}, {"", 0}, {"cde", 3}};
+    CHECK(swav_file_writev_atomic(secret, iov, 3, 0600, err, sizeof err) == 0, "writev: %s", err);
+    struct stat st;
+    CHECK(stat(secret, &st) == 0 && (st.st_mode & 0777) == 0600, "mode 0600: %o", st.st_mode & 0777);
+    CHECK(read_is(secret, "abcde"), "writev content");
+
+    /* failures leave nothing behind and name the path */
+    char nodir[512];
+    snprintf(nodir, sizeof nodir, "%s/missing/x", g_dir);
+    int rc = swav_file_write_atomic(nodir, "x", 1, err, sizeof err);
+    CHECK(rc == -ENOENT && strstr(err, "missing"), "write into a missing folder: %d %s", rc, err);
+    char sub[512];
+    snprintf(sub, sizeof sub, "%s/adir", g_dir);
+    CHECK(mkdir(sub, 0755) == 0, "mkdir");
+    rc = swav_file_write_atomic(sub, "x", 1, err, sizeof err); /* rename onto a folder fails */
+    CHECK(rc < 0 && strstr(err, "adir"), "replace a folder: %d %s", rc, err);
+    CHECK(count_entries(g_dir, &tmps) == 3 && tmps == 0, "no temporary after failures (%d)", tmps);
+
+    /* threads replacing one file at once: every write succeeds, content whole */
+    struct writer w[2] = {{path, 'a', 0}, {path, 'b', 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, writer_main, &w[i]);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    CHECK(w[0].fails == 0 && w[1].fails == 0, "concurrent writers failed %d, %d times", w[0].fails, w[1].fails);
+    void *data = NULL;
+    size_t len = 0;
+    CHECK(swav_file_read_all(path, 1 << 20, &data, &len, err, sizeof err) == 0 && len == 4096, "read after race");
+    int uniform = data != NULL;
+    for (size_t i = 1; data && i < len; i++) uniform &= ((char *)data)[i] == ((char *)data)[0];
+    CHECK(uniform, "content of one writer, not a mix");
+    free(data);
+    CHECK(count_entries(g_dir, &tmps) == 3 && tmps == 0, "no temporary after the race (%d)", tmps);
+
+    /* bounded reads */
+    data = NULL;
+    rc = swav_file_read_all(path, 100, &data, &len, err, sizeof err);
+    CHECK(rc == -EFBIG && data == NULL && strstr(err, "state.json"), "over the limit: %d %s", rc, err);
+    rc = swav_file_read_all(sub, 100, &data, &len, err, sizeof err);
+    CHECK(rc == -EINVAL && strstr(err, "adir"), "a folder: %d %s", rc, err);
+    rc = swav_file_read_all(nodir, 100, &data, &len, err, sizeof err);
+    CHECK(rc == -ENOENT && strstr(err, "missing"), "missing: %d %s", rc, err);
+
+    /* mkdirs */
+    char deep[512];
+    snprintf(deep, sizeof deep, "%s/a/b/c", g_dir);
+    CHECK(swav_mkdirs(deep, err, sizeof err) == 0, "mkdirs: %s", err);
+    CHECK(swav_mkdirs(deep, err, sizeof err) == 0, "mkdirs again: %s", err);
+    CHECK(stat(deep, &st) == 0 && S_ISDIR(st.st_mode), "deep folder exists");
+    char under_file[512];
+    snprintf(under_file, sizeof under_file, "%s/state.json/x", g_dir);
+    rc = swav_mkdirs(under_file, err, sizeof err);
+    CHECK(rc == -ENOTDIR && strstr(err, "state.json"), "mkdirs under a file: %d %s", rc, err);
+
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
