@@ -1,8 +1,8 @@
 /* Linear probe (see linear.h).  Forward and backward are two GEMMs each;
- * the SGD update follows torch.optim.SGD's single-tensor path step for step
- * (weight decay added to the gradient, momentum buffer cloned at the first
- * step, Nesterov on request) so that the parity test can hold it to float
- * rounding. */
+ * the update is nn/optim.h's plain SGD, torch.optim.SGD step for step
+ * (weight decay added to the gradient, a zero momentum buffer making the
+ * first step buf = g, Nesterov on request), so that the parity test can hold
+ * it to float rounding. */
 #include "linear.h"
 
 #include <cblas.h>
@@ -12,6 +12,7 @@
 #include "common/check.h"
 #include "common/rng.h"
 #include "common/log.h"
+#include "nn/schedule.h"
 
 void eval_linear_config_default(struct eval_linear_config *cfg)
 {
@@ -31,26 +32,16 @@ void eval_linear_config_default(struct eval_linear_config *cfg)
     cfg->seed = 31;
 }
 
-double eval_multistep_lr(double base, const int *milestones, int n, double gamma, int epoch)
-{
-    int passed = 0;
-    for (int i = 0; i < n; i++)
-        passed += milestones[i] <= epoch;
-    return base * pow(gamma, passed);
-}
-
-double eval_cosine_lr(double base, double eta_min, int t_max, int epoch)
-{
-    if (t_max <= 0)
-        return base;
-    return eta_min + (base - eta_min) * (1.0 + cos(M_PI * (double)epoch / (double)t_max)) / 2.0;
-}
-
 double eval_linear_lr(const struct eval_linear_config *cfg, int epoch)
 {
-    if (cfg->sched == EVAL_SCHED_STEP)
-        return eval_multistep_lr(cfg->lr, cfg->decay_epochs, cfg->n_decay, cfg->gamma, epoch);
-    return eval_cosine_lr(cfg->lr, cfg->final_lr, cfg->epochs, epoch);
+    if (cfg->sched == EVAL_SCHED_STEP) {
+        int64_t ms[EVAL_MAX_MILESTONES];
+        int n = cfg->n_decay < EVAL_MAX_MILESTONES ? cfg->n_decay : EVAL_MAX_MILESTONES;
+        for (int i = 0; i < n; i++)
+            ms[i] = cfg->decay_epochs[i];
+        return nn_sched_multistep(cfg->lr, ms, n, cfg->gamma, epoch);
+    }
+    return nn_sched_cosine_annealing(cfg->lr, cfg->final_lr, cfg->epochs, epoch);
 }
 
 void eval_linear_init(struct eval_linear *m, int64_t dim, int64_t n_classes, int64_t max_batch,
@@ -65,7 +56,14 @@ void eval_linear_init(struct eval_linear *m, int64_t dim, int64_t n_classes, int
     m->n_params = (size_t)(n_classes * dim + n_classes);
     m->params = swav_xcalloc(m->n_params, sizeof(float));
     m->grads = swav_xcalloc(m->n_params, sizeof(float));
-    m->momentum = swav_xcalloc(m->n_params, sizeof(float));
+    nn_param_table_init(&m->table);
+    int64_t wshape[2] = {n_classes, dim}, bshape[1] = {n_classes};
+    SWAV_ASSERT(nn_param_table_add(&m->table, "linear.weight", 2, wshape, 0) == 0);
+    SWAV_ASSERT(nn_param_table_add(&m->table, "linear.bias", 1, bshape, 0) ==
+                (size_t)(n_classes * dim));
+    SWAV_ASSERT(m->table.total == m->n_params);
+    struct nn_optim_config oc = {.momentum = 0.9, .nthreads = 1};
+    nn_optim_init(&m->optim, &m->table, &oc);
     m->logits = swav_xcalloc((size_t)(max_batch * n_classes), sizeof(float));
     m->xbuf = swav_xcalloc((size_t)(max_batch * dim), sizeof(float));
     m->ybuf = swav_xcalloc((size_t)max_batch, sizeof(int32_t));
@@ -79,7 +77,8 @@ void eval_linear_free(struct eval_linear *m)
 {
     free(m->params);
     free(m->grads);
-    free(m->momentum);
+    nn_optim_free(&m->optim);
+    nn_param_table_free(&m->table);
     free(m->logits);
     free(m->xbuf);
     free(m->ybuf);
@@ -135,20 +134,12 @@ float eval_linear_step(struct eval_linear *m, const float *x, const int32_t *y, 
         for (int c = 0; c < C; c++)
             db[c] += z[i * C + c];
 
-    /* torch.optim.SGD, dampening 0. */
-    float wd = (float)cfg->wd, mom = (float)cfg->momentum, flr = (float)lr;
-    float *p = m->params, *g = m->grads, *buf = m->momentum;
-    size_t n = m->n_params;
-    bool first = !m->has_momentum;
-    for (size_t i = 0; i < n; i++) {
-        float d = wd != 0.0f ? g[i] + wd * p[i] : g[i];
-        if (mom != 0.0f) {
-            buf[i] = first ? d : buf[i] * mom + d;
-            d = cfg->nesterov ? d + mom * buf[i] : buf[i];
-        }
-        p[i] -= flr * d;
-    }
-    m->has_momentum = true;
+    /* torch.optim.SGD, dampening 0 (nn/optim.h, LARC off). */
+    m->optim.cfg.momentum = cfg->momentum;
+    m->optim.cfg.weight_decay = cfg->wd;
+    m->optim.cfg.nesterov = cfg->nesterov;
+    m->optim.cfg.larc = false;
+    nn_optim_step(&m->optim, m->params, m->grads, lr, 0);
     return (float)loss;
 }
 

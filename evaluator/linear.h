@@ -12,8 +12,12 @@
  * a permutation drawn from (seed, epoch) with common/rng.h, in batches of
  * batch_size, the last one short (DataLoader's drop_last=False).
  *
- * The math is plain BLAS (cblas_sgemm) with our own softmax cross-entropy;
- * everything is allocated in eval_linear_init, nothing in the step. */
+ * Forward/backward are plain BLAS (cblas_sgemm) with our own softmax
+ * cross-entropy (nn/layers.h was not committed yet when this was written);
+ * the SGD step is nn/optim.h's (plain SGD, LARC off) over an nn_param_table
+ * holding "linear.weight" and "linear.bias", and the schedules are
+ * nn/schedule.h's (torch's recursive formulas).  Everything is allocated in
+ * eval_linear_init, nothing in the step. */
 #ifndef SWAV_EVALUATOR_LINEAR_H
 #define SWAV_EVALUATOR_LINEAR_H
 
@@ -22,6 +26,8 @@
 #include <stdint.h>
 
 #include "metrics.h"
+#include "nn/optim.h"
+#include "nn/params.h"
 
 #define EVAL_MAX_MILESTONES 16
 
@@ -50,18 +56,14 @@ void eval_linear_config_default(struct eval_linear_config *cfg);
 /* The learning rate used during `epoch` (0-based): the scheduler stepped
  * once per finished epoch. */
 double eval_linear_lr(const struct eval_linear_config *cfg, int epoch);
-/* MultiStepLR: base * gamma^(number of milestones <= epoch). */
-double eval_multistep_lr(double base, const int *milestones, int n, double gamma, int epoch);
-/* CosineAnnealingLR's closed form: eta_min + (base - eta_min)(1 + cos(pi t/T))/2. */
-double eval_cosine_lr(double base, double eta_min, int t_max, int epoch);
 
 struct eval_linear {
     int64_t dim, n_classes, max_batch;
     size_t n_params;   /* n_classes * dim + n_classes */
     float *params;     /* weight (n_classes, dim) then bias (n_classes) */
     float *grads;      /* same layout */
-    float *momentum;   /* same layout; valid once has_momentum */
-    bool has_momentum; /* torch creates the buffer at the first step */
+    struct nn_param_table table; /* "linear.weight", "linear.bias" (RegLog's names) */
+    struct nn_optim optim;       /* momentum buffer inside; its config set per step */
     float *logits;     /* (max_batch, n_classes) scratch */
     float *xbuf;       /* (max_batch, dim) batch features from a source */
     int32_t *ybuf;     /* (max_batch) */

@@ -11,6 +11,7 @@
 #include "common/check.h"
 #include "common/fileio.h"
 #include "common/rng.h"
+#include "nn/schedule.h"
 
 void eval_semisup_config_default(struct eval_semisup_config *cfg)
 {
@@ -32,9 +33,12 @@ void eval_semisup_config_default(struct eval_semisup_config *cfg)
 void eval_semisup_lr(const struct eval_semisup_config *cfg, int epoch, double *lr_trunk,
                      double *lr_head)
 {
-    *lr_trunk = eval_multistep_lr(cfg->lr, cfg->decay_epochs, cfg->n_decay, cfg->gamma, epoch);
-    *lr_head = eval_multistep_lr(cfg->lr_last_layer, cfg->decay_epochs, cfg->n_decay, cfg->gamma,
-                                 epoch);
+    int64_t ms[EVAL_MAX_MILESTONES];
+    int n = cfg->n_decay < EVAL_MAX_MILESTONES ? cfg->n_decay : EVAL_MAX_MILESTONES;
+    for (int i = 0; i < n; i++)
+        ms[i] = cfg->decay_epochs[i];
+    *lr_trunk = nn_sched_multistep(cfg->lr, ms, n, cfg->gamma, epoch);
+    *lr_head = nn_sched_multistep(cfg->lr_last_layer, ms, n, cfg->gamma, epoch);
 }
 
 const char *eval_subset_status_str(enum eval_subset_status st)
