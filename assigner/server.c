@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "core.h"
+#include "frames.h"
 #include "proto/proto.h"
 #include "proto/wire.h"
 #include "sinkhorn.h"
@@ -63,6 +64,7 @@ struct assigner_server {
     float *protos;
     /* io */
     struct proto_rx rx;
+    struct assigner_frame_align align;
     struct proto_msg msg;
     uint64_t steps_done;
     uint64_t refused;
@@ -590,8 +592,10 @@ static void on_message(assigner_server_t *s, int64_t now)
     struct proto_header h;
     struct proto_diag diag;
     struct proto_decode_opts dopts = {.run = s->run};
+    assigner_frames_align(&s->align, &s->rx);
     enum proto_status st = proto_peek_type(s->rx.frames, s->rx.nframes, &dopts, &h, &diag);
     if (st == PROTO_ERR_WRONG_RUN) {
+        proto_peek_type(s->rx.frames, s->rx.nframes, NULL, &h, NULL);
         send_error(s, id, idlen, PROTO_ERRC_WRONG_RUN, "run", 0,
                    "unknown run id '%s': this assigner serves run '%s'", h.run, s->run);
         return;
@@ -615,19 +619,9 @@ static void on_message(assigner_server_t *s, int64_t now)
         }
         break;
     case PROTO_TYPE_EMBED:
-        if (!s->run[0]) {
-            send_error(s, id, idlen, PROTO_ERRC_OUT_OF_ORDER, "hello", 0,
-                       "no session yet: send hello first");
-            break;
-        }
         on_embed(s, id, idlen, now);
         break;
     case PROTO_TYPE_SAVE:
-        if (!s->run[0]) {
-            send_error(s, id, idlen, PROTO_ERRC_OUT_OF_ORDER, "hello", 0,
-                       "no session yet: send hello first");
-            break;
-        }
         on_save(s, id, idlen, now);
         break;
     default:
@@ -758,6 +752,7 @@ void assigner_server_destroy(assigner_server_t **ps)
     drop_session(s);
     sinkhorn_backend_destroy(&s->backend);
     proto_rx_free(&s->rx);
+    assigner_frames_align_free(&s->align);
     proto_msg_free(&s->msg);
     zmq_close(s->sock);
     zmq_ctx_term(s->ctx);
