@@ -41,11 +41,13 @@ struct assigner_config {
 
 struct assigner_stats {
     int64_t step;
-    double entropy_mean;     /* mean over all ranks' batch rows and crops, nats */
+    double entropy_mean;     /* mean per-row entropy over all ranks' batch rows and
+                                crops, nats (estimated from <= 512 evenly spaced
+                                rows per crop) */
     double entropy_uniform;  /* ln K */
     int prototypes_used;     /* distinct argmax over the step's rows */
-    double ms_scores;
-    double ms_sinkhorn;
+    double ms_scores;        /* scores and exp (fused) */
+    double ms_sinkhorn;      /* the iterations and writing the codes */
     bool queue_used;
     bool collapse_uniform;   /* entropy near ln K */
     bool collapse_few;       /* prototypes used collapsed */

@@ -97,6 +97,7 @@ struct cpu_impl {
 
     /* the pass in flight */
     const struct sinkhorn_problem *p;
+    const float *x, *w;
     int pass;           /* 0: exp; 1: iterate; 2: write codes */
     float *codes;
     float *entropy;
@@ -132,7 +133,13 @@ static int cpu_reserve(void *vimpl, int n, int k, int d)
     return 0;
 }
 
-/* Pass 0: E = exp(S/eps - m_b), a (per thread) = sum_b exp(m_b - M_t) E_b. */
+/* Rows of scores computed per sgemm call in pass 0: small enough that the
+ * block is still in cache when exp reads it back. */
+#define SCORE_CHUNK 64
+
+/* Pass 0: S = x w^T by chunks of rows (each thread its own sgemm calls,
+ * OpenBLAS single-threaded), then in cache E = exp(S/eps - m_b) and a (per
+ * thread) = sum_b exp(m_b - M_t) E_b. */
 SWAV_HOT static void pass_exp(struct cpu_impl *c, int share, int nshares)
 {
     const struct sinkhorn_problem *p = c->p;
@@ -144,6 +151,12 @@ SWAV_HOT static void pass_exp(struct cpu_impl *c, int share, int nshares)
     int lo, hi;
     assigner_pool_range(p->n, share, nshares, &lo, &hi);
     for (int b = lo; b < hi; b++) {
+        if ((b - lo) % SCORE_CHUNK == 0) {
+            int rows = hi - b < SCORE_CHUNK ? hi - b : SCORE_CHUNK;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, p->k, p->d, 1.0f,
+                        c->x + (size_t)b * (size_t)p->d, p->d, c->w, p->d, 0.0f,
+                        c->e + (size_t)b * (size_t)k, k);
+        }
         float *row = c->e + (size_t)b * (size_t)k;
         float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
@@ -256,7 +269,7 @@ SWAV_HOT static void pass_write(struct cpu_impl *c, int share, int nshares)
                 mx = v > mx ? v : mx;
             }
         }
-        if (c->entropy) {
+        if (c->entropy && r % (p->entropy_every > 1 ? p->entropy_every : 1) == 0) {
 #pragma omp simd reduction(+ : h)
             for (int j = 0; j < k; j++) {
                 float v = q[j] > 1e-30f ? q[j] : 1e-30f;
@@ -324,17 +337,16 @@ static int cpu_run(void *vimpl, const struct sinkhorn_problem *p, const float *x
     SWAV_ASSERT((size_t)p->n * (size_t)p->k <= c->cap_nk && p->n <= c->cap_n &&
                 p->k <= c->cap_k);
     double t0 = swav_now_s();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p->n, p->k, p->d, 1.0f, x, p->d, w,
-                p->d, 0.0f, c->e, p->k);
-    double t1 = swav_now_s();
-
     c->p = p;
+    c->x = x;
+    c->w = w;
     c->codes = codes;
     c->entropy = entropy;
     c->argmax = argmax;
     c->bad = 0;
     c->pass = 0;
     assigner_pool_run(c->pool, pass_dispatch, c);
+    double t1 = swav_now_s();
     double big = -INFINITY;
     for (int s = 0; s < c->threads; s++) {
         if (c->tmax[s] > big) big = c->tmax[s];
@@ -395,7 +407,8 @@ struct sinkhorn_backend *sinkhorn_backend_cpu_new(int threads)
     c->threads = threads;
     c->pool = assigner_pool_new(threads);
     c->tmax = swav_xcalloc((size_t)threads, sizeof *c->tmax);
-    openblas_set_num_threads(threads);
+    /* each worker calls sgemm on its own rows */
+    openblas_set_num_threads(1);
     struct sinkhorn_backend *b = swav_xcalloc(1, sizeof *b);
     b->name = "cpu";
     b->impl = c;

@@ -9,7 +9,8 @@
  *     repeat `iterations` times:  Q /= rowsum(Q); Q /= K;  Q /= colsum(Q); Q /= B
  *     return (Q * B)^T              (B = n, every rank's columns counted)
  *
- * The CPU backend never rewrites the matrix: it keeps E = exp(S/eps - m_b)
+ * The CPU backend computes the scores by chunks of rows in each worker and
+ * turns them into exp while they are in cache; it never rewrites the matrix: it keeps E = exp(S/eps - m_b)
  * (m_b the row maximum, which keeps exp in range) and two scaling vectors,
  * Q = diag(v) E diag(u) in sample-by-prototype layout, so that an iteration
  * is one fused pass over E (a dot product per row for the column
@@ -36,12 +37,13 @@ struct sinkhorn_problem {
     size_t out_group_stride;
     float epsilon;
     int iterations;  /* sinkhorn_iterations, >= 0 */
+    int entropy_every; /* entropy of output rows r % entropy_every == 0 only (0, 1: all) */
 };
 
 /* Per-call results besides the codes. */
 struct sinkhorn_result {
-    double ms_scores;     /* x w^T */
-    double ms_sinkhorn;   /* exp, iterations, writing Q */
+    double ms_scores;     /* x w^T and exp (one fused pass on the CPU) */
+    double ms_sinkhorn;   /* iterations, writing Q */
 };
 
 struct sinkhorn_backend {
@@ -51,7 +53,8 @@ struct sinkhorn_backend {
      * here, never in run).  Returns 0, or -1 when out of memory. */
     int (*reserve)(void *impl, int n, int k, int d);
     /* x: (n, d); w: (k, d); codes: (out_rows, k) row-major, or grouped (above).
-     * entropy (out_rows, optional): -sum_k q log q of each output row;
+     * entropy (out_rows, optional): -sum_k q log q of each output row (of the
+     * rows p->entropy_every selects; the others are left as they were);
      * argmax (out_rows, optional): the prototype with the largest q.
      * Returns 0, or -1 when a non-finite value appeared (codes unspecified). */
     int (*run)(void *impl, const struct sinkhorn_problem *p, const float *x, const float *w,
@@ -59,8 +62,8 @@ struct sinkhorn_backend {
     void (*free_impl)(void *impl);
 };
 
-/* The CPU backend: OpenBLAS sgemm for the scores, `threads` worker threads
- * for the passes (threads >= 1). */
+/* The CPU backend: `threads` worker threads, each calling OpenBLAS sgemm
+ * (single-threaded: it sets openblas_set_num_threads(1)) on its rows. */
 struct sinkhorn_backend *sinkhorn_backend_cpu_new(int threads);
 void sinkhorn_backend_destroy(struct sinkhorn_backend **b);
 

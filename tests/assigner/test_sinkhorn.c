@@ -51,7 +51,7 @@ static void check_case(int n, int d, int k, int row0, int rows, int iters, float
     int32_t *am = malloc(sizeof(int32_t) * rows);
     fill_unit_rows(x, n, d, &r);
     fill_unit_rows(w, k, d, &r);
-    struct sinkhorn_problem p = {n, d, k, row0, rows, 0, 0, eps, iters};
+    struct sinkhorn_problem p = {n, d, k, row0, rows, 0, 0, eps, iters, 1};
     struct sinkhorn_backend *b = sinkhorn_backend_cpu_new(threads);
     EXPECT(b->reserve(b->impl, n, k, d) == 0, "reserve");
     int rc = b->run(b->impl, &p, x, w, c1, ent, am, NULL);
