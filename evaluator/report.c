@@ -660,7 +660,8 @@ int eval_report_render(const char *dump_path, const char *config_json, char **ht
         render_probe(&b, &d, names[j]);
     d.rr = orig;
     free(sorted);
-    render_results_table(&b, &d);
+    if (d.nrr)
+        render_results_table(&b, &d);
     render_config(&b, &d);
     sb_puts(&b, "</body></html>\n");
 
