@@ -299,7 +299,27 @@ static void expect_err(const struct swav_flag_set *set, int argc, const char **a
 
 static int main_check(const void *cfg, char *err, size_t len) { return swav_main_args_check(cfg, err, len); }
 
-int main(void)
+/* --dump: one line per table, "<script>\t<defaults as JSON>\t<types as JSON>",
+ * for check_refflags.py, which compares them with the reference's argparse
+ * calls where the reference is at hand. */
+static void dump(const char *script, const struct swav_flag_set *set)
+{
+    static char json[16384];
+    char err[256];
+    if (swav_flags_defaults(set, 1, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", script, err);
+        exit(1);
+    }
+    swav_flags_to_json(json, sizeof json, set, 1);
+    printf("%s\t%s\t{", script, json);
+    static const char *names[] = {"int", "float", "bool", "str", "int_list", "float_list"};
+    for (size_t i = 0; i < set->n; i++) {
+        printf("%s\"%s\":\"%s\"", i ? "," : "", set->flags[i].name, names[set->flags[i].type]);
+    }
+    printf("}\n");
+}
+
+int main(int argc, char **argv)
 {
     static struct swav_main_args ma;
     static struct swav_eval_linear_args la;
@@ -307,6 +327,12 @@ int main(void)
     struct swav_flag_set ms = swav_main_flag_set(&ma);
     struct swav_flag_set ls = swav_eval_linear_flag_set(&la);
     struct swav_flag_set ss = swav_eval_semisup_flag_set(&sa);
+    if (argc > 1 && !strcmp(argv[1], "--dump")) {
+        dump("main_swav.py", &ms);
+        dump("eval_linear.py", &ls);
+        dump("eval_semisup.py", &ss);
+        return 0;
+    }
     check_table("main_swav", &ms, ref_main, sizeof ref_main / sizeof ref_main[0]);
     check_table("eval_linear", &ls, ref_linear, sizeof ref_linear / sizeof ref_linear[0]);
     check_table("eval_semisup", &ss, ref_semisup, sizeof ref_semisup / sizeof ref_semisup[0]);
