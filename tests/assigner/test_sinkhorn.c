@@ -170,6 +170,58 @@ static void test_core_nonfinite(void)
     sinkhorn_backend_destroy(&b);
 }
 
+/* The collapse monitor: healthy random assignments are not flagged; all
+ * samples alike (one prototype gets every argmax) and all prototypes alike
+ * (uniform assignments, entropy ln K) are, and counted. */
+static void test_collapse(void)
+{
+    struct assigner_config cfg = {.world_size = 1, .batch_size = 64, .nmb_prototypes = 30,
+                                  .feat_dim = 8, .ncrops_assign = 1, .epsilon = 0.05f,
+                                  .sinkhorn_iterations = 3, .queue_length = 0,
+                                  .epoch_queue_starts = 0, .collapse_entropy_frac = 0.95};
+    struct sinkhorn_backend *b = sinkhorn_backend_cpu_new(2);
+    char err[256];
+    assigner_core_t *c = assigner_core_new(&cfg, b, err, sizeof err);
+    struct swav_rng r;
+    swav_rng_init(&r, 11, 0, 0, 0);
+    float protos[30 * 8];
+    struct assigner_stats st;
+    fill_unit_rows(protos, 30, 8, &r);
+    fill_unit_rows(assigner_core_embed_slot(c, 0, 0), 64, 8, &r);
+    EXPECT(assigner_core_step(c, 0, 0, protos, &st, err, sizeof err) == 0, "%s", err);
+    printf("collapse: random: entropy %.3f of %.3f, %d used, flags %d %d\n", st.entropy_mean,
+           st.entropy_uniform, st.prototypes_used, st.collapse_uniform, st.collapse_few);
+    EXPECT(!st.collapse_uniform && !st.collapse_few && st.collapse_warnings == 0,
+           "healthy step flagged");
+    float *e = assigner_core_embed_slot(c, 0, 0);
+    for (int i = 1; i < 64; i++) memcpy(e + i * 8, e, 8 * sizeof(float));
+    EXPECT(assigner_core_step(c, 0, 1, protos, &st, err, sizeof err) == 0, "%s", err);
+    printf("collapse: same samples: %d used, flags %d %d, warnings %llu\n", st.prototypes_used,
+           st.collapse_uniform, st.collapse_few, (unsigned long long)st.collapse_warnings);
+    /* Sinkhorn's equipartition spreads identical samples evenly: the
+     * assignments turn uniform, which is what the monitor sees */
+    EXPECT(st.collapse_uniform && st.collapse_warnings == 1, "identical samples not flagged");
+    fill_unit_rows(e, 64, 8, &r);
+    for (int i = 1; i < 30; i++) memcpy(protos + i * 8, protos, 8 * sizeof(float));
+    EXPECT(assigner_core_step(c, 0, 2, protos, &st, err, sizeof err) == 0, "%s", err);
+    printf("collapse: same prototypes: entropy %.4f of %.4f, flags %d %d, warnings %llu\n",
+           st.entropy_mean, st.entropy_uniform, st.collapse_uniform, st.collapse_few,
+           (unsigned long long)st.collapse_warnings);
+    EXPECT(st.collapse_uniform && fabs(st.entropy_mean - st.entropy_uniform) < 1e-3 &&
+               st.collapse_warnings == 2, "uniform assignments not flagged");
+    assigner_core_destroy(&c);
+    /* the prototypes-used threshold */
+    cfg.collapse_min_used = 31;
+    c = assigner_core_new(&cfg, b, err, sizeof err);
+    fill_unit_rows(protos, 30, 8, &r);
+    fill_unit_rows(assigner_core_embed_slot(c, 0, 0), 64, 8, &r);
+    EXPECT(assigner_core_step(c, 0, 0, protos, &st, err, sizeof err) == 0, "%s", err);
+    EXPECT(st.collapse_few && !st.collapse_uniform && st.collapse_warnings == 1,
+           "fewer prototypes than collapse_min_used not flagged (%d used)", st.prototypes_used);
+    assigner_core_destroy(&c);
+    sinkhorn_backend_destroy(&b);
+}
+
 int main(void)
 {
     check_case(37, 16, 23, 0, 37, 3, 0.05f, 1);
@@ -181,6 +233,7 @@ int main(void)
     check_case(129, 16, 64, 1, 128, 3, 0.5f, 4);
     test_queue();
     test_core_nonfinite();
+    test_collapse();
     if (failures) {
         fprintf(stderr, "%d failures\n", failures);
         return 1;
