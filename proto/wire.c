@@ -2,7 +2,16 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
+
+#include "common/check.h"
+#include "common/fileio.h"
 
 enum proto_status proto_socket_setup(void *sock, int64_t maxmsgsize, int heartbeat_ivl_ms,
                                      int heartbeat_timeout_ms)
@@ -67,7 +76,47 @@ static void rx_release(struct proto_rx *rx)
     rx->idlen = 0;
 }
 
-void proto_rx_free(struct proto_rx *rx) { rx_release(rx); }
+void proto_rx_free(struct proto_rx *rx)
+{
+    rx_release(rx);
+    free(rx->align_buf);
+    rx->align_buf = NULL;
+    rx->align_cap = 0;
+}
+
+#define RX_ALIGN 16
+
+/* Points frames 1.. (tensors) that are not RX_ALIGN-aligned at aligned
+ * copies in rx->align_buf (out of memory aborts, as every allocation does). */
+static void rx_align_frames(struct proto_rx *rx)
+{
+    size_t need = 0;
+    for (size_t i = 1; i < rx->nframes; i++) {
+        if ((uintptr_t)rx->frames[i].data % RX_ALIGN) {
+            need += (rx->frames[i].len + RX_ALIGN - 1) / RX_ALIGN * RX_ALIGN;
+        }
+    }
+    if (need == 0) {
+        return;
+    }
+    if (need > rx->align_cap) {
+        free(rx->align_buf);
+        rx->align_buf = aligned_alloc(RX_ALIGN, need);
+        if (!rx->align_buf) {
+            fprintf(stderr, "out of memory aligning %zu bytes of received frames\n", need);
+            abort();
+        }
+        rx->align_cap = need;
+    }
+    size_t off = 0;
+    for (size_t i = 1; i < rx->nframes; i++) {
+        if ((uintptr_t)rx->frames[i].data % RX_ALIGN) {
+            memcpy(rx->align_buf + off, rx->frames[i].data, rx->frames[i].len);
+            rx->frames[i].data = rx->align_buf + off;
+            off += (rx->frames[i].len + RX_ALIGN - 1) / RX_ALIGN * RX_ALIGN;
+        }
+    }
+}
 
 static int msg_more(zmq_msg_t *m) { return zmq_msg_more(m); }
 
@@ -146,5 +195,273 @@ enum proto_status proto_recv(void *sock, struct proto_rx *rx, bool router, int f
         rx->frames[i].len = zmq_msg_size(&rx->parts[i]);
     }
     rx->nframes = rx->nparts;
+    rx_align_frames(rx);
     return PROTO_OK;
+}
+
+/* ---- CURVE ------------------------------------------------------------------ */
+
+#define KEYFILE_MAX (1 << 20)
+#define ZAP_MAX_KEYS 4096
+
+/* One "public|secret <z85>" line: returns 1 and fills kind/key, 0 for a blank
+ * or comment line, -1 for anything else. */
+static int parse_key_line(char *line, char *kind, char key[PROTO_Z85_KEY_LEN + 1])
+{
+    /* '#' is a Z85 digit: only a line that starts with it is a comment */
+    const char *first = line + strspn(line, " \t\r");
+    if (*first == '#') return 0;
+    char word[16], val[64], extra[2];
+    int n = sscanf(line, "%15s %63s %1s", word, val, extra);
+    if (n <= 0) return 0;
+    if (n != 2 || strlen(val) != PROTO_Z85_KEY_LEN) return -1;
+    if (!strcmp(word, "public")) *kind = 'p';
+    else if (!strcmp(word, "secret")) *kind = 's';
+    else return -1;
+    uint8_t bin[32];
+    if (!zmq_z85_decode(bin, val)) return -1;
+    memcpy(key, val, PROTO_Z85_KEY_LEN + 1);
+    return 1;
+}
+
+/* Calls fn for every key line of the file. */
+static enum proto_status for_each_key(const char *path,
+                                      int (*fn)(void *arg, char kind, const char *key),
+                                      void *arg, char *err, size_t errlen)
+{
+    void *data = NULL;
+    size_t len = 0;
+    if (swav_file_read_all(path, KEYFILE_MAX, &data, &len, err, errlen) != 0) {
+        return PROTO_ERR_BAD_ARG;
+    }
+    enum proto_status st = PROTO_OK;
+    char *save = NULL;
+    int lineno = 0;
+    for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        lineno++;
+        char kind = 0;
+        char key[PROTO_Z85_KEY_LEN + 1];
+        int r = parse_key_line(line, &kind, key);
+        if (r < 0) {
+            snprintf(err, errlen, "%s:%d: expected 'public <z85 key>' or 'secret <z85 key>'",
+                     path, lineno);
+            st = PROTO_ERR_BAD_ARG;
+            break;
+        }
+        if (r > 0 && fn(arg, kind, key) != 0) {
+            snprintf(err, errlen, "%s:%d: too many keys", path, lineno);
+            st = PROTO_ERR_BAD_ARG;
+            break;
+        }
+    }
+    free(data);
+    return st;
+}
+
+struct keypair {
+    char pub[PROTO_Z85_KEY_LEN + 1], sec[PROTO_Z85_KEY_LEN + 1];
+};
+
+static int take_pair(void *arg, char kind, const char *key)
+{
+    struct keypair *kp = arg;
+    memcpy(kind == 'p' ? kp->pub : kp->sec, key, PROTO_Z85_KEY_LEN + 1);
+    return 0;
+}
+
+enum proto_status proto_curve_load(const char *path, char public_key[PROTO_Z85_KEY_LEN + 1],
+                                   char secret_key[PROTO_Z85_KEY_LEN + 1], char *err,
+                                   size_t errlen)
+{
+    struct keypair kp = {"", ""};
+    enum proto_status st = for_each_key(path, take_pair, &kp, err, errlen);
+    if (st) return st;
+    if (!kp.pub[0] || (secret_key && !kp.sec[0])) {
+        snprintf(err, errlen, "%s: no %s key", path, kp.pub[0] ? "secret" : "public");
+        return PROTO_ERR_BAD_ARG;
+    }
+    memcpy(public_key, kp.pub, sizeof kp.pub);
+    if (secret_key) memcpy(secret_key, kp.sec, sizeof kp.sec);
+    return PROTO_OK;
+}
+
+enum proto_status proto_curve_keygen(const char *keypair_path, const char *public_path,
+                                     char *err, size_t errlen)
+{
+    char pub[PROTO_Z85_KEY_LEN + 1], sec[PROTO_Z85_KEY_LEN + 1];
+    if (zmq_curve_keypair(pub, sec) != 0) {
+        snprintf(err, errlen, "zmq_curve_keypair: %s (libzmq without CURVE?)",
+                 zmq_strerror(zmq_errno()));
+        return PROTO_ERR_ZMQ;
+    }
+    char both[128], one[64];
+    int n2 = snprintf(both, sizeof both, "public %s\nsecret %s\n", pub, sec);
+    int n1 = snprintf(one, sizeof one, "public %s\n", pub);
+    struct iovec v2 = {both, (size_t)n2}, v1 = {one, (size_t)n1};
+    if (swav_file_writev_atomic(keypair_path, &v2, 1, 0600, err, errlen) != 0 ||
+        swav_file_writev_atomic(public_path, &v1, 1, 0644, err, errlen) != 0) {
+        return PROTO_ERR_BAD_ARG;
+    }
+    return PROTO_OK;
+}
+
+enum proto_status proto_socket_curve_server(void *sock, const char *keypair_path, char *err,
+                                            size_t errlen)
+{
+    struct keypair kp;
+    enum proto_status st = proto_curve_load(keypair_path, kp.pub, kp.sec, err, errlen);
+    if (st) return st;
+    int one = 1;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, kp.sec, PROTO_Z85_KEY_LEN + 1) != 0) {
+        snprintf(err, errlen, "CURVE server options: %s", zmq_strerror(zmq_errno()));
+        return PROTO_ERR_ZMQ;
+    }
+    return PROTO_OK;
+}
+
+enum proto_status proto_socket_curve_client(void *sock, const char *server_public_path,
+                                            const char *client_keypair_path, char *err,
+                                            size_t errlen)
+{
+    char server_pub[PROTO_Z85_KEY_LEN + 1];
+    enum proto_status st = proto_curve_load(server_public_path, server_pub, NULL, err, errlen);
+    if (st) return st;
+    struct keypair kp;
+    if (client_keypair_path) {
+        st = proto_curve_load(client_keypair_path, kp.pub, kp.sec, err, errlen);
+        if (st) return st;
+    } else if (zmq_curve_keypair(kp.pub, kp.sec) != 0) {
+        snprintf(err, errlen, "zmq_curve_keypair: %s", zmq_strerror(zmq_errno()));
+        return PROTO_ERR_ZMQ;
+    }
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_pub, PROTO_Z85_KEY_LEN + 1) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, kp.pub, PROTO_Z85_KEY_LEN + 1) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, kp.sec, PROTO_Z85_KEY_LEN + 1) != 0) {
+        snprintf(err, errlen, "CURVE client options: %s", zmq_strerror(zmq_errno()));
+        return PROTO_ERR_ZMQ;
+    }
+    return PROTO_OK;
+}
+
+/* ---- ZAP handler ------------------------------------------------------------ */
+
+struct proto_zap {
+    void *sock; /* REP on inproc://zeromq.zap.01, used by the thread only */
+    pthread_t thread;
+    atomic_int stop;
+    atomic_uint_least64_t accepted, refused;
+    size_t nkeys;
+    uint8_t keys[][32]; /* allowed client public keys, binary */
+};
+
+struct allow_list {
+    uint8_t (*keys)[32];
+    size_t n, cap;
+};
+
+static int take_allowed(void *arg, char kind, const char *key)
+{
+    struct allow_list *al = arg;
+    if (kind != 'p') return 0; /* a keypair file may be listed too: its public key */
+    if (al->n == al->cap) return -1;
+    zmq_z85_decode(al->keys[al->n++], key);
+    return 0;
+}
+
+static void zap_send(void *sock, const char *text, size_t len, int more)
+{
+    zmq_send(sock, text, len, more ? ZMQ_SNDMORE : 0);
+}
+
+static void *zap_main(void *arg)
+{
+    struct proto_zap *z = arg;
+    while (!atomic_load(&z->stop)) {
+        /* request: version, request id, domain, address, identity, mechanism, credentials... */
+        zmq_msg_t part[8];
+        int nparts = 0, more = 1, bad = 0;
+        while (more) {
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, z->sock, 0) < 0) {
+                zmq_msg_close(&m);
+                bad = -1;
+                break;
+            }
+            more = zmq_msg_more(&m);
+            if (nparts < 8) {
+                part[nparts++] = m;
+            } else {
+                zmq_msg_close(&m);
+                bad = 1;
+            }
+        }
+        if (bad < 0) { /* timeout (stop flag polled) or context ending */
+            for (int i = 0; i < nparts; i++) zmq_msg_close(&part[i]);
+            if (zmq_errno() == ETERM) break;
+            continue;
+        }
+        int ok = 0;
+        if (!bad && nparts >= 7 && zmq_msg_size(&part[5]) == 5 &&
+            !memcmp(zmq_msg_data(&part[5]), "CURVE", 5) && zmq_msg_size(&part[6]) == 32) {
+            for (size_t k = 0; k < z->nkeys && !ok; k++) {
+                ok = !memcmp(z->keys[k], zmq_msg_data(&part[6]), 32);
+            }
+        }
+        atomic_fetch_add(ok ? &z->accepted : &z->refused, 1);
+        zap_send(z->sock, "1.0", 3, 1);
+        if (nparts >= 2) {
+            zmq_send(z->sock, zmq_msg_data(&part[1]), zmq_msg_size(&part[1]), ZMQ_SNDMORE);
+        } else {
+            zap_send(z->sock, "", 0, 1);
+        }
+        zap_send(z->sock, ok ? "200" : "400", 3, 1);
+        zap_send(z->sock, ok ? "OK" : "client key not allowed", ok ? 2 : 22, 1);
+        zap_send(z->sock, "", 0, 1); /* user id */
+        zap_send(z->sock, "", 0, 0); /* metadata */
+        for (int i = 0; i < nparts; i++) zmq_msg_close(&part[i]);
+    }
+    return NULL;
+}
+
+struct proto_zap *proto_zap_new(void *zmq_ctx, const char *allow_list_path, char *err,
+                                size_t errlen)
+{
+    struct proto_zap *z = swav_xcalloc(1, sizeof *z + ZAP_MAX_KEYS * 32);
+    struct allow_list al = {z->keys, 0, ZAP_MAX_KEYS};
+    if (for_each_key(allow_list_path, take_allowed, &al, err, errlen) != PROTO_OK) {
+        free(z);
+        return NULL;
+    }
+    z->nkeys = al.n;
+    z->sock = zmq_socket(zmq_ctx, ZMQ_REP);
+    int timeo = 100, linger = 0;
+    if (!z->sock || zmq_setsockopt(z->sock, ZMQ_RCVTIMEO, &timeo, sizeof timeo) != 0 ||
+        zmq_setsockopt(z->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_bind(z->sock, "inproc://zeromq.zap.01") != 0) {
+        snprintf(err, errlen, "ZAP handler: %s (one per context)", zmq_strerror(zmq_errno()));
+        if (z->sock) zmq_close(z->sock);
+        free(z);
+        return NULL;
+    }
+    PTHREAD_CHECK(pthread_create(&z->thread, NULL, zap_main, z));
+    return z;
+}
+
+void proto_zap_counts(const struct proto_zap *zap, uint64_t *accepted, uint64_t *refused)
+{
+    *accepted = atomic_load(&((struct proto_zap *)zap)->accepted);
+    *refused = atomic_load(&((struct proto_zap *)zap)->refused);
+}
+
+void proto_zap_destroy(struct proto_zap **zap)
+{
+    if (!zap || !*zap) return;
+    struct proto_zap *z = *zap;
+    atomic_store(&z->stop, 1);
+    PTHREAD_CHECK(pthread_join(z->thread, NULL));
+    zmq_close(z->sock);
+    free(z);
+    *zap = NULL;
 }

@@ -43,6 +43,12 @@ struct proto_rx {
     size_t nframes;
     uint8_t identity[PROTO_MAX_IDENTITY];
     size_t idlen; /* 0 unless received with router = true */
+    /* ZeroMQ gives no alignment guarantee for received frames (small
+     * messages are sliced out of its receive buffer at any offset): tensor
+     * frames that are not 16-byte aligned are copied here, so decoders and
+     * consumers can read them as arrays of their dtype. */
+    unsigned char *align_buf;
+    size_t align_cap;
 };
 void proto_rx_init(struct proto_rx *rx);
 void proto_rx_free(struct proto_rx *rx);
@@ -57,5 +63,43 @@ void proto_rx_free(struct proto_rx *rx);
  * PROTO_ERR_NO_FRAMES / PROTO_ERR_BAD_ARG.  The identity is still filled in
  * when it could be read, so the caller can answer with an error. */
 enum proto_status proto_recv(void *sock, struct proto_rx *rx, bool router, int flags);
+
+/* ---- CURVE (TCP endpoints that must not be open to anyone) -----------------
+ *
+ * Keys are Z85 text (40 characters) in files: a keypair file holds the two
+ * lines "public <z85>" and "secret <z85>" (mode 0600); a public-key file
+ * holds "public <z85>", and an allow-list file holds one such line per
+ * authorised client (a line starting with '#' is a comment).  Loopback and ipc:// endpoints
+ * need none of this.  All return PROTO_OK, or PROTO_ERR_BAD_ARG / _ZMQ with
+ * a message in err naming the file. */
+#define PROTO_Z85_KEY_LEN 40
+
+/* Write a fresh keypair: keypair_path (0600) and public_path (0644). */
+enum proto_status proto_curve_keygen(const char *keypair_path, const char *public_path,
+                                     char *err, size_t errlen);
+/* Read a key file; secret may be NULL (a public-key file has none). */
+enum proto_status proto_curve_load(const char *path, char public_key[PROTO_Z85_KEY_LEN + 1],
+                                   char secret_key[PROTO_Z85_KEY_LEN + 1], char *err,
+                                   size_t errlen);
+/* Before bind: this socket is a CURVE server with the keypair of the file. */
+enum proto_status proto_socket_curve_server(void *sock, const char *keypair_path, char *err,
+                                            size_t errlen);
+/* Before connect: a CURVE client of the server whose public key is in
+ * server_public_path, with the keypair of client_keypair_path (NULL: a fresh
+ * keypair, for servers that authorise any client). */
+enum proto_status proto_socket_curve_client(void *sock, const char *server_public_path,
+                                            const char *client_keypair_path, char *err,
+                                            size_t errlen);
+
+/* A ZAP handler (ZeroMQ RFC 27) for one context: CURVE clients whose public
+ * key is in the allow-list are accepted, all others refused.  Without a ZAP
+ * handler a CURVE server accepts any client that knows its public key.
+ * Start it before binding; it runs in its own thread. */
+struct proto_zap;
+struct proto_zap *proto_zap_new(void *zmq_ctx, const char *allow_list_path, char *err,
+                                size_t errlen);
+/* Requests answered so far: accepted, refused. */
+void proto_zap_counts(const struct proto_zap *zap, uint64_t *accepted, uint64_t *refused);
+void proto_zap_destroy(struct proto_zap **zap);
 
 #endif

@@ -2,9 +2,13 @@
  * message goes DEALER -> ROUTER and back with the identity, tensor frames
  * arrive intact; a message of too many frames is drained and reported; a
  * non-blocking receive with nothing waiting says PROTO_ERR_AGAIN; a frame
- * over ZMQ_MAXMSGSIZE never reaches the receiver. */
+ * over ZMQ_MAXMSGSIZE never reaches the receiver; CURVE with a ZAP allow-list
+ * lets the listed client in and keeps an unlisted one and a plain one out. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "proto/wire.h"
@@ -115,10 +119,86 @@ int main(void)
     st = proto_recv(rt, &rx, true, 0);
     CHECK(st == PROTO_ERR_AGAIN, "oversized frame dropped: %s", proto_status_str(st));
 
-    proto_rx_free(&rx);
-    proto_msg_free(&m);
     zmq_close(rt);
     zmq_close(dt);
+
+    /* CURVE: a server keypair, an allowed client, an unknown client, a plain one */
+    if (!zmq_has("curve")) {
+        printf("libzmq without CURVE: CURVE part skipped\n");
+    } else {
+        char dir[] = "/tmp/swav-test-curve-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        char skey[256], spub[256], ckey[256], cpub[256], bad[256];
+        snprintf(skey, sizeof skey, "%s/server.key", dir);
+        snprintf(spub, sizeof spub, "%s/server.pub", dir);
+        snprintf(ckey, sizeof ckey, "%s/client.key", dir);
+        snprintf(cpub, sizeof cpub, "%s/client.pub", dir);
+        snprintf(bad, sizeof bad, "%s/bad.pub", dir);
+        char err[512] = "";
+        CHECK(proto_curve_keygen(skey, spub, err, sizeof err) == PROTO_OK, "keygen: %s", err);
+        CHECK(proto_curve_keygen(ckey, cpub, err, sizeof err) == PROTO_OK, "keygen: %s", err);
+        struct stat kst;
+        CHECK(stat(skey, &kst) == 0 && (kst.st_mode & 0777) == 0600, "secret key file mode");
+        char pub[PROTO_Z85_KEY_LEN + 1], sec[PROTO_Z85_KEY_LEN + 1];
+        CHECK(proto_curve_load(ckey, pub, sec, err, sizeof err) == PROTO_OK && strlen(sec) == 40, "load");
+        CHECK(proto_curve_load(spub, pub, sec, err, sizeof err) == PROTO_ERR_BAD_ARG &&
+                  strstr(err, "server.pub"),
+              "a public-key file has no secret: %s", err);
+        FILE *fp = fopen(bad, "w");
+        fprintf(fp, "# comment\npublic not-a-key\n");
+        fclose(fp);
+        CHECK(proto_curve_load(bad, pub, NULL, err, sizeof err) == PROTO_ERR_BAD_ARG &&
+                  strstr(err, "bad.pub:2"),
+              "bad key line named: %s", err);
+
+        void *cctx = zmq_ctx_new();
+        struct proto_zap *zap = proto_zap_new(cctx, cpub, err, sizeof err);
+        CHECK(zap != NULL, "ZAP handler: %s", err);
+        void *srv = zmq_socket(cctx, ZMQ_ROUTER);
+        proto_socket_setup(srv, 1 << 20, 0, 0);
+        zmq_setsockopt(srv, ZMQ_RCVTIMEO, &shortto, sizeof shortto);
+        CHECK(proto_socket_curve_server(srv, skey, err, sizeof err) == PROTO_OK, "server: %s", err);
+        CHECK(zmq_bind(srv, "tcp://127.0.0.1:*") == 0, "bind curve");
+        sz = sizeof ep;
+        zmq_getsockopt(srv, ZMQ_LAST_ENDPOINT, ep, &sz);
+        void *good = zmq_socket(cctx, ZMQ_DEALER);
+        void *stranger = zmq_socket(cctx, ZMQ_DEALER);
+        void *plain = zmq_socket(cctx, ZMQ_DEALER);
+        proto_socket_setup(good, -1, 0, 0);
+        proto_socket_setup(stranger, -1, 0, 0);
+        proto_socket_setup(plain, -1, 0, 0);
+        CHECK(proto_socket_curve_client(good, spub, ckey, err, sizeof err) == PROTO_OK, "client: %s", err);
+        CHECK(proto_socket_curve_client(stranger, spub, NULL, err, sizeof err) == PROTO_OK, "stranger: %s", err);
+        zmq_connect(stranger, ep);
+        zmq_connect(plain, ep);
+        CHECK(sample_encode(PROTO_TYPE_READY, &m) == PROTO_OK, "encode ready");
+        proto_send(stranger, NULL, 0, &m, ZMQ_DONTWAIT);
+        proto_send(plain, NULL, 0, &m, ZMQ_DONTWAIT);
+        st = proto_recv(srv, &rx, true, 0);
+        CHECK(st == PROTO_ERR_AGAIN, "unlisted and plain clients kept out: %s", proto_status_str(st));
+        zmq_connect(good, ep);
+        CHECK(proto_send(good, NULL, 0, &m, 0) == PROTO_OK, "allowed client sends");
+        st = proto_recv(srv, &rx, true, 0);
+        CHECK(st == PROTO_OK && proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_OK,
+              "allowed client's message arrives: %s", proto_status_str(st));
+        uint64_t acc = 0, ref = 0;
+        proto_zap_counts(zap, &acc, &ref);
+        CHECK(acc >= 1 && ref >= 1, "ZAP accepted %llu, refused %llu", (unsigned long long)acc,
+              (unsigned long long)ref);
+        zmq_close(good);
+        zmq_close(stranger);
+        zmq_close(plain);
+        zmq_close(srv);
+        proto_zap_destroy(&zap);
+        CHECK(zap == NULL, "destroy clears the pointer");
+        zmq_ctx_term(cctx);
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    }
+
+    proto_rx_free(&rx);
+    proto_msg_free(&m);
     zmq_close(router);
     zmq_close(dealer);
     zmq_ctx_term(ctx);
