@@ -95,7 +95,8 @@ enum loader_client_status loader_client_submit(struct loader_client *c,
  * submitted order that was not handed out yet.  On LOADER_CLIENT_OK *batch
  * points to it (valid until the next call).  The batch's order_id, epoch,
  * step, rank, n_images and crop geometry have been checked against the
- * order. */
+ * order.  A signal (EINTR) ends the wait early with LOADER_CLIENT_TIMEOUT so
+ * that the caller can look at its stop flag. */
 enum loader_client_status loader_client_next(struct loader_client *c,
                                              const struct proto_batch **batch,
                                              int timeout_ms);
