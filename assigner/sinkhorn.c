@@ -15,6 +15,7 @@
 
 #include <cblas.h>
 #include <float.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "common/check.h"
 #include "common/timeutil.h"
 #include "pool.h"
+#include "scores.h"
 
 /* Hot loops get an AVX2+FMA clone chosen at load time, the baseline
  * otherwise. */
@@ -88,6 +90,9 @@ struct cpu_impl {
     int threads;
     size_t cap_nk;      /* floats in e */
     int cap_n, cap_k;
+    bool kernel;        /* the packed AVX2 score kernel runs here */
+    size_t cap_wp;
+    float *wp;          /* packed prototypes (see scores.h), or NULL */
     float *e;           /* (n, k) scores, then exp */
     float *m;           /* (n) row maxima */
     float *u;           /* (k) prototype scaling */
@@ -107,7 +112,6 @@ struct cpu_impl {
 static int cpu_reserve(void *vimpl, int n, int k, int d)
 {
     struct cpu_impl *c = vimpl;
-    (void)d;
     size_t nk = (size_t)n * (size_t)k;
     if (nk > c->cap_nk) {
         free(c->e);
@@ -123,6 +127,16 @@ static int cpu_reserve(void *vimpl, int n, int k, int d)
         c->m = swav_xmalloc((size_t)n * sizeof(float));
         c->cap_n = n;
     }
+    size_t wpn = assigner_scores_packed_size(k, d);
+    if (c->kernel && wpn > c->cap_wp) {
+        free(c->wp);
+        c->wp = aligned_alloc(64, (wpn * sizeof(float) + 63) & ~(size_t)63);
+        if (!c->wp) {
+            c->cap_wp = 0;
+            return -1;
+        }
+        c->cap_wp = wpn;
+    }
     if (k > c->cap_k) {
         free(c->u);
         free(c->acc);
@@ -137,8 +151,7 @@ static int cpu_reserve(void *vimpl, int n, int k, int d)
  * block is still in cache when exp reads it back. */
 #define SCORE_CHUNK 64
 
-/* Pass 0: S = x w^T by chunks of rows (each thread its own sgemm calls,
- * OpenBLAS single-threaded), then in cache E = exp(S/eps - m_b) and a (per
+/* Pass 0: S = x w^T by chunks of rows (each thread its own, scores.h), then in cache E = exp(S/eps - m_b) and a (per
  * thread) = sum_b exp(m_b - M_t) E_b. */
 SWAV_HOT static void pass_exp(struct cpu_impl *c, int share, int nshares)
 {
@@ -153,9 +166,9 @@ SWAV_HOT static void pass_exp(struct cpu_impl *c, int share, int nshares)
     for (int b = lo; b < hi; b++) {
         if ((b - lo) % SCORE_CHUNK == 0) {
             int rows = hi - b < SCORE_CHUNK ? hi - b : SCORE_CHUNK;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, p->k, p->d, 1.0f,
-                        c->x + (size_t)b * (size_t)p->d, p->d, c->w, p->d, 0.0f,
-                        c->e + (size_t)b * (size_t)k, k);
+            assigner_scores_rows(c->e + (size_t)b * (size_t)k, k,
+                                 c->x + (size_t)b * (size_t)p->d, rows, c->kernel ? c->wp : NULL,
+                                 c->w, k, p->d);
         }
         float *row = c->e + (size_t)b * (size_t)k;
         float mx = -INFINITY;
@@ -337,6 +350,10 @@ static int cpu_run(void *vimpl, const struct sinkhorn_problem *p, const float *x
     SWAV_ASSERT((size_t)p->n * (size_t)p->k <= c->cap_nk && p->n <= c->cap_n &&
                 p->k <= c->cap_k);
     double t0 = swav_now_s();
+    SWAV_ASSERT(!c->kernel || assigner_scores_packed_size(p->k, p->d) <= c->cap_wp);
+    if (c->kernel) {
+        assigner_scores_pack(c->wp, w, p->k, p->d);
+    }
     c->p = p;
     c->x = x;
     c->w = w;
@@ -397,6 +414,7 @@ static void cpu_free(void *vimpl)
     free(c->u);
     free(c->acc);
     free(c->tmax);
+    free(c->wp);
     free(c);
 }
 
@@ -407,6 +425,7 @@ struct sinkhorn_backend *sinkhorn_backend_cpu_new(int threads)
     c->threads = threads;
     c->pool = assigner_pool_new(threads);
     c->tmax = swav_xcalloc((size_t)threads, sizeof *c->tmax);
+    c->kernel = assigner_scores_have_kernel() && !getenv("SWAV_ASSIGNER_BLAS");
     /* each worker calls sgemm on its own rows */
     openblas_set_num_threads(1);
     struct sinkhorn_backend *b = swav_xcalloc(1, sizeof *b);
