@@ -6,7 +6,8 @@
  * call) and a table of loaders keyed by their ROUTER identity.  Each slot
  * owns a heap-allocated proto_rx so that a received batch can be adopted by
  * swapping pointers: the decoded tensors point into zmq_msg_t parts (small
- * frames live inside the zmq_msg_t itself), so a proto_rx never moves. */
+ * frames live inside the zmq_msg_t itself, misaligned ones in the
+ * proto_rx's alignment buffer), so a proto_rx never moves. */
 #include "client.h"
 
 #include <errno.h>
@@ -40,51 +41,9 @@ struct slot {
     int peer;                 /* loader it was sent to, -1 */
     int64_t sent_ms;
     uint32_t refusals;
-    struct rxbuf *rx;         /* frames of the batch */
+    struct proto_rx *rx;         /* frames of the batch */
     struct proto_batch batch; /* decoded, points into rx */
 };
-
-/* A received message and the aligned copies of its misaligned frames. */
-struct rxbuf {
-    struct proto_rx rx;
-    uint8_t *align;
-    size_t align_cap;
-};
-
-static struct rxbuf *rxbuf_new(void)
-{
-    struct rxbuf *b = swav_xcalloc(1, sizeof *b);
-    proto_rx_init(&b->rx);
-    return b;
-}
-
-static void rxbuf_destroy(struct rxbuf *b)
-{
-    proto_rx_free(&b->rx);
-    free(b->align);
-    free(b);
-}
-
-void loader_rx_align(struct proto_rx *rx, uint8_t **buf, size_t *cap)
-{
-    size_t need = 0;
-    for (size_t i = 1; i < rx->nframes; i++) {
-        if ((uintptr_t)rx->frames[i].data % 8) need += (rx->frames[i].len + 7) & ~(size_t)7;
-    }
-    if (need == 0) return;
-    if (need > *cap) {
-        free(*buf);
-        *buf = swav_xmalloc(need);
-        *cap = need;
-    }
-    size_t off = 0;
-    for (size_t i = 1; i < rx->nframes; i++) {
-        if (!((uintptr_t)rx->frames[i].data % 8)) continue;
-        memcpy(*buf + off, rx->frames[i].data, rx->frames[i].len);
-        rx->frames[i].data = *buf + off;
-        off += (rx->frames[i].len + 7) & ~(size_t)7;
-    }
-}
 
 struct peer {
     uint8_t id[PROTO_MAX_IDENTITY];
@@ -115,7 +74,7 @@ struct loader_client {
     uint32_t npeers;
     uint64_t dispatch_counter;
 
-    struct rxbuf *in;     /* receive buffer, swapped into a slot on adoption */
+    struct proto_rx *in;     /* receive buffer, swapped into a slot on adoption */
     struct proto_batch tmp_batch;
     struct proto_msg msg; /* encode buffer */
     struct loader_client_stats st;
@@ -182,10 +141,12 @@ int loader_client_new(struct loader_client **out, const struct loader_client_opt
     c->nslots = c->o.window + 1;
     c->slots = swav_xcalloc(c->nslots, sizeof *c->slots);
     for (uint32_t i = 0; i < c->nslots; i++) {
-        c->slots[i].rx = rxbuf_new();
+        c->slots[i].rx = swav_xmalloc(sizeof *c->slots[i].rx);
+        proto_rx_init(c->slots[i].rx);
         c->slots[i].peer = -1;
     }
-    c->in = rxbuf_new();
+    c->in = swav_xmalloc(sizeof *c->in);
+    proto_rx_init(c->in);
     proto_msg_init(&c->msg);
     /* Order numbers start at a per-client value so that a batch meant for an
      * earlier incarnation of this consumer is recognised as stale. */
@@ -205,11 +166,13 @@ void loader_client_destroy(struct loader_client **cp)
     if (!cp || !*cp) return;
     struct loader_client *c = *cp;
     for (uint32_t i = 0; i < c->nslots; i++) {
-        rxbuf_destroy(c->slots[i].rx);
+        proto_rx_free(c->slots[i].rx);
+        free(c->slots[i].rx);
         free(c->slots[i].idx);
     }
     free(c->slots);
-    rxbuf_destroy(c->in);
+    proto_rx_free(c->in);
+    free(c->in);
     proto_msg_free(&c->msg);
     zmq_close(c->sock);
     if (c->own_ctx) zmq_ctx_term(c->ctx);
@@ -404,8 +367,7 @@ static void on_batch(struct loader_client *c, int k)
     struct proto_diag diag = {0};
     struct proto_decode_opts dopts = {.run = c->run, .max_tensor_bytes = c->o.max_batch_bytes};
     struct proto_batch *b = &c->tmp_batch;
-    loader_rx_align(&c->in->rx, &c->in->align, &c->in->align_cap);
-    enum proto_status ps = proto_batch_decode(c->in->rx.frames, c->in->rx.nframes, &dopts, b, &diag);
+    enum proto_status ps = proto_batch_decode(c->in->frames, c->in->nframes, &dopts, b, &diag);
     if (ps != PROTO_OK) {
         char msg[400];
         proto_diag_format(msg, sizeof msg, PROTO_TYPE_BATCH, ps, &diag);
@@ -445,7 +407,7 @@ static void on_batch(struct loader_client *c, int k)
     if (s->state == SLOT_SENT && s->peer >= 0 && c->peers[s->peer].outstanding > 0) {
         c->peers[s->peer].outstanding--;
     }
-    struct rxbuf *t = s->rx;
+    struct proto_rx *t = s->rx;
     s->rx = c->in;
     c->in = t;
     s->batch = *b;
@@ -462,7 +424,7 @@ static void on_error(struct loader_client *c, int k)
     struct proto_error e;
     struct proto_diag diag = {0};
     struct proto_decode_opts dopts = {.run = c->run};
-    enum proto_status ps = proto_error_decode(c->in->rx.frames, c->in->rx.nframes, &dopts, &e, &diag);
+    enum proto_status ps = proto_error_decode(c->in->frames, c->in->nframes, &dopts, &e, &diag);
     if (ps != PROTO_OK) {
         char msg[400];
         proto_diag_format(msg, sizeof msg, PROTO_TYPE_ERROR, ps, &diag);
@@ -508,7 +470,7 @@ static int drain(struct loader_client *c)
 {
     int n = 0;
     for (;;) {
-        enum proto_status ps = proto_recv(c->sock, &c->in->rx, true, ZMQ_DONTWAIT);
+        enum proto_status ps = proto_recv(c->sock, c->in, true, ZMQ_DONTWAIT);
         if (ps == PROTO_ERR_AGAIN) return n;
         n++;
         if (ps == PROTO_ERR_ZMQ) {
@@ -523,7 +485,7 @@ static int drain(struct loader_client *c)
                         proto_status_str(ps));
             continue;
         }
-        int k = peer_find(c, c->in->rx.identity, c->in->rx.idlen, 1);
+        int k = peer_find(c, c->in->identity, c->in->idlen, 1);
         if (k < 0) {
             c->st.bad_messages++;
             LOG_LIMITED(SWAV_LOG_WARN, "loader client: more than %d loaders: message dropped",
@@ -539,7 +501,7 @@ static int drain(struct loader_client *c)
         struct proto_header h;
         struct proto_diag diag = {0};
         struct proto_decode_opts dopts = {.run = c->run};
-        ps = proto_peek_type(c->in->rx.frames, c->in->rx.nframes, &dopts, &h, &diag);
+        ps = proto_peek_type(c->in->frames, c->in->nframes, &dopts, &h, &diag);
         if (ps != PROTO_OK) {
             char msg[400];
             proto_diag_format(msg, sizeof msg, PROTO_TYPE_NONE, ps, &diag);
@@ -551,7 +513,7 @@ static int drain(struct loader_client *c)
         switch (h.type) {
         case PROTO_TYPE_READY: {
             struct proto_ready r;
-            ps = proto_ready_decode(c->in->rx.frames, c->in->rx.nframes, &dopts, &r, &diag);
+            ps = proto_ready_decode(c->in->frames, c->in->nframes, &dopts, &r, &diag);
             if (ps != PROTO_OK) {
                 char msg[400];
                 proto_diag_format(msg, sizeof msg, PROTO_TYPE_READY, ps, &diag);
@@ -619,7 +581,8 @@ enum loader_client_status loader_client_submit(struct loader_client *c,
 static void release_head(struct loader_client *c)
 {
     struct slot *s = slot_at(c, 0);
-    proto_rx_free(&s->rx->rx);
+    /* The frames stay in s->rx until the next receive into it (proto_recv
+     * releases them and keeps its alignment buffer): no free/alloc per batch. */
     s->state = SLOT_FREE;
     s->peer = -1;
     c->head = (c->head + 1) % c->nslots;

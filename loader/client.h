@@ -112,15 +112,4 @@ void loader_client_get_stats(const struct loader_client *c, struct loader_client
 /* The message of the last ERR_ORDER / ERR_FAILED. */
 const char *loader_client_last_error(const struct loader_client *c);
 
-/* libzmq may hand out the small frames of a multipart message at any
- * address (slices of its receive buffer), and proto decoders require tensor
- * frames aligned to their element size.  This copies every frame after the
- * header whose address is not 8-byte aligned into *buf (grown as needed, one
- * 8-aligned slot per frame) and points rx->frames[i].data there.  Call it
- * after proto_recv and before a decoder; *buf must outlive the decoded
- * message.  (The client and swav-loader do; anything else receiving proto
- * tensors needs the same, or proto_recv should do it.) */
-struct proto_rx;
-void loader_rx_align(struct proto_rx *rx, uint8_t **buf, size_t *cap);
-
 #endif

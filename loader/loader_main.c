@@ -40,7 +40,6 @@
 #include "common/rng.h"
 #include "common/timeutil.h"
 #include "loader/augment.h"
-#include "loader/client.h"
 #include "loader/index.h"
 #include "proto/wire.h"
 
@@ -153,8 +152,6 @@ struct loader {
     pthread_t *threads;
 
     struct proto_rx rx;
-    uint8_t *align; /* aligned copies of misaligned frames (loader_rx_align) */
-    size_t align_cap;
     struct proto_msg msg;
     struct proto_batch batch;
 
@@ -392,7 +389,6 @@ static void on_order(struct loader *L, int k, int stopping)
     struct proto_order o;
     struct proto_diag diag = {0};
     struct proto_decode_opts dopts = {.run = L->cfg.run, .max_tensor_bytes = 1ull << 20};
-    loader_rx_align(&L->rx, &L->align, &L->align_cap);
     enum proto_status ps = proto_order_decode(L->rx.frames, L->rx.nframes, &dopts, &o, &diag);
     char msg[600];
     if (ps != PROTO_OK) {
@@ -907,7 +903,6 @@ int main(int argc, char **argv)
     for (int i = 0; i < nw; i++) PTHREAD_CHECK(pthread_join(L->threads[i], NULL));
     for (int k = 0; k < L->nsocks; k++) close_consumer(L, k, 2000);
     proto_rx_free(&L->rx);
-    free(L->align);
     proto_msg_free(&L->msg);
     zmq_ctx_term(L->ctx);
     LOG_INFO("stopped: served %" PRIu64 " images in %" PRIu64 " batches, %" PRIu64

@@ -3,7 +3,7 @@
  * order, credit, duplicate drop, re-issue after a loader goes silent,
  * refusals, window full, bad messages.  Over ipc:// (not inproc://): only
  * the stream transports put small frames at odd addresses in libzmq's
- * receive buffer, which loader_rx_align must repair (11 images x 1 crop x 3x3x3
+ * receive buffer, which proto_recv must realign (11 images x 1 crop x 3x3x3
  * makes the crop frames an odd length).  Exits 1 at the first failed check. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -36,8 +36,6 @@ static int failures;
 struct fake {
     void *s;
     struct proto_rx rx;
-    uint8_t *align;
-    size_t align_cap;
     struct proto_msg msg;
     char id[32];
 };
@@ -57,7 +55,6 @@ static void fake_init(struct fake *f, void *ctx, const char *ep, const char *id)
 static void fake_free(struct fake *f)
 {
     proto_rx_free(&f->rx);
-    free(f->align);
     proto_msg_free(&f->msg);
     zmq_close(f->s);
 }
@@ -76,7 +73,6 @@ static int fake_order(struct fake *f, struct loader_client *c, struct proto_orde
     int64_t until = swav_now_ms() + ms;
     for (;;) {
         if (proto_recv(f->s, &f->rx, false, ZMQ_DONTWAIT) == PROTO_OK) {
-            loader_rx_align(&f->rx, &f->align, &f->align_cap);
             EXPECT(proto_order_decode(f->rx.frames, f->rx.nframes, NULL, o, NULL) == PROTO_OK,
                    "order decodes");
             return 1;

@@ -24,7 +24,6 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "common/timeutil.h"
-#include "loader/client.h"
 #include "proto/wire.h"
 
 extern char **environ;
@@ -137,9 +136,6 @@ static void expect_error(const char *what, enum proto_errcode code, uint64_t ste
 {
     enum proto_type t = recv_type(PROTO_TYPE_ERROR, 5000);
     EXPECT(t == PROTO_TYPE_ERROR, "%s: no error answer", what);
-    static uint8_t *abuf;
-    static size_t acap;
-    loader_rx_align(&g_rx, &abuf, &acap);
     EXPECT(proto_error_decode(g_rx.frames, g_rx.nframes, NULL, &g_err, NULL) == PROTO_OK,
            "%s: error decodes", what);
     EXPECT(g_err.code == code && g_err.step == step, "%s: error code %d step %" PRIu64
@@ -241,9 +237,6 @@ int main(int argc, char **argv)
     send_order(RUN, 9, 2, "");
     EXPECT(recv_type(PROTO_TYPE_BATCH, 10000) == PROTO_TYPE_BATCH, "batch for a valid order");
     static struct proto_batch b;
-    static uint8_t *abuf;
-    static size_t acap;
-    loader_rx_align(&g_rx, &abuf, &acap);
     EXPECT(proto_batch_decode(g_rx.frames, g_rx.nframes, NULL, &b, NULL) == PROTO_OK, "batch decodes");
     EXPECT(b.step == 9 && b.order_id == 1009 && b.n_images == 4 && b.ngroups == 2 &&
            b.crops[0].shape[0] == 8 && b.crops[0].shape[1] == 32 && b.crops[1].shape[1] == 16,
