@@ -5,10 +5,19 @@
 #include "loader/img_ops.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/check.h"
+
+/* The hot loops are built twice, for AVX2 and for the baseline, and picked
+ * at load time (gcc's target_clones; one binary for every x86-64). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define HOT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT_CLONES
+#endif
 
 static void *grow_bytes(void *p, size_t *cap, size_t need)
 {
@@ -31,6 +40,8 @@ void loader_img_buf_free(struct loader_img_buf *b)
     free(b->tmp);
     free(b->tr);
     free(b->line);
+    free(b->kp);
+    free(b->x0);
     memset(b, 0, sizeof(*b));
 }
 
@@ -162,6 +173,50 @@ static inline uint8_t clip8(int32_t in)
     return (uint8_t)(in >> PRECISION_BITS);
 }
 
+typedef int32_t v4si __attribute__((vector_size(16)));
+
+/* One row of the horizontal pass with K taps per output pixel (K constant
+ * at the call sites, so the loop unrolls).  A pixel's three channels go
+ * through one 4-lane vector; the fourth lane reads the next pixel's first
+ * byte and is dropped, so the vector path is taken only where that byte
+ * exists in the row (n_vec outputs), the rest in scalar code. */
+static inline __attribute__((always_inline)) void hrow_fixed(uint8_t *restrict o,
+                                                             const uint8_t *restrict in,
+                                                             const int32_t *restrict kp,
+                                                             const int *restrict x0s, int n,
+                                                             int n_vec, const int K)
+{
+    int xx = 0;
+    for (; xx < n_vec; xx++) {
+        const int32_t *k = kp + (size_t)xx * K;
+        const uint8_t *p = in + (size_t)x0s[xx] * 3;
+        v4si acc = {1 << (PRECISION_BITS - 1), 1 << (PRECISION_BITS - 1),
+                    1 << (PRECISION_BITS - 1), 0};
+        for (int x = 0; x < K; x++) {
+            const uint8_t *q = p + 3 * x;
+            v4si px = {q[0], q[1], q[2], q[3]};
+            acc += px * k[x];
+        }
+        o[xx * 3] = clip8(acc[0]);
+        o[xx * 3 + 1] = clip8(acc[1]);
+        o[xx * 3 + 2] = clip8(acc[2]);
+    }
+    for (; xx < n; xx++) {
+        const int32_t *k = kp + (size_t)xx * K;
+        const uint8_t *p = in + (size_t)x0s[xx] * 3;
+        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+        for (int x = 0; x < K; x++) {
+            s0 += p[3 * x] * k[x];
+            s1 += p[3 * x + 1] * k[x];
+            s2 += p[3 * x + 2] * k[x];
+        }
+        o[xx * 3] = clip8(s0);
+        o[xx * 3 + 1] = clip8(s1);
+        o[xx * 3 + 2] = clip8(s2);
+    }
+}
+
+HOT_CLONES
 void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int out_h,
                        int win_x, int win_y, int win_w, int win_h, const uint8_t *src,
                        int src_w, int src_h, struct loader_box box)
@@ -191,22 +246,57 @@ void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int ou
         size_t n = (size_t)(y_last - y_first) * (size_t)win_w * 3;
         b->tmp = grow_bytes(b->tmp, &b->tmp_cap, n);
         uint8_t *t = b->tmp;
-        for (int y = y_first; y < y_last; y++) {
-            const uint8_t *in = base + (size_t)y * sstride;
-            uint8_t *o = t + (size_t)(y - y_first) * win_w * 3;
+        if (box.width >= ksx) {
+            /* Zero-padded taps of a fixed count K from x0 <= xmin, so that
+             * the inner loop has a constant trip count: the extra products
+             * are 0 * pixel, the sums the same. */
+            b->kp = grow_bytes(b->kp, &b->kp_cap, (size_t)win_w * ksx * sizeof(int32_t));
+            b->x0 = grow_bytes(b->x0, &b->x0_cap, (size_t)win_w * sizeof(int));
             for (int xx = win_x; xx < win_x + win_w; xx++) {
                 int xmin = b->bx[xx * 2], xmax = b->bx[xx * 2 + 1];
+                int x0 = xmin + ksx > box.width ? box.width - ksx : xmin;
+                int32_t *kp = &b->kp[(size_t)(xx - win_x) * ksx];
                 const int32_t *k = &b->kx[(size_t)xx * ksx];
-                int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
-                const uint8_t *p = in + (size_t)xmin * 3;
-                for (int x = 0; x < xmax; x++) {
-                    s0 += p[3 * x] * k[x];
-                    s1 += p[3 * x + 1] * k[x];
-                    s2 += p[3 * x + 2] * k[x];
+                for (int j = 0; j < ksx; j++) {
+                    int src_j = j - (xmin - x0);
+                    kp[j] = src_j >= 0 && src_j < xmax ? k[src_j] : 0;
                 }
-                o[(xx - win_x) * 3] = clip8(s0);
-                o[(xx - win_x) * 3 + 1] = clip8(s1);
-                o[(xx - win_x) * 3 + 2] = clip8(s2);
+                b->x0[xx - win_x] = x0;
+            }
+            /* outputs whose last tap is not the row's last pixel */
+            int n_vec = 0;
+            while (n_vec < win_w && box.left + b->x0[n_vec] + ksx < src_w) {
+                n_vec++;
+            }
+            for (int y = y_first; y < y_last; y++) {
+                const uint8_t *in = base + (size_t)y * sstride;
+                uint8_t *o = t + (size_t)(y - y_first) * win_w * 3;
+                switch (ksx) {
+                case 3: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 3); break;
+                case 5: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 5); break;
+                case 7: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 7); break;
+                case 9: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 9); break;
+                default: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, ksx); break;
+                }
+            }
+        } else {
+            for (int y = y_first; y < y_last; y++) {
+                const uint8_t *in = base + (size_t)y * sstride;
+                uint8_t *o = t + (size_t)(y - y_first) * win_w * 3;
+                for (int xx = win_x; xx < win_x + win_w; xx++) {
+                    int xmin = b->bx[xx * 2], xmax = b->bx[xx * 2 + 1];
+                    const int32_t *k = &b->kx[(size_t)xx * ksx];
+                    int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+                    const uint8_t *p = in + (size_t)xmin * 3;
+                    for (int x = 0; x < xmax; x++) {
+                        s0 += p[3 * x] * k[x];
+                        s1 += p[3 * x + 1] * k[x];
+                        s2 += p[3 * x + 2] * k[x];
+                    }
+                    o[(xx - win_x) * 3] = clip8(s0);
+                    o[(xx - win_x) * 3 + 1] = clip8(s1);
+                    o[(xx - win_x) * 3 + 2] = clip8(s2);
+                }
             }
         }
         rows = t;
@@ -265,20 +355,16 @@ void loader_img_flip(uint8_t *rgb, int w, int h)
     }
 }
 
-/* ImagingBlend(in1 = degenerate, in2 = image, alpha) for one byte pair. */
+/* ImagingBlend(in1 = degenerate, in2 = image, alpha) for one byte pair.  PIL
+ * truncates directly when 0 <= alpha <= 1 and clamps first otherwise; since
+ * the float result then always lies in [0, 255], clamping in both cases gives
+ * the same bytes and lets the loops vectorize. */
 static inline uint8_t blend1(int in1, int in2, float alpha)
 {
     float t = (float)in1 + alpha * (float)(in2 - in1);
-    if (alpha >= 0.0f && alpha <= 1.0f) {
-        return (uint8_t)t;
-    }
-    if (t <= 0.0f) {
-        return 0;
-    }
-    if (t >= 255.0f) {
-        return 255;
-    }
-    return (uint8_t)t;
+    t = t < 0.0f ? 0.0f : t;
+    t = t > 255.0f ? 255.0f : t;
+    return (uint8_t)(int)t;
 }
 
 static void apply_lut(uint8_t *restrict rgb, size_t n, const uint8_t *restrict lut)
@@ -303,6 +389,7 @@ static inline int luma(const uint8_t *p)
     return (p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16;
 }
 
+HOT_CLONES
 void loader_img_contrast(uint8_t *rgb, size_t npix, float factor)
 {
     /* ImageStat mean of convert("L"), rounded as int(mean + 0.5) */
@@ -319,6 +406,7 @@ void loader_img_contrast(uint8_t *rgb, size_t npix, float factor)
     apply_lut(rgb, npix * 3, lut);
 }
 
+HOT_CLONES
 void loader_img_saturation(uint8_t *rgb, size_t npix, float factor)
 {
     for (size_t i = 0; i < npix; i++) {
@@ -330,6 +418,7 @@ void loader_img_saturation(uint8_t *rgb, size_t npix, float factor)
     }
 }
 
+HOT_CLONES
 void loader_img_grayscale(uint8_t *rgb, size_t npix)
 {
     for (size_t i = 0; i < npix; i++) {
@@ -339,66 +428,112 @@ void loader_img_grayscale(uint8_t *rgb, size_t npix)
     }
 }
 
+/* round() for x >= 0 (half away from zero), exact, without the libm call */
+static inline int round_pos(double x)
+{
+    int r = (int)x;
+    return (x - (double)r) >= 0.5 ? r + 1 : r;
+}
+
 static inline uint8_t clip8i(int v)
 {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
+/* Exact tables for the HSV round trip: the same float quotients PIL
+ * computes, looked up instead of divided. */
+static float hue_quot[256][256]; /* [den][num] = (float)num / (float)den */
+static uint8_t hue_p[256][256];  /* [s][v] = hsv2rgb's p = round(v * (1 - s/255)) */
+static pthread_once_t hue_once = PTHREAD_ONCE_INIT;
+
+static void hue_tables_init(void)
+{
+    for (int d = 1; d < 256; d++)
+        for (int n = 0; n < 256; n++) hue_quot[d][n] = (float)n / (float)d;
+    for (int sv = 0; sv < 256; sv++) {
+        float fs = (float)(((float)sv) / 255.0);
+        for (int v = 0; v < 256; v++) hue_p[sv][v] = clip8i(round_pos((float)v * (1.0 - fs)));
+    }
+}
+
+/* The HSV round trip in chunks of pixels, each step a plain loop over
+ * arrays so that gcc vectorizes it (divisions included: IEEE division gives
+ * the same quotient in a vector lane as in scalar code).  Every float/double
+ * step is PIL's, in PIL's precision. */
+#define HUE_CHUNK 64
+
+HOT_CLONES
 void loader_img_hue(uint8_t *rgb, size_t npix, float hue)
 {
+    pthread_once(&hue_once, hue_tables_init);
     /* np.uint8(hue_factor * 255): truncation toward zero, then modulo 256 */
     int shift = (int)((double)hue * 255.0);
-    uint8_t dh = (uint8_t)(shift & 0xFF);
-    for (size_t i = 0; i < npix; i++) {
-        uint8_t *px = rgb + 3 * i;
-        /* PIL rgb2hsv_row */
-        uint8_t r = px[0], g = px[1], bl = px[2];
-        uint8_t maxc = r > g ? r : g;
-        maxc = maxc > bl ? maxc : bl;
-        uint8_t minc = r < g ? r : g;
-        minc = minc < bl ? minc : bl;
-        uint8_t uh, us, uv = maxc;
-        if (minc == maxc) {
-            uh = 0;
-            us = 0;
-        } else {
-            float h, s, rc, gc, bc, cr;
-            cr = (float)(maxc - minc);
-            s = cr / (float)maxc;
-            rc = ((float)(maxc - r)) / cr;
-            gc = ((float)(maxc - g)) / cr;
-            bc = ((float)(maxc - bl)) / cr;
-            if (r == maxc) {
-                h = bc - gc;
-            } else if (g == maxc) {
-                h = (float)(2.0 + rc - bc);
-            } else {
-                h = (float)(4.0 + gc - rc);
+    const int dh = shift & 0xFF;
+    static const uint8_t order[6][3] = {{0, 2, 1}, {2, 0, 1}, {1, 0, 2},
+                                        {1, 2, 0}, {2, 1, 0}, {0, 1, 2}};
+    for (size_t c0 = 0; c0 < npix; c0 += HUE_CHUNK) {
+        const int n = npix - c0 < HUE_CHUNK ? (int)(npix - c0) : HUE_CHUNK;
+        uint8_t *px = rgb + 3 * c0;
+        int32_t R[HUE_CHUNK], G[HUE_CHUNK], B[HUE_CHUNK], V[HUE_CHUNK], UH[HUE_CHUNK],
+            US[HUE_CHUNK], QT[HUE_CHUNK];
+        for (int i = 0; i < n; i++) {
+            R[i] = px[3 * i];
+            G[i] = px[3 * i + 1];
+            B[i] = px[3 * i + 2];
+        }
+        /* rgb2hsv_row */
+        for (int i = 0; i < n; i++) {
+            int r = R[i], g = G[i], b = B[i];
+            int maxc = r > g ? r : g;
+            maxc = maxc > b ? maxc : b;
+            int minc = r < g ? r : g;
+            minc = minc < b ? minc : b;
+            int cri = maxc - minc;
+            float cr = (float)(cri == 0 ? 1 : cri);
+            float mx = (float)(maxc == 0 ? 1 : maxc);
+            float sv = (float)cri / mx;
+            float rc = (float)(maxc - r) / cr;
+            float gc = (float)(maxc - g) / cr;
+            float bc = (float)(maxc - b) / cr;
+            float hr = bc - gc;
+            float hg = (float)(2.0 + (double)rc - (double)bc);
+            float hb = (float)(4.0 + (double)gc - (double)rc);
+            float h = r == maxc ? hr : (g == maxc ? hg : hb);
+            double x = (double)h / 6.0 + 1.0;
+            float hf = (float)(x >= 1.0 ? x - 1.0 : x);
+            int ih = (int)((double)hf * 255.0);
+            int is = (int)((double)sv * 255.0);
+            ih = ih > 255 ? 255 : ih;
+            is = is > 255 ? 255 : is;
+            /* gray pixels: h = s = 0 */
+            UH[i] = cri == 0 ? dh : ((ih + dh) & 0xFF);
+            US[i] = cri == 0 ? 0 : is;
+            V[i] = maxc;
+        }
+        /* hsv2rgb: the q-or-t value (p and the sector come from tables) */
+        for (int i = 0; i < n; i++) {
+            int uh = UH[i];
+            float fs = (float)((float)US[i] / 255.0);
+            int ii = (int)((float)uh * 6.0 / 255.0); /* floor: the value is >= 0 */
+            float f = (float)((float)uh * 6.0 / 255.0 - (float)ii);
+            double m = (ii & 1) ? (double)(float)(fs * f) : (double)fs * (1.0 - f);
+            double y = (double)(float)V[i] * (1.0 - m);
+            int t = (int)y;
+            t = (y - (double)t) >= 0.5 ? t + 1 : t;
+            QT[i] = t < 0 ? 0 : (t > 255 ? 255 : t);
+        }
+        for (int i = 0; i < n; i++) {
+            uint8_t *o = px + 3 * i;
+            int us = US[i], v = V[i];
+            if (us == 0) {
+                o[0] = o[1] = o[2] = (uint8_t)v;
+                continue;
             }
-            h = (float)fmod((h / 6.0 + 1.0), 1.0);
-            uh = clip8i((int)(h * 255.0));
-            us = clip8i((int)(s * 255.0));
-        }
-        uh = (uint8_t)(uh + dh);
-        /* PIL hsv2rgb */
-        if (us == 0) {
-            px[0] = px[1] = px[2] = uv;
-            continue;
-        }
-        int ii = (int)floor((float)uh * 6.0 / 255.0);
-        float f = (float)((float)uh * 6.0 / 255.0 - (float)ii);
-        float fs = (float)(((float)us) / 255.0);
-        int p = (int)round((float)uv * (1.0 - fs));
-        int q = (int)round((float)uv * (1.0 - fs * f));
-        int t = (int)round((float)uv * (1.0 - fs * (1.0 - f)));
-        uint8_t up = clip8i(p), uq = clip8i(q), ut = clip8i(t);
-        switch (ii % 6) {
-        case 0: px[0] = uv; px[1] = ut; px[2] = up; break;
-        case 1: px[0] = uq; px[1] = uv; px[2] = up; break;
-        case 2: px[0] = up; px[1] = uv; px[2] = ut; break;
-        case 3: px[0] = up; px[1] = uq; px[2] = uv; break;
-        case 4: px[0] = ut; px[1] = up; px[2] = uv; break;
-        default: px[0] = uv; px[1] = up; px[2] = uq; break;
+            int sec = (int)((float)UH[i] * 6.0 / 255.0) % 6;
+            uint8_t vals[3] = {(uint8_t)v, hue_p[us][v], (uint8_t)QT[i]};
+            o[0] = vals[order[sec][0]];
+            o[1] = vals[order[sec][1]];
+            o[2] = vals[order[sec][2]];
         }
     }
 }
@@ -416,78 +551,88 @@ static float gaussian_blur_radius(float radius, int passes)
     return l + a;
 }
 
-/* One extended-box pass over each row of a w x h RGB image, in place (the
- * line buffer holds the row's result). */
-static void box_blur_rows(uint8_t *img, int w, int h, float fradius, uint8_t *line)
+/* PIL's box weights for a fractional radius: ww for the 2r+1 inner taps, fw
+ * for the two outer ones, 24-bit fixed point. */
+struct box_weights {
+    int radius;
+    uint32_t ww, fw;
+};
+
+static struct box_weights box_weights_of(float fradius)
 {
-    int radius = (int)fradius;
-    uint32_t ww = (uint32_t)((float)(1 << 24) / (fradius * 2 + 1));
-    uint32_t fw = ((1 << 24) - (radius * 2 + 1) * ww) / 2;
-    int edge_a = radius + 1 < w ? radius + 1 : w;
-    int edge_b = w - radius - 1 > 0 ? w - radius - 1 : 0;
-    int lastx = w - 1;
-    for (int y = 0; y < h; y++) {
-        const uint8_t *in = img + (size_t)y * w * 3;
-        for (int c = 0; c < 3; c++) {
-#define IN(x) ((uint32_t)in[(x) * 3 + c])
-#define MOVE_ACC(sub, add) acc += IN(add) - IN(sub)
-#define SAVE(x, left, right)                                                   \
-    line[(x) * 3 + c] = (uint8_t)(((acc * ww) + (IN(left) + IN(right)) * fw + \
-                                   (1u << 23)) >> 24)
-            uint32_t acc = IN(0) * (uint32_t)(radius + 1);
-            for (int x = 0; x < edge_a - 1; x++) {
-                acc += IN(x);
-            }
-            acc += IN(lastx) * (uint32_t)(radius - edge_a + 1);
-            if (edge_a <= edge_b) {
-                for (int x = 0; x < edge_a; x++) {
-                    MOVE_ACC(0, x + radius);
-                    SAVE(x, 0, x + radius + 1);
-                }
-                for (int x = edge_a; x < edge_b; x++) {
-                    MOVE_ACC(x - radius - 1, x + radius);
-                    SAVE(x, x - radius - 1, x + radius + 1);
-                }
-                for (int x = edge_b; x <= lastx; x++) {
-                    MOVE_ACC(x - radius - 1, lastx);
-                    SAVE(x, x - radius - 1, lastx);
-                }
-            } else {
-                for (int x = 0; x < edge_b; x++) {
-                    MOVE_ACC(0, x + radius);
-                    SAVE(x, 0, x + radius + 1);
-                }
-                for (int x = edge_b; x < edge_a; x++) {
-                    MOVE_ACC(0, lastx);
-                    SAVE(x, 0, lastx);
-                }
-                for (int x = edge_a; x <= lastx; x++) {
-                    MOVE_ACC(x - radius - 1, lastx);
-                    SAVE(x, x - radius - 1, lastx);
-                }
-            }
-#undef IN
-#undef MOVE_ACC
-#undef SAVE
+    struct box_weights bw;
+    bw.radius = (int)fradius;
+    bw.ww = (uint32_t)((float)(1 << 24) / (fradius * 2 + 1));
+    bw.fw = ((1 << 24) - (bw.radius * 2 + 1) * bw.ww) / 2;
+    return bw;
+}
+
+/* One extended-box pass (PIL's ImagingLineBoxBlur) along every column of a
+ * w x h RGB image, computed a whole row at a time so that the loops run over
+ * contiguous bytes; per column the arithmetic is PIL's.  src and dst are
+ * distinct. */
+static inline __attribute__((always_inline)) void box_blur_cols(uint8_t *restrict dst, const uint8_t *restrict src, int w, int h,
+                          struct box_weights bw, uint32_t *restrict acc)
+{
+    const int radius = bw.radius;
+    const uint32_t ww = bw.ww, fw = bw.fw;
+    const int n = w * 3;
+    const int lasty = h - 1;
+    int edge_a = radius + 1 < h ? radius + 1 : h;
+#define ROW(y) (src + (size_t)(y) * n)
+    {
+        const uint8_t *r0 = ROW(0), *rl = ROW(lasty);
+        for (int x = 0; x < n; x++) {
+            acc[x] = (uint32_t)r0[x] * (uint32_t)(radius + 1) +
+                     (uint32_t)rl[x] * (uint32_t)(radius - edge_a + 1);
         }
-        memcpy(img + (size_t)y * w * 3, line, (size_t)w * 3);
+        for (int y = 0; y < edge_a - 1; y++) {
+            const uint8_t *r = ROW(y);
+            for (int x = 0; x < n; x++) acc[x] += r[x];
+        }
     }
+    for (int y = 0; y < h; y++) {
+        /* the rows PIL's three loops subtract / add / weigh at the far ends */
+        int sub = y - radius - 1 < 0 ? 0 : y - radius - 1;
+        int add = y + radius > lasty ? lasty : y + radius;
+        int right = y + radius + 1 > lasty ? lasty : y + radius + 1;
+        const uint8_t *restrict rs = ROW(sub), *restrict ra = ROW(add), *restrict rr = ROW(right);
+        uint8_t *restrict o = dst + (size_t)y * n;
+        for (int x = 0; x < n; x++) {
+            uint32_t a = acc[x] + (uint32_t)ra[x] - (uint32_t)rs[x];
+            acc[x] = a;
+            o[x] = (uint8_t)((a * ww + ((uint32_t)rs[x] + (uint32_t)rr[x]) * fw + (1u << 23)) >> 24);
+        }
+    }
+#undef ROW
 }
 
 static void transpose_rgb(uint8_t *restrict dst, const uint8_t *restrict src, int w, int h)
 {
-    /* src [h][w][3] -> dst [w][h][3] */
-    for (int y = 0; y < h; y++) {
-        for (int x = 0; x < w; x++) {
-            const uint8_t *s = src + ((size_t)y * w + x) * 3;
-            uint8_t *d = dst + ((size_t)x * h + y) * 3;
-            d[0] = s[0];
-            d[1] = s[1];
-            d[2] = s[2];
+    /* src [h][w][3] -> dst [w][h][3], in tiles for the caches */
+    enum { T = 16 };
+    for (int y0 = 0; y0 < h; y0 += T) {
+        int y1 = y0 + T < h ? y0 + T : h;
+        for (int x0 = 0; x0 < w; x0 += T) {
+            int x1 = x0 + T < w ? x0 + T : w;
+            for (int y = y0; y < y1; y++) {
+                for (int x = x0; x < x1; x++) {
+                    const uint8_t *sp = src + ((size_t)y * w + x) * 3;
+                    uint8_t *d = dst + ((size_t)x * h + y) * 3;
+                    d[0] = sp[0];
+                    d[1] = sp[1];
+                    d[2] = sp[2];
+                }
+            }
         }
     }
 }
 
+/* Three box passes along the rows, then three along the columns, as PIL
+ * (which transposes for the second direction).  Here every pass runs down
+ * the columns, a whole row of bytes at a time, so it vectorizes: the rows
+ * are blurred as the columns of the transposed image. */
+HOT_CLONES
 void loader_img_blur(struct loader_img_buf *b, uint8_t *rgb, int w, int h, float radius)
 {
     const int passes = 3;
@@ -495,16 +640,21 @@ void loader_img_blur(struct loader_img_buf *b, uint8_t *rgb, int w, int h, float
     if (r == 0.0f) {
         return;
     }
+    struct box_weights bw = box_weights_of(r);
     size_t n = (size_t)w * h * 3;
-    b->tr = grow_bytes(b->tr, &b->tr_cap, n);
-    size_t ln = (size_t)(w > h ? w : h) * 3;
+    b->tr = grow_bytes(b->tr, &b->tr_cap, 2 * n);
+    uint8_t *t1 = b->tr, *t2 = b->tr + n;
+    size_t ln = (size_t)(w > h ? w : h) * 3 * sizeof(uint32_t);
     b->line = grow_bytes(b->line, &b->line_cap, ln);
-    for (int i = 0; i < passes; i++) {
-        box_blur_rows(rgb, w, h, r, b->line);
-    }
-    transpose_rgb(b->tr, rgb, w, h);
-    for (int i = 0; i < passes; i++) {
-        box_blur_rows(b->tr, h, w, r, b->line);
-    }
-    transpose_rgb(rgb, b->tr, h, w);
+    uint32_t *acc = (uint32_t *)(void *)b->line;
+    /* rows: the transposed image is h wide and w tall */
+    transpose_rgb(t1, rgb, w, h);
+    box_blur_cols(t2, t1, h, w, bw, acc);
+    box_blur_cols(t1, t2, h, w, bw, acc);
+    box_blur_cols(t2, t1, h, w, bw, acc);
+    transpose_rgb(t1, t2, h, w);
+    /* columns */
+    box_blur_cols(rgb, t1, w, h, bw, acc);
+    box_blur_cols(t1, rgb, w, h, bw, acc);
+    box_blur_cols(rgb, t1, w, h, bw, acc);
 }

@@ -32,6 +32,9 @@ struct loader_img_buf {
     size_t tr_cap;
     uint8_t *line;
     size_t line_cap;
+    int32_t *kp;       /* zero-padded horizontal taps */
+    int *x0;
+    size_t kp_cap, x0_cap;
 };
 void loader_img_buf_free(struct loader_img_buf *b);
 
