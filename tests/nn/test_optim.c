@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/fileio.h"
 #include "nn/optim.h"
@@ -207,8 +208,62 @@ static void unit_checks(void)
     printf("unit checks: %s\n", failures ? "FAILED" : "ok");
 }
 
+/* --bench SPEC STEPS THREADS: times nn_optim_step (LARC) on the table of
+ * SPEC (names, shapes, flags), prints "ms_per_step X" (scripts/bench-optim). */
+static int bench(const char *specpath, int steps, int threads)
+{
+    json_error_t jerr;
+    json_t *spec = json_load_file(specpath, 0, &jerr);
+    if (!spec) {
+        fprintf(stderr, "%s: %s\n", specpath, jerr.text);
+        return 2;
+    }
+    struct nn_param_table table;
+    nn_param_table_init(&table);
+    json_t *names = json_object_get(spec, "names");
+    for (size_t i = 0; i < json_array_size(names); i++) {
+        json_t *sh = json_array_get(json_object_get(spec, "shapes"), i);
+        int64_t shape[NN_PARAM_MAX_DIMS];
+        for (size_t d = 0; d < json_array_size(sh); d++) {
+            shape[d] = json_integer_value(json_array_get(sh, d));
+        }
+        unsigned flags = (unsigned)json_integer_value(json_array_get(json_object_get(spec, "flags"), i));
+        nn_param_table_add(&table, json_string_value(json_array_get(names, i)),
+                           (int)json_array_size(sh), shape, flags ? NN_PARAM_PROTOTYPES : 0);
+    }
+    struct nn_optim_config cfg = nn_optim_config_swav(1e-6, 0);
+    cfg.nthreads = threads;
+    struct nn_optim opt;
+    nn_optim_init(&opt, &table, &cfg);
+    float *p = malloc(table.total * sizeof(float)), *g = malloc(table.total * sizeof(float));
+    for (size_t i = 0; i < table.total; i++) {
+        p[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+        g[i] = (float)((i * 40503u) % 1000) * 1e-4f - 0.05f;
+    }
+    nn_optim_step(&opt, p, g, 0.1, 0); /* warm-up: pages touched */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int s = 0; s < steps; s++) {
+        nn_optim_normalize_prototypes(&table, p);
+        nn_optim_step(&opt, p, g, 0.1, s + 1);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = ((double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-6) /
+                steps;
+    printf("params %zu tensors %d threads %d\nms_per_step %.3f\n", table.total, table.n, threads, ms);
+    free(p);
+    free(g);
+    nn_optim_free(&opt);
+    nn_param_table_free(&table);
+    json_decref(spec);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && !strcmp(argv[1], "--bench")) {
+        return bench(argv[2], atoi(argv[3]), atoi(argv[4]));
+    }
     if (argc < 2) {
         unit_checks();
         return failures ? 1 : 0;
