@@ -2,6 +2,7 @@
 #include "supervise.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,14 @@ int sup_start(struct sup *s, int i)
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != parent) {
             _exit(1);
+        }
+        if (c->log_path[0]) {
+            int fd = open(c->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            if (fd >= 0) {
+                dup2(fd, STDOUT_FILENO);
+                dup2(fd, STDERR_FILENO);
+                close(fd);
+            }
         }
         signal(SIGINT, SIG_IGN); /* Ctrl-C goes to the launcher, which stops us in order */
         signal(SIGTERM, SIG_DFL);

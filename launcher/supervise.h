@@ -33,6 +33,7 @@ struct sup_child {
     int last_status;         /* waitpid status of the last exit */
     int64_t restart_at_ms;   /* when SUP_WAITING_RESTART */
     int64_t started_ms;
+    char log_path[4096];     /* stdout and stderr appended here; "" inherits ours */
 };
 
 struct sup {

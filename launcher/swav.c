@@ -1,13 +1,18 @@
 /* `swav`: the launcher.  One command for a whole run on one machine (like
  * torchrun), and the small tools around it:
  *   swav prepare fashion-mnist OUT   ImageFolder JPEGs from Debian's package
- *   swav train ...                   (coming with the trainer)
- *   swav status ...                  (coming with the trainer) */
+ *   swav train [flags]               a whole run: assigner, loaders, trainers, evaluator
+ *   swav status [DUMP_PATH]          the live state of a run */
+#include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "common/log.h"
 #include "prepare.h"
+#include "status.h"
+#include "train.h"
 
 static void usage(FILE *f)
 {
@@ -16,8 +21,9 @@ static void usage(FILE *f)
             "commands:\n"
             "  prepare fashion-mnist OUT   convert Debian's dataset-fashion-mnist into\n"
             "                              OUT/train and OUT/test image folders\n"
-            "  train                       pretrain with SwAV (not built yet)\n"
-            "  status                      live state of a running job (not built yet)\n");
+            "  train [flags]               pretrain with SwAV: main_swav.py's flags, plus\n"
+            "                              --nproc W --loaders N --workers M [--eval-data DIR]\n"
+            "  status [DUMP_PATH]          live state of a run (default: .)\n");
 }
 
 int main(int argc, char **argv)
@@ -31,10 +37,18 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "prepare")) {
         return swav_prepare_main(argc - 2, argv + 2);
     }
-    if (!strcmp(cmd, "train") || !strcmp(cmd, "status")) {
-        fprintf(stderr, "swav %s: not built yet: the trainer and its launcher are the next issue\n",
-                cmd);
-        return 2;
+    if (!strcmp(cmd, "train")) {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0) {
+            fprintf(stderr, "swav: cannot find my own folder\n");
+            return 1;
+        }
+        self[n] = '\0';
+        return swav_train_main(argc - 2, argv + 2, dirname(self));
+    }
+    if (!strcmp(cmd, "status")) {
+        return swav_status_main(argc - 2, argv + 2);
     }
     fprintf(stderr, "swav: unknown command '%s'\n", cmd);
     usage(stderr);

@@ -1,0 +1,573 @@
+/* `swav train`: a whole SwAV run on one machine, like torchrun.
+ *
+ *   swav train [main_swav.py flags] [swav-trainer flags]
+ *              --nproc W --loaders N --workers M [--eval-data DIR]
+ *
+ * starts the assigner, N loaders (M decode threads each), W trainer ranks
+ * and, with --eval-data (an ImageFolder with train/ and test/ or val/), the
+ * evaluator, all talking over ipc:// sockets in a private folder.  Each
+ * role's stderr goes to dump_path/logs/<role>.log; the launcher shows one
+ * live progress line (from dump_path/train.jsonl) and repeats the roles'
+ * warnings and errors.  A crashed loader, assigner or evaluator is restarted;
+ * a crashed trainer restarts the whole trainer group, which resumes from the
+ * last checkpoint (bounded retries).  SIGINT/SIGTERM: trainers stop first
+ * (they write a checkpoint), then the rest.  The run ends when every trainer
+ * has finished.  dump_path/status.json holds the live state (`swav status`). */
+#include "train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/check.h"
+#include "common/fileio.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+#include "supervise.h"
+
+#define MAX_PASS 512
+
+static volatile sig_atomic_t g_signal;
+static void on_signal(int sig) { g_signal = sig; }
+
+struct train_opts {
+    int nproc, loaders, workers;
+    const char *eval_data;
+    const char *data_path, *dump_path;
+    const char *run;
+    int threads;
+    int verbose;
+    int eval_size, eval_resize;
+    int trainer_retries;
+    /* everything else goes to the trainers as it is */
+    char *pass[MAX_PASS];
+    int npass;
+};
+
+/* Our own flags accept dashes too (--eval-data); the reference's are passed on. */
+static int take_value(int *i, int argc, char **argv, const char *name, const char **out)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0) return 0;
+    if (a[n] == '=') {
+        *out = a + n + 1;
+        return 1;
+    }
+    if (a[n] != '\0') return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "swav train: %s needs a value\n", name);
+        exit(2);
+    }
+    *out = argv[++*i];
+    return 1;
+}
+
+static int parse_int_flag(const char *name, const char *v, int lo, int hi)
+{
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || x < lo || x > hi) {
+        fprintf(stderr, "swav train: %s: '%s' is not an integer in [%d, %d]\n", name, v, lo, hi);
+        exit(2);
+    }
+    return (int)x;
+}
+
+static void normalize_name(char *dst, size_t len, const char *arg)
+{
+    snprintf(dst, len, "%s", arg);
+    for (char *p = dst + 2; *p && *p != '='; p++) {
+        if (*p == '-') *p = '_';
+    }
+}
+
+static void parse(struct train_opts *o, int argc, char **argv)
+{
+    memset(o, 0, sizeof *o);
+    o->nproc = 1;
+    o->loaders = 1;
+    o->workers = 1;
+    o->eval_data = "";
+    o->data_path = "";
+    o->dump_path = ".";
+    o->run = "";
+    o->eval_size = 0;
+    o->eval_resize = 0;
+    o->trainer_retries = 3;
+    for (int i = 0; i < argc; i++) {
+        char name[256];
+        normalize_name(name, sizeof name, argv[i]);
+        char *saved = argv[i];
+        argv[i] = name;
+        const char *v;
+        if (take_value(&i, argc, argv, "--nproc", &v)) {
+            o->nproc = parse_int_flag("--nproc", v, 1, 256);
+        } else if (take_value(&i, argc, argv, "--loaders", &v)) {
+            o->loaders = parse_int_flag("--loaders", v, 0, 256);
+        } else if (take_value(&i, argc, argv, "--workers", &v)) {
+            o->workers = parse_int_flag("--workers", v, 1, 256);
+        } else if (take_value(&i, argc, argv, "--eval_data", &v)) {
+            o->eval_data = v;
+        } else if (take_value(&i, argc, argv, "--eval_size", &v)) {
+            o->eval_size = parse_int_flag("--eval_size", v, 1, 4096);
+        } else if (take_value(&i, argc, argv, "--eval_resize", &v)) {
+            o->eval_resize = parse_int_flag("--eval_resize", v, 1, 4096);
+        } else if (take_value(&i, argc, argv, "--trainer_retries", &v)) {
+            o->trainer_retries = parse_int_flag("--trainer_retries", v, 0, 1000);
+        } else if (!strcmp(name, "--verbose")) {
+            o->verbose = 1;
+        } else {
+            /* a trainer flag: remember the ones we need, pass all on */
+            int j = i;
+            if (take_value(&j, argc, argv, "--data_path", &v)) o->data_path = v;
+            j = i;
+            if (take_value(&j, argc, argv, "--dump_path", &v)) o->dump_path = v;
+            j = i;
+            if (take_value(&j, argc, argv, "--run", &v)) o->run = v;
+            j = i;
+            if (take_value(&j, argc, argv, "--threads", &v)) o->threads = atoi(v);
+            if (!strcmp(name, "--rank") || !strcmp(name, "--world_size") ||
+                !strncmp(name, "--rank=", 7) || !strncmp(name, "--world_size=", 13)) {
+                fprintf(stderr, "swav train: %s is set by the launcher (use --nproc)\n", saved);
+                exit(2);
+            }
+            argv[i] = saved;
+            if (o->npass >= MAX_PASS) {
+                fprintf(stderr, "swav train: too many arguments\n");
+                exit(2);
+            }
+            o->pass[o->npass++] = saved;
+            continue;
+        }
+        argv[i] = saved;
+    }
+    if (!o->data_path[0]) {
+        fprintf(stderr, "swav train: --data_path DIR is required (an image folder)\n");
+        exit(2);
+    }
+}
+
+/* argv builder */
+struct args {
+    char *v[SUP_MAX_ARGS];
+    int n;
+};
+
+static void arg(struct args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void arg(struct args *a, const char *fmt, ...)
+{
+    SWAV_ASSERT(a->n < SUP_MAX_ARGS - 1);
+    va_list ap;
+    va_start(ap, fmt);
+    char buf[8192];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    a->v[a->n++] = swav_xstrdup(buf);
+    a->v[a->n] = NULL;
+}
+
+static void args_free(struct args *a)
+{
+    for (int i = 0; i < a->n; i++) free(a->v[i]);
+    a->n = 0;
+}
+
+/* The folder the role binaries are in: beside this program's build folder
+ * (build/launcher/swav -> build/trainer/swav-trainer), or installed together. */
+static void role_path(char *buf, size_t len, const char *self_dir, const char *sub,
+                      const char *name)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/../%s/%s", self_dir, sub, name);
+    if (access(p, X_OK) == 0) {
+        snprintf(buf, len, "%s", p);
+        return;
+    }
+    snprintf(buf, len, "%s/%s", self_dir, name);
+}
+
+/* ---- live output ------------------------------------------------------------ */
+
+struct tail {
+    char path[PATH_MAX];
+    off_t off;
+    char name[48];
+};
+
+/* Prints new WARN/ERROR lines of a role's log. */
+static void tail_errors(struct tail *t, int live_line)
+{
+    int fd = open(t->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && st.st_size < t->off) t->off = 0; /* truncated */
+    char buf[65536];
+    ssize_t n;
+    while ((n = pread(fd, buf, sizeof buf - 1, t->off)) > 0) {
+        buf[n] = '\0';
+        char *end = strrchr(buf, '\n');
+        if (!end) break;
+        *end = '\0';
+        t->off += (end - buf) + 1;
+        for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line;
+             line = strtok_r(NULL, "\n", &save)) {
+            if (strstr(line, " WARN ") || strstr(line, " ERROR ") || strstr(line, "cannot run")) {
+                if (live_line) fputs("\r\033[K", stderr);
+                fprintf(stderr, "%s\n", line);
+            }
+        }
+    }
+    close(fd);
+}
+
+/* Last complete line of train.jsonl (for the progress line and status). */
+static json_t *last_json_line(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    json_t *o = NULL;
+    if (fstat(fd, &st) == 0 && st.st_size > 0) {
+        off_t from = st.st_size > 8192 ? st.st_size - 8192 : 0;
+        char buf[8193];
+        ssize_t n = pread(fd, buf, 8192, from);
+        if (n > 0) {
+            buf[n] = '\0';
+            while (n > 0 && buf[n - 1] == '\n') buf[--n] = '\0';
+            char *line = strrchr(buf, '\n');
+            line = line ? line + 1 : buf;
+            o = json_loads(line, 0, NULL);
+        }
+    }
+    close(fd);
+    return o;
+}
+
+static json_t *status_json(const struct sup *s, json_t *progress, const struct train_opts *o,
+                           const char *state)
+{
+    json_t *root = json_object();
+    json_object_set_new(root, "state", json_string(state));
+    json_object_set_new(root, "time", json_real((double)swav_wall_ms() / 1000.0));
+    json_object_set_new(root, "launcher_pid", json_integer(getpid()));
+    json_object_set_new(root, "dump_path", json_string(o->dump_path));
+    json_t *procs = json_array();
+    for (int i = 0; i < s->n; i++) {
+        const struct sup_child *c = &s->child[i];
+        static const char *names[] = {"idle", "running", "restarting", "exited", "failed"};
+        json_t *p = json_object();
+        json_object_set_new(p, "name", json_string(c->name));
+        json_object_set_new(p, "pid", json_integer(c->pid));
+        json_object_set_new(p, "state", json_string(names[c->state]));
+        json_object_set_new(p, "restarts", json_integer(c->restarts));
+        json_array_append_new(procs, p);
+    }
+    json_object_set_new(root, "processes", procs);
+    if (progress) json_object_set(root, "trainer", progress);
+    return root;
+}
+
+static void write_status(const char *path, json_t *st)
+{
+    char *s = json_dumps(st, JSON_INDENT(1) | JSON_REAL_PRECISION(15));
+    if (!s) return;
+    char err[256];
+    swav_file_write_atomic(path, s, strlen(s), err, sizeof err);
+    free(s);
+}
+
+static void progress_line(json_t *p, int live, int64_t *last_print)
+{
+    if (!p) return;
+    char line[256];
+    snprintf(line, sizeof line,
+             "epoch %lld step %lld loss %.4f lr %.4g %.1f img/s data %.0f%% codes %.0f%%%s",
+             (long long)json_integer_value(json_object_get(p, "epoch")),
+             (long long)json_integer_value(json_object_get(p, "step")),
+             json_number_value(json_object_get(p, "loss")),
+             json_number_value(json_object_get(p, "lr")),
+             json_number_value(json_object_get(p, "images_per_s")),
+             100 * json_number_value(json_object_get(p, "wait_data_s")) /
+                 (json_number_value(json_object_get(p, "wait_data_s")) +
+                  json_number_value(json_object_get(p, "wait_codes_s")) +
+                  json_number_value(json_object_get(p, "compute_s")) + 1e-12),
+             100 * json_number_value(json_object_get(p, "wait_codes_s")) /
+                 (json_number_value(json_object_get(p, "wait_data_s")) +
+                  json_number_value(json_object_get(p, "wait_codes_s")) +
+                  json_number_value(json_object_get(p, "compute_s")) + 1e-12),
+             json_is_true(json_object_get(p, "queue_used")) ? " queue on" : "");
+    if (live) {
+        fprintf(stderr, "\r\033[K%s", line);
+    } else if (swav_now_ms() - *last_print >= 30000) {
+        LOG_INFO("%s", line);
+        *last_print = swav_now_ms();
+    }
+}
+
+/* The evaluator learns of the last checkpoint like of any other: give it
+ * time (bounded) to put that checkpoint's results into eval.jsonl. */
+static int64_t max_step_in(const char *path, const char *key, int skip_baseline)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[16384];
+    int64_t best = -1;
+    while (fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (!o) continue;
+        if (!(skip_baseline && json_is_true(json_object_get(o, "baseline")))) {
+            json_t *v = json_object_get(o, key);
+            if (json_is_integer(v) && json_integer_value(v) > best) best = json_integer_value(v);
+        }
+        json_decref(o);
+    }
+    fclose(f);
+    return best;
+}
+
+static void wait_for_evaluator(struct sup *s, int i_eval, struct tail *t, const char *dump,
+                               const char *jsonl)
+{
+    char evals[PATH_MAX];
+    snprintf(evals, sizeof evals, "%s/eval.jsonl", dump);
+    int64_t final_step = max_step_in(jsonl, "step", 0) + 1;
+    LOG_INFO("training done; waiting (at most 10 minutes) for the evaluator's results of the "
+             "last checkpoint (step %lld)", (long long)final_step);
+    int64_t until = swav_now_ms() + 600000;
+    while (swav_now_ms() < until && !g_signal) {
+        if (max_step_in(evals, "step", 1) >= final_step) break;
+        sup_poll(s);
+        tail_errors(t, 0);
+        if (s->child[i_eval].state != SUP_RUNNING && s->child[i_eval].state != SUP_WAITING_RESTART) break;
+        swav_sleep_ms(500);
+    }
+}
+
+static void remove_socket_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[PATH_MAX];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* ---- main --------------------------------------------------------------------- */
+
+int swav_train_main(int argc, char **argv, const char *self_dir)
+{
+    struct train_opts o;
+    parse(&o, argc, argv);
+    char err[512];
+    if (swav_mkdirs(o.dump_path, err, sizeof err) != 0) {
+        fprintf(stderr, "swav train: %s\n", err);
+        return 2;
+    }
+    char logs[PATH_MAX];
+    snprintf(logs, sizeof logs, "%s/logs", o.dump_path);
+    if (swav_mkdirs(logs, err, sizeof err) != 0) {
+        fprintf(stderr, "swav train: %s\n", err);
+        return 2;
+    }
+    char sock[] = "/tmp/swav-XXXXXX";
+    if (!mkdtemp(sock)) {
+        fprintf(stderr, "swav train: cannot make a socket folder: %s\n", strerror(errno));
+        return 1;
+    }
+    char run[80];
+    snprintf(run, sizeof run, "%s", o.run[0] ? o.run : "swav");
+    char bin_trainer[PATH_MAX], bin_loader[PATH_MAX], bin_assigner[PATH_MAX], bin_eval[PATH_MAX];
+    role_path(bin_trainer, sizeof bin_trainer, self_dir, "trainer", "swav-trainer");
+    role_path(bin_loader, sizeof bin_loader, self_dir, "loader", "swav-loader");
+    role_path(bin_assigner, sizeof bin_assigner, self_dir, "assigner", "swav-assigner");
+    role_path(bin_eval, sizeof bin_eval, self_dir, "evaluator", "swav-evaluator");
+
+    struct sup s;
+    sup_init(&s);
+    struct args a = {0};
+    /* stop order: trainers (0) checkpoint first, then evaluator and loaders (1), assigner (2) */
+    arg(&a, "%s", bin_assigner);
+    arg(&a, "--endpoint=ipc://%s/assigner", sock);
+    arg(&a, "--run=%s", run);
+    arg(&a, "--threads=1");
+    int i_assigner = sup_add(&s, "assigner", a.v, SUP_RESTART_ALWAYS, 0, 2, 20);
+    args_free(&a);
+
+    char ring[8192] = "";
+    for (int r = 0; r < o.nproc; r++) {
+        size_t n = strlen(ring);
+        snprintf(ring + n, sizeof ring - n, "%sipc://%s/ring-%d", r ? "," : "", sock, r);
+    }
+    int first_trainer = s.n;
+    for (int r = 0; r < o.nproc; r++) {
+        arg(&a, "%s", bin_trainer);
+        for (int k = 0; k < o.npass; k++) arg(&a, "%s", o.pass[k]);
+        arg(&a, "--rank=%d", r);
+        arg(&a, "--world_size=%d", o.nproc);
+        arg(&a, "--run=%s", run);
+        arg(&a, "--assigner=ipc://%s/assigner", sock);
+        arg(&a, "--loader_bind=ipc://%s/loader-%d", sock, r);
+        if (o.nproc > 1) arg(&a, "--ring_endpoints=%s", ring);
+        if (r == 0) arg(&a, "--pub=ipc://%s/checkpoints", sock);
+        char name[48];
+        snprintf(name, sizeof name, "trainer %d", r);
+        sup_add(&s, name, a.v, SUP_RESTART_GROUP, 1, 0, o.trainer_retries);
+        args_free(&a);
+    }
+    char eval_train[PATH_MAX] = "", eval_val[PATH_MAX] = "";
+    if (o.eval_data[0]) {
+        snprintf(eval_train, sizeof eval_train, "%s/train", o.eval_data);
+        snprintf(eval_val, sizeof eval_val, "%s/val", o.eval_data);
+        if (access(eval_val, F_OK) != 0) snprintf(eval_val, sizeof eval_val, "%s/test", o.eval_data);
+        if (access(eval_train, F_OK) != 0 || access(eval_val, F_OK) != 0) {
+            fprintf(stderr, "swav train: --eval-data %s needs train/ and val/ (or test/) folders\n",
+                    o.eval_data);
+            return 2;
+        }
+    }
+    for (int k = 0; k < o.loaders; k++) {
+        arg(&a, "%s", bin_loader);
+        for (int r = 0; r < o.nproc; r++) arg(&a, "--connect=ipc://%s/loader-%d", sock, r);
+        if (o.eval_data[0]) {
+            arg(&a, "--connect=ipc://%s/eval-loader", sock);
+            arg(&a, "--dataset=eval_train=%s", eval_train);
+            arg(&a, "--dataset=eval_val=%s", eval_val);
+        }
+        arg(&a, "--data_path=%s", o.data_path);
+        arg(&a, "--dump_path=%s", o.dump_path);
+        arg(&a, "--run=%s", run);
+        arg(&a, "--workers=%d", o.workers);
+        arg(&a, "--loader_id=loader-%d", k);
+        char name[48];
+        snprintf(name, sizeof name, "loader %d", k);
+        sup_add(&s, name, a.v, SUP_RESTART_ALWAYS, 0, 1, 100);
+        args_free(&a);
+    }
+    int i_eval = -1;
+    if (o.eval_data[0]) {
+        arg(&a, "%s", bin_eval);
+        arg(&a, "--dump_path=%s", o.dump_path);
+        arg(&a, "--sub=ipc://%s/checkpoints", sock);
+        arg(&a, "--loader_bind=ipc://%s/eval-loader", sock);
+        arg(&a, "--eval_train=eval_train");
+        arg(&a, "--eval_val=eval_val");
+        arg(&a, "--run=%s", run);
+        if (o.eval_size) arg(&a, "--size=%d", o.eval_size);
+        if (o.eval_resize) arg(&a, "--resize=%d", o.eval_resize);
+        arg(&a, "--threads=1");
+        i_eval = sup_add(&s, "evaluator", a.v, SUP_RESTART_ALWAYS, 0, 1, 100);
+        args_free(&a);
+    }
+    (void)i_assigner;
+
+    /* Each child's stderr (and stdout) to its own log file. */
+    struct tail tails[SUP_MAX_CHILDREN];
+    for (int i = 0; i < s.n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s", s.child[i].name);
+        for (char *p = name; *p; p++) if (*p == ' ') *p = '-';
+        if (snprintf(tails[i].path, sizeof tails[i].path, "%s/%s.log", logs, name) >=
+            (int)sizeof tails[i].path) {
+            fprintf(stderr, "swav train: --dump_path is too long\n");
+            return 2;
+        }
+        snprintf(tails[i].name, sizeof tails[i].name, "%s", s.child[i].name);
+        struct stat st;
+        tails[i].off = stat(tails[i].path, &st) == 0 ? st.st_size : 0;
+        memcpy(s.child[i].log_path, tails[i].path, sizeof s.child[i].log_path);
+    }
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    LOG_INFO("run %s: %d trainer%s, %d loader%s x %d workers%s; logs in %s, sockets in %s", run,
+             o.nproc, o.nproc > 1 ? "s" : "", o.loaders, o.loaders == 1 ? "" : "s", o.workers,
+             o.eval_data[0] ? ", live evaluation" : "", logs, sock);
+    if (sup_start_all(&s) != 0) {
+        sup_stop_all(&s, 5000);
+        return 1;
+    }
+    int live = isatty(STDERR_FILENO) && !o.verbose;
+    char jsonl[PATH_MAX], status_path[PATH_MAX];
+    snprintf(jsonl, sizeof jsonl, "%s/train.jsonl", o.dump_path);
+    snprintf(status_path, sizeof status_path, "%s/status.json", o.dump_path);
+    int64_t last_print = 0;
+    int rc = 0;
+    const char *state = "running";
+    for (;;) {
+        sup_poll(&s);
+        for (int i = 0; i < s.n; i++) tail_errors(&tails[i], live);
+        json_t *p = last_json_line(jsonl);
+        progress_line(p, live, &last_print);
+        json_t *st = status_json(&s, p, &o, state);
+        write_status(status_path, st);
+        json_decref(st);
+        json_decref(p);
+        int trainers_done = 1, trainers_failed = 0;
+        for (int r = 0; r < o.nproc; r++) {
+            const struct sup_child *c = &s.child[first_trainer + r];
+            if (c->state == SUP_FAILED) trainers_failed = 1;
+            if (c->state != SUP_EXITED) trainers_done = 0;
+        }
+        if (g_signal) {
+            if (live) fputs("\n", stderr);
+            LOG_INFO("signal %d: stopping (trainers write a checkpoint first)", (int)g_signal);
+            state = "stopped";
+            break;
+        }
+        if (trainers_failed) {
+            if (live) fputs("\n", stderr);
+            LOG_ERROR("the trainers failed after %d restarts: see %s/trainer-0.log", o.trainer_retries,
+                      logs);
+            state = "failed";
+            rc = 1;
+            break;
+        }
+        if (trainers_done) {
+            if (live) fputs("\n", stderr);
+            int bad = 0;
+            for (int r = 0; r < o.nproc; r++) {
+                int ws = s.child[first_trainer + r].last_status;
+                if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) bad = 1;
+            }
+            state = bad ? "failed" : "done";
+            rc = bad;
+            break;
+        }
+        swav_sleep_ms(live ? 250 : 1000);
+    }
+    if (i_eval >= 0 && !strcmp(state, "done")) {
+        wait_for_evaluator(&s, i_eval, &tails[i_eval], o.dump_path, jsonl);
+    }
+    sup_stop_all(&s, 60000);
+    for (int i = 0; i < s.n; i++) tail_errors(&tails[i], 0);
+    json_t *p = last_json_line(jsonl);
+    json_t *st = status_json(&s, p, &o, state);
+    write_status(status_path, st);
+    json_decref(st);
+    json_decref(p);
+    sup_free(&s);
+    remove_socket_dir(sock);
+    LOG_INFO("run %s %s (status in %s)", run, state, status_path);
+    return rc;
+}
