@@ -303,10 +303,12 @@ int main(int argc, char **argv)
         if (nn_checkpoint_save(argv[2], &m.params, m.p, &m.buffers, m.b, m.m, &meta, err,
                                sizeof err) != NN_CHECKPOINT_OK) {
             fprintf(stderr, "save: %s\n", err);
+            model_free(&m);
             return 1;
         }
         write_raw(argv[3], &m);
         printf("wrote %s\n", argv[2]);
+        model_free(&m);
         return 0;
     }
     if (!strcmp(argv[1], "load")) {
