@@ -232,7 +232,63 @@ static bool meta_u64(const struct safetensors_file *f, const char *key, uint64_t
     return true;
 }
 
-enum slot_kind { SLOT_PARAM, SLOT_BUFFER, SLOT_MOMENTUM };
+/* Numbers of the metadata into info (strings not copied); false if malformed. */
+static bool read_meta(const struct safetensors_file *f, struct nn_checkpoint_info *inf)
+{
+    memset(inf, 0, sizeof *inf);
+    inf->epoch = -1;
+    inf->step = -1;
+    int64_t ver = 0;
+    if (!meta_i64(f, "swav_format_version", &ver) || ver < 0 ||
+        ver > NN_CHECKPOINT_FORMAT_VERSION || !meta_i64(f, "epoch", &inf->epoch) ||
+        !meta_i64(f, "step", &inf->step) || !meta_u64(f, "seed", &inf->seed)) {
+        return false;
+    }
+    inf->format_version = (int)ver;
+    return true;
+}
+
+static void copy_meta_strings(const struct safetensors_file *f, struct nn_checkpoint_info *inf)
+{
+    const char *c = safetensors_meta_get(f, "config");
+    const char *r = safetensors_meta_get(f, "rng");
+    inf->config_json = c ? swav_xstrdup(c) : NULL;
+    inf->rng_state = r ? swav_xstrdup(r) : NULL;
+}
+
+enum nn_checkpoint_status nn_checkpoint_peek(const char *path, struct nn_checkpoint_info *info,
+                                             char *err, size_t errlen)
+{
+    struct safetensors_file f;
+    char ferr[512];
+    if (err && errlen) {
+        err[0] = '\0';
+    }
+    if (safetensors_read_header(&f, path, ferr, sizeof ferr) != SAFETENSORS_OK) {
+        errf(err, errlen, "%s", ferr);
+        return NN_CHECKPOINT_ERR_FILE;
+    }
+    struct nn_checkpoint_info inf;
+    if (!read_meta(&f, &inf)) {
+        errf(err, errlen, "%s: metadata swav_format_version/epoch/step/seed malformed", path);
+        safetensors_file_free(&f);
+        return NN_CHECKPOINT_ERR_META;
+    }
+    for (int i = 0; i < f.ntensors; i++) {
+        const char *n = f.tensors[i].name;
+        while (!strncmp(n, "module.", 7)) {
+            n += 7;
+        }
+        if (!strncmp(n, OPT_PREFIX, strlen(OPT_PREFIX))) {
+            inf.has_momentum = true;
+        }
+    }
+    copy_meta_strings(&f, &inf);
+    *info = inf;
+    safetensors_file_free(&f);
+    return NN_CHECKPOINT_OK;
+}
+
 
 /* One problem list per kind, for the message. */
 struct problems {
@@ -302,13 +358,7 @@ enum nn_checkpoint_status nn_checkpoint_load(const char *path,
     }
 
     struct nn_checkpoint_info inf;
-    memset(&inf, 0, sizeof inf);
-    inf.epoch = -1;
-    inf.step = -1;
-    int64_t ver = 0;
-    if (!meta_i64(&f, "swav_format_version", &ver) || ver < 0 ||
-        ver > NN_CHECKPOINT_FORMAT_VERSION || !meta_i64(&f, "epoch", &inf.epoch) ||
-        !meta_i64(&f, "step", &inf.step) || !meta_u64(&f, "seed", &inf.seed)) {
+    if (!read_meta(&f, &inf)) {
         errf(err, errlen,
              "%s: metadata swav_format_version/epoch/step/seed malformed (or a format newer "
              "than %d)",
@@ -316,7 +366,6 @@ enum nn_checkpoint_status nn_checkpoint_load(const char *path,
         safetensors_file_free(&f);
         return NN_CHECKPOINT_ERR_META;
     }
-    inf.format_version = (int)ver;
 
     int np = params->n, nb = buffers ? buffers->n : 0;
     /* file tensor index per slot, -1: none */
@@ -457,10 +506,7 @@ enum nn_checkpoint_status nn_checkpoint_load(const char *path,
     inf.nunexpected = unexpected.n;
     inf.nmismatched = mismatched.n;
     if (info) {
-        const char *c = safetensors_meta_get(&f, "config");
-        const char *r = safetensors_meta_get(&f, "rng");
-        inf.config_json = c ? swav_xstrdup(c) : NULL;
-        inf.rng_state = r ? swav_xstrdup(r) : NULL;
+        copy_meta_strings(&f, &inf);
         *info = inf;
     }
 out:

@@ -88,6 +88,13 @@ struct nn_checkpoint_info {
 
 void nn_checkpoint_info_free(struct nn_checkpoint_info *info);
 
+/* The metadata of a checkpoint (format version, epoch, step, seed, config,
+ * rng; has_momentum: the file holds optimizer.* tensors) from its header
+ * alone, the header validated against the file's size; the tensor counts of
+ * info stay 0.  For scanning a folder of checkpoints without reading them. */
+enum nn_checkpoint_status nn_checkpoint_peek(const char *path, struct nn_checkpoint_info *info,
+                                             char *err, size_t errlen);
+
 /* Load path into the tables.  buffers/buffer_data may be NULL (then buffer
  * names in the file count as unexpected); momentum may be NULL (then
  * optimizer.* entries are ignored), else strict mode requires them.  In

@@ -12,8 +12,11 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "common/check.h"
 #include "common/fileio.h"
@@ -223,12 +226,17 @@ static enum safetensors_status parse_entry(const char *name, size_t name_len, co
     return SAFETENSORS_OK;
 }
 
-enum safetensors_status safetensors_parse(struct safetensors_file *out, const uint8_t *buf,
-                                          size_t len, char *err, size_t errlen)
+/* buf holds at least the length prefix and the header (avail bytes); the
+ * whole file is file_len bytes.  Tensor data pointers are set only when the
+ * data is in buf (avail == file_len). */
+static enum safetensors_status parse_impl(struct safetensors_file *out, const uint8_t *buf,
+                                          size_t avail, uint64_t file_len, char *err,
+                                          size_t errlen)
 {
-    if (len < 8) {
+    if (avail < 8 || file_len < 8) {
         return fail(err, errlen, SAFETENSORS_ERR_TRUNCATED,
-                    "%zu bytes: too short for the 8-byte header length", len);
+                    "%llu bytes: too short for the 8-byte header length",
+                    (unsigned long long)file_len);
     }
     uint64_t hlen = load_le64(buf);
     if (hlen > SAFETENSORS_MAX_HEADER_BYTES) {
@@ -236,13 +244,14 @@ enum safetensors_status safetensors_parse(struct safetensors_file *out, const ui
                     "header length %llu is over the cap of %u bytes", (unsigned long long)hlen,
                     SAFETENSORS_MAX_HEADER_BYTES);
     }
-    if (hlen > len - 8) {
+    if (hlen > file_len - 8) {
         return fail(err, errlen, SAFETENSORS_ERR_TRUNCATED,
-                    "header length %llu but only %zu bytes follow", (unsigned long long)hlen,
-                    len - 8);
+                    "header length %llu but only %llu bytes follow", (unsigned long long)hlen,
+                    (unsigned long long)(file_len - 8));
     }
-    const uint8_t *data = buf + 8 + hlen;
-    uint64_t data_len = len - 8 - hlen;
+    SWAV_ASSERT(avail >= 8 + hlen);
+    const uint8_t *data = avail == file_len ? buf + 8 + hlen : NULL;
+    uint64_t data_len = file_len - 8 - hlen;
 
     json_error_t jerr;
     json_t *root = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
@@ -320,7 +329,7 @@ enum safetensors_status safetensors_parse(struct safetensors_file *out, const ui
             }
             spans[i].idx = (int)i;
             spans[i].name = k;
-            tensors[i].data = data + spans[i].begin;
+            tensors[i].data = data ? data + spans[i].begin : NULL;
             strbytes += klen + 1;
             i++;
         }
@@ -400,6 +409,72 @@ out:
     free(strings);
     json_decref(root);
     return st;
+}
+
+enum safetensors_status safetensors_parse(struct safetensors_file *out, const uint8_t *buf,
+                                          size_t len, char *err, size_t errlen)
+{
+    return parse_impl(out, buf, len, len, err, errlen);
+}
+
+enum safetensors_status safetensors_read_header(struct safetensors_file *out, const char *path,
+                                                char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return fail(err, errlen, SAFETENSORS_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    }
+    struct stat st;
+    uint8_t pre[8];
+    enum safetensors_status rc = SAFETENSORS_OK;
+    uint8_t *buf = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        rc = fail(err, errlen, SAFETENSORS_ERR_IO, "%s: not a readable regular file", path);
+        goto out;
+    }
+    if (st.st_size < 8 || pread(fd, pre, 8, 0) != 8) {
+        rc = fail(err, errlen, SAFETENSORS_ERR_TRUNCATED, "%s: shorter than 8 bytes", path);
+        goto out;
+    }
+    uint64_t hlen = load_le64(pre);
+    if (hlen > SAFETENSORS_MAX_HEADER_BYTES || hlen > (uint64_t)st.st_size - 8) {
+        /* let the parser word the fault */
+        char perr[256];
+        rc = parse_impl(out, pre, 8, (uint64_t)st.st_size, perr, sizeof perr);
+        fail(err, errlen, rc, "%s: %s", path, perr);
+        goto out;
+    }
+    buf = malloc(8 + hlen);
+    if (!buf) {
+        rc = fail(err, errlen, SAFETENSORS_ERR_IO, "%s: out of memory", path);
+        goto out;
+    }
+    memcpy(buf, pre, 8);
+    size_t got = 0;
+    while (got < hlen) {
+        ssize_t r = pread(fd, buf + 8 + got, hlen - got, (off_t)(8 + got));
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            rc = fail(err, errlen, SAFETENSORS_ERR_IO, "cannot read %s", path);
+            goto out;
+        }
+        got += (size_t)r;
+    }
+    char perr[512];
+    rc = parse_impl(out, buf, 8 + hlen, (uint64_t)st.st_size, perr, sizeof perr);
+    if (rc != SAFETENSORS_OK) {
+        fail(err, errlen, rc, "%s: %s", path, perr);
+    } else {
+        for (int i = 0; i < out->ntensors; i++) {
+            out->tensors[i].data = NULL; /* buf goes away */
+        }
+    }
+out:
+    free(buf);
+    close(fd);
+    return rc;
 }
 
 enum safetensors_status safetensors_read(struct safetensors_file *out, const char *path,

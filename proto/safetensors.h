@@ -77,7 +77,8 @@ struct safetensors_tensor {
     int64_t shape[SAFETENSORS_MAX_DIMS];
     uint64_t numel;
     uint64_t nbytes;
-    const uint8_t *data; /* into the file's bytes; possibly unaligned: copy, do not cast */
+    const uint8_t *data; /* into the file's bytes; possibly unaligned: copy, do not cast
+                            (NULL after safetensors_read_header) */
 };
 
 struct safetensors_meta {
@@ -104,6 +105,11 @@ enum safetensors_status safetensors_parse(struct safetensors_file *out, const ui
 /* Read and parse a file of at most max_bytes (0: SAFETENSORS_MAX_FILE_BYTES). */
 enum safetensors_status safetensors_read(struct safetensors_file *out, const char *path,
                                          size_t max_bytes, char *err, size_t errlen);
+/* Read and validate only the header of a file (offsets checked against the
+ * file's size): names, dtypes, shapes and metadata without reading the data;
+ * every tensor's data is NULL.  For scanning a folder of checkpoints. */
+enum safetensors_status safetensors_read_header(struct safetensors_file *out, const char *path,
+                                                char *err, size_t errlen);
 void safetensors_file_free(struct safetensors_file *f);
 
 /* Index of the tensor called name, or -1. */

@@ -138,6 +138,13 @@ static void unit_checks(void)
     EXPECT(info.rng_state && !strcmp(info.rng_state, "philox:31"), "rng");
     nn_checkpoint_info_free(&info);
 
+    /* metadata from the header alone */
+    EXPECT(nn_checkpoint_peek(path, &info, err, sizeof err) == NN_CHECKPOINT_OK, "peek: %s", err);
+    EXPECT(info.epoch == 7 && info.step == 7007 && info.seed == 31 && info.has_momentum &&
+               info.config_json && !strcmp(info.config_json, meta.config_json) &&
+               info.nloaded == 0, "peek info");
+    nn_checkpoint_info_free(&info);
+
     /* the file as safetensors: I64 num_batches_tracked, optimizer names, extra meta */
     struct safetensors_file f;
     EXPECT(safetensors_read(&f, path, 0, err, sizeof err) == SAFETENSORS_OK, "%s", err);
@@ -244,6 +251,9 @@ static void unit_checks(void)
                             sizeof err);
     EXPECT(st == NN_CHECKPOINT_ERR_FILE && strstr(err, path3), "broken: %s", err);
     printf("  broken file: %s\n", err);
+    EXPECT(nn_checkpoint_peek(path3, &info, err, sizeof err) == NN_CHECKPOINT_ERR_FILE &&
+               strstr(err, path3), "peek broken: %s", err);
+    printf("  peek, broken file: %s\n", err);
     st = nn_checkpoint_load("/nonexistent/x.safetensors", &b.params, b.p, NULL, NULL, NULL,
                             &lenient, NULL, err, sizeof err);
     EXPECT(st == NN_CHECKPOINT_ERR_FILE, "absent");

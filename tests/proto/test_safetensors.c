@@ -152,6 +152,23 @@ static void test_round_trip(void)
         EXPECT(safetensors_find(&f, "nope") == -1, "find missing");
         safetensors_file_free(&f);
     }
+    /* header only: same names and metadata, no data; a cut file refused */
+    struct safetensors_file hf;
+    EXPECT(safetensors_read_header(&hf, path, err, sizeof err) == SAFETENSORS_OK, "header: %s",
+           err);
+    EXPECT(hf.ntensors == 7 && safetensors_find(&hf, "h") >= 0 &&
+               hf.tensors[safetensors_find(&hf, "h")].data == NULL &&
+               !strcmp(safetensors_meta_get(&hf, "epoch"), "7"), "header-only contents");
+    safetensors_file_free(&hf);
+    EXPECT(truncate(path, (off_t)memlen - 3) == 0, "truncate");
+    EXPECT(safetensors_read_header(&hf, path, err, sizeof err) == SAFETENSORS_ERR_OFFSETS,
+           "header of a cut file: %s", err);
+    EXPECT(truncate(path, 20) == 0, "truncate");
+    EXPECT(safetensors_read_header(&hf, path, err, sizeof err) == SAFETENSORS_ERR_TRUNCATED,
+           "header of a cut header: %s", err);
+    printf("  header only, cut header: %s\n", err);
+    EXPECT(safetensors_read_header(&hf, "/nonexistent", err, sizeof err) == SAFETENSORS_ERR_IO,
+           "absent");
     free(mem);
     unlink(path);
     printf("round trip: ok\n");
