@@ -1,16 +1,21 @@
 /* swav-evaluator: probes on frozen features.
  *
- * For now it works on raw feature files (float32 (N, dim), int32 labels, as
- * written by any feature extractor), runs one probe, appends the result to
- * <dump_path>/eval.jsonl and regenerates <dump_path>/report.html:
+ * Watch mode (live.h): checkpoints of a run folder, crops from swav-loader
+ * processes that connect to --loader_bind, kNN and linear probes, records in
+ * <dump_path>/eval.jsonl and <dump_path>/report.html:
+ *
+ *   swav-evaluator --dump_path D --sub EP --loader_bind EP2 [--once]
+ *   swav-evaluator --pretrained FILE --loader_bind EP2 --dump_path D
+ *
+ * File mode: raw feature files (float32 (N, dim), int32 labels), one probe:
  *
  *   swav-evaluator --features_train F --labels_train L --features_val F
  *                  --labels_val L --dim D --probe knn|linear --dump_path D
  *   swav-evaluator --report D        (regenerate D/report.html only)
  *
- * The checkpoint-watching mode (SUB to the trainer's announcements, folder
- * scan, skip to the newest: ckpt_scan.h) comes with the trainer.  Exit
- * status: 0 done, 1 a probe or file failed, 2 bad flags. */
+ * Exit status: 0 done (or stopped by SIGTERM / SIGINT), 1 a probe, file or
+ * setup failed, 2 bad flags. */
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +28,7 @@
 #include "common/timeutil.h"
 #include "evaluator/knn.h"
 #include "evaluator/linear.h"
+#include "evaluator/live.h"
 #include "evaluator/report.h"
 #include "evaluator/results.h"
 
@@ -43,6 +49,10 @@ struct cli {
     struct swav_int_list decay_epochs;
     double gamma, final_lr;
     int64_t seed;
+    /* live mode */
+    const char *sub, *loader_bind, *run, *eval_train, *eval_val, *probes, *pretrained;
+    int64_t eval_train_limit, eval_val_limit, size, resize, wait_s, rescan_s;
+    bool once, random_init_baseline;
 };
 
 #define F(name, type, field, mn, mx, def, help) \
@@ -64,9 +74,9 @@ static const struct swav_flag cli_flags[] = {
     F("baseline", SWAV_FLAG_BOOL, baseline, 0, 0, "false", "features of the random-init network"),
     F("knn_k", SWAV_FLAG_INT, knn_k, 1, EVAL_KNN_MAX_K, "20", "kNN neighbours"),
     F("knn_temperature", SWAV_FLAG_FLOAT, knn_temperature, 1e-6, 1e6, "0.07", "kNN vote temperature"),
-    F("threads", SWAV_FLAG_INT, threads, 1, 256, "1", "kNN worker threads"),
+    F("threads", SWAV_FLAG_INT, threads, 1, 256, "1", "kNN worker threads (live: backbone threads too)"),
     F("epochs", SWAV_FLAG_INT, epochs, 1, 100000, "100", "linear: epochs"),
-    F("batch_size", SWAV_FLAG_INT, batch_size, 1, 1 << 20, "32", "linear: batch size"),
+    F("batch_size", SWAV_FLAG_INT, batch_size, 1, 1 << 20, "32", "linear: batch size (live: images per loader order too)"),
     F("lr", SWAV_FLAG_FLOAT, lr, 0, 1e6, "0.3", "linear: initial learning rate"),
     F("wd", SWAV_FLAG_FLOAT, wd, 0, 1e6, "1e-6", "linear: weight decay"),
     F("nesterov", SWAV_FLAG_BOOL, nesterov, 0, 0, "false", "linear: nesterov momentum"),
@@ -75,6 +85,21 @@ static const struct swav_flag cli_flags[] = {
     F("gamma", SWAV_FLAG_FLOAT, gamma, 0, 1e6, "0.1", "linear: step decay factor"),
     F("final_lr", SWAV_FLAG_FLOAT, final_lr, 0, 1e6, "0", "linear: cosine final learning rate"),
     F("seed", SWAV_FLAG_INT, seed, 0, SWAV_FLAG_NO_MAX, "31", "linear: init and order seed"),
+    F("sub", SWAV_FLAG_STR, sub, 0, 0, "", "live: the trainer's PUB endpoint (checkpoint announcements)"),
+    F("loader_bind", SWAV_FLAG_STR, loader_bind, 0, 0, "", "live: ROUTER endpoint swav-loader processes connect to"),
+    F("run", SWAV_FLAG_STR, run, 0, 0, "swav", "live: run id of the messages"),
+    F("eval_train", SWAV_FLAG_STR, eval_train, 0, 0, "eval_train", "live: data set tag of the probes' training set"),
+    F("eval_val", SWAV_FLAG_STR, eval_val, 0, 0, "eval_val", "live: data set tag of the probes' validation set"),
+    F("eval_train_limit", SWAV_FLAG_INT, eval_train_limit, 0, 1 << 30, "10000", "live: stratified subset of the training set (0: all)"),
+    F("eval_val_limit", SWAV_FLAG_INT, eval_val_limit, 0, 1 << 30, "0", "live: stratified subset of the validation set (0: all)"),
+    F("size", SWAV_FLAG_INT, size, 8, 4096, "224", "live: center crop size"),
+    F("resize", SWAV_FLAG_INT, resize, 8, 16384, "256", "live: shorter side before the center crop"),
+    F("probes", SWAV_FLAG_STR, probes, 0, 0, "knn,linear", "live: probes to run (knn, linear, comma separated)"),
+    F("once", SWAV_FLAG_BOOL, once, 0, 0, "false", "live: evaluate the newest checkpoint (and baseline) there, then exit"),
+    F("random_init_baseline", SWAV_FLAG_BOOL, random_init_baseline, 0, 0, "true", "live: evaluate the random-init network once per run"),
+    F("pretrained", SWAV_FLAG_STR, pretrained, 0, 0, "", "live: evaluate this checkpoint file and exit"),
+    F("wait_s", SWAV_FLAG_INT, wait_s, 0, 1 << 30, "300", "live: --once / --pretrained give up after this long without loaders (0: never)"),
+    F("rescan_s", SWAV_FLAG_INT, rescan_s, 1, 86400, "5", "live: seconds between scans of the run folder"),
 };
 #undef F
 
@@ -98,6 +123,86 @@ static int regen_report(const char *dir, const char *config_path)
     return 0;
 }
 
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static int live_main(struct cli *c, const struct swav_flag_set *set)
+{
+    if (!c->loader_bind[0]) {
+        fprintf(stderr, "swav-evaluator: --loader_bind is required (or --features_train / "
+                        "--report)\n");
+        return 2;
+    }
+    if (c->resize < c->size) {
+        fprintf(stderr, "swav-evaluator: --resize %lld is smaller than --size %lld\n",
+                (long long)c->resize, (long long)c->size);
+        return 2;
+    }
+    struct eval_live_opts o = {
+        .dump_path = c->dump_path, .sub = c->sub, .loader_bind = c->loader_bind,
+        .run = c->run, .eval_train = c->eval_train, .eval_val = c->eval_val,
+        .train_limit = c->eval_train_limit, .val_limit = c->eval_val_limit,
+        .size = (int)c->size, .resize = (int)c->resize, .threads = (int)c->threads,
+        .batch_size = (int)c->batch_size, .once = c->once,
+        .baseline = c->random_init_baseline, .pretrained = c->pretrained,
+        .config_path = c->config, .wait_s = c->wait_s, .rescan_s = c->rescan_s,
+    };
+    char list[256];
+    snprintf(list, sizeof list, "%s", c->probes);
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(tok, "knn")) {
+            o.knn = true;
+        } else if (!strcmp(tok, "linear")) {
+            o.linear = true;
+        } else {
+            fprintf(stderr, "swav-evaluator: --probes: '%s' is not knn or linear\n", tok);
+            return 2;
+        }
+    }
+    if (!o.knn && !o.linear) {
+        fprintf(stderr, "swav-evaluator: --probes names no probe\n");
+        return 2;
+    }
+    eval_knn_config_default(&o.knn_cfg);
+    o.knn_cfg.k = (int)c->knn_k;
+    o.knn_cfg.temperature = c->knn_temperature;
+    o.knn_cfg.threads = (int)c->threads;
+    struct eval_linear_config *lc = &o.lin_cfg;
+    eval_linear_config_default(lc);
+    lc->epochs = (int)c->epochs;
+    lc->batch_size = (int)c->batch_size;
+    lc->lr = c->lr;
+    lc->wd = c->wd;
+    lc->nesterov = c->nesterov;
+    lc->sched = !strcmp(c->scheduler_type, "step") ? EVAL_SCHED_STEP : EVAL_SCHED_COSINE;
+    lc->final_lr = c->final_lr;
+    lc->n_decay = c->decay_epochs.n;
+    for (int i = 0; i < c->decay_epochs.n && i < EVAL_MAX_MILESTONES; i++)
+        lc->decay_epochs[i] = (int)c->decay_epochs.v[i];
+    lc->gamma = c->gamma;
+    lc->seed = (uint64_t)c->seed;
+    int need = swav_flags_to_json(NULL, 0, set, 1);
+    char *flags_json = swav_xmalloc((size_t)need + 1);
+    swav_flags_to_json(flags_json, (size_t)need + 1, set, 1);
+    o.flags_json = flags_json;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    int rc = eval_live_run(&o, &g_stop);
+    free(flags_json);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     swav_log_init("evaluator", -1);
@@ -115,6 +220,13 @@ int main(int argc, char **argv)
     }
     if (c.report[0])
         return regen_report(c.report, c.config);
+    if (strcmp(c.scheduler_type, "step") != 0 && strcmp(c.scheduler_type, "cosine") != 0) {
+        fprintf(stderr, "swav-evaluator: --scheduler_type: '%s' is not cosine or step\n",
+                c.scheduler_type);
+        return 2;
+    }
+    if (!c.features_train[0] && (c.loader_bind[0] || c.pretrained[0] || c.sub[0] || c.once))
+        return live_main(&c, &set);
     bool knn = !strcmp(c.probe, "knn"), lin = !strcmp(c.probe, "linear");
     if (!knn && !lin) {
         fprintf(stderr, "swav-evaluator: --probe: '%s' is not knn or linear\n", c.probe);

@@ -1,0 +1,849 @@
+/* The live evaluator (live.h). */
+#include "evaluator/live.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "common/check.h"
+#include "common/fileio.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+#include "evaluator/ckpt_scan.h"
+#include "evaluator/report.h"
+#include "evaluator/results.h"
+#include "loader/client.h"
+#include "nn/backend.h"
+#include "nn/checkpoint.h"
+#include "nn/resnet.h"
+#include "nn/tensor.h"
+#include "proto/wire.h"
+
+/* ---- architecture from the tensors ------------------------------------------ */
+
+static int st_find(const struct safetensors_file *f, const char *name)
+{
+    int i = safetensors_find(f, name);
+    if (i >= 0) return i;
+    char buf[300];
+    snprintf(buf, sizeof buf, "module.%s", name);
+    return safetensors_find(f, buf);
+}
+
+int eval_arch_from_file(const struct safetensors_file *f, struct eval_arch *a, char *err,
+                        size_t errlen)
+{
+    memset(a, 0, sizeof *a);
+    int c1 = st_find(f, "conv1.weight");
+    if (c1 < 0) {
+        snprintf(err, errlen, "no conv1.weight: not a ResNet backbone");
+        return -1;
+    }
+    const struct safetensors_tensor *t = &f->tensors[c1];
+    if (t->ndim != 4 || t->shape[1] != 3 || t->shape[2] != t->shape[3] ||
+        (t->shape[2] != 3 && t->shape[2] != 7) || t->shape[0] < 1 || t->shape[0] > 65536) {
+        snprintf(err, errlen, "conv1.weight of an unexpected shape");
+        return -1;
+    }
+    a->width = (int)t->shape[0];
+    a->small_stem = t->shape[2] == 3;
+    bool bottleneck = st_find(f, "layer1.0.conv3.weight") >= 0;
+    int n3 = 0;
+    for (;; n3++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "layer3.%d.conv1.weight", n3);
+        if (st_find(f, nm) < 0) break;
+    }
+    if (n3 == 2 && !bottleneck) a->depth = 18;
+    else if (n3 == 6 && !bottleneck) a->depth = 34;
+    else if (n3 == 6 && bottleneck) a->depth = 50;
+    else if (n3 == 23 && bottleneck) a->depth = 101;
+    else {
+        snprintf(err, errlen, "layer3 has %d blocks (%s): not resnet18/34/50/101", n3,
+                 bottleneck ? "Bottleneck" : "BasicBlock");
+        return -1;
+    }
+    a->seed = 31;
+    const char *cfg = safetensors_meta_get(f, "config");
+    if (cfg) {
+        json_t *j = json_loads(cfg, 0, NULL);
+        json_t *s = j ? json_object_get(j, "seed") : NULL;
+        if (json_is_integer(s) && json_integer_value(s) >= 0)
+            a->seed = (uint64_t)json_integer_value(s);
+        json_decref(j);
+    }
+    if (a->width % 64 == 0 && a->width / 64 <= 5 && a->width / 64 != 3)
+        snprintf(a->name, sizeof a->name, "resnet%d%s%.0d", a->depth, a->width > 64 ? "w" : "",
+                 a->width > 64 ? a->width / 64 : 0);
+    else
+        snprintf(a->name, sizeof a->name, "resnet%d width %d", a->depth, a->width);
+    if (a->small_stem) {
+        size_t l = strlen(a->name);
+        snprintf(a->name + l, sizeof a->name - l, " small stem");
+    }
+    return 0;
+}
+
+int64_t eval_subset_even(uint32_t *out, int64_t n, int64_t limit)
+{
+    if (limit <= 0 || limit >= n) {
+        for (int64_t i = 0; i < n; i++) out[i] = (uint32_t)i;
+        return n;
+    }
+    for (int64_t i = 0; i < limit; i++)
+        out[i] = (uint32_t)(((2 * i + 1) * n) / (2 * limit));
+    return limit;
+}
+
+int64_t eval_parse_dataset_size(const char *msg)
+{
+    const char *p = strstr(msg, "outside the data set (");
+    if (!p) return -1;
+    unsigned long long v;
+    if (sscanf(p + strlen("outside the data set ("), "%llu images", &v) != 1) return -1;
+    return (int64_t)v;
+}
+
+/* ---- records already in eval.jsonl -------------------------------------------- */
+
+struct done_rec {
+    int64_t epoch, step;
+    char probe[16];
+    char checkpoint[EVAL_CKPT_PATH_MAX];
+    bool baseline;
+};
+
+struct live {
+    const struct eval_live_opts *o;
+    volatile sig_atomic_t *stop;
+    void *zctx;
+    struct loader_client *client;
+    void *sub;
+    struct proto_rx rx;
+    nn_backend_t *be;
+    struct nn_model *model;
+    struct eval_arch model_arch;
+    float *input; /* (batch, 3, S, S) */
+    uint64_t next_step;
+    /* data sets */
+    int64_t n_train_all, n_val_all;
+    uint32_t *train_idx, *val_idx;
+    int64_t n_train, n_val;
+    /* eval.jsonl */
+    struct done_rec *done;
+    int ndone, done_cap;
+    /* failed keys (not retried until restart) */
+    int64_t failed_epoch[64], failed_step[64];
+    int nfailed;
+    /* metadata cache of the last scanned file */
+    char scan_path[EVAL_CKPT_PATH_MAX];
+    int64_t scan_mtime, scan_epoch, scan_step;
+    bool have_arch;
+    struct eval_arch run_arch; /* of the latest checkpoint: the baseline's */
+    uint64_t bad_announcements;
+};
+
+static void done_add(struct live *L, int64_t epoch, int64_t step, const char *probe,
+                     const char *ckpt, bool baseline)
+{
+    if (L->ndone == L->done_cap) {
+        L->done_cap = L->done_cap ? 2 * L->done_cap : 64;
+        L->done = swav_xrealloc(L->done, (size_t)L->done_cap * sizeof *L->done);
+    }
+    struct done_rec *d = &L->done[L->ndone++];
+    d->epoch = epoch;
+    d->step = step;
+    snprintf(d->probe, sizeof d->probe, "%s", probe);
+    snprintf(d->checkpoint, sizeof d->checkpoint, "%s", ckpt ? ckpt : "");
+    d->baseline = baseline;
+}
+
+static void done_load(struct live *L)
+{
+    char path[EVAL_CKPT_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/eval.jsonl", L->o->dump_path);
+    FILE *fp = fopen(path, "r");
+    if (!fp) return;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int nbad = 0;
+    while ((len = getline(&line, &cap, fp)) > 0) {
+        json_t *j = json_loadb(line, (size_t)len, 0, NULL);
+        json_t *pr = j ? json_object_get(j, "probe") : NULL;
+        if (!json_is_object(j) || !json_is_string(pr)) {
+            nbad += len > 1;
+            json_decref(j);
+            continue;
+        }
+        json_t *e = json_object_get(j, "epoch"), *s = json_object_get(j, "step");
+        json_t *c = json_object_get(j, "checkpoint"), *b = json_object_get(j, "baseline");
+        done_add(L, json_is_integer(e) ? json_integer_value(e) : -1,
+                 json_is_integer(s) ? json_integer_value(s) : -1, json_string_value(pr),
+                 json_is_string(c) ? json_string_value(c) : "", json_is_true(b));
+        json_decref(j);
+    }
+    free(line);
+    fclose(fp);
+    LOG_INFO("%s: %d records%s", path, L->ndone, nbad ? " (some lines did not parse)" : "");
+}
+
+static bool probe_done(const struct live *L, int64_t epoch, int64_t step, const char *ckpt,
+                       bool baseline, const char *probe)
+{
+    for (int i = 0; i < L->ndone; i++) {
+        const struct done_rec *d = &L->done[i];
+        if (d->baseline != baseline || strcmp(d->probe, probe) != 0) continue;
+        if (baseline) return true;
+        if (epoch >= 0 ? (d->epoch == epoch && d->step == step)
+                       : !strcmp(d->checkpoint, ckpt))
+            return true;
+    }
+    return false;
+}
+
+static bool all_done(const struct live *L, int64_t epoch, int64_t step, const char *ckpt,
+                     bool baseline)
+{
+    return (!L->o->knn || probe_done(L, epoch, step, ckpt, baseline, "knn")) &&
+           (!L->o->linear || probe_done(L, epoch, step, ckpt, baseline, "linear"));
+}
+
+/* ---- loaders -------------------------------------------------------------------- */
+
+static void fill_order(const struct live *L, struct proto_order *o, const char *tag)
+{
+    memset(o, 0, sizeof *o);
+    o->seed = 0;
+    o->mode = PROTO_MODE_EVAL_VAL;
+    snprintf(o->dataset, sizeof o->dataset, "%s", tag);
+    o->ngroups = 1;
+    o->nmb_crops[0] = 1;
+    o->size_crops[0] = (uint32_t)L->o->size;
+    o->min_scale_crops[0] = 1.0;
+    o->max_scale_crops[0] = 1.0;
+    o->resize = (uint32_t)L->o->resize;
+}
+
+/* Waiting on loaders: 0 keep waiting, 1 stopped, -1 gave up. */
+static int wait_tick(struct live *L, double t_start, double *t_log, const char *what)
+{
+    if (*L->stop) return 1;
+    double now = swav_now_s();
+    if (now - *t_log >= 10.0) {
+        struct loader_client_stats st;
+        loader_client_get_stats(L->client, &st);
+        LOG_INFO("waiting for loaders (%s): %u connected, %.0f s", what, st.loaders_alive,
+                 now - t_start);
+        *t_log = now;
+    }
+    if ((L->o->once || L->o->pretrained[0]) && L->o->wait_s > 0 && now - t_start > L->o->wait_s)
+        return -1;
+    return 0;
+}
+
+/* Size of data set `tag` as the loaders have it.  0, 1 stopped, -1 error. */
+static int dataset_size(struct live *L, const char *tag, int64_t *n, char *err, size_t errlen)
+{
+    struct proto_order o;
+    fill_order(L, &o, tag);
+    uint32_t idx = 0xFFFFFFF0u;
+    o.step = L->next_step++;
+    o.n_images = 1;
+    uint64_t dims[1] = {1};
+    proto_tensor_set(&o.indices, PROTO_DTYPE_U32, &idx, 1, dims);
+    if (loader_client_submit(L->client, &o, NULL) != LOADER_CLIENT_OK) {
+        snprintf(err, errlen, "data set '%s': cannot submit the size probe: %s", tag,
+                 loader_client_last_error(L->client));
+        return -1;
+    }
+    double t0 = swav_now_s(), tlog = t0;
+    for (;;) {
+        const struct proto_batch *b;
+        enum loader_client_status st = loader_client_next(L->client, &b, 500);
+        if (st == LOADER_CLIENT_TIMEOUT) {
+            int w = wait_tick(L, t0, &tlog, tag);
+            if (w == 0) continue;
+            if (w < 0) snprintf(err, errlen, "no loader answered for %lld s", (long long)L->o->wait_s);
+            return w > 0 ? 1 : -1;
+        }
+        if (st == LOADER_CLIENT_OK) {
+            snprintf(err, errlen, "data set '%s': a loader served image %u", tag, idx);
+            return -1;
+        }
+        const char *msg = loader_client_last_error(L->client);
+        int64_t v = st == LOADER_CLIENT_ERR_FAILED ? eval_parse_dataset_size(msg) : -1;
+        if (v <= 0) {
+            snprintf(err, errlen, "data set '%s': %s", tag, msg);
+            return -1;
+        }
+        *n = v;
+        return 0;
+    }
+}
+
+/* Backbone features of images idx[0..n) of `tag` into feats (n, D), labels
+ * into labels.  0, 1 stopped, -1 error. */
+static int extract(struct live *L, const char *tag, const uint32_t *idx, int64_t n, float *feats,
+                   int32_t *labels, char *err, size_t errlen)
+{
+    struct nn_model *m = L->model;
+    const int64_t D = m->feat_channels, S = L->o->size, B = L->o->batch_size;
+    int64_t submitted = 0, received = 0;
+    double t0 = swav_now_s(), tlog = t0, tprog = t0, tlast = t0;
+    while (received < n) {
+        while (submitted < n) {
+            struct proto_order o;
+            fill_order(L, &o, tag);
+            int64_t b = n - submitted < B ? n - submitted : B;
+            o.step = L->next_step;
+            o.n_images = (uint32_t)b;
+            uint64_t dims[1] = {(uint64_t)b};
+            proto_tensor_set(&o.indices, PROTO_DTYPE_U32, idx + submitted, 1, dims);
+            enum loader_client_status st = loader_client_submit(L->client, &o, NULL);
+            if (st == LOADER_CLIENT_ERR_FULL) break;
+            if (st != LOADER_CLIENT_OK) {
+                snprintf(err, errlen, "%s: order refused locally: %s", tag,
+                         loader_client_last_error(L->client));
+                return -1;
+            }
+            L->next_step++;
+            submitted += b;
+        }
+        const struct proto_batch *bt;
+        enum loader_client_status st = loader_client_next(L->client, &bt, 500);
+        if (st == LOADER_CLIENT_TIMEOUT) {
+            int w = wait_tick(L, tlast, &tlog, tag);
+            if (w == 0) continue;
+            if (w < 0)
+                snprintf(err, errlen, "%s: no batch for %lld s", tag, (long long)L->o->wait_s);
+            return w > 0 ? 1 : -1;
+        }
+        if (st != LOADER_CLIENT_OK) {
+            snprintf(err, errlen, "%s: %s", tag, loader_client_last_error(L->client));
+            return -1;
+        }
+        int64_t nb = bt->n_images;
+        if (nb > n - received || bt->crops[0].nbytes != (uint64_t)(nb * S * S * 3) ||
+            bt->labels.nbytes != (uint64_t)nb * 4) {
+            snprintf(err, errlen, "%s: a batch of an unexpected size", tag);
+            return -1;
+        }
+        nn_normalize_u8(L->input, bt->crops[0].data, (int)nb, (int)S, (int)S);
+        const float *in[1] = {L->input};
+        nn_model_forward(m, in, (int)nb, NN_MODEL_EVAL);
+        memcpy(feats + received * D, m->feats, (size_t)(nb * D) * sizeof(float));
+        memcpy(labels + received, bt->labels.data, (size_t)nb * sizeof(int32_t));
+        received += nb;
+        double now = swav_now_s();
+        tlast = now;
+        if (now - tprog >= 5.0 && received < n) {
+            LOG_INFO("features %s: %lld/%lld images (%.0f img/s)", tag, (long long)received,
+                     (long long)n, received / (now - t0));
+            tprog = now;
+        }
+        if (*L->stop) return 1;
+    }
+    LOG_INFO("features %s: %lld images in %.1f s", tag, (long long)n, swav_now_s() - t0);
+    return 0;
+}
+
+/* ---- model ---------------------------------------------------------------------- */
+
+static int model_for(struct live *L, const struct eval_arch *a, bool fresh, char *err,
+                     size_t errlen)
+{
+    if (L->model && !fresh && L->model_arch.depth == a->depth &&
+        L->model_arch.width == a->width && L->model_arch.small_stem == a->small_stem)
+        return 0;
+    nn_model_destroy(&L->model);
+    struct nn_resnet_cfg cfg;
+    nn_resnet_cfg_default(&cfg);
+    cfg.depth = a->depth;
+    cfg.width = a->width;
+    cfg.small_stem = a->small_stem;
+    cfg.hidden_mlp = 0;
+    cfg.feat_dim = 0;
+    cfg.nmb_prototypes = 0;
+    cfg.seed = a->seed;
+    struct nn_crop_group g = {.n_crops = 1, .size = L->o->size};
+    L->model = nn_model_new(L->be, &cfg, &g, 1, L->o->batch_size);
+    if (!L->model) {
+        snprintf(err, errlen, "cannot build %s for %d-pixel crops", a->name, L->o->size);
+        return -1;
+    }
+    L->model_arch = *a;
+    return 0;
+}
+
+/* ---- probes --------------------------------------------------------------------- */
+
+struct stop_source {
+    struct eval_feature_source fs;
+    struct eval_batch_source inner;
+    volatile sig_atomic_t *stop;
+};
+
+static int stop_fill(void *ctx, int epoch, const uint32_t *idx, int64_t b, float *x, int32_t *y)
+{
+    struct stop_source *s = ctx;
+    if (*s->stop) return 1;
+    return s->inner.fill(s->inner.ctx, epoch, idx, b, x, y);
+}
+
+struct target {
+    char path[EVAL_CKPT_PATH_MAX];
+    int64_t epoch, step;
+    bool baseline;
+};
+
+static void record_config(const struct live *L, const char *probe, const struct eval_arch *a,
+                          char *buf, size_t len)
+{
+    const struct eval_live_opts *o = L->o;
+    int k;
+    if (!strcmp(probe, "knn"))
+        k = snprintf(buf, len, "{\"k\": %d, \"temperature\": %g", o->knn_cfg.k,
+                     o->knn_cfg.temperature);
+    else
+        k = snprintf(buf, len,
+                     "{\"epochs\": %d, \"batch_size\": %d, \"lr\": %g, \"wd\": %g, "
+                     "\"nesterov\": %s, \"scheduler\": \"%s\", \"seed\": %" PRIu64 ", "
+                     "\"mode\": \"fast\"",
+                     o->lin_cfg.epochs, o->lin_cfg.batch_size, o->lin_cfg.lr, o->lin_cfg.wd,
+                     o->lin_cfg.nesterov ? "true" : "false",
+                     o->lin_cfg.sched == EVAL_SCHED_STEP ? "step" : "cosine", o->lin_cfg.seed);
+    if (k < 0 || (size_t)k >= len) return;
+    snprintf(buf + k, len - (size_t)k,
+             ", \"arch\": \"%s\", \"depth\": %d, \"width\": %d, \"small_stem\": %s, "
+             "\"init_seed\": %" PRIu64 ", \"eval_train\": \"%s\", \"eval_val\": \"%s\", "
+             "\"train_total\": %lld, \"val_total\": %lld, \"size\": %d, \"resize\": %d, "
+             "\"flags\": %s}",
+             a->name, a->depth, a->width, a->small_stem ? "true" : "false", a->seed,
+             o->eval_train, o->eval_val, (long long)L->n_train_all, (long long)L->n_val_all,
+             o->size, o->resize, o->flags_json ? o->flags_json : "{}");
+}
+
+static void write_report(struct live *L)
+{
+    char err[1024];
+    void *cfg = NULL;
+    size_t len;
+    if (L->o->config_path[0] &&
+        swav_file_read_all(L->o->config_path, 64u << 20, &cfg, &len, err, sizeof err) != 0) {
+        LOG_WARN("report config: %s", err);
+        cfg = NULL;
+    }
+    if (eval_report_write(L->o->dump_path, cfg, err, sizeof err) != 0)
+        LOG_WARN("report: %s", err);
+    free(cfg);
+}
+
+static int append(struct live *L, const struct target *t, const char *probe, double top1,
+                  double top5, double secs, const struct eval_arch *a)
+{
+    char cfg[8192], err[1024];
+    record_config(L, probe, a, cfg, sizeof cfg);
+    struct eval_result r = {
+        .epoch = t->epoch, .step = t->step, .checkpoint = t->path, .probe = probe,
+        .top1 = top1, .top5 = top5, .n_train = L->n_train, .n_val = L->n_val,
+        .seconds = secs, .baseline = t->baseline, .config_json = cfg,
+    };
+    if (eval_result_append(L->o->dump_path, &r, err, sizeof err) != 0) {
+        LOG_ERROR("%s", err);
+        return -1;
+    }
+    done_add(L, t->epoch, t->step, probe, t->path, t->baseline);
+    LOG_INFO("%s%s epoch %lld: %s top1 %.2f top5 %.2f (%lld train, %lld val, %.1f s)",
+             t->baseline ? "random init " : "", t->path, (long long)t->epoch, probe, top1, top5,
+             (long long)L->n_train, (long long)L->n_val, secs);
+    write_report(L);
+    return 0;
+}
+
+static int prepare_datasets(struct live *L, char *err, size_t errlen)
+{
+    if (L->train_idx) return 0;
+    int rc = dataset_size(L, L->o->eval_train, &L->n_train_all, err, errlen);
+    if (rc == 0) rc = dataset_size(L, L->o->eval_val, &L->n_val_all, err, errlen);
+    if (rc != 0) return rc;
+    L->train_idx = swav_xmalloc((size_t)L->n_train_all * sizeof(uint32_t));
+    L->val_idx = swav_xmalloc((size_t)L->n_val_all * sizeof(uint32_t));
+    L->n_train = eval_subset_even(L->train_idx, L->n_train_all, L->o->train_limit);
+    L->n_val = eval_subset_even(L->val_idx, L->n_val_all, L->o->val_limit);
+    LOG_INFO("data sets: %s %lld images (probes use %lld), %s %lld images (probes use %lld)",
+             L->o->eval_train, (long long)L->n_train_all, (long long)L->n_train, L->o->eval_val,
+             (long long)L->n_val_all, (long long)L->n_val);
+    return 0;
+}
+
+/* Features with the model as it is, then the probes not yet recorded.
+ * 0, 1 stopped, -1 error. */
+static int run_probes(struct live *L, const struct target *t, const struct eval_arch *a)
+{
+    char err[1024];
+    int rc = prepare_datasets(L, err, sizeof err);
+    if (rc != 0) {
+        if (rc < 0) LOG_ERROR("%s", err);
+        return rc;
+    }
+    const int64_t D = L->model->feat_channels;
+    float *xt = swav_xmalloc((size_t)(L->n_train * D) * sizeof(float));
+    float *xv = swav_xmalloc((size_t)(L->n_val * D) * sizeof(float));
+    int32_t *yt = swav_xmalloc((size_t)L->n_train * sizeof(int32_t));
+    int32_t *yv = swav_xmalloc((size_t)L->n_val * sizeof(int32_t));
+    double t0 = swav_now_s();
+    rc = extract(L, L->o->eval_train, L->train_idx, L->n_train, xt, yt, err, sizeof err);
+    if (rc == 0) rc = extract(L, L->o->eval_val, L->val_idx, L->n_val, xv, yv, err, sizeof err);
+    if (rc < 0) LOG_ERROR("%s: %s", t->baseline ? "random init" : t->path, err);
+    double t_feat = swav_now_s() - t0;
+    int ncls = 0;
+    for (int64_t i = 0; rc == 0 && i < L->n_train + L->n_val; i++) {
+        int32_t y = i < L->n_train ? yt[i] : yv[i - L->n_train];
+        if (y < 0 || y >= (1 << 24)) {
+            LOG_ERROR("data set %s: image without a class label (%d): the probes need an "
+                      "ImageFolder", i < L->n_train ? L->o->eval_train : L->o->eval_val, y);
+            rc = -1;
+        }
+        ncls = y + 1 > ncls ? y + 1 : ncls;
+    }
+    if (rc == 0 && L->o->knn && !probe_done(L, t->epoch, t->step, t->path, t->baseline, "knn")) {
+        double t1 = swav_now_s();
+        struct eval_acc acc;
+        enum eval_knn_status st =
+            eval_knn_run(xt, yt, L->n_train, xv, yv, L->n_val, D, ncls, &L->o->knn_cfg, &acc);
+        if (st != EVAL_KNN_OK) {
+            LOG_ERROR("knn probe: %s", eval_knn_status_str(st));
+            rc = -1;
+        } else {
+            rc = append(L, t, "knn", eval_acc_top1(&acc), eval_acc_top5(&acc),
+                        t_feat + swav_now_s() - t1, a);
+        }
+    }
+    if (rc == 0 && *L->stop) rc = 1;
+    if (rc == 0 && L->o->linear &&
+        !probe_done(L, t->epoch, t->step, t->path, t->baseline, "linear")) {
+        double t1 = swav_now_s();
+        struct eval_linear lm;
+        eval_linear_init(&lm, D, ncls, L->o->lin_cfg.batch_size, L->o->lin_cfg.seed);
+        struct stop_source ss = {.fs = {xt, yt, L->n_train, D}, .stop = L->stop};
+        ss.inner = eval_linear_source_features(&ss.fs);
+        struct eval_batch_source src = {.ctx = &ss, .n = L->n_train, .fill = stop_fill};
+        struct eval_linear_result res;
+        enum eval_linear_status st =
+            eval_linear_run(&lm, &L->o->lin_cfg, &src, xv, yv, L->n_val, NULL, NULL, &res);
+        eval_linear_free(&lm);
+        if (st == EVAL_LINEAR_ERR_SOURCE && *L->stop) {
+            rc = 1;
+        } else if (st != EVAL_LINEAR_OK) {
+            LOG_ERROR("linear probe: %s", eval_linear_status_str(st));
+            rc = -1;
+        } else {
+            rc = append(L, t, "linear", res.best_top1, res.best_top5,
+                        t_feat + swav_now_s() - t1, a);
+        }
+    }
+    free(xt);
+    free(xv);
+    free(yt);
+    free(yv);
+    return rc;
+}
+
+/* Evaluate a checkpoint file.  0, 1 stopped, -1 error. */
+static int eval_checkpoint(struct live *L, const char *path)
+{
+    char err[1024], fdpath[64];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        LOG_ERROR("checkpoint %s: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        LOG_ERROR("checkpoint %s: not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", fd);
+    struct safetensors_file f;
+    enum safetensors_status ss = safetensors_read(&f, fdpath, 0, err, sizeof err);
+    if (ss != SAFETENSORS_OK) {
+        LOG_ERROR("checkpoint %s: %s", path, err);
+        close(fd);
+        return -1;
+    }
+    struct eval_arch a;
+    int rc = eval_arch_from_file(&f, &a, err, sizeof err);
+    safetensors_file_free(&f);
+    if (rc != 0 || model_for(L, &a, false, err, sizeof err) != 0) {
+        LOG_ERROR("checkpoint %s: %s", path, err);
+        close(fd);
+        return -1;
+    }
+    struct nn_model *m = L->model;
+    struct nn_checkpoint_load_opts lo = {.strict = false, .quiet = true};
+    struct nn_checkpoint_info info;
+    enum nn_checkpoint_status cs = nn_checkpoint_load(fdpath, &m->params, m->param_data,
+                                                      &m->buffers, m->buffer_data, NULL, &lo,
+                                                      &info, err, sizeof err);
+    close(fd);
+    if (cs != NN_CHECKPOINT_OK) {
+        LOG_ERROR("checkpoint %s: %s", path, err);
+        return -1;
+    }
+    int nmissing = info.nmissing, nmis = info.nmismatched;
+    struct target t = {.epoch = info.epoch, .step = info.step, .baseline = false};
+    nn_checkpoint_info_free(&info);
+    if (nmissing || nmis) {
+        LOG_ERROR("checkpoint %s: %d backbone tensors of %s missing, %d of another shape", path,
+                  nmissing, a.name, nmis);
+        /* the model holds a mix now: rebuild it next time */
+        nn_model_destroy(&L->model);
+        return -1;
+    }
+    snprintf(t.path, sizeof t.path, "%s", path);
+    L->run_arch = a;
+    L->have_arch = true;
+    if (all_done(L, t.epoch, t.step, t.path, false)) {
+        LOG_INFO("%s (epoch %lld, step %lld) already evaluated", path, (long long)t.epoch,
+                 (long long)t.step);
+        return 0;
+    }
+    LOG_INFO("evaluating %s: %s, epoch %lld, step %lld", path, a.name, (long long)t.epoch,
+             (long long)t.step);
+    return run_probes(L, &t, &a);
+}
+
+static int eval_baseline(struct live *L)
+{
+    char err[1024];
+    if (all_done(L, -1, -1, "", true)) return 0;
+    if (model_for(L, &L->run_arch, true, err, sizeof err) != 0) {
+        LOG_ERROR("random init: %s", err);
+        return -1;
+    }
+    LOG_INFO("evaluating the random-init %s (seed %" PRIu64 ")", L->run_arch.name,
+             L->run_arch.seed);
+    struct target t = {.path = "", .epoch = -1, .step = -1, .baseline = true};
+    int rc = run_probes(L, &t, &L->run_arch);
+    /* the model holds random weights now; a checkpoint load overwrites all */
+    return rc;
+}
+
+/* ---- watching ------------------------------------------------------------------- */
+
+struct cand {
+    char path[EVAL_CKPT_PATH_MAX];
+    int64_t epoch, step;
+    bool valid;
+};
+
+static bool newer(const struct cand *a, const struct cand *b)
+{
+    if (!b->valid) return a->valid;
+    if (!a->valid) return false;
+    return a->epoch > b->epoch || (a->epoch == b->epoch && a->step > b->step);
+}
+
+static bool failed(const struct live *L, int64_t epoch, int64_t step)
+{
+    for (int i = 0; i < L->nfailed; i++)
+        if (L->failed_epoch[i] == epoch && L->failed_step[i] == step) return true;
+    return false;
+}
+
+/* Epoch and step of a checkpoint file from its header (nn_checkpoint_peek;
+ * cached for the last file by path and mtime).  0 or -1. */
+static int file_key(struct live *L, const char *path, int64_t mtime, int64_t *epoch,
+                    int64_t *step)
+{
+    if (!strcmp(L->scan_path, path) && L->scan_mtime == mtime) {
+        *epoch = L->scan_epoch;
+        *step = L->scan_step;
+        return 0;
+    }
+    char err[512];
+    struct nn_checkpoint_info info;
+    if (nn_checkpoint_peek(path, &info, err, sizeof err) != NN_CHECKPOINT_OK) {
+        LOG_LIMITED(SWAV_LOG_WARN, "scan: %s", err);
+        return -1;
+    }
+    *epoch = info.epoch;
+    *step = info.step;
+    nn_checkpoint_info_free(&info);
+    snprintf(L->scan_path, sizeof L->scan_path, "%s", path);
+    L->scan_mtime = mtime;
+    L->scan_epoch = *epoch;
+    L->scan_step = *step;
+    return 0;
+}
+
+static void scan(struct live *L, struct cand *pending)
+{
+    static struct eval_ckpt list[256];
+    char err[512];
+    int n = eval_ckpt_scan(L->o->dump_path, list, 256, err, sizeof err);
+    if (n < 0) {
+        LOG_LIMITED(SWAV_LOG_WARN, "scan: %s", err);
+        return;
+    }
+    /* newest first by mtime; the first one whose metadata reads wins */
+    for (int i = n - 1; i >= 0; i--) {
+        struct cand c = {.valid = true};
+        if (file_key(L, list[i].path, list[i].mtime_ns, &c.epoch, &c.step) != 0) continue;
+        snprintf(c.path, sizeof c.path, "%s", list[i].path);
+        if (newer(&c, pending)) *pending = c;
+        break;
+    }
+}
+
+static void drain_sub(struct live *L, struct cand *pending)
+{
+    if (!L->sub) return;
+    for (;;) {
+        enum proto_status ps = proto_recv(L->sub, &L->rx, false, ZMQ_DONTWAIT);
+        if (ps == PROTO_ERR_AGAIN) return;
+        if (ps != PROTO_OK) {
+            if (zmq_errno() == EINTR) return;
+            L->bad_announcements++;
+            LOG_LIMITED(SWAV_LOG_WARN, "announcement not received: %s", proto_status_str(ps));
+            continue;
+        }
+        struct proto_checkpoint m;
+        struct proto_diag diag = {0};
+        struct proto_decode_opts dopts = {.run = L->o->run, .max_tensor_bytes = 1};
+        ps = proto_checkpoint_decode(L->rx.frames, L->rx.nframes, &dopts, &m, &diag);
+        if (ps != PROTO_OK) {
+            char msg[400];
+            proto_diag_format(msg, sizeof msg, PROTO_TYPE_CHECKPOINT, ps, &diag);
+            L->bad_announcements++;
+            LOG_LIMITED(SWAV_LOG_WARN, "bad announcement ignored: %s", msg);
+            continue;
+        }
+        struct stat sb;
+        if (stat(m.path, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            L->bad_announcements++;
+            LOG_LIMITED(SWAV_LOG_WARN, "announced checkpoint %s (epoch %u) is not a readable "
+                        "file: ignored", m.path, m.epoch);
+            continue;
+        }
+        struct cand c = {.epoch = m.epoch, .step = (int64_t)m.step, .valid = true};
+        size_t pl = strlen(m.path);
+        if (pl >= sizeof c.path) continue; /* stat would have failed (PATH_MAX) */
+        memcpy(c.path, m.path, pl + 1);
+        LOG_INFO("announced: %s (epoch %u, step %" PRIu64 ")", m.path, m.epoch, m.step);
+        if (newer(&c, pending)) *pending = c;
+    }
+}
+
+static int setup(struct live *L, char *err, size_t errlen)
+{
+    L->zctx = zmq_ctx_new();
+    SWAV_ASSERT(L->zctx);
+    struct loader_client_opts co = {.bind = L->o->loader_bind, .run = L->o->run,
+                                    .zmq_ctx = L->zctx, .deadline_ms = 600000};
+    if (loader_client_new(&L->client, &co, err, errlen) != 0) return -1;
+    LOG_INFO("loaders connect to %s", loader_client_endpoint(L->client));
+    if (L->o->sub[0]) {
+        L->sub = zmq_socket(L->zctx, ZMQ_SUB);
+        SWAV_ASSERT(L->sub);
+        proto_socket_setup(L->sub, 1 << 16, 1000, 5000);
+        zmq_setsockopt(L->sub, ZMQ_SUBSCRIBE, "", 0);
+        if (zmq_connect(L->sub, L->o->sub) != 0) {
+            snprintf(err, errlen, "--sub %s: %s", L->o->sub, zmq_strerror(zmq_errno()));
+            return -1;
+        }
+    }
+    proto_rx_init(&L->rx);
+    L->be = nn_backend_cpu_new(L->o->threads);
+    size_t S = (size_t)L->o->size;
+    L->input = swav_xmalloc((size_t)L->o->batch_size * 3 * S * S * sizeof(float));
+    L->next_step = 1;
+    return 0;
+}
+
+static void teardown(struct live *L)
+{
+    nn_model_destroy(&L->model);
+    if (L->be) nn_backend_destroy(&L->be);
+    free(L->input);
+    free(L->train_idx);
+    free(L->val_idx);
+    free(L->done);
+    proto_rx_free(&L->rx);
+    if (L->sub) zmq_close(L->sub);
+    loader_client_destroy(&L->client);
+    if (L->zctx) zmq_ctx_term(L->zctx);
+}
+
+int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop)
+{
+    struct live *L = swav_xcalloc(1, sizeof *L);
+    L->o = o;
+    L->stop = stop;
+    char err[1024];
+    int ret = 0;
+    if (setup(L, err, sizeof err) != 0) {
+        LOG_ERROR("%s", err);
+        ret = 1;
+        goto out;
+    }
+    if (o->pretrained[0]) {
+        int rc = eval_checkpoint(L, o->pretrained);
+        ret = rc < 0 ? 1 : 0;
+        goto out;
+    }
+    done_load(L);
+    struct cand pending = {.valid = false};
+    struct cand last = {.valid = false};
+    double next_scan = 0;
+    while (!*stop) {
+        drain_sub(L, &pending);
+        if (swav_now_s() >= next_scan) {
+            scan(L, &pending);
+            next_scan = swav_now_s() + (double)o->rescan_s;
+        }
+        if (pending.valid && !failed(L, pending.epoch, pending.step) &&
+            (!last.valid || newer(&pending, &last) || pending.epoch < 0)) {
+            struct cand c = pending;
+            pending.valid = false;
+            if (!all_done(L, c.epoch, c.step, c.path, false) || !L->have_arch) {
+                int rc = eval_checkpoint(L, c.path);
+                if (rc > 0) break;
+                if (rc < 0 && L->nfailed < 64) {
+                    L->failed_epoch[L->nfailed] = c.epoch;
+                    L->failed_step[L->nfailed++] = c.step;
+                }
+            }
+            last = c;
+            /* anything newer that came meanwhile first; then the baseline */
+            drain_sub(L, &pending);
+            scan(L, &pending);
+            if (pending.valid && newer(&pending, &last)) continue;
+        }
+        if (o->baseline && L->have_arch && !all_done(L, -1, -1, "", true)) {
+            int rc = eval_baseline(L);
+            if (rc > 0) break;
+            if (rc < 0) {
+                LOG_ERROR("random-init baseline failed; not retried");
+                L->have_arch = false;
+            }
+            continue;
+        }
+        if (o->once) break;
+        loader_client_poll(L->client, 500);
+    }
+    if (*stop) LOG_INFO("stopping");
+out:
+    teardown(L);
+    free(L);
+    return ret;
+}

@@ -1,0 +1,90 @@
+/* The live evaluator: the backbone of a checkpoint, crops from swav-loader
+ * processes, features, probes, records.
+ *
+ *   checkpoint file --(nn/checkpoint.h, non-strict like eval_linear.py)-->
+ *   backbone (nn/resnet.h, no head) <--(loader/client.h, EVAL_VAL center
+ *   crops of data sets "eval_train" / "eval_val")-- swav-loader
+ *   --> (N, D) features + labels --> knn.h / linear.h (fast: cached
+ *   center-crop features) --> results.h (eval.jsonl) + report.h.
+ *
+ * Watch mode (eval_live_run without opts.pretrained) scans the run folder
+ * (ckpt_scan.h) at start and every rescan_s, listens to the trainer's
+ * `checkpoint` announcements (SUB), and evaluates the newest checkpoint that
+ * eval.jsonl does not already hold, skipping the ones in between.  The
+ * random-init network of the run's architecture is evaluated once per run
+ * folder (baseline: true).  A checkpoint is read through one open
+ * descriptor (/proc/self/fd/N), so a trainer replacing the file (atomic
+ * rename) during the read does not mix two files; no lock is taken, nothing
+ * in the folder is written but eval.jsonl and report.html.
+ *
+ * The architecture comes from the tensors (conv1's width and kernel, block
+ * counts of layer3, Bottleneck or not: works for the published SwAV weights
+ * converted by scripts/torch-to-safetensors) and the init seed from the
+ * config JSON in the metadata ("seed"; 31 without one).
+ *
+ * The data set's size is learnt from the loaders (an order for an index
+ * past any data set is refused with "(N images)"), so the evaluator needs
+ * only the tags.  The training subset (eval_train_limit) is N evenly spaced
+ * indices, which over ImageFolder order (classes contiguous, in class
+ * order) is a stratified subset: each class gets round(limit * n_class / N)
+ * images, +-1. */
+#ifndef SWAV_EVALUATOR_LIVE_H
+#define SWAV_EVALUATOR_LIVE_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "evaluator/knn.h"
+#include "evaluator/linear.h"
+#include "proto/safetensors.h"
+
+struct eval_arch {
+    int depth;      /* 18, 34, 50, 101 */
+    int width;      /* conv1 output channels (64 x widen, or any multiple of 8) */
+    int small_stem; /* conv1 3x3, no maxpool */
+    uint64_t seed;  /* init seed of the run (config "seed"), 31 without one */
+    char name[48];  /* "resnet50", "resnet50w2", "resnet18 width 8" */
+};
+
+/* Architecture of a checkpoint's backbone from its tensors (names with or
+ * without "module.") and seed from its config metadata.  0, or -1 with a
+ * message naming what is missing. */
+int eval_arch_from_file(const struct safetensors_file *f, struct eval_arch *a, char *err,
+                        size_t errlen);
+
+/* Evenly spaced subset of [0, n): limit indices floor((i + 0.5) n / limit),
+ * i < limit (all of [0, n) when limit <= 0 or >= n).  Returns the count. */
+int64_t eval_subset_even(uint32_t *out, int64_t n, int64_t limit);
+
+/* "outside the data set (N images)" in a loader's refusal: N, or -1. */
+int64_t eval_parse_dataset_size(const char *msg);
+
+struct eval_live_opts {
+    const char *dump_path;   /* run folder: checkpoints, eval.jsonl, report.html */
+    const char *sub;         /* trainer's PUB endpoint; "" none */
+    const char *loader_bind; /* ROUTER the loaders connect to */
+    const char *run;         /* run id of messages */
+    const char *eval_train, *eval_val; /* data set tags */
+    int64_t train_limit, val_limit;    /* <= 0: all */
+    int size, resize;
+    int threads, batch_size;
+    bool knn, linear;
+    bool once;
+    bool baseline;           /* evaluate the random-init network once per run */
+    const char *pretrained;  /* standalone: this file only, then exit ("" none) */
+    const char *config_path; /* run configuration for the report ("" : dump_path/config.json) */
+    int64_t wait_s;          /* --once / --pretrained: give up on silent loaders after this */
+    int64_t rescan_s;        /* watch: folder scan period */
+    struct eval_knn_config knn_cfg;
+    struct eval_linear_config lin_cfg;
+    const char *flags_json;  /* all flags as JSON, recorded in each result's config */
+};
+
+/* Runs watch or standalone mode until done (--once, --pretrained) or *stop.
+ * 0: done or stopped; 1: a failure (standalone: the evaluation; watch:
+ * setup, e.g. the endpoint could not be bound). */
+int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop);
+
+#endif

@@ -1,0 +1,279 @@
+#!/usr/bin/python3
+"""The live swav-evaluator with real processes (suite 'integration').
+
+A tiny labeled ImageFolder (4 classes of coloured blobs, 16x16 JPEG, 200
+train + 80 test images) is generated here with PIL; live_tool writes
+checkpoints of a tiny SwAV model (resnet18, width 8, small stem, with the
+projection head and prototypes the trainer saves); one swav-loader serves
+both data sets (--dataset eval_train=... --dataset eval_val=...).
+
+  A  --once on a run folder with ckp-1: eval.jsonl gets knn + linear for
+     epoch 1 and knn + linear of the random-init network (baseline: true),
+     n_train = --eval_train_limit (120 of 200), n_val 80, kNN top-1 well
+     above chance (25%: the blobs' colours separate even random features);
+     report.html written and well formed.
+  B  --once again: nothing is redone (eval.jsonl is the memory).
+  C  --pretrained with a "module."-prefixed checkpoint without config
+     metadata (like the converted published weights): architecture from the
+     tensors, a knn record in another folder.
+  D  watch mode with --sub: a PUB socket here announces ckp-2 (outside the
+     scanned folder) among garbage, a checkpoint of another run and one
+     naming a missing file: ckp-2 is evaluated, nothing else; SIGTERM: exit 0.
+  E  with a slow loader, SIGKILL the watching evaluator in the middle of
+     evaluating ckp-3, write ckp-4, restart (--once): ckp-4 is evaluated,
+     stale ckp-3 skipped, finished ones not redone (one record each).
+
+usage: test_live.py SWAV_EVALUATOR SWAV_LOADER LIVE_TOOL [--keep DIR]"""
+import html.parser
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from PIL import Image, ImageDraw
+
+EVAL, LOADER, TOOL = sys.argv[1], sys.argv[2], sys.argv[3]
+KEEP = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--keep" else None
+fails = []
+T_START = time.time()
+
+
+def check(cond, what):
+    if not cond:
+        fails.append(what)
+        print("FAIL:", what)
+    return cond
+
+
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)]
+
+
+def make_folder(root, per_class, seed):
+    rng = random.Random(seed)
+    for c, col in enumerate(COLOURS):
+        d = os.path.join(root, "class%d" % c)
+        os.makedirs(d)
+        for i in range(per_class):
+            bg = tuple(rng.randrange(60, 120) for _ in range(3))
+            im = Image.new("RGB", (16, 16), bg)
+            dr = ImageDraw.Draw(im)
+            x, y, r = rng.randrange(3, 13), rng.randrange(3, 13), rng.randrange(3, 6)
+            dr.ellipse([x - r, y - r, x + r, y + r], fill=tuple(
+                max(0, min(255, v + rng.randrange(-20, 21))) for v in col))
+            im.save(os.path.join(d, "%03d.jpg" % i), quality=95)
+
+
+class Proc:
+    def __init__(self, args, log):
+        self.args = args
+        self.logpath = log
+        self.logf = open(log, "w")
+        self.p = subprocess.Popen(args, stdout=self.logf, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout):
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            return "timeout"
+
+    def log(self):
+        self.logf.flush()
+        with open(self.logpath, errors="replace") as f:
+            return f.read()
+
+
+def records(dump):
+    p = os.path.join(dump, "eval.jsonl")
+    if not os.path.exists(p):
+        return []
+    with open(p) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def count(recs, probe, epoch=None, baseline=False):
+    return sum(1 for r in recs if r["probe"] == probe and r["baseline"] == baseline and
+               (epoch is None or r["epoch"] == epoch))
+
+
+def wait_for(pred, timeout):
+    t = time.time()
+    while time.time() - t < timeout:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Checker(html.parser.HTMLParser):
+    VOID = {"meta", "br", "img", "input", "hr", "link", "col", "wbr", "source", "area", "base"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        pass
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append("</%s> with open %s" % (tag, self.stack[-3:]))
+        else:
+            self.stack.pop()
+
+
+def ckpt(path, epoch, step, seed, *extra):
+    r = subprocess.run([TOOL, "ckpt", path, str(epoch), str(step), str(seed)] + list(extra),
+                       capture_output=True, text=True, timeout=60)
+    check(r.returncode == 0, "live_tool ckpt %s: %s" % (path, r.stderr))
+
+
+def main(tmp):
+    train, test = os.path.join(tmp, "train"), os.path.join(tmp, "test")
+    make_folder(train, 50, 1)
+    make_folder(test, 20, 2)
+    dump = os.path.join(tmp, "run")
+    os.makedirs(dump)
+    ckpt(os.path.join(dump, "ckp-1.safetensors"), 1, 10, 1)
+    ep = "ipc://%s/ev.sock" % tmp
+    common = ["--dump_path", dump, "--loader_bind", ep, "--size", "16", "--resize", "16",
+              "--threads", "1", "--batch_size", "32", "--epochs", "20",
+              "--eval_train_limit", "120", "--wait_s", "30"]
+
+    def loader(name, extra=()):
+        return Proc([LOADER, "--connect", ep, "--dataset", "eval_train=" + train,
+                     "--dataset", "eval_val=" + test, "--dump_path", os.path.join(tmp, "ldump"),
+                     "--workers", "1", "--beat_ms", "200", "--report_s", "0"] + list(extra),
+                    os.path.join(tmp, name + ".log"))
+
+    ld = loader("loader")
+    # A: --once
+    ev = Proc([EVAL, "--once", "true"] + common, os.path.join(tmp, "a.log"))
+    rc = ev.wait(60)
+    recs = records(dump)
+    check(rc == 0, "A: exit %s\n%s" % (rc, ev.log()[-3000:]))
+    for probe in ("knn", "linear"):
+        check(count(recs, probe, 1) == 1, "A: one %s record for epoch 1: %s" % (probe, recs))
+        check(count(recs, probe, baseline=True) == 1, "A: one %s baseline record" % probe)
+    for r in recs:
+        check(r["n_train"] == 120 and r["n_val"] == 80,
+              "A: %s n_train %s n_val %s (want 120, 80)" % (r["probe"], r["n_train"], r["n_val"]))
+        check(r["config"].get("arch") == "resnet18 width 8 small stem" and
+              r["config"].get("train_total") == 200, "A: config %s" % r["config"])
+        if not r["baseline"]:
+            check(r["step"] == 10 and r["checkpoint"].endswith("ckp-1.safetensors"),
+                  "A: epoch 1 record: %s" % r)
+    knn1 = [r for r in recs if r["probe"] == "knn" and not r["baseline"]]
+    if knn1:
+        check(knn1[0]["top1"] >= 60.0, "A: kNN top-1 %.2f >= 60 (chance 25)" % knn1[0]["top1"])
+    print("A:", [(r["probe"], r["epoch"], r["baseline"], r["top1"], r["top5"]) for r in recs])
+    rep = os.path.join(dump, "report.html")
+    if check(os.path.exists(rep), "A: report.html written"):
+        with open(rep) as f:
+            page = f.read()
+        c = Checker()
+        c.feed(page)
+        check(not c.errors and not c.stack, "A: report.html well formed: %s %s" %
+              (c.errors[:3], c.stack))
+        check(page.count("<svg") >= 2 and "%.2f" % knn1[0]["top1"] in page if knn1 else False,
+              "A: report has the probe plots and the kNN top-1")
+
+    # B: again: nothing redone
+    ev = Proc([EVAL, "--once", "true"] + common, os.path.join(tmp, "b.log"))
+    rc = ev.wait(60)
+    check(rc == 0, "B: exit %s\n%s" % (rc, ev.log()[-2000:]))
+    check(len(records(dump)) == 4, "B: still 4 records, got %d" % len(records(dump)))
+
+    # C: standalone, converted-like checkpoint
+    other = os.path.join(tmp, "pre")
+    os.makedirs(other)
+    pre = os.path.join(other, "converted.safetensors")
+    ckpt(pre, 0, 0, 7, "module")
+    ev = Proc([EVAL, "--pretrained", pre, "--probes", "knn"] + common[:1] + [other] + common[2:],
+              os.path.join(tmp, "c.log"))
+    rc = ev.wait(60)
+    crec = records(other)
+    check(rc == 0 and len(crec) == 1 and crec[0]["probe"] == "knn" and
+          crec[0]["checkpoint"] == pre and crec[0]["config"]["init_seed"] == 31,
+          "C: --pretrained: exit %s, records %s\n%s" % (rc, crec, ev.log()[-2000:]))
+
+    # D: watch mode, announcement over PUB/SUB
+    sub_ep = "tcp://127.0.0.1:%d" % free_port()
+    os.makedirs(os.path.join(tmp, "elsewhere"))
+    c2 = os.path.join(tmp, "elsewhere", "ckp-2.safetensors")
+    ckpt(c2, 2, 20, 2)
+    ev = Proc([EVAL, "--sub", sub_ep, "--rescan_s", "1000"] + common, os.path.join(tmp, "d.log"))
+    pub = Proc([TOOL, "pub", sub_ep, "swav", c2, "2", "20", "20"], os.path.join(tmp, "pub.log"))
+    ok = wait_for(lambda: count(records(dump), "linear", 2) == 1, 40)
+    check(ok, "D: ckp-2 evaluated after its announcement\n%s" % ev.log()[-3000:])
+    pub.p.kill()
+    pub.wait(10)
+    check(ev.p.poll() is None, "D: the evaluator survived the garbage")
+    ev.p.send_signal(signal.SIGTERM)
+    rc = ev.wait(20)
+    check(rc == 0, "D: SIGTERM exit %s" % rc)
+    recs = records(dump)
+    check(count(recs, "knn", 2) == 1 and count(recs, "knn", 102) == 0 and len(recs) == 6,
+          "D: records %s" % [(r["probe"], r["epoch"], r["baseline"]) for r in recs])
+    log = ev.log()
+    check("bad announcement" in log and "not a readable file" in log,
+          "D: garbage and the missing file were logged and ignored")
+
+    # E: SIGKILL mid-evaluation, restart picks the newest
+    ld.p.send_signal(signal.SIGTERM)
+    ld.wait(20)
+    slow = loader("slow", ["--delay_ms", "15"])
+    ckpt(os.path.join(dump, "ckp-3.safetensors"), 3, 30, 3)
+    ev = Proc([EVAL, "--sub", sub_ep] + common, os.path.join(tmp, "e1.log"))
+    check(wait_for(lambda: "evaluating " in ev.log() and "ckp-3" in ev.log(), 30),
+          "E: evaluation of ckp-3 started\n%s" % ev.log()[-2000:])
+    time.sleep(0.5)
+    ev.p.kill()
+    ev.wait(10)
+    check(count(records(dump), "linear", 3) == 0, "E: killed before ckp-3's linear record")
+    slow.p.send_signal(signal.SIGTERM)
+    slow.wait(20)
+    ld = loader("loader2")
+    time.sleep(1.1)  # a newer mtime for ckp-4
+    ckpt(os.path.join(dump, "ckp-4.safetensors"), 4, 40, 4)
+    ev = Proc([EVAL, "--once", "true"] + common, os.path.join(tmp, "e2.log"))
+    rc = ev.wait(60)
+    recs = records(dump)
+    check(rc == 0, "E: restart exit %s\n%s" % (rc, ev.log()[-2000:]))
+    check(count(recs, "knn", 4) == 1 and count(recs, "linear", 4) == 1,
+          "E: ckp-4 evaluated after the restart")
+    check(count(recs, "linear", 3) == 0, "E: stale ckp-3 skipped")
+    for probe in ("knn", "linear"):
+        check(count(recs, probe, 1) == 1 and count(recs, probe, 2) == 1 and
+              count(recs, probe, baseline=True) == 1, "E: %s: nothing redone" % probe)
+    print("E:", [(r["probe"], r["epoch"], r["baseline"]) for r in recs])
+    ld.p.send_signal(signal.SIGTERM)
+    check(ld.wait(20) == 0, "loader exit 0 on SIGTERM")
+
+
+if KEEP:
+    os.makedirs(KEEP, exist_ok=True)
+    main(KEEP)
+else:
+    with tempfile.TemporaryDirectory() as d:
+        main(d)
+print("test_live: %d failures, %.1f s" % (len(fails), time.time() - T_START))
+sys.exit(1 if fails else 0)
