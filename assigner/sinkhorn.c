@@ -83,6 +83,37 @@ static inline float sk_logf(float x)
     return m + y + 0.693359375f * fe;
 }
 
+/* Copy n floats bypassing the cache where the target allows: the codes
+ * (and E) are far larger than the caches, and a plain store would first
+ * read every destination line from memory. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+static inline void stream_copy(float *dst, const float *src, int n)
+{
+    int j = 0;
+    while (j < n && ((uintptr_t)(dst + j) & 15u) != 0) {
+        dst[j] = src[j];
+        j++;
+    }
+    for (; j + 4 <= n; j += 4) {
+        _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+    }
+    for (; j < n; j++) {
+        dst[j] = src[j];
+    }
+}
+static inline void stream_fence(void)
+{
+    _mm_sfence();
+}
+#else
+static inline void stream_copy(float *dst, const float *src, int n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+static inline void stream_fence(void) {}
+#endif
+
 /* ---- the CPU backend --------------------------------------------------- */
 
 struct cpu_impl {
@@ -97,6 +128,7 @@ struct cpu_impl {
     float *m;           /* (n) row maxima */
     float *u;           /* (k) prototype scaling */
     double *acc;        /* (threads, k) per-thread a */
+    float *rowbuf;      /* (threads, k) a row of codes before it is streamed out */
     double *tmax;       /* (threads) running max of each thread's a */
     int bad;            /* set by a worker on a non-finite value */
 
@@ -140,6 +172,8 @@ static int cpu_reserve(void *vimpl, int n, int k, int d)
     if (k > c->cap_k) {
         free(c->u);
         free(c->acc);
+        free(c->rowbuf);
+        c->rowbuf = swav_xmalloc((size_t)k * (size_t)c->threads * sizeof(float));
         c->u = swav_xmalloc((size_t)k * sizeof(float));
         c->acc = swav_xmalloc((size_t)k * (size_t)c->threads * sizeof(double));
         c->cap_k = k;
@@ -244,7 +278,8 @@ SWAV_HOT static void pass_write(struct cpu_impl *c, int share, int nshares)
     assigner_pool_range(p->out_rows, share, nshares, &lo, &hi);
     for (int r = lo; r < hi; r++) {
         const float *row = c->e + (size_t)(p->out_row0 + r) * (size_t)k;
-        float *q = p->out_group > 0
+        float *q = c->rowbuf + (size_t)share * (size_t)k;
+        float *dst = p->out_group > 0
                        ? c->codes + (size_t)(r / p->out_group) * p->out_group_stride +
                              (size_t)(r % p->out_group) * (size_t)k
                        : c->codes + (size_t)r * (size_t)k;
@@ -300,7 +335,9 @@ SWAV_HOT static void pass_write(struct cpu_impl *c, int share, int nshares)
             }
             c->argmax[r] = best;
         }
+        stream_copy(dst, q, k);
     }
+    stream_fence();
 }
 
 static void pass_dispatch(void *ctx, int share, int nshares)
@@ -413,6 +450,7 @@ static void cpu_free(void *vimpl)
     free(c->m);
     free(c->u);
     free(c->acc);
+    free(c->rowbuf);
     free(c->tmax);
     free(c->wp);
     free(c);
