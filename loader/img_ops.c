@@ -367,20 +367,25 @@ static inline uint8_t blend1(int in1, int in2, float alpha)
     return (uint8_t)(int)t;
 }
 
-static void apply_lut(uint8_t *restrict rgb, size_t n, const uint8_t *restrict lut)
+/* Image.blend with a constant degenerate image: every byte c becomes
+ * blend1(in1, c, alpha), computed (vectorized) rather than looked up, since
+ * AVX2 has no byte gather. */
+static inline __attribute__((always_inline)) void blend_const(uint8_t *restrict p, size_t n,
+                                                              int in1, float alpha)
 {
+    const float d = (float)in1;
     for (size_t i = 0; i < n; i++) {
-        rgb[i] = lut[rgb[i]];
+        float t = d + alpha * ((float)p[i] - d);
+        t = t < 0.0f ? 0.0f : t;
+        t = t > 255.0f ? 255.0f : t;
+        p[i] = (uint8_t)(int)t;
     }
 }
 
+HOT_CLONES
 void loader_img_brightness(uint8_t *rgb, size_t npix, float factor)
 {
-    uint8_t lut[256];
-    for (int v = 0; v < 256; v++) {
-        lut[v] = blend1(0, v, factor);
-    }
-    apply_lut(rgb, npix * 3, lut);
+    blend_const(rgb, npix * 3, 0, factor);
 }
 
 /* PIL's rgb2l: ITU-R 601-2 luma in 16-bit fixed point. */
@@ -399,11 +404,7 @@ void loader_img_contrast(uint8_t *rgb, size_t npix, float factor)
     }
     double mean = npix ? (double)sum / (double)npix : 0.0;
     int m = (int)(mean + 0.5);
-    uint8_t lut[256];
-    for (int v = 0; v < 256; v++) {
-        lut[v] = blend1(m, v, factor);
-    }
-    apply_lut(rgb, npix * 3, lut);
+    blend_const(rgb, npix * 3, m, factor);
 }
 
 HOT_CLONES
@@ -469,8 +470,6 @@ void loader_img_hue(uint8_t *rgb, size_t npix, float hue)
     /* np.uint8(hue_factor * 255): truncation toward zero, then modulo 256 */
     int shift = (int)((double)hue * 255.0);
     const int dh = shift & 0xFF;
-    static const uint8_t order[6][3] = {{0, 2, 1}, {2, 0, 1}, {1, 0, 2},
-                                        {1, 2, 0}, {2, 1, 0}, {0, 1, 2}};
     for (size_t c0 = 0; c0 < npix; c0 += HUE_CHUNK) {
         const int n = npix - c0 < HUE_CHUNK ? (int)(npix - c0) : HUE_CHUNK;
         uint8_t *px = rgb + 3 * c0;
@@ -510,30 +509,46 @@ void loader_img_hue(uint8_t *rgb, size_t npix, float hue)
             US[i] = cri == 0 ? 0 : is;
             V[i] = maxc;
         }
-        /* hsv2rgb: the q-or-t value (p and the sector come from tables) */
+        /* hsv2rgb: p and the q-or-t value, and which goes where */
+        int32_t P[HUE_CHUNK], SEC[HUE_CHUNK];
         for (int i = 0; i < n; i++) {
             int uh = UH[i];
             float fs = (float)((float)US[i] / 255.0);
             int ii = (int)((float)uh * 6.0 / 255.0); /* floor: the value is >= 0 */
             float f = (float)((float)uh * 6.0 / 255.0 - (float)ii);
+            /* q: v(1 - fs*f) with a float product; t: v(1 - fs*(1 - f)) in double */
             double m = (ii & 1) ? (double)(float)(fs * f) : (double)fs * (1.0 - f);
-            double y = (double)(float)V[i] * (1.0 - m);
+            double vv = (double)(float)V[i];
+            double y = vv * (1.0 - m);
             int t = (int)y;
             t = (y - (double)t) >= 0.5 ? t + 1 : t;
             QT[i] = t < 0 ? 0 : (t > 255 ? 255 : t);
+            double yp = vv * (1.0 - (double)fs);
+            int pp = (int)yp;
+            pp = (yp - (double)pp) >= 0.5 ? pp + 1 : pp;
+            P[i] = pp < 0 ? 0 : (pp > 255 ? 255 : pp);
+            SEC[i] = ii >= 6 ? ii - 6 : ii;
+        }
+        /* sector -> (r, g, b): 0 (v,t,p) 1 (q,v,p) 2 (p,v,t) 3 (p,q,v) 4 (t,p,v)
+         * 5 (v,p,q); s == 0 -> (v,v,v) */
+        for (int i = 0; i < n; i++) {
+            int sec = SEC[i], v = V[i], pv = P[i], qt = QT[i];
+            int gray = US[i] == 0;
+            /* bit k of each mask: sector k takes v / p there (else q-or-t) */
+            int vm0 = (0x21 >> sec) & 1, pm0 = (0x0C >> sec) & 1;
+            int vm1 = (0x06 >> sec) & 1, pm1 = (0x30 >> sec) & 1;
+            int vm2 = (0x18 >> sec) & 1, pm2 = (0x03 >> sec) & 1;
+            int k0 = vm0 ? v : (pm0 ? pv : qt);
+            int k1 = vm1 ? v : (pm1 ? pv : qt);
+            int k2 = vm2 ? v : (pm2 ? pv : qt);
+            R[i] = gray ? v : k0;
+            G[i] = gray ? v : k1;
+            B[i] = gray ? v : k2;
         }
         for (int i = 0; i < n; i++) {
-            uint8_t *o = px + 3 * i;
-            int us = US[i], v = V[i];
-            if (us == 0) {
-                o[0] = o[1] = o[2] = (uint8_t)v;
-                continue;
-            }
-            int sec = (int)((float)UH[i] * 6.0 / 255.0) % 6;
-            uint8_t vals[3] = {(uint8_t)v, hue_p[us][v], (uint8_t)QT[i]};
-            o[0] = vals[order[sec][0]];
-            o[1] = vals[order[sec][1]];
-            o[2] = vals[order[sec][2]];
+            px[3 * i] = (uint8_t)R[i];
+            px[3 * i + 1] = (uint8_t)G[i];
+            px[3 * i + 2] = (uint8_t)B[i];
         }
     }
 }
