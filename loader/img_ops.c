@@ -5,7 +5,6 @@
 #include "loader/img_ops.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -388,6 +387,34 @@ void loader_img_brightness(uint8_t *rgb, size_t npix, float factor)
     blend_const(rgb, npix * 3, 0, factor);
 }
 
+/* Color ops run over chunks of pixels split into channel arrays, so that
+ * each step is a plain loop gcc vectorizes. */
+#define COLOR_CHUNK 64
+
+static inline __attribute__((always_inline)) void deinterleave(int32_t *restrict r,
+                                                               int32_t *restrict g,
+                                                               int32_t *restrict b,
+                                                               const uint8_t *restrict px, int n)
+{
+    for (int i = 0; i < n; i++) {
+        r[i] = px[3 * i];
+        g[i] = px[3 * i + 1];
+        b[i] = px[3 * i + 2];
+    }
+}
+
+static inline __attribute__((always_inline)) void interleave(uint8_t *restrict px,
+                                                             const int32_t *restrict r,
+                                                             const int32_t *restrict g,
+                                                             const int32_t *restrict b, int n)
+{
+    for (int i = 0; i < n; i++) {
+        px[3 * i] = (uint8_t)r[i];
+        px[3 * i + 1] = (uint8_t)g[i];
+        px[3 * i + 2] = (uint8_t)b[i];
+    }
+}
+
 /* PIL's rgb2l: ITU-R 601-2 luma in 16-bit fixed point. */
 static inline int luma(const uint8_t *p)
 {
@@ -399,8 +426,16 @@ void loader_img_contrast(uint8_t *rgb, size_t npix, float factor)
 {
     /* ImageStat mean of convert("L"), rounded as int(mean + 0.5) */
     uint64_t sum = 0;
-    for (size_t i = 0; i < npix; i++) {
-        sum += (uint64_t)luma(rgb + 3 * i);
+    for (size_t c0 = 0; c0 < npix; c0 += COLOR_CHUNK) {
+        const int n = npix - c0 < COLOR_CHUNK ? (int)(npix - c0) : COLOR_CHUNK;
+        const uint8_t *px = rgb + 3 * c0;
+        int32_t R[COLOR_CHUNK], G[COLOR_CHUNK], B[COLOR_CHUNK];
+        deinterleave(R, G, B, px, n);
+        uint32_t part = 0;
+        for (int i = 0; i < n; i++) {
+            part += (uint32_t)((R[i] * 19595 + G[i] * 38470 + B[i] * 7471 + 0x8000) >> 16);
+        }
+        sum += part;
     }
     double mean = npix ? (double)sum / (double)npix : 0.0;
     int m = (int)(mean + 0.5);
@@ -410,12 +445,27 @@ void loader_img_contrast(uint8_t *rgb, size_t npix, float factor)
 HOT_CLONES
 void loader_img_saturation(uint8_t *rgb, size_t npix, float factor)
 {
-    for (size_t i = 0; i < npix; i++) {
-        uint8_t *p = rgb + 3 * i;
-        int l = luma(p);
-        p[0] = blend1(l, p[0], factor);
-        p[1] = blend1(l, p[1], factor);
-        p[2] = blend1(l, p[2], factor);
+    /* blend with convert("L").convert("RGB"): each channel against the
+     * pixel's own luma */
+    for (size_t c0 = 0; c0 < npix; c0 += COLOR_CHUNK) {
+        const int n = npix - c0 < COLOR_CHUNK ? (int)(npix - c0) : COLOR_CHUNK;
+        uint8_t *px = rgb + 3 * c0;
+        int32_t R[COLOR_CHUNK], G[COLOR_CHUNK], B[COLOR_CHUNK];
+        deinterleave(R, G, B, px, n);
+        for (int i = 0; i < n; i++) {
+            int l = (R[i] * 19595 + G[i] * 38470 + B[i] * 7471 + 0x8000) >> 16;
+            float lf = (float)l;
+            float tr = lf + factor * (float)(R[i] - l);
+            float tg = lf + factor * (float)(G[i] - l);
+            float tb = lf + factor * (float)(B[i] - l);
+            tr = tr < 0.0f ? 0.0f : (tr > 255.0f ? 255.0f : tr);
+            tg = tg < 0.0f ? 0.0f : (tg > 255.0f ? 255.0f : tg);
+            tb = tb < 0.0f ? 0.0f : (tb > 255.0f ? 255.0f : tb);
+            R[i] = (int)tr;
+            G[i] = (int)tg;
+            B[i] = (int)tb;
+        }
+        interleave(px, R, G, B, n);
     }
 }
 
@@ -429,34 +479,6 @@ void loader_img_grayscale(uint8_t *rgb, size_t npix)
     }
 }
 
-/* round() for x >= 0 (half away from zero), exact, without the libm call */
-static inline int round_pos(double x)
-{
-    int r = (int)x;
-    return (x - (double)r) >= 0.5 ? r + 1 : r;
-}
-
-static inline uint8_t clip8i(int v)
-{
-    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-}
-
-/* Exact tables for the HSV round trip: the same float quotients PIL
- * computes, looked up instead of divided. */
-static float hue_quot[256][256]; /* [den][num] = (float)num / (float)den */
-static uint8_t hue_p[256][256];  /* [s][v] = hsv2rgb's p = round(v * (1 - s/255)) */
-static pthread_once_t hue_once = PTHREAD_ONCE_INIT;
-
-static void hue_tables_init(void)
-{
-    for (int d = 1; d < 256; d++)
-        for (int n = 0; n < 256; n++) hue_quot[d][n] = (float)n / (float)d;
-    for (int sv = 0; sv < 256; sv++) {
-        float fs = (float)(((float)sv) / 255.0);
-        for (int v = 0; v < 256; v++) hue_p[sv][v] = clip8i(round_pos((float)v * (1.0 - fs)));
-    }
-}
-
 /* The HSV round trip in chunks of pixels, each step a plain loop over
  * arrays so that gcc vectorizes it (divisions included: IEEE division gives
  * the same quotient in a vector lane as in scalar code).  Every float/double
@@ -466,7 +488,6 @@ static void hue_tables_init(void)
 HOT_CLONES
 void loader_img_hue(uint8_t *rgb, size_t npix, float hue)
 {
-    pthread_once(&hue_once, hue_tables_init);
     /* np.uint8(hue_factor * 255): truncation toward zero, then modulo 256 */
     int shift = (int)((double)hue * 255.0);
     const int dh = shift & 0xFF;
