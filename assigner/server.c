@@ -397,7 +397,7 @@ static void run_step(assigner_server_t *s)
     m.step = s->g_step;
     m.stats.entropy = st.entropy_mean;
     m.stats.prototypes_used = (uint32_t)st.prototypes_used;
-    m.stats.sinkhorn_ms = st.ms_sinkhorn;
+    m.stats.sinkhorn_ms = st.ms_scores + st.ms_sinkhorn; /* the whole assignment */
     m.stats.queue_used = st.queue_used;
     m.stats.queue_fill = (uint64_t)assigner_core_queue_fill(s->core);
     m.stats.collapse_warnings = (uint32_t)st.collapse_warnings;

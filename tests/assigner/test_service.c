@@ -52,7 +52,7 @@ static pid_t start_assigner(void)
     pid_t pid = fork();
     if (pid == 0) {
         execl(g_binary, g_binary, "--endpoint", g_endpoint, "--embed_timeout_ms", "800",
-              "--hello_timeout_ms", "5000", "--stale_peer_ms", "60000", "--threads", "2",
+              "--hello_timeout_ms", "2500", "--stale_peer_ms", "60000", "--threads", "2",
               "--log_every", "1", (char *)NULL);
         _exit(127);
     }
@@ -409,6 +409,25 @@ int main(int argc, char **argv)
            (unsigned long long)w.queue_fill, w.queue_length);
     good_step(cl, 1, 5, "after restart (queue restored)");
     good_step(cl, 1, 6, "after restart");
+
+    /* ---- a rank that never says hello: a fresh assigner, rank 0 alone ---- */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    pid = start_assigner();
+    {
+        config_for(&cc, 0, RUN);
+        assigner_client_t *x = assigner_client_new(ctx, &cc, err, sizeof err);
+        t0 = swav_now_ms();
+        st = assigner_client_hello(x, NULL, NULL, 0, 10000, NULL);
+        const struct proto_error *e = assigner_client_last_error(x);
+        EXPECT(st == ASSIGNER_CLIENT_ERR_REFUSED && e->code == PROTO_ERRC_MISSING_RANK &&
+                   strstr(e->message, "rank(s) 1 ") != NULL,
+               "lonely hello: %s code %d: %s", assigner_client_status_str(st), e->code,
+               e->message);
+        printf("rank 1 never says hello -> %s after %lld ms: %s\n", proto_errcode_str(e->code),
+               (long long)(swav_now_ms() - t0), e->message);
+        assigner_client_destroy(&x);
+    }
 
     for (int r = 0; r < W; r++) assigner_client_destroy(&cl[r]);
     zmq_ctx_term(ctx);
