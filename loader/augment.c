@@ -174,8 +174,10 @@ enum loader_status loader_augment_image(struct loader_scratch *s, const uint8_t 
                 }
                 if (rw < 1) rw = 1;
                 if (rh < 1) rh = 1;
-                int top = (int)nearbyint((rh - S) / 2.0);
-                int left = (int)nearbyint((rw - S) / 2.0);
+                /* torchvision: int(round((H - S) / 2)) (half to even); when S
+                 * is larger it first pads (S - H) // 2 on the top/left */
+                int top = rh >= S ? (int)nearbyint((rh - S) / 2.0) : -((S - rh) / 2);
+                int left = rw >= S ? (int)nearbyint((rw - S) / 2.0) : -((S - rw) / 2);
                 int y0 = top < 0 ? 0 : top, x0 = left < 0 ? 0 : left;
                 int y1 = top + S > rh ? rh : top + S, x1 = left + S > rw ? rw : left + S;
                 struct loader_box full = {0, 0, height, width};

@@ -104,6 +104,20 @@ for hf in [-0.2, 0.1, 0.2]:
     compare(f"rgb cube hue {hf:.4f}", run_op(cube, "hue", repr(hf)), F.adjust_hue(cimg, hf))
 compare("rgb cube saturation 1.8", run_op(cube, "saturation", repr(f32(1.8))), F.adjust_saturation(cimg, f32(1.8)))
 
+# evaluation transform Resize(resize) + CenterCrop(S) end to end from a JPEG
+# (no randomness): loader-ops crops ... mode 2, against torchvision on PIL's decode
+from torchvision import transforms as T
+for (w, h, resize, S) in [(500, 375, 256, 224), (375, 500, 256, 224), (28, 28, 36, 32),
+                          (28, 28, 28, 32), (31, 29, 27, 30), (64, 40, 40, 32)]:
+    arr = make_image(w, h, w * h)
+    jpg = os.path.join(tmp, "eval.jpg")
+    Image.fromarray(arr).save(jpg, quality=92)
+    ref = T.Compose([T.Resize(resize), T.CenterCrop(S)])(Image.open(jpg).convert("RGB"))
+    out = os.path.join(tmp, "eval.rgb")
+    subprocess.run([ops_bin, "crops", jpg, "2", "1", "0", "0", out, "1", "1", str(S), "0", "0",
+                    str(resize)], check=True)
+    compare(f"eval_val {w}x{h} Resize({resize}) CenterCrop({S})", np.fromfile(out, dtype=np.uint8), ref)
+
 if failures:
     print(f"{len(failures)} op comparisons failed: {failures}")
     sys.exit(1)
