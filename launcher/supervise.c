@@ -65,7 +65,11 @@ int sup_start(struct sup *s, int i)
         return -1;
     }
     if (pid == 0) {
-        /* The child: die with the launcher, default signal handling. */
+        /* The child: its own process group, so that a signal to the
+         * launcher's group (Ctrl-C, timeout(1), a service manager) reaches
+         * only the launcher, which then stops the roles in order; and it dies
+         * with the launcher. */
+        setpgid(0, 0);
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != parent) {
             _exit(1);
@@ -78,7 +82,6 @@ int sup_start(struct sup *s, int i)
                 close(fd);
             }
         }
-        signal(SIGINT, SIG_IGN); /* Ctrl-C goes to the launcher, which stops us in order */
         signal(SIGTERM, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
