@@ -1,0 +1,1290 @@
+/* The CPU backend, the reference: oneDNN 2.6 C API for convolution, batch
+ * norm, pooling, ReLU and residual add; OpenBLAS sgemm for linear layers;
+ * plain C for the small row-wise ops and losses.
+ *
+ * Every oneDNN primitive is created once per (op, shape, layout) and kept in
+ * a cache owned by the backend, with its memory objects (only their data
+ * handles change per call) and the buffers it needs (reordered weights, the
+ * weight gradient in the kernel's format).  Primitives run with a user
+ * scratchpad: one buffer shared by all, grown only when a primitive is
+ * created.  So after the first step (or a warm-up at model build) a step
+ * allocates nothing.
+ *
+ * Weights arrive plain (OIHW); a convolution reorders them to the format its
+ * kernel picked, and reorders its weight gradient back with a sum post-op,
+ * which gives the += of layers.h for free. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <dnnl.h>
+
+#include "backend_impl.h"
+#include "common/check.h"
+#include "common/log.h"
+
+#define CPU_KEY_MAX 16
+
+struct cpu_prim {
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t prim;
+    size_t scratch_bytes;
+    dnnl_memory_t scratch; /* NULL when the primitive needs none */
+};
+
+struct cpu_entry {
+    int key[CPU_KEY_MAX];
+    void *op;
+    void (*op_free)(void *op);
+};
+
+struct cpu_backend {
+    struct nn_backend base;
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    void *scratch;
+    size_t scratch_bytes;
+    struct cpu_entry *entries;
+    int n_entries, cap_entries;
+};
+
+static struct cpu_backend *cpu(nn_backend_t *be)
+{
+    return (struct cpu_backend *)be;
+}
+
+/* ---- cache ---------------------------------------------------------------- */
+
+static void *cpu_cache_find(struct cpu_backend *b, const int *key)
+{
+    for (int i = 0; i < b->n_entries; i++) {
+        if (!memcmp(b->entries[i].key, key, sizeof(int) * CPU_KEY_MAX)) {
+            return b->entries[i].op;
+        }
+    }
+    return NULL;
+}
+
+static void cpu_cache_put(struct cpu_backend *b, const int *key, void *op, void (*op_free)(void *))
+{
+    if (b->n_entries == b->cap_entries) {
+        b->cap_entries = b->cap_entries ? 2 * b->cap_entries : 64;
+        b->entries = swav_xrealloc(b->entries, (size_t)b->cap_entries * sizeof *b->entries);
+    }
+    struct cpu_entry *e = &b->entries[b->n_entries++];
+    memcpy(e->key, key, sizeof e->key);
+    e->op = op;
+    e->op_free = op_free;
+}
+
+/* ---- oneDNN helpers --------------------------------------------------------- */
+
+static dnnl_memory_desc_t cpu_md(const struct nn_tensor *t)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims;
+    for (int i = 0; i < t->ndim; i++) {
+        dims[i] = t->shape[i];
+    }
+    dnnl_format_tag_t tag;
+    if (t->ndim == 4) {
+        tag = t->layout == NN_LAYOUT_NCHW8C ? dnnl_nChw8c : dnnl_nchw;
+    } else if (t->ndim == 2) {
+        tag = dnnl_nc;
+    } else {
+        SWAV_ASSERT(t->ndim == 1);
+        tag = dnnl_x;
+    }
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, t->ndim, dims, dnnl_f32, tag));
+    return md;
+}
+
+static dnnl_memory_desc_t cpu_md_any(const struct nn_tensor *t)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims;
+    for (int i = 0; i < t->ndim; i++) {
+        dims[i] = t->shape[i];
+    }
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, t->ndim, dims, dnnl_f32, dnnl_format_tag_any));
+    return md;
+}
+
+static dnnl_memory_desc_t cpu_md_1d(int64_t n)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {n};
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, 1, dims, dnnl_f32, dnnl_x));
+    return md;
+}
+
+static dnnl_memory_t cpu_mem(struct cpu_backend *b, const dnnl_memory_desc_t *md)
+{
+    dnnl_memory_t m;
+    DNNL_CHECK(dnnl_memory_create(&m, md, b->eng, DNNL_MEMORY_NONE));
+    return m;
+}
+
+static void cpu_mem_set(dnnl_memory_t m, const void *p)
+{
+    DNNL_CHECK(dnnl_memory_set_data_handle(m, (void *)p));
+}
+
+static dnnl_primitive_attr_t cpu_attr(void)
+{
+    dnnl_primitive_attr_t attr;
+    DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+    DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    return attr;
+}
+
+/* Finishes a primitive from its pd: creates it and its scratchpad memory. */
+static void cpu_prim_finish(struct cpu_backend *b, struct cpu_prim *p)
+{
+    DNNL_CHECK(dnnl_primitive_create(&p->prim, p->pd));
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(p->pd, dnnl_query_scratchpad_md, 0);
+    p->scratch_bytes = smd ? dnnl_memory_desc_get_size(smd) : 0;
+    p->scratch = NULL;
+    if (p->scratch_bytes) {
+        p->scratch = cpu_mem(b, smd);
+        if (p->scratch_bytes > b->scratch_bytes) {
+            free(b->scratch);
+            b->scratch_bytes = p->scratch_bytes;
+            b->scratch = aligned_alloc(64, (b->scratch_bytes + 63) / 64 * 64);
+            SWAV_ASSERT(b->scratch != NULL);
+            memset(b->scratch, 0, b->scratch_bytes);
+        }
+    }
+}
+
+static void cpu_prim_create(struct cpu_backend *b, struct cpu_prim *p, const_dnnl_op_desc_t desc,
+                            dnnl_primitive_attr_t attr, const_dnnl_primitive_desc_t hint)
+{
+    DNNL_CHECK(dnnl_primitive_desc_create(&p->pd, desc, attr, b->eng, hint));
+    cpu_prim_finish(b, p);
+}
+
+/* Reorder src_md -> dst_md; with accumulate, dst += src. */
+static void cpu_reorder_create(struct cpu_backend *b, struct cpu_prim *p,
+                               const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *dst,
+                               int accumulate)
+{
+    dnnl_primitive_attr_t attr = cpu_attr();
+    if (accumulate) {
+        dnnl_post_ops_t po;
+        DNNL_CHECK(dnnl_post_ops_create(&po));
+        DNNL_CHECK(dnnl_post_ops_append_sum(po, 1.0f));
+        DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, po));
+        DNNL_CHECK(dnnl_post_ops_destroy(po));
+    }
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&p->pd, src, b->eng, dst, b->eng, attr));
+    DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    cpu_prim_finish(b, p);
+}
+
+static void cpu_prim_free(struct cpu_prim *p)
+{
+    if (p->prim) {
+        dnnl_primitive_destroy(p->prim);
+    }
+    if (p->pd) {
+        dnnl_primitive_desc_destroy(p->pd);
+    }
+    if (p->scratch) {
+        dnnl_memory_destroy(p->scratch);
+    }
+    memset(p, 0, sizeof *p);
+}
+
+#define CPU_ARGS_MAX 16
+
+static void cpu_exec(struct cpu_backend *b, struct cpu_prim *p, int nargs, dnnl_exec_arg_t *args)
+{
+    SWAV_ASSERT(nargs < CPU_ARGS_MAX);
+    if (p->scratch) {
+        cpu_mem_set(p->scratch, b->scratch);
+        args[nargs].arg = DNNL_ARG_SCRATCHPAD;
+        args[nargs].memory = p->scratch;
+        nargs++;
+    }
+    dnnl_status_t st = dnnl_primitive_execute(p->prim, b->stream, nargs, args);
+    if (st != dnnl_success) {
+        for (int i = 0; i < nargs; i++) {
+            const dnnl_memory_desc_t *md =
+                dnnl_primitive_desc_query_md(p->pd, dnnl_query_exec_arg_md, args[i].arg);
+            const dnnl_memory_desc_t *have = NULL;
+            void *h = NULL;
+            dnnl_memory_get_memory_desc(args[i].memory, &have);
+            dnnl_memory_get_data_handle(args[i].memory, &h);
+            LOG_ERROR("arg %d: pd md %s, handle %p, equal %d", args[i].arg,
+                      md && md->ndims ? "yes" : "none", h,
+                      md && have ? dnnl_memory_desc_equal(md, have) : -1);
+        }
+        DNNL_CHECK(st);
+    }
+}
+
+static void cpu_key_tensor(int *key, int *at, const struct nn_tensor *t)
+{
+    key[(*at)++] = t->ndim;
+    for (int i = 0; i < t->ndim; i++) {
+        key[(*at)++] = (int)t->shape[i];
+    }
+    key[(*at)++] = (int)t->layout;
+    SWAV_ASSERT(*at <= CPU_KEY_MAX);
+}
+
+static void cpu_mem_free(dnnl_memory_t *m)
+{
+    if (*m) {
+        dnnl_memory_destroy(*m);
+        *m = NULL;
+    }
+}
+
+/* ---- backend basics ------------------------------------------------------- */
+
+static void *cpu_alloc(nn_backend_t *be, size_t bytes)
+{
+    size_t n = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, n ? n : 64);
+    SWAV_ASSERT(p != NULL);
+    memset(p, 0, n);
+    return p;
+}
+
+static void cpu_free(nn_backend_t *be, void *p)
+{
+    free(p);
+}
+
+static void cpu_sync(nn_backend_t *be)
+{
+    DNNL_CHECK(dnnl_stream_wait(cpu(be)->stream));
+}
+
+static int cpu_cache_size(const nn_backend_t *be)
+{
+    return ((const struct cpu_backend *)be)->n_entries;
+}
+
+static void cpu_destroy(nn_backend_t *be)
+{
+    struct cpu_backend *b = cpu(be);
+    for (int i = 0; i < b->n_entries; i++) {
+        b->entries[i].op_free(b->entries[i].op);
+    }
+    free(b->entries);
+    free(b->scratch);
+    dnnl_stream_destroy(b->stream);
+    dnnl_engine_destroy(b->eng);
+    free(b);
+}
+
+/* ---- conv2d ----------------------------------------------------------------- */
+
+enum cpu_kind {
+    CPU_CONV_FWD = 1,
+    CPU_CONV_BWD,
+    CPU_BN,
+    CPU_RELU,
+    CPU_ADD,
+    CPU_POOL,
+};
+
+/* Plain weights in, the kernel's format out (skipped when they agree). */
+struct cpu_wconv {
+    int needed;
+    struct cpu_prim reorder;
+    dnnl_memory_t user, prim;
+    void *buf;
+};
+
+static void cpu_wconv_init(struct cpu_backend *b, struct cpu_wconv *w, const dnnl_memory_desc_t *user,
+                           const dnnl_memory_desc_t *want)
+{
+    w->needed = !dnnl_memory_desc_equal(user, want);
+    w->user = cpu_mem(b, user);
+    w->prim = cpu_mem(b, want);
+    if (w->needed) {
+        cpu_reorder_create(b, &w->reorder, user, want, 0);
+        w->buf = aligned_alloc(64, (dnnl_memory_desc_get_size(want) + 63) / 64 * 64);
+        SWAV_ASSERT(w->buf != NULL);
+        cpu_mem_set(w->prim, w->buf);
+    }
+}
+
+/* Returns the memory holding the weights in the kernel's format. */
+static dnnl_memory_t cpu_wconv_run(struct cpu_backend *b, struct cpu_wconv *w, const void *weights)
+{
+    cpu_mem_set(w->user, weights);
+    if (!w->needed) {
+        cpu_mem_set(w->prim, weights);
+        return w->prim;
+    }
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {{DNNL_ARG_FROM, w->user}, {DNNL_ARG_TO, w->prim}};
+    cpu_exec(b, &w->reorder, 2, args);
+    return w->prim;
+}
+
+static void cpu_wconv_free(struct cpu_wconv *w)
+{
+    cpu_prim_free(&w->reorder);
+    cpu_mem_free(&w->user);
+    cpu_mem_free(&w->prim);
+    free(w->buf);
+}
+
+struct cpu_conv_fwd {
+    struct cpu_prim fwd;
+    dnnl_memory_t src, dst;
+    struct cpu_wconv w;
+};
+
+struct cpu_conv_bwd {
+    int have_data;
+    struct cpu_prim fwd_hint, bwd_data, bwd_w, dw_back;
+    dnnl_memory_t bd_dsrc, bd_ddst, bw_src, bw_ddst, bw_dw, dw_user;
+    struct cpu_wconv w;
+    void *dw_buf;
+};
+
+static void cpu_conv_fwd_free(void *op)
+{
+    struct cpu_conv_fwd *c = op;
+    cpu_prim_free(&c->fwd);
+    cpu_mem_free(&c->src);
+    cpu_mem_free(&c->dst);
+    cpu_wconv_free(&c->w);
+    free(c);
+}
+
+static void cpu_conv_bwd_free(void *op)
+{
+    struct cpu_conv_bwd *c = op;
+    cpu_prim_free(&c->fwd_hint);
+    cpu_prim_free(&c->bwd_data);
+    cpu_prim_free(&c->bwd_w);
+    cpu_prim_free(&c->dw_back);
+    cpu_mem_free(&c->bd_dsrc);
+    cpu_mem_free(&c->bd_ddst);
+    cpu_mem_free(&c->bw_src);
+    cpu_mem_free(&c->bw_ddst);
+    cpu_mem_free(&c->bw_dw);
+    cpu_mem_free(&c->dw_user);
+    cpu_wconv_free(&c->w);
+    free(c->dw_buf);
+    free(c);
+}
+
+/* PyTorch's output size is floor((H + 2p - k)/s) + 1; oneDNN wants the right
+ * padding that makes its formula give the same size. */
+static int64_t cpu_pad_r(int64_t in, int64_t out, int k, int stride, int pad)
+{
+    return (out - 1) * stride + k - in - pad;
+}
+
+static void cpu_conv_desc(dnnl_convolution_desc_t *d, int which, const dnnl_memory_desc_t *src,
+                          const dnnl_memory_desc_t *w, const dnnl_memory_desc_t *dst,
+                          const struct nn_tensor *inp, const struct nn_tensor *out, int k,
+                          int stride, int pad)
+{
+    dnnl_dims_t strides = {stride, stride};
+    dnnl_dims_t pl = {pad, pad};
+    dnnl_dims_t pr = {cpu_pad_r(inp->shape[2], out->shape[2], k, stride, pad),
+                      cpu_pad_r(inp->shape[3], out->shape[3], k, stride, pad)};
+    if (which == 0) {
+        DNNL_CHECK(dnnl_convolution_forward_desc_init(d, dnnl_forward_training,
+                                                      dnnl_convolution_direct, src, w, NULL, dst,
+                                                      strides, pl, pr));
+    } else if (which == 1) {
+        DNNL_CHECK(dnnl_convolution_backward_data_desc_init(d, dnnl_convolution_direct, src, w,
+                                                            dst, strides, pl, pr));
+    } else {
+        DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(d, dnnl_convolution_direct, src, w,
+                                                               NULL, dst, strides, pl, pr));
+    }
+}
+
+static void cpu_conv_check(const struct nn_tensor *out, const struct nn_tensor *inp,
+                           const struct nn_tensor *weight, int stride, int pad)
+{
+    SWAV_ASSERT(inp->ndim == 4 && out->ndim == 4 && weight->ndim == 4);
+    SWAV_ASSERT(weight->shape[0] == out->shape[1] && weight->shape[1] == inp->shape[1]);
+    SWAV_ASSERT(out->shape[0] == inp->shape[0]);
+    int64_t k = weight->shape[2];
+    SWAV_ASSERT(out->shape[2] == (inp->shape[2] + 2 * pad - k) / stride + 1);
+    SWAV_ASSERT(out->shape[3] == (inp->shape[3] + 2 * pad - k) / stride + 1);
+}
+
+static void cpu_conv_key(int *key, int kind, const struct nn_tensor *out,
+                         const struct nn_tensor *inp, const struct nn_tensor *weight, int stride,
+                         int pad, int extra)
+{
+    memset(key, 0, sizeof(int) * CPU_KEY_MAX);
+    int at = 0;
+    key[at++] = kind;
+    key[at++] = (int)inp->shape[0];
+    key[at++] = (int)inp->shape[1];
+    key[at++] = (int)inp->shape[2];
+    key[at++] = (int)inp->shape[3];
+    key[at++] = (int)inp->layout;
+    key[at++] = (int)out->shape[1];
+    key[at++] = (int)out->layout;
+    key[at++] = (int)weight->shape[2];
+    key[at++] = stride;
+    key[at++] = pad;
+    key[at++] = extra;
+}
+
+static void cpu_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                               const struct nn_tensor *weight, int stride, int pad)
+{
+    struct cpu_backend *b = cpu(be);
+    cpu_conv_check(out, inp, weight, stride, pad);
+    int key[CPU_KEY_MAX];
+    cpu_conv_key(key, CPU_CONV_FWD, out, inp, weight, stride, pad, 0);
+    struct cpu_conv_fwd *c = cpu_cache_find(b, key);
+    int k = (int)weight->shape[2];
+    if (!c) {
+        c = swav_xcalloc(1, sizeof *c);
+        dnnl_memory_desc_t src = cpu_md(inp), dst = cpu_md(out), wany = cpu_md_any(weight);
+        dnnl_memory_desc_t wuser = cpu_md(weight);
+        dnnl_convolution_desc_t d;
+        cpu_conv_desc(&d, 0, &src, &wany, &dst, inp, out, k, stride, pad);
+        dnnl_primitive_attr_t attr = cpu_attr();
+        cpu_prim_create(b, &c->fwd, &d, attr, NULL);
+        DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+        c->src = cpu_mem(b, &src);
+        c->dst = cpu_mem(b, &dst);
+        cpu_wconv_init(b, &c->w, &wuser, dnnl_primitive_desc_query_md(c->fwd.pd, dnnl_query_weights_md, 0));
+        cpu_cache_put(b, key, c, cpu_conv_fwd_free);
+    }
+    dnnl_memory_t wm = cpu_wconv_run(b, &c->w, weight->data);
+    cpu_mem_set(c->src, inp->data);
+    cpu_mem_set(c->dst, out->data);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
+        {DNNL_ARG_SRC, c->src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, c->dst}};
+    cpu_exec(b, &c->fwd, 3, args);
+}
+
+static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
+                                const struct nn_tensor *dout, const struct nn_tensor *inp,
+                                const struct nn_tensor *weight, int stride, int pad)
+{
+    struct cpu_backend *b = cpu(be);
+    cpu_conv_check(dout, inp, weight, stride, pad);
+    if (dinp) {
+        SWAV_ASSERT(dinp->layout == inp->layout);
+    }
+    int key[CPU_KEY_MAX];
+    cpu_conv_key(key, CPU_CONV_BWD, dout, inp, weight, stride, pad, dinp != NULL);
+    struct cpu_conv_bwd *c = cpu_cache_find(b, key);
+    int k = (int)weight->shape[2];
+    if (!c) {
+        c = swav_xcalloc(1, sizeof *c);
+        c->have_data = dinp != NULL;
+        dnnl_memory_desc_t src = cpu_md(inp), dst = cpu_md(dout), wany = cpu_md_any(weight);
+        dnnl_memory_desc_t wuser = cpu_md(weight);
+        dnnl_convolution_desc_t d;
+        cpu_conv_desc(&d, 0, &src, &wany, &dst, inp, dout, k, stride, pad);
+        dnnl_primitive_attr_t attr = cpu_attr();
+        cpu_prim_create(b, &c->fwd_hint, &d, attr, NULL);
+        if (c->have_data) {
+            cpu_conv_desc(&d, 1, &src, &wany, &dst, inp, dout, k, stride, pad);
+            cpu_prim_create(b, &c->bwd_data, &d, attr, c->fwd_hint.pd);
+            c->bd_dsrc = cpu_mem(b, &src);
+            c->bd_ddst = cpu_mem(b, &dst);
+            cpu_wconv_init(b, &c->w, &wuser,
+                           dnnl_primitive_desc_query_md(c->bwd_data.pd, dnnl_query_weights_md, 0));
+        }
+        cpu_conv_desc(&d, 2, &src, &wany, &dst, inp, dout, k, stride, pad);
+        cpu_prim_create(b, &c->bwd_w, &d, attr, c->fwd_hint.pd);
+        DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+        const dnnl_memory_desc_t *dwmd =
+            dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_diff_weights_md, 0);
+        c->bw_src = cpu_mem(b, &src);
+        c->bw_ddst = cpu_mem(b, &dst);
+        c->bw_dw = cpu_mem(b, dwmd);
+        c->dw_buf = aligned_alloc(64, (dnnl_memory_desc_get_size(dwmd) + 63) / 64 * 64);
+        SWAV_ASSERT(c->dw_buf != NULL);
+        cpu_mem_set(c->bw_dw, c->dw_buf);
+        c->dw_user = cpu_mem(b, &wuser);
+        cpu_reorder_create(b, &c->dw_back, dwmd, &wuser, 1);
+        cpu_cache_put(b, key, c, cpu_conv_bwd_free);
+    }
+    dnnl_exec_arg_t args[CPU_ARGS_MAX];
+    /* weight gradient into the kernel's format, then += into the plain one */
+    cpu_mem_set(c->bw_src, inp->data);
+    cpu_mem_set(c->bw_ddst, dout->data);
+    args[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, c->bw_src};
+    args[1] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_DST, c->bw_ddst};
+    args[2] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_WEIGHTS, c->bw_dw};
+    cpu_exec(b, &c->bwd_w, 3, args);
+    cpu_mem_set(c->dw_user, dweight->data);
+    args[0] = (dnnl_exec_arg_t){DNNL_ARG_FROM, c->bw_dw};
+    args[1] = (dnnl_exec_arg_t){DNNL_ARG_TO, c->dw_user};
+    cpu_exec(b, &c->dw_back, 2, args);
+    if (c->have_data) {
+        dnnl_memory_t wm = cpu_wconv_run(b, &c->w, weight->data);
+        cpu_mem_set(c->bd_dsrc, dinp->data);
+        cpu_mem_set(c->bd_ddst, dout->data);
+        args[0] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_DST, c->bd_ddst};
+        args[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, wm};
+        args[2] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_SRC, c->bd_dsrc};
+        cpu_exec(b, &c->bwd_data, 3, args);
+    }
+}
+
+/* ---- batch norm --------------------------------------------------------------- */
+
+struct cpu_bn {
+    unsigned flags;
+    int64_t channels;
+    struct cpu_prim fwd, inf, bwd;
+    size_t ws_bytes;
+    dnnl_memory_t src, dst, scale, shift, mean, var, ws, dsrc, ddst, dscale, dshift;
+    float *tmp; /* (2C): diff scale, diff shift before they are added */
+};
+
+static void cpu_bn_free(void *op)
+{
+    struct cpu_bn *n = op;
+    cpu_prim_free(&n->fwd);
+    cpu_prim_free(&n->inf);
+    cpu_prim_free(&n->bwd);
+    dnnl_memory_t *ms[] = {&n->src, &n->dst, &n->scale, &n->shift, &n->mean, &n->var,
+                           &n->ws, &n->dsrc, &n->ddst, &n->dscale, &n->dshift};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        cpu_mem_free(ms[i]);
+    }
+    free(n->tmp);
+    free(n);
+}
+
+static unsigned cpu_bn_dnnl_flags(unsigned flags, int with_relu)
+{
+    unsigned f = dnnl_use_scale | dnnl_use_shift;
+    if (!(flags & NN_BN_TRAIN)) {
+        f |= dnnl_use_global_stats;
+    }
+    if (with_relu && (flags & NN_BN_RELU)) {
+        f |= dnnl_fuse_norm_relu;
+    }
+    return f;
+}
+
+static struct cpu_bn *cpu_bn_get(struct cpu_backend *b, const struct nn_tensor *inp, unsigned flags,
+                                 float eps)
+{
+    int key[CPU_KEY_MAX] = {0};
+    int at = 0;
+    key[at++] = CPU_BN;
+    key[at++] = (int)flags;
+    memcpy(&key[at++], &eps, sizeof(float));
+    cpu_key_tensor(key, &at, inp);
+    struct cpu_bn *n = cpu_cache_find(b, key);
+    if (n) {
+        return n;
+    }
+    n = swav_xcalloc(1, sizeof *n);
+    n->flags = flags;
+    n->channels = inp->shape[1];
+    dnnl_memory_desc_t md = cpu_md(inp), cmd = cpu_md_1d(inp->shape[1]);
+    dnnl_batch_normalization_desc_t d;
+    dnnl_primitive_attr_t attr = cpu_attr();
+    DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_training, &md, eps,
+                                                          cpu_bn_dnnl_flags(flags, 1)));
+    cpu_prim_create(b, &n->fwd, &d, attr, NULL);
+    const dnnl_memory_desc_t *wsmd = dnnl_primitive_desc_query_md(n->fwd.pd, dnnl_query_workspace_md, 0);
+    n->ws_bytes = wsmd ? dnnl_memory_desc_get_size(wsmd) : 0;
+    if (n->ws_bytes) {
+        n->ws = cpu_mem(b, wsmd);
+    }
+    DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_inference, &md, eps,
+                                                          cpu_bn_dnnl_flags(flags, 1)));
+    cpu_prim_create(b, &n->inf, &d, attr, NULL);
+    DNNL_CHECK(dnnl_batch_normalization_backward_desc_init(&d, dnnl_backward, &md, &md, eps,
+                                                           cpu_bn_dnnl_flags(flags, 1)));
+    cpu_prim_create(b, &n->bwd, &d, attr, n->fwd.pd);
+    DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    n->src = cpu_mem(b, &md);
+    n->dst = cpu_mem(b, &md);
+    n->dsrc = cpu_mem(b, &md);
+    n->ddst = cpu_mem(b, &md);
+    n->scale = cpu_mem(b, &cmd);
+    n->shift = cpu_mem(b, &cmd);
+    n->mean = cpu_mem(b, &cmd);
+    n->var = cpu_mem(b, &cmd);
+    n->dscale = cpu_mem(b, &cmd);
+    n->dshift = cpu_mem(b, &cmd);
+    n->tmp = swav_xcalloc((size_t)(2 * n->channels), sizeof(float));
+    cpu_mem_set(n->dscale, n->tmp);
+    cpu_mem_set(n->dshift, n->tmp + n->channels);
+    cpu_cache_put(b, key, n, cpu_bn_free);
+    return n;
+}
+
+static size_t cpu_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
+                                            unsigned flags)
+{
+    return cpu_bn_get(cpu(be), inp, flags, 1e-5f)->ws_bytes;
+}
+
+static void cpu_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out,
+                                  const struct nn_tensor *inp, const float *weight,
+                                  const float *bias, float *running_mean, float *running_var,
+                                  float *save_mean, float *save_var, void *workspace,
+                                  unsigned flags, float momentum, float eps)
+{
+    struct cpu_backend *b = cpu(be);
+    SWAV_ASSERT(out->layout == inp->layout && out->ndim == inp->ndim);
+    struct cpu_bn *n = cpu_bn_get(b, inp, flags, eps);
+    int train = (flags & NN_BN_TRAIN) != 0;
+    cpu_mem_set(n->src, inp->data);
+    cpu_mem_set(n->dst, out->data);
+    cpu_mem_set(n->scale, weight);
+    cpu_mem_set(n->shift, bias);
+    cpu_mem_set(n->mean, train ? save_mean : running_mean);
+    cpu_mem_set(n->var, train ? save_var : running_var);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
+        {DNNL_ARG_SRC, n->src},   {DNNL_ARG_DST, n->dst},   {DNNL_ARG_SCALE, n->scale},
+        {DNNL_ARG_SHIFT, n->shift}, {DNNL_ARG_MEAN, n->mean}, {DNNL_ARG_VARIANCE, n->var}};
+    int nargs = 6;
+    if (!train && workspace == NULL) {
+        cpu_exec(b, &n->inf, nargs, args); /* eval, no backward to follow */
+    } else {
+        if (n->ws) {
+            SWAV_ASSERT(workspace != NULL);
+            cpu_mem_set(n->ws, workspace);
+            args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_WORKSPACE, n->ws};
+        }
+        cpu_exec(b, &n->fwd, nargs, args);
+    }
+    if (train) {
+        double count = (double)nn_tensor_numel(inp) / (double)inp->shape[1];
+        float unbias = count > 1 ? (float)(count / (count - 1)) : 1.0f;
+        for (int64_t c = 0; c < n->channels; c++) {
+            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * save_mean[c];
+            running_var[c] = (1 - momentum) * running_var[c] + momentum * save_var[c] * unbias;
+        }
+    }
+}
+
+static void cpu_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight,
+                                   float *dbias, const struct nn_tensor *dout,
+                                   const struct nn_tensor *inp, const float *weight,
+                                   const float *save_mean, const float *save_var,
+                                   const void *workspace, unsigned flags, float eps)
+{
+    struct cpu_backend *b = cpu(be);
+    struct cpu_bn *n = cpu_bn_get(b, inp, flags, eps);
+    cpu_mem_set(n->src, inp->data);
+    cpu_mem_set(n->mean, save_mean);
+    cpu_mem_set(n->var, save_var);
+    cpu_mem_set(n->ddst, dout->data);
+    cpu_mem_set(n->scale, weight);
+    cpu_mem_set(n->dsrc, dinp->data);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
+        {DNNL_ARG_SRC, n->src},       {DNNL_ARG_MEAN, n->mean},
+        {DNNL_ARG_VARIANCE, n->var},  {DNNL_ARG_DIFF_DST, n->ddst},
+        {DNNL_ARG_SCALE, n->scale},   {DNNL_ARG_DIFF_SRC, n->dsrc},
+        {DNNL_ARG_DIFF_SCALE, n->dscale}, {DNNL_ARG_DIFF_SHIFT, n->dshift}};
+    int nargs = 8;
+    /* oneDNN 2.6 counts SHIFT among the backward's inputs with dnnl_use_shift
+     * although it never reads it (the ReLU mask is in the workspace): any
+     * valid C floats do. */
+    cpu_mem_set(n->shift, weight);
+    args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SHIFT, n->shift};
+    if (n->ws) {
+        SWAV_ASSERT(workspace != NULL);
+        cpu_mem_set(n->ws, workspace);
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_WORKSPACE, n->ws};
+    }
+    cpu_exec(b, &n->bwd, nargs, args);
+    for (int64_t c = 0; c < n->channels; c++) {
+        dweight[c] += n->tmp[c];
+        dbias[c] += n->tmp[n->channels + c];
+    }
+}
+
+/* ---- relu, add ------------------------------------------------------------------ */
+
+struct cpu_eltwise {
+    struct cpu_prim fwd, bwd;
+    dnnl_memory_t a, b, dst, ddst, dsrc;
+};
+
+static void cpu_eltwise_free(void *op)
+{
+    struct cpu_eltwise *e = op;
+    cpu_prim_free(&e->fwd);
+    cpu_prim_free(&e->bwd);
+    dnnl_memory_t *ms[] = {&e->a, &e->b, &e->dst, &e->ddst, &e->dsrc};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        cpu_mem_free(ms[i]);
+    }
+    free(e);
+}
+
+static struct cpu_eltwise *cpu_relu_get(struct cpu_backend *b, const struct nn_tensor *t)
+{
+    int key[CPU_KEY_MAX] = {0};
+    int at = 0;
+    key[at++] = CPU_RELU;
+    cpu_key_tensor(key, &at, t);
+    struct cpu_eltwise *e = cpu_cache_find(b, key);
+    if (e) {
+        return e;
+    }
+    e = swav_xcalloc(1, sizeof *e);
+    dnnl_memory_desc_t md = cpu_md(t);
+    dnnl_eltwise_desc_t d;
+    dnnl_primitive_attr_t attr = cpu_attr();
+    DNNL_CHECK(dnnl_eltwise_forward_desc_init(&d, dnnl_forward_training,
+                                              dnnl_eltwise_relu_use_dst_for_bwd, &md, 0.f, 0.f));
+    cpu_prim_create(b, &e->fwd, &d, attr, NULL);
+    DNNL_CHECK(dnnl_eltwise_backward_desc_init(&d, dnnl_eltwise_relu_use_dst_for_bwd, &md, &md,
+                                               0.f, 0.f));
+    cpu_prim_create(b, &e->bwd, &d, attr, e->fwd.pd);
+    DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    e->a = cpu_mem(b, &md);
+    e->dst = cpu_mem(b, &md);
+    e->ddst = cpu_mem(b, &md);
+    e->dsrc = cpu_mem(b, &md);
+    cpu_cache_put(b, key, e, cpu_eltwise_free);
+    return e;
+}
+
+static void cpu_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
+{
+    struct cpu_backend *b = cpu(be);
+    struct cpu_eltwise *e = cpu_relu_get(b, inp);
+    cpu_mem_set(e->a, inp->data);
+    cpu_mem_set(e->dst, out->data);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {{DNNL_ARG_SRC, e->a}, {DNNL_ARG_DST, e->dst}};
+    cpu_exec(b, &e->fwd, 2, args);
+}
+
+static void cpu_relu_backward(nn_backend_t *be, struct nn_tensor *dinp,
+                              const struct nn_tensor *dout, const struct nn_tensor *out)
+{
+    struct cpu_backend *b = cpu(be);
+    struct cpu_eltwise *e = cpu_relu_get(b, out);
+    cpu_mem_set(e->dst, out->data);
+    cpu_mem_set(e->ddst, dout->data);
+    cpu_mem_set(e->dsrc, dinp->data);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
+        {DNNL_ARG_DST, e->dst}, {DNNL_ARG_DIFF_DST, e->ddst}, {DNNL_ARG_DIFF_SRC, e->dsrc}};
+    cpu_exec(b, &e->bwd, 3, args);
+}
+
+static void cpu_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a,
+                            const struct nn_tensor *bb, int relu)
+{
+    struct cpu_backend *b = cpu(be);
+    SWAV_ASSERT(a->layout == bb->layout && a->layout == out->layout);
+    int key[CPU_KEY_MAX] = {0};
+    int at = 0;
+    key[at++] = CPU_ADD;
+    key[at++] = relu;
+    cpu_key_tensor(key, &at, a);
+    struct cpu_eltwise *e = cpu_cache_find(b, key);
+    if (!e) {
+        e = swav_xcalloc(1, sizeof *e);
+        dnnl_memory_desc_t md = cpu_md(a);
+        dnnl_binary_desc_t d;
+        DNNL_CHECK(dnnl_binary_desc_init(&d, dnnl_binary_add, &md, &md, &md));
+        dnnl_primitive_attr_t attr = cpu_attr();
+        if (relu) {
+            dnnl_post_ops_t po;
+            DNNL_CHECK(dnnl_post_ops_create(&po));
+            DNNL_CHECK(dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.f, 0.f));
+            DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, po));
+            DNNL_CHECK(dnnl_post_ops_destroy(po));
+        }
+        cpu_prim_create(b, &e->fwd, &d, attr, NULL);
+        DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+        e->a = cpu_mem(b, &md);
+        e->b = cpu_mem(b, &md);
+        e->dst = cpu_mem(b, &md);
+        cpu_cache_put(b, key, e, cpu_eltwise_free);
+    }
+    cpu_mem_set(e->a, a->data);
+    cpu_mem_set(e->b, bb->data);
+    cpu_mem_set(e->dst, out->data);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
+        {DNNL_ARG_SRC_0, e->a}, {DNNL_ARG_SRC_1, e->b}, {DNNL_ARG_DST, e->dst}};
+    cpu_exec(b, &e->fwd, 3, args);
+}
+
+static void cpu_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x)
+{
+    SWAV_ASSERT(y->layout == x->layout && nn_tensor_bytes(y) == nn_tensor_bytes(x));
+    float *restrict yd = y->data;
+    const float *restrict xd = x->data;
+    size_t n = nn_tensor_bytes(y) / sizeof(float);
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        yd[i] += xd[i];
+    }
+}
+
+/* ---- max pooling ------------------------------------------------------------------- */
+
+struct cpu_pool {
+    struct cpu_prim fwd, bwd;
+    size_t ws_bytes;
+    dnnl_memory_t src, dst, ws, dsrc, ddst;
+};
+
+static void cpu_pool_free(void *op)
+{
+    struct cpu_pool *p = op;
+    cpu_prim_free(&p->fwd);
+    cpu_prim_free(&p->bwd);
+    dnnl_memory_t *ms[] = {&p->src, &p->dst, &p->ws, &p->dsrc, &p->ddst};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        cpu_mem_free(ms[i]);
+    }
+    free(p);
+}
+
+static struct cpu_pool *cpu_pool_get(struct cpu_backend *b, const struct nn_tensor *out,
+                                     const struct nn_tensor *inp, int k, int stride, int pad)
+{
+    SWAV_ASSERT(out->layout == inp->layout && out->ndim == 4 && inp->ndim == 4);
+    SWAV_ASSERT(out->shape[2] == (inp->shape[2] + 2 * pad - k) / stride + 1);
+    SWAV_ASSERT(out->shape[3] == (inp->shape[3] + 2 * pad - k) / stride + 1);
+    int key[CPU_KEY_MAX] = {0};
+    int at = 0;
+    key[at++] = CPU_POOL;
+    key[at++] = k;
+    key[at++] = stride;
+    key[at++] = pad;
+    cpu_key_tensor(key, &at, inp);
+    key[at++] = (int)out->shape[2];
+    struct cpu_pool *p = cpu_cache_find(b, key);
+    if (p) {
+        return p;
+    }
+    p = swav_xcalloc(1, sizeof *p);
+    dnnl_memory_desc_t src = cpu_md(inp), dst = cpu_md(out);
+    dnnl_dims_t strides = {stride, stride}, kernel = {k, k}, pl = {pad, pad};
+    dnnl_dims_t pr = {cpu_pad_r(inp->shape[2], out->shape[2], k, stride, pad),
+                      cpu_pad_r(inp->shape[3], out->shape[3], k, stride, pad)};
+    dnnl_pooling_desc_t d;
+    dnnl_primitive_attr_t attr = cpu_attr();
+    DNNL_CHECK(dnnl_pooling_forward_desc_init(&d, dnnl_forward_training, dnnl_pooling_max, &src,
+                                              &dst, strides, kernel, pl, pr));
+    cpu_prim_create(b, &p->fwd, &d, attr, NULL);
+    DNNL_CHECK(dnnl_pooling_backward_desc_init(&d, dnnl_pooling_max, &src, &dst, strides, kernel,
+                                               pl, pr));
+    cpu_prim_create(b, &p->bwd, &d, attr, p->fwd.pd);
+    DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    const dnnl_memory_desc_t *wsmd = dnnl_primitive_desc_query_md(p->fwd.pd, dnnl_query_workspace_md, 0);
+    p->ws_bytes = wsmd ? dnnl_memory_desc_get_size(wsmd) : 0;
+    SWAV_ASSERT(p->ws_bytes > 0);
+    p->ws = cpu_mem(b, wsmd);
+    p->src = cpu_mem(b, &src);
+    p->dst = cpu_mem(b, &dst);
+    p->dsrc = cpu_mem(b, &src);
+    p->ddst = cpu_mem(b, &dst);
+    cpu_cache_put(b, key, p, cpu_pool_free);
+    return p;
+}
+
+static size_t cpu_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out,
+                                            const struct nn_tensor *inp, int k, int stride,
+                                            int pad)
+{
+    return cpu_pool_get(cpu(be), out, inp, k, stride, pad)->ws_bytes;
+}
+
+static void cpu_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out,
+                                  const struct nn_tensor *inp, void *workspace, int k, int stride,
+                                  int pad)
+{
+    struct cpu_backend *b = cpu(be);
+    struct cpu_pool *p = cpu_pool_get(b, out, inp, k, stride, pad);
+    cpu_mem_set(p->src, inp->data);
+    cpu_mem_set(p->dst, out->data);
+    cpu_mem_set(p->ws, workspace);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
+        {DNNL_ARG_SRC, p->src}, {DNNL_ARG_DST, p->dst}, {DNNL_ARG_WORKSPACE, p->ws}};
+    cpu_exec(b, &p->fwd, 3, args);
+}
+
+static void cpu_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
+                                   const struct nn_tensor *dout, const void *workspace, int k,
+                                   int stride, int pad)
+{
+    struct cpu_backend *b = cpu(be);
+    struct cpu_pool *p = cpu_pool_get(b, dout, dinp, k, stride, pad);
+    cpu_mem_set(p->dsrc, dinp->data);
+    cpu_mem_set(p->ddst, dout->data);
+    cpu_mem_set(p->ws, workspace);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
+        {DNNL_ARG_DIFF_DST, p->ddst}, {DNNL_ARG_WORKSPACE, p->ws}, {DNNL_ARG_DIFF_SRC, p->dsrc}};
+    cpu_exec(b, &p->bwd, 3, args);
+}
+
+/* ---- global average pooling (plain C: one pass, either layout) ---------------------- */
+
+static void cpu_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
+{
+    int64_t N = inp->shape[0], C = inp->shape[1], HW = inp->shape[2] * inp->shape[3];
+    SWAV_ASSERT(out->ndim == 2 && out->shape[0] == N && out->shape[1] == C);
+    const float *x = inp->data;
+    float *y = out->data;
+    float inv = 1.0f / (float)HW;
+    if (inp->layout == NN_LAYOUT_NCHW8C) {
+        int64_t CB = (C + 7) / 8;
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t cb = 0; cb < CB; cb++) {
+                float acc[8] = {0};
+                const float *p = x + (n * CB + cb) * HW * 8;
+                for (int64_t i = 0; i < HW; i++) {
+                    for (int j = 0; j < 8; j++) {
+                        acc[j] += p[i * 8 + j];
+                    }
+                }
+                for (int j = 0; j < 8 && cb * 8 + j < C; j++) {
+                    y[n * C + cb * 8 + j] = acc[j] * inv;
+                }
+            }
+        }
+    } else {
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            float acc = 0;
+            for (int64_t i = 0; i < HW; i++) {
+                acc += x[nc * HW + i];
+            }
+            y[nc] = acc * inv;
+        }
+    }
+}
+
+static void cpu_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp,
+                                 const struct nn_tensor *dout)
+{
+    int64_t N = dinp->shape[0], C = dinp->shape[1], HW = dinp->shape[2] * dinp->shape[3];
+    const float *dy = dout->data;
+    float *dx = dinp->data;
+    float inv = 1.0f / (float)HW;
+    if (dinp->layout == NN_LAYOUT_NCHW8C) {
+        int64_t CB = (C + 7) / 8;
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t cb = 0; cb < CB; cb++) {
+                float g[8] = {0};
+                for (int j = 0; j < 8 && cb * 8 + j < C; j++) {
+                    g[j] = dy[n * C + cb * 8 + j] * inv;
+                }
+                float *p = dx + (n * CB + cb) * HW * 8;
+                for (int64_t i = 0; i < HW; i++) {
+                    for (int j = 0; j < 8; j++) {
+                        p[i * 8 + j] = g[j];
+                    }
+                }
+            }
+        }
+    } else {
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            float g = dy[nc] * inv;
+            for (int64_t i = 0; i < HW; i++) {
+                dx[nc * HW + i] = g;
+            }
+        }
+    }
+}
+
+/* ---- linear (OpenBLAS) ------------------------------------------------------------ */
+
+static void cpu_linear_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                               const float *weight, const float *bias)
+{
+    int N = (int)inp->shape[0], In = (int)inp->shape[1], O = (int)out->shape[1];
+    SWAV_ASSERT(out->shape[0] == N);
+    float *y = out->data;
+    float beta = 0.0f;
+    if (bias) {
+        for (int n = 0; n < N; n++) {
+            memcpy(y + (size_t)n * O, bias, (size_t)O * sizeof(float));
+        }
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, In, 1.0f, inp->data, In, weight, In,
+                beta, y, O);
+}
+
+static void cpu_linear_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight,
+                                float *dbias, const struct nn_tensor *dout,
+                                const struct nn_tensor *inp, const float *weight)
+{
+    int N = (int)inp->shape[0], In = (int)inp->shape[1], O = (int)dout->shape[1];
+    const float *dy = dout->data;
+    if (dinp) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, In, O, 1.0f, dy, O, weight, In,
+                    0.0f, dinp->data, In);
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, In, N, 1.0f, dy, O, inp->data, In, 1.0f,
+                dweight, In);
+    if (dbias) {
+        for (int n = 0; n < N; n++) {
+            for (int o = 0; o < O; o++) {
+                dbias[o] += dy[(size_t)n * O + o];
+            }
+        }
+    }
+}
+
+/* ---- row-wise ops --------------------------------------------------------------------- */
+
+static void cpu_l2_normalize_forward(nn_backend_t *be, struct nn_tensor *out,
+                                     const struct nn_tensor *inp, float *norms)
+{
+    int64_t N = inp->shape[0], D = inp->shape[1];
+    const float *x = inp->data;
+    float *y = out->data;
+    for (int64_t n = 0; n < N; n++) {
+        double s = 0;
+        for (int64_t d = 0; d < D; d++) {
+            s += (double)x[n * D + d] * x[n * D + d];
+        }
+        float nrm = (float)sqrt(s);
+        norms[n] = nrm;
+        float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
+        for (int64_t d = 0; d < D; d++) {
+            y[n * D + d] = x[n * D + d] * inv;
+        }
+    }
+}
+
+static void cpu_l2_normalize_backward(nn_backend_t *be, struct nn_tensor *dinp,
+                                      const struct nn_tensor *dout, const struct nn_tensor *out,
+                                      const float *norms)
+{
+    int64_t N = out->shape[0], D = out->shape[1];
+    const float *y = out->data, *dy = dout->data;
+    float *dx = dinp->data;
+    for (int64_t n = 0; n < N; n++) {
+        if (norms[n] <= 1e-12f) { /* clamped: y = x / eps, a plain scaling */
+            for (int64_t d = 0; d < D; d++) {
+                dx[n * D + d] = dy[n * D + d] / 1e-12f;
+            }
+            continue;
+        }
+        double dot = 0;
+        for (int64_t d = 0; d < D; d++) {
+            dot += (double)y[n * D + d] * dy[n * D + d];
+        }
+        float inv = 1.0f / norms[n];
+        for (int64_t d = 0; d < D; d++) {
+            dx[n * D + d] = (dy[n * D + d] - y[n * D + d] * (float)dot) * inv;
+        }
+    }
+}
+
+static void cpu_log_softmax_rows(float *y, const float *x, int64_t N, int64_t K, float scale)
+{
+    for (int64_t n = 0; n < N; n++) {
+        const float *xr = x + n * K;
+        float *yr = y + n * K;
+        float m = -INFINITY;
+        for (int64_t k = 0; k < K; k++) {
+            m = fmaxf(m, scale * xr[k]);
+        }
+        double s = 0;
+        for (int64_t k = 0; k < K; k++) {
+            s += exp((double)(scale * xr[k] - m));
+        }
+        float lse = m + (float)log(s);
+        for (int64_t k = 0; k < K; k++) {
+            yr[k] = scale * xr[k] - lse;
+        }
+    }
+}
+
+static void cpu_log_softmax_forward(nn_backend_t *be, struct nn_tensor *out,
+                                    const struct nn_tensor *inp, float scale)
+{
+    cpu_log_softmax_rows(out->data, inp->data, inp->shape[0], inp->shape[1], scale);
+}
+
+static void cpu_log_softmax_backward(nn_backend_t *be, struct nn_tensor *dinp,
+                                     const struct nn_tensor *dout, const struct nn_tensor *out,
+                                     float scale)
+{
+    int64_t N = out->shape[0], K = out->shape[1];
+    const float *y = out->data, *dy = dout->data;
+    float *dx = dinp->data;
+    for (int64_t n = 0; n < N; n++) {
+        double s = 0;
+        for (int64_t k = 0; k < K; k++) {
+            s += dy[n * K + k];
+        }
+        for (int64_t k = 0; k < K; k++) {
+            dx[n * K + k] = scale * (dy[n * K + k] - expf(y[n * K + k]) * (float)s);
+        }
+    }
+}
+
+static float cpu_swav_loss_forward(nn_backend_t *be, float *logp, const struct nn_tensor *scores,
+                                   const float *q, const struct nn_swav_loss_cfg *cfg)
+{
+    int64_t bs = cfg->bs, K = scores->shape[1];
+    SWAV_ASSERT(scores->shape[0] == (int64_t)cfg->n_crops * bs && cfg->n_crops > 1);
+    cpu_log_softmax_rows(logp, scores->data, scores->shape[0], K, 1.0f / cfg->temperature);
+    double loss = 0;
+    for (int i = 0; i < cfg->n_assign; i++) {
+        const float *qi = q + (size_t)i * bs * K;
+        double sub = 0;
+        for (int v = 0; v < cfg->n_crops; v++) {
+            if (v == cfg->crops_for_assign[i]) {
+                continue;
+            }
+            const float *lp = logp + (size_t)v * bs * K;
+            double s = 0;
+            for (int64_t j = 0; j < bs * K; j++) {
+                s += (double)qi[j] * lp[j];
+            }
+            sub -= s / (double)bs;
+        }
+        loss += sub / (cfg->n_crops - 1);
+    }
+    return (float)(loss / cfg->n_assign);
+}
+
+static void cpu_swav_loss_backward(nn_backend_t *be, struct nn_tensor *dscores, const float *logp,
+                                   const float *q, const struct nn_swav_loss_cfg *cfg)
+{
+    int64_t bs = cfg->bs, K = dscores->shape[1];
+    float *g = dscores->data;
+    memset(g, 0, (size_t)cfg->n_crops * bs * K * sizeof(float));
+    /* d/dx of -sum_k q log_softmax(x/T)_k = (softmax(x/T) sum_k q - q) / T */
+    float c = 1.0f / (cfg->temperature * (float)bs * (float)(cfg->n_crops - 1) * (float)cfg->n_assign);
+    for (int i = 0; i < cfg->n_assign; i++) {
+        const float *qi = q + (size_t)i * bs * K;
+        for (int v = 0; v < cfg->n_crops; v++) {
+            if (v == cfg->crops_for_assign[i]) {
+                continue;
+            }
+            const float *lp = logp + (size_t)v * bs * K;
+            float *gv = g + (size_t)v * bs * K;
+            for (int64_t b = 0; b < bs; b++) {
+                float qs = 0;
+                for (int64_t k = 0; k < K; k++) {
+                    qs += qi[b * K + k];
+                }
+                for (int64_t k = 0; k < K; k++) {
+                    gv[b * K + k] += c * (expf(lp[b * K + k]) * qs - qi[b * K + k]);
+                }
+            }
+        }
+    }
+}
+
+static float cpu_cross_entropy_soft_forward(nn_backend_t *be, float *logp,
+                                            const struct nn_tensor *logits, const float *target)
+{
+    int64_t N = logits->shape[0], K = logits->shape[1];
+    cpu_log_softmax_rows(logp, logits->data, N, K, 1.0f);
+    double s = 0;
+    for (int64_t j = 0; j < N * K; j++) {
+        s -= (double)target[j] * logp[j];
+    }
+    return (float)(s / (double)N);
+}
+
+static void cpu_cross_entropy_soft_backward(nn_backend_t *be, struct nn_tensor *dlogits,
+                                            const float *logp, const float *target)
+{
+    int64_t N = dlogits->shape[0], K = dlogits->shape[1];
+    float *g = dlogits->data;
+    for (int64_t n = 0; n < N; n++) {
+        float ts = 0;
+        for (int64_t k = 0; k < K; k++) {
+            ts += target[n * K + k];
+        }
+        for (int64_t k = 0; k < K; k++) {
+            g[n * K + k] = (expf(logp[n * K + k]) * ts - target[n * K + k]) / (float)N;
+        }
+    }
+}
+
+static float cpu_cross_entropy_forward(nn_backend_t *be, float *logp,
+                                       const struct nn_tensor *logits, const int32_t *labels)
+{
+    int64_t N = logits->shape[0], K = logits->shape[1];
+    cpu_log_softmax_rows(logp, logits->data, N, K, 1.0f);
+    double s = 0;
+    for (int64_t n = 0; n < N; n++) {
+        SWAV_ASSERT(labels[n] >= 0 && labels[n] < K);
+        s -= logp[n * K + labels[n]];
+    }
+    return (float)(s / (double)N);
+}
+
+static void cpu_cross_entropy_backward(nn_backend_t *be, struct nn_tensor *dlogits,
+                                       const float *logp, const int32_t *labels)
+{
+    int64_t N = dlogits->shape[0], K = dlogits->shape[1];
+    float *g = dlogits->data;
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) {
+            g[n * K + k] = (expf(logp[n * K + k]) - (k == labels[n] ? 1.0f : 0.0f)) / (float)N;
+        }
+    }
+}
+
+/* ---- the table ------------------------------------------------------------------------ */
+
+static const struct nn_backend_iface cpu_iface = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .sync = cpu_sync,
+    .cache_size = cpu_cache_size,
+    .conv2d_forward = cpu_conv2d_forward,
+    .conv2d_backward = cpu_conv2d_backward,
+    .batchnorm_workspace_bytes = cpu_batchnorm_workspace_bytes,
+    .batchnorm_forward = cpu_batchnorm_forward,
+    .batchnorm_backward = cpu_batchnorm_backward,
+    .relu_forward = cpu_relu_forward,
+    .relu_backward = cpu_relu_backward,
+    .add_forward = cpu_add_forward,
+    .accumulate = cpu_accumulate,
+    .maxpool2d_workspace_bytes = cpu_maxpool2d_workspace_bytes,
+    .maxpool2d_forward = cpu_maxpool2d_forward,
+    .maxpool2d_backward = cpu_maxpool2d_backward,
+    .avgpool_forward = cpu_avgpool_forward,
+    .avgpool_backward = cpu_avgpool_backward,
+    .linear_forward = cpu_linear_forward,
+    .linear_backward = cpu_linear_backward,
+    .l2_normalize_forward = cpu_l2_normalize_forward,
+    .l2_normalize_backward = cpu_l2_normalize_backward,
+    .log_softmax_forward = cpu_log_softmax_forward,
+    .log_softmax_backward = cpu_log_softmax_backward,
+    .swav_loss_forward = cpu_swav_loss_forward,
+    .swav_loss_backward = cpu_swav_loss_backward,
+    .cross_entropy_soft_forward = cpu_cross_entropy_soft_forward,
+    .cross_entropy_soft_backward = cpu_cross_entropy_soft_backward,
+    .cross_entropy_forward = cpu_cross_entropy_forward,
+    .cross_entropy_backward = cpu_cross_entropy_backward,
+};
+
+nn_backend_t *nn_backend_cpu_new(int nthreads)
+{
+    if (nthreads > 0) {
+        omp_set_num_threads(nthreads);
+        openblas_set_num_threads(nthreads);
+    }
+    struct cpu_backend *b = swav_xcalloc(1, sizeof *b);
+    b->base.iface = &cpu_iface;
+    DNNL_CHECK(dnnl_engine_create(&b->eng, dnnl_cpu, 0));
+    DNNL_CHECK(dnnl_stream_create(&b->stream, b->eng, dnnl_stream_default_flags));
+    return &b->base;
+}

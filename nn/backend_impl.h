@@ -1,0 +1,47 @@
+/* The backend function table (internal to nn/): one entry per layer of
+ * layers.h, same signature. */
+#ifndef SWAV_NN_BACKEND_IMPL_H
+#define SWAV_NN_BACKEND_IMPL_H
+
+#include "layers.h"
+
+struct nn_backend_iface {
+    const char *name;
+    void (*destroy)(nn_backend_t *be);
+    void *(*alloc)(nn_backend_t *be, size_t bytes);
+    void (*free)(nn_backend_t *be, void *p);
+    void (*sync)(nn_backend_t *be);
+    int (*cache_size)(const nn_backend_t *be);
+    void (*conv2d_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
+    void (*conv2d_backward)(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight, const struct nn_tensor *dout, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
+    size_t (*batchnorm_workspace_bytes)(nn_backend_t *be, const struct nn_tensor *inp, unsigned flags);
+    void (*batchnorm_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const float *weight, const float *bias, float *running_mean, float *running_var, float *save_mean, float *save_var, void *workspace, unsigned flags, float momentum, float eps);
+    void (*batchnorm_backward)(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight, const float *save_mean, const float *save_var, const void *workspace, unsigned flags, float eps);
+    void (*relu_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
+    void (*relu_backward)(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out);
+    void (*add_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a, const struct nn_tensor *b, int relu);
+    void (*accumulate)(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x);
+    size_t (*maxpool2d_workspace_bytes)(nn_backend_t *be, const struct nn_tensor *out, const struct nn_tensor *inp, int k, int stride, int pad);
+    void (*maxpool2d_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, void *workspace, int k, int stride, int pad);
+    void (*maxpool2d_backward)(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const void *workspace, int k, int stride, int pad);
+    void (*avgpool_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
+    void (*avgpool_backward)(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout);
+    void (*linear_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const float *weight, const float *bias);
+    void (*linear_backward)(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight);
+    void (*l2_normalize_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, float *norms);
+    void (*l2_normalize_backward)(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out, const float *norms);
+    void (*log_softmax_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, float scale);
+    void (*log_softmax_backward)(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out, float scale);
+    float (*swav_loss_forward)(nn_backend_t *be, float *logp, const struct nn_tensor *scores, const float *q, const struct nn_swav_loss_cfg *cfg);
+    void (*swav_loss_backward)(nn_backend_t *be, struct nn_tensor *dscores, const float *logp, const float *q, const struct nn_swav_loss_cfg *cfg);
+    float (*cross_entropy_soft_forward)(nn_backend_t *be, float *logp, const struct nn_tensor *logits, const float *target);
+    void (*cross_entropy_soft_backward)(nn_backend_t *be, struct nn_tensor *dlogits, const float *logp, const float *target);
+    float (*cross_entropy_forward)(nn_backend_t *be, float *logp, const struct nn_tensor *logits, const int32_t *labels);
+    void (*cross_entropy_backward)(nn_backend_t *be, struct nn_tensor *dlogits, const float *logp, const int32_t *labels);
+};
+
+struct nn_backend {
+    const struct nn_backend_iface *iface;
+};
+
+#endif

@@ -1,0 +1,168 @@
+/* Layer calls: dispatch through the backend table (backend_impl.h). */
+#include "layers.h"
+
+#include "backend_impl.h"
+
+void nn_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad)
+{
+    be->iface->conv2d_forward(be, out, inp, weight, stride, pad);
+}
+
+void nn_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight, const struct nn_tensor *dout, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad)
+{
+    be->iface->conv2d_backward(be, dinp, dweight, dout, inp, weight, stride, pad);
+}
+
+size_t nn_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp, unsigned flags)
+{
+    return be->iface->batchnorm_workspace_bytes(be, inp, flags);
+}
+
+void nn_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const float *weight, const float *bias, float *running_mean, float *running_var, float *save_mean, float *save_var, void *workspace, unsigned flags, float momentum, float eps)
+{
+    be->iface->batchnorm_forward(be, out, inp, weight, bias, running_mean, running_var, save_mean, save_var, workspace, flags, momentum, eps);
+}
+
+void nn_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight, const float *save_mean, const float *save_var, const void *workspace, unsigned flags, float eps)
+{
+    be->iface->batchnorm_backward(be, dinp, dweight, dbias, dout, inp, weight, save_mean, save_var, workspace, flags, eps);
+}
+
+void nn_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
+{
+    be->iface->relu_forward(be, out, inp);
+}
+
+void nn_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out)
+{
+    be->iface->relu_backward(be, dinp, dout, out);
+}
+
+void nn_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a, const struct nn_tensor *b, int relu)
+{
+    be->iface->add_forward(be, out, a, b, relu);
+}
+
+void nn_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x)
+{
+    be->iface->accumulate(be, y, x);
+}
+
+size_t nn_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out, const struct nn_tensor *inp, int k, int stride, int pad)
+{
+    return be->iface->maxpool2d_workspace_bytes(be, out, inp, k, stride, pad);
+}
+
+void nn_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, void *workspace, int k, int stride, int pad)
+{
+    be->iface->maxpool2d_forward(be, out, inp, workspace, k, stride, pad);
+}
+
+void nn_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const void *workspace, int k, int stride, int pad)
+{
+    be->iface->maxpool2d_backward(be, dinp, dout, workspace, k, stride, pad);
+}
+
+void nn_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
+{
+    be->iface->avgpool_forward(be, out, inp);
+}
+
+void nn_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout)
+{
+    be->iface->avgpool_backward(be, dinp, dout);
+}
+
+void nn_linear_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const float *weight, const float *bias)
+{
+    be->iface->linear_forward(be, out, inp, weight, bias);
+}
+
+void nn_linear_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight)
+{
+    be->iface->linear_backward(be, dinp, dweight, dbias, dout, inp, weight);
+}
+
+void nn_l2_normalize_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, float *norms)
+{
+    be->iface->l2_normalize_forward(be, out, inp, norms);
+}
+
+void nn_l2_normalize_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out, const float *norms)
+{
+    be->iface->l2_normalize_backward(be, dinp, dout, out, norms);
+}
+
+void nn_log_softmax_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, float scale)
+{
+    be->iface->log_softmax_forward(be, out, inp, scale);
+}
+
+void nn_log_softmax_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out, float scale)
+{
+    be->iface->log_softmax_backward(be, dinp, dout, out, scale);
+}
+
+float nn_swav_loss_forward(nn_backend_t *be, float *logp, const struct nn_tensor *scores, const float *q, const struct nn_swav_loss_cfg *cfg)
+{
+    return be->iface->swav_loss_forward(be, logp, scores, q, cfg);
+}
+
+void nn_swav_loss_backward(nn_backend_t *be, struct nn_tensor *dscores, const float *logp, const float *q, const struct nn_swav_loss_cfg *cfg)
+{
+    be->iface->swav_loss_backward(be, dscores, logp, q, cfg);
+}
+
+float nn_cross_entropy_soft_forward(nn_backend_t *be, float *logp, const struct nn_tensor *logits, const float *target)
+{
+    return be->iface->cross_entropy_soft_forward(be, logp, logits, target);
+}
+
+void nn_cross_entropy_soft_backward(nn_backend_t *be, struct nn_tensor *dlogits, const float *logp, const float *target)
+{
+    be->iface->cross_entropy_soft_backward(be, dlogits, logp, target);
+}
+
+float nn_cross_entropy_forward(nn_backend_t *be, float *logp, const struct nn_tensor *logits, const int32_t *labels)
+{
+    return be->iface->cross_entropy_forward(be, logp, logits, labels);
+}
+
+void nn_cross_entropy_backward(nn_backend_t *be, struct nn_tensor *dlogits, const float *logp, const int32_t *labels)
+{
+    be->iface->cross_entropy_backward(be, dlogits, logp, labels);
+}
+/* ---- backend.h: generic entry points ------------------------------------- */
+
+void nn_backend_destroy(nn_backend_t **be)
+{
+    if (be && *be) {
+        (*be)->iface->destroy(*be);
+        *be = NULL;
+    }
+}
+
+const char *nn_backend_name(const nn_backend_t *be)
+{
+    return be->iface->name;
+}
+
+void *nn_backend_alloc(nn_backend_t *be, size_t bytes)
+{
+    return be->iface->alloc(be, bytes);
+}
+
+void nn_backend_free(nn_backend_t *be, void *p)
+{
+    be->iface->free(be, p);
+}
+
+void nn_backend_sync(nn_backend_t *be)
+{
+    be->iface->sync(be);
+}
+
+int nn_backend_cache_size(const nn_backend_t *be)
+{
+    return be->iface->cache_size(be);
+}

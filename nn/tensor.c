@@ -1,0 +1,173 @@
+/* Tensor views, layout arithmetic, the activation arena, input normalization:
+ * see tensor.h. */
+#include "tensor.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+
+struct nn_tensor nn_tensor_4d(float *data, enum nn_layout layout, int64_t n, int64_t c,
+                              int64_t h, int64_t w)
+{
+    struct nn_tensor t = {0};
+    t.data = data;
+    t.dtype = NN_DTYPE_F32;
+    t.layout = layout;
+    t.device = NN_DEVICE_CPU;
+    t.ndim = 4;
+    t.shape[0] = n;
+    t.shape[1] = c;
+    t.shape[2] = h;
+    t.shape[3] = w;
+    return t;
+}
+
+struct nn_tensor nn_tensor_2d(float *data, int64_t n, int64_t c)
+{
+    struct nn_tensor t = {0};
+    t.data = data;
+    t.dtype = NN_DTYPE_F32;
+    t.layout = NN_LAYOUT_NC;
+    t.ndim = 2;
+    t.shape[0] = n;
+    t.shape[1] = c;
+    return t;
+}
+
+struct nn_tensor nn_tensor_1d(float *data, int64_t n)
+{
+    struct nn_tensor t = {0};
+    t.data = data;
+    t.dtype = NN_DTYPE_F32;
+    t.layout = NN_LAYOUT_NCHW;
+    t.ndim = 1;
+    t.shape[0] = n;
+    return t;
+}
+
+size_t nn_tensor_numel(const struct nn_tensor *t)
+{
+    size_t n = 1;
+    for (int i = 0; i < t->ndim; i++) {
+        n *= (size_t)t->shape[i];
+    }
+    return n;
+}
+
+size_t nn_layout_bytes(enum nn_layout layout, int64_t n, int64_t c, int64_t h, int64_t w)
+{
+    if (layout == NN_LAYOUT_NCHW8C) {
+        c = (c + 7) / 8 * 8;
+    }
+    return (size_t)(n * c * h * w) * sizeof(float);
+}
+
+size_t nn_tensor_bytes(const struct nn_tensor *t)
+{
+    if (t->ndim == 4) {
+        return nn_layout_bytes(t->layout, t->shape[0], t->shape[1], t->shape[2], t->shape[3]);
+    }
+    return nn_tensor_numel(t) * 4;
+}
+
+float *nn_tensor_f32(const struct nn_tensor *t)
+{
+    SWAV_ASSERT(t->dtype == NN_DTYPE_F32);
+    return (float *)t->data;
+}
+
+/* Offset of logical element (n, c, h, w) in a 4-D layout. */
+static size_t nn_offset4(const struct nn_tensor *t, int64_t n, int64_t c, int64_t h, int64_t w)
+{
+    int64_t C = t->shape[1], H = t->shape[2], W = t->shape[3];
+    if (t->layout == NN_LAYOUT_NCHW8C) {
+        int64_t cb = (C + 7) / 8;
+        return (size_t)((((n * cb + c / 8) * H + h) * W + w) * 8 + c % 8);
+    }
+    return (size_t)(((n * C + c) * H + h) * W + w);
+}
+
+void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src)
+{
+    SWAV_ASSERT(dst->ndim == 4 && src->ndim == 4);
+    for (int i = 0; i < 4; i++) {
+        SWAV_ASSERT(dst->shape[i] == src->shape[i]);
+    }
+    float *d = nn_tensor_f32(dst);
+    const float *s = nn_tensor_f32(src);
+    if (dst->layout == NN_LAYOUT_NCHW8C) {
+        memset(d, 0, nn_tensor_bytes(dst)); /* padding channels stay zero */
+    }
+    for (int64_t n = 0; n < src->shape[0]; n++)
+        for (int64_t c = 0; c < src->shape[1]; c++)
+            for (int64_t h = 0; h < src->shape[2]; h++)
+                for (int64_t w = 0; w < src->shape[3]; w++)
+                    d[nn_offset4(dst, n, c, h, w)] = s[nn_offset4(src, n, c, h, w)];
+}
+
+/* ---- arena ---------------------------------------------------------------- */
+
+#define NN_ARENA_ALIGN 64
+
+void nn_arena_init(struct nn_arena *a)
+{
+    memset(a, 0, sizeof *a);
+}
+
+void *nn_arena_alloc(struct nn_arena *a, size_t bytes)
+{
+    size_t off = (a->used + NN_ARENA_ALIGN - 1) / NN_ARENA_ALIGN * NN_ARENA_ALIGN;
+    a->used = off + bytes;
+    if (a->used > a->high) {
+        a->high = a->used;
+    }
+    if (a->base == NULL) {
+        return (void *)(uintptr_t)(NN_ARENA_ALIGN + off); /* measuring: never dereferenced */
+    }
+    SWAV_ASSERT(a->used <= a->size);
+    return a->base + off;
+}
+
+void nn_arena_commit(struct nn_arena *a)
+{
+    SWAV_ASSERT(a->base == NULL);
+    a->size = a->high ? a->high : NN_ARENA_ALIGN;
+    a->base = aligned_alloc(NN_ARENA_ALIGN, (a->size + NN_ARENA_ALIGN - 1) / NN_ARENA_ALIGN *
+                                                NN_ARENA_ALIGN);
+    SWAV_ASSERT(a->base != NULL);
+    memset(a->base, 0, a->size); /* touch every page once, here and not in the step */
+    a->used = 0;
+}
+
+void nn_arena_rewind(struct nn_arena *a)
+{
+    a->used = 0;
+}
+
+void nn_arena_free(struct nn_arena *a)
+{
+    free(a->base);
+    memset(a, 0, sizeof *a);
+}
+
+void nn_normalize_u8(float *dst, const uint8_t *src, int n, int h, int w)
+{
+    static const float mean[3] = {0.485f, 0.456f, 0.406f};
+    static const float stdv[3] = {0.228f, 0.224f, 0.225f};
+    float scale[3], shift[3];
+    for (int c = 0; c < 3; c++) {
+        scale[c] = 1.0f / (255.0f * stdv[c]);
+        shift[c] = -mean[c] / stdv[c];
+    }
+    size_t plane = (size_t)h * (size_t)w;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *s = src + (size_t)i * plane * 3;
+        float *d = dst + (size_t)i * plane * 3;
+        for (size_t p = 0; p < plane; p++) {
+            d[p] = (float)s[3 * p] * scale[0] + shift[0];
+            d[plane + p] = (float)s[3 * p + 1] * scale[1] + shift[1];
+            d[2 * plane + p] = (float)s[3 * p + 2] * scale[2] + shift[2];
+        }
+    }
+}

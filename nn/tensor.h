@@ -1,0 +1,87 @@
+/* Tensors: a non-owning view (data pointer, dtype, shape, layout, device)
+ * and the activation arena that owns the memory behind them.
+ *
+ * A tensor never allocates: memory comes from one of the model's buffers
+ * (parameters, gradients, activation arena), so that nothing is allocated in
+ * the step loop.  The arena is a bump allocator used in two passes: a
+ * measuring pass with no memory (offsets only) at model build, then one
+ * allocation of the measured size and a second pass that hands out the same
+ * offsets, now as pointers.
+ *
+ * Layouts (docs/nn.md): NCHW is PyTorch's; NCHW8C is oneDNN's nChw8c (channel
+ * blocks of 8 innermost, channels padded up to a multiple of 8: what the
+ * AVX2 convolutions want), used inside the backbone; NC is a row-major
+ * matrix (batch, features). */
+#ifndef SWAV_NN_TENSOR_H
+#define SWAV_NN_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NN_MAX_DIMS 4
+
+enum nn_dtype {
+    NN_DTYPE_F32 = 0,
+    NN_DTYPE_I32,
+};
+
+enum nn_layout {
+    NN_LAYOUT_NCHW = 0, /* (N, C, H, W) plain, also used for 1-D/2-D plain */
+    NN_LAYOUT_NCHW8C,   /* oneDNN nChw8c: (N, ceil(C/8), H, W, 8) */
+    NN_LAYOUT_NC,       /* (N, C) row-major */
+};
+
+enum nn_device {
+    NN_DEVICE_CPU = 0,
+    NN_DEVICE_CUDA,
+};
+
+struct nn_tensor {
+    void *data;
+    enum nn_dtype dtype;
+    enum nn_layout layout;
+    enum nn_device device;
+    int ndim;
+    int64_t shape[NN_MAX_DIMS];
+};
+
+/* Views.  nn_tensor_4d(data, layout, n, c, h, w); nn_tensor_2d(data, n, c). */
+struct nn_tensor nn_tensor_4d(float *data, enum nn_layout layout, int64_t n, int64_t c,
+                              int64_t h, int64_t w);
+struct nn_tensor nn_tensor_2d(float *data, int64_t n, int64_t c);
+struct nn_tensor nn_tensor_1d(float *data, int64_t n);
+/* Logical element count (product of shape). */
+size_t nn_tensor_numel(const struct nn_tensor *t);
+/* Bytes the layout occupies (nChw8c pads C up to a multiple of 8). */
+size_t nn_tensor_bytes(const struct nn_tensor *t);
+size_t nn_layout_bytes(enum nn_layout layout, int64_t n, int64_t c, int64_t h, int64_t w);
+/* Converts between any two 4-D layouts of the same logical shape (plain C,
+ * used at boundaries and in tests; not in the hot path). */
+void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src);
+float *nn_tensor_f32(const struct nn_tensor *t);
+
+/* ---- arena ---------------------------------------------------------------- */
+
+struct nn_arena {
+    unsigned char *base; /* NULL while measuring */
+    size_t size;         /* bytes allocated (after nn_arena_commit) */
+    size_t used;         /* bytes handed out in the current pass */
+    size_t high;         /* largest `used` seen in any pass */
+};
+
+void nn_arena_init(struct nn_arena *a);
+/* Hands out `bytes` aligned to 64.  While measuring returns a fake non-NULL
+ * pointer that must not be dereferenced. */
+void *nn_arena_alloc(struct nn_arena *a, size_t bytes);
+/* Ends the measuring pass: allocates `high` bytes (zeroed, pages touched once)
+ * and rewinds, so the next pass hands out real memory at the same offsets. */
+void nn_arena_commit(struct nn_arena *a);
+void nn_arena_rewind(struct nn_arena *a);
+void nn_arena_free(struct nn_arena *a);
+
+/* uint8 NHWC crops (what the loader sends) -> float NCHW, normalized with the
+ * reference's mean [0.485,0.456,0.406] and std [0.228,0.224,0.225].
+ * src: (n, h, w, 3) uint8; dst: (n, 3, h, w) float. */
+void nn_normalize_u8(float *dst, const uint8_t *src, int n, int h, int w);
+
+#endif
