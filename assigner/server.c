@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -183,6 +184,29 @@ static bool peer_is(const struct peer *p, const uint8_t *id, size_t idlen)
     return p->registered && p->idlen == idlen && memcmp(p->id, id, idlen) == 0;
 }
 
+/* Whether the peer holding a rank is still connected: with ZMQ_ROUTER_MANDATORY
+ * a send to a routing id whose connection is gone fails with EHOSTUNREACH at
+ * once (a killed trainer's socket closes with its process).  The probe is an
+ * `error` telling the holder that another peer claims its rank. */
+static bool peer_alive(assigner_server_t *s, const struct peer *p, uint32_t rank)
+{
+    struct proto_error e = {0};
+    e.code = PROTO_ERRC_REFUSED_CONFIG;
+    snprintf(e.field, sizeof e.field, "rank");
+    snprintf(e.message, sizeof e.message,
+             "another peer says hello as rank %u, which this peer holds", rank);
+    e.step = UINT64_MAX; /* matches no request: a live holder's client skips it */
+    if (proto_error_encode(&s->msg, s->run[0] ? s->run : "?", &e) != PROTO_OK) {
+        return true;
+    }
+    enum proto_status st = proto_send(s->sock, p->id, p->idlen, &s->msg, ZMQ_DONTWAIT);
+    if (st == PROTO_ERR_ZMQ && zmq_errno() == EHOSTUNREACH) {
+        LOG_INFO("rank %u: its previous peer is gone; a new peer takes the rank over", rank);
+        return false;
+    }
+    return true;
+}
+
 static bool all_stale(const assigner_server_t *s, int64_t now)
 {
     for (uint32_t r = 0; r < s->cfg.world_size; r++) {
@@ -319,7 +343,8 @@ static void on_hello(assigner_server_t *s, const uint8_t *id, size_t idlen, int6
         s->protos = swav_xmalloc((size_t)h.nmb_prototypes * h.feat_dim * sizeof(float));
     }
     struct peer *p = &s->peers[h.rank];
-    if (p->registered && !peer_is(p, id, idlen) && now - p->last_seen_ms < s->o.stale_peer_ms) {
+    if (p->registered && !peer_is(p, id, idlen) && now - p->last_seen_ms < s->o.stale_peer_ms &&
+        peer_alive(s, p, h.rank)) {
         send_error(s, id, idlen, PROTO_ERRC_REFUSED_CONFIG, "rank", 0,
                    "duplicate rank %u: another peer holds it (seen %lld ms ago)", h.rank,
                    (long long)(now - p->last_seen_ms));

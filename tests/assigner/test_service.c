@@ -410,6 +410,16 @@ int main(int argc, char **argv)
     good_step(cl, 1, 5, "after restart (queue restored)");
     good_step(cl, 1, 6, "after restart");
 
+    /* a rank's process restarts (new socket, old one closed): its hello takes
+     * the rank over at once, the group re-forms, steps go on */
+    assigner_client_destroy(&cl[1]);
+    config_for(&cc, 1, RUN);
+    cl[1] = assigner_client_new(ctx, &cc, err, sizeof err);
+    swav_sleep_ms(200);
+    hello_all(cl, NULL, &w);
+    EXPECT(w.step == 6, "welcome after a rank restart: step %llu", (unsigned long long)w.step);
+    good_step(cl, 1, 7, "after a rank restart");
+
     /* ---- a rank that never says hello: a fresh assigner, rank 0 alone ---- */
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
