@@ -164,6 +164,69 @@ int main(void)
     for (int st = LOADER_OK; st <= LOADER_ERR_SPEC; st++)
         EXPECT(strlen(loader_status_str((enum loader_status)st)) > 0);
 
+    /* Gate rates of the pipeline.  RandomGrayscale(0.2): on a colorful image
+     * (jitter's saturation factor is >= 0.2, never gray) the share of crops
+     * with R == G == B everywhere is 0.2; 6 x 400 crops, 4.5 sigma bounds. */
+    {
+        struct loader_crop_spec g = s; /* 2 x 64 + 4 x 24 */
+        int gray = 0, total = 0;
+        for (uint32_t im = 0; im < 400; im++) {
+            uint8_t *o2[2] = {b0, b1};
+            EXPECT(loader_make_crops(sc, ja, la, &g, 5, 1, im, o2, NULL, NULL, 0) == LOADER_OK);
+            for (int k = 0; k < 6; k++) {
+                const uint8_t *c = k < 2 ? b0 + (size_t)k * 64 * 64 * 3
+                                         : b1 + (size_t)(k - 2) * 24 * 24 * 3;
+                size_t np = k < 2 ? 64 * 64 : 24 * 24;
+                int is_gray = 1;
+                for (size_t i = 0; i < np && is_gray; i++)
+                    is_gray = c[3 * i] == c[3 * i + 1] && c[3 * i + 1] == c[3 * i + 2];
+                gray += is_gray;
+                total++;
+            }
+        }
+        double rate = (double)gray / total;
+        printf("grayscale rate %.4f over %d crops (expected 0.2)\n", rate, total);
+        EXPECT(rate > 0.2 - 0.037 && rate < 0.2 + 0.037);
+    }
+    /* RandomHorizontalFlip(0.5): a square image, crop size = image size, scale
+     * (1, 1): the box is the whole image (or a row short, skipped), so each
+     * crop is the image or its mirror; the mirrored share is 0.5. */
+    {
+        unsigned long lq;
+        unsigned char *jq = make_jpeg(48, 48, &lq);
+        struct loader_decoder *d = loader_decoder_new();
+        struct loader_image im;
+        EXPECT(loader_decode(d, jq, lq, &im, NULL, 0) == LOADER_OK);
+        uint8_t *mir = malloc(48 * 48 * 3), *o = malloc(48 * 48 * 3);
+        for (int y = 0; y < 48; y++)
+            for (int x = 0; x < 48; x++)
+                memcpy(mir + (y * 48 + x) * 3, im.rgb + (y * 48 + 47 - x) * 3, 3);
+        struct loader_crop_spec f = {0};
+        f.mode = LOADER_MODE_EVAL_TRAIN;
+        f.ngroups = 1;
+        f.nmb_crops[0] = 1;
+        f.size_crops[0] = 48;
+        f.min_scale[0] = 1.0;
+        f.max_scale[0] = 1.0;
+        int flipped = 0, straight = 0;
+        for (uint32_t k = 0; k < 1000; k++) {
+            uint8_t *oo[1] = {o};
+            EXPECT(loader_augment_image(sc, im.rgb, 48, 48, &f, 9, 0, k, oo, NULL, NULL, 0) ==
+                   LOADER_OK);
+            if (memcmp(o, im.rgb, 48 * 48 * 3) == 0) straight++;
+            else if (memcmp(o, mir, 48 * 48 * 3) == 0) flipped++;
+        }
+        double rate = (double)flipped / (flipped + straight);
+        printf("flip rate %.4f over %d whole-image crops (expected 0.5)\n", rate,
+               flipped + straight);
+        EXPECT(flipped + straight > 300);
+        EXPECT(rate > 0.5 - 4.5 * 0.5 / 17.3 && rate < 0.5 + 4.5 * 0.5 / 17.3);
+        free(mir);
+        free(o);
+        loader_decoder_destroy(&d);
+        tjFree(jq);
+    }
+
     loader_scratch_destroy(&sc);
     free(a0); free(a1); free(b0); free(b1); free(w0); free(w1); free(v); free(v2);
     tjFree(ja);
