@@ -147,6 +147,7 @@ struct live {
     int64_t scan_mtime, scan_epoch, scan_step;
     bool have_arch;
     struct eval_arch run_arch; /* of the latest checkpoint: the baseline's */
+    char *run_config;          /* config JSON of the latest checkpoint, or NULL */
     uint64_t bad_announcements;
 };
 
@@ -441,6 +442,14 @@ static void write_report(struct live *L)
         LOG_WARN("report config: %s", err);
         cfg = NULL;
     }
+    char own[EVAL_CKPT_PATH_MAX + 16];
+    snprintf(own, sizeof own, "%s/config.json", L->o->dump_path);
+    struct stat sb;
+    if (!cfg && L->run_config && stat(own, &sb) != 0) {
+        json_t *j = json_loads(L->run_config, 0, NULL);
+        if (json_is_object(j)) cfg = strdup(L->run_config); /* the checkpoint's run flags */
+        json_decref(j);
+    }
     if (eval_report_write(L->o->dump_path, cfg, err, sizeof err) != 0)
         LOG_WARN("report: %s", err);
     free(cfg);
@@ -601,6 +610,10 @@ static int eval_checkpoint(struct live *L, const char *path)
     }
     int nmissing = info.nmissing, nmis = info.nmismatched;
     struct target t = {.epoch = info.epoch, .step = info.step, .baseline = false};
+    if (info.config_json) {
+        free(L->run_config);
+        L->run_config = strdup(info.config_json);
+    }
     nn_checkpoint_info_free(&info);
     if (nmissing || nmis) {
         LOG_ERROR("checkpoint %s: %d backbone tensors of %s missing, %d of another shape", path,
@@ -778,6 +791,7 @@ static void teardown(struct live *L)
     free(L->train_idx);
     free(L->val_idx);
     free(L->done);
+    free(L->run_config);
     proto_rx_free(&L->rx);
     if (L->sub) zmq_close(L->sub);
     loader_client_destroy(&L->client);

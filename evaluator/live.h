@@ -74,7 +74,8 @@ struct eval_live_opts {
     bool once;
     bool baseline;           /* evaluate the random-init network once per run */
     const char *pretrained;  /* standalone: this file only, then exit ("" none) */
-    const char *config_path; /* run configuration for the report ("" : dump_path/config.json) */
+    const char *config_path; /* run configuration for the report; "": dump_path/config.json,
+                                or without one the config metadata of the latest checkpoint */
     int64_t wait_s;          /* --once / --pretrained: give up on silent loaders after this */
     int64_t rescan_s;        /* watch: folder scan period */
     struct eval_knn_config knn_cfg;

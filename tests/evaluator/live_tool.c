@@ -1,6 +1,6 @@
 /* Helper of test_live.py (no trainer needed):
  *
- *   live_tool ckpt PATH EPOCH STEP SEED [module]
+ *   live_tool ckpt PATH EPOCH STEP SEED [module|plain [DEPTH WIDTH]]
  *       a checkpoint of a tiny SwAV model (resnet18, width 8, small stem,
  *       projection head 16, 10 prototypes: what the trainer saves, heads
  *       included) initialised from SEED (a stand-in for trained weights),
@@ -31,11 +31,12 @@ static int make_ckpt(int argc, char **argv)
     const char *path = argv[2];
     long long epoch = atoll(argv[3]), step = atoll(argv[4]), seed = atoll(argv[5]);
     bool module = argc > 6 && !strcmp(argv[6], "module");
+    int depth = argc > 8 ? atoi(argv[7]) : 18, width = argc > 8 ? atoi(argv[8]) : 8;
     nn_backend_t *be = nn_backend_cpu_new(1);
     struct nn_resnet_cfg cfg;
     nn_resnet_cfg_default(&cfg);
-    cfg.depth = 18;
-    cfg.width = 8;
+    cfg.depth = depth;
+    cfg.width = width;
     cfg.small_stem = 1;
     cfg.hidden_mlp = 0;
     cfg.feat_dim = 16;
@@ -58,8 +59,8 @@ static int make_ckpt(int argc, char **argv)
     }
     char config[512];
     snprintf(config, sizeof config,
-             "{\"arch\": \"resnet18\", \"width\": 8, \"small_stem\": true, \"hidden_mlp\": 0, "
-             "\"feat_dim\": 16, \"nmb_prototypes\": 10, \"seed\": 31}");
+             "{\"arch\": \"resnet%d\", \"width\": %d, \"small_stem\": true, \"hidden_mlp\": 0, "
+             "\"feat_dim\": 16, \"nmb_prototypes\": 10, \"seed\": 31}", depth, width);
     struct nn_checkpoint_meta_pair extra[] = {{"arch", "resnet18"}};
     struct nn_checkpoint_meta meta = {.epoch = epoch, .step = step, .seed = (uint64_t)seed,
                                       .config_json = module ? NULL : config,
@@ -128,7 +129,7 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "ckpt")) return make_ckpt(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "pub")) return pub(argc, argv);
-    fprintf(stderr, "usage: live_tool ckpt PATH EPOCH STEP SEED [module] | "
+    fprintf(stderr, "usage: live_tool ckpt PATH EPOCH STEP SEED [module|plain [DEPTH WIDTH]] | "
                     "pub ENDPOINT RUN PATH EPOCH STEP SECONDS\n");
     return 2;
 }

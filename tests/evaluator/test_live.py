@@ -11,7 +11,7 @@ both data sets (--dataset eval_train=... --dataset eval_val=...).
      epoch 1 and knn + linear of the random-init network (baseline: true),
      n_train = --eval_train_limit (120 of 200), n_val 80, kNN top-1 well
      above chance (25%: the blobs' colours separate even random features);
-     report.html written and well formed.
+     report.html written and well formed, with the checkpoint's run config.
   B  --once again: nothing is redone (eval.jsonl is the memory).
   C  --pretrained with a "module."-prefixed checkpoint without config
      metadata (like the converted published weights): architecture from the
@@ -195,6 +195,7 @@ def main(tmp):
               (c.errors[:3], c.stack))
         check(page.count("<svg") >= 2 and "%.2f" % knn1[0]["top1"] in page if knn1 else False,
               "A: report has the probe plots and the kNN top-1")
+        check("nmb_prototypes" in page, "A: report shows the checkpoint's run config")
 
     # B: again: nothing redone
     ev = Proc([EVAL, "--once", "true"] + common, os.path.join(tmp, "b.log"))
