@@ -294,7 +294,16 @@ enum cpu_kind {
     CPU_POOL,
 };
 
-/* Plain weights in, the kernel's format out (skipped when they agree). */
+static int cpu_is_ref(const struct cpu_prim *p)
+{
+    const char *impl = NULL;
+    DNNL_CHECK(dnnl_primitive_desc_query(p->pd, dnnl_query_impl_info_str, 0, &impl));
+    return impl && !strncmp(impl, "ref", 3);
+}
+
+/* A tensor in the user's layout in, the kernel's layout out (skipped when
+ * they agree): weights (OIHW -> blocked), and inputs of a kernel that wants
+ * another activation layout. */
 struct cpu_wconv {
     int needed;
     struct cpu_prim reorder;
@@ -346,8 +355,8 @@ struct cpu_conv_fwd {
 struct cpu_conv_bwd {
     int have_data;
     struct cpu_prim fwd_hint, bwd_data, bwd_w, dw_back;
-    dnnl_memory_t bd_dsrc, bd_ddst, bw_src, bw_ddst, bw_dw, dw_user;
-    struct cpu_wconv w;
+    dnnl_memory_t bd_dsrc, bd_ddst, bw_dw, dw_user;
+    struct cpu_wconv w, bw_src_in, bw_ddst_in; /* bw_*_in: inputs in bwd_w's layout */
     void *dw_buf;
 };
 
@@ -370,8 +379,8 @@ static void cpu_conv_bwd_free(void *op)
     cpu_prim_free(&c->dw_back);
     cpu_mem_free(&c->bd_dsrc);
     cpu_mem_free(&c->bd_ddst);
-    cpu_mem_free(&c->bw_src);
-    cpu_mem_free(&c->bw_ddst);
+    cpu_wconv_free(&c->bw_src_in);
+    cpu_wconv_free(&c->bw_ddst_in);
     cpu_mem_free(&c->bw_dw);
     cpu_mem_free(&c->dw_user);
     cpu_wconv_free(&c->w);
@@ -502,11 +511,29 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
         }
         cpu_conv_desc(&d, 2, &src, &wany, &dst, inp, dout, k, stride, pad);
         cpu_prim_create(b, &c->bwd_w, &d, attr, c->fwd_hint.pd);
+        if (cpu_is_ref(&c->bwd_w)) {
+            /* The AVX2 kernels refuse some blocked shapes (3x3 on a 2x2
+             * map) and the reference loop is ~1000x slower: let oneDNN pick
+             * the layouts (gemm), reordering src and diff_dst for it. */
+            dnnl_memory_desc_t sany = cpu_md_any(inp), dany = cpu_md_any(dout);
+            dnnl_convolution_desc_t d2;
+            cpu_conv_desc(&d2, 2, &sany, &wany, &dany, inp, dout, k, stride, pad);
+            struct cpu_prim alt = {0};
+            cpu_prim_create(b, &alt, &d2, attr, NULL);
+            if (!cpu_is_ref(&alt)) {
+                cpu_prim_free(&c->bwd_w);
+                c->bwd_w = alt;
+            } else {
+                cpu_prim_free(&alt);
+            }
+        }
         DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
         const dnnl_memory_desc_t *dwmd =
             dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_diff_weights_md, 0);
-        c->bw_src = cpu_mem(b, &src);
-        c->bw_ddst = cpu_mem(b, &dst);
+        cpu_wconv_init(b, &c->bw_src_in, &src,
+                       dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_src_md, 0));
+        cpu_wconv_init(b, &c->bw_ddst_in, &dst,
+                       dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_diff_dst_md, 0));
         c->bw_dw = cpu_mem(b, dwmd);
         c->dw_buf = aligned_alloc(64, (dnnl_memory_desc_get_size(dwmd) + 63) / 64 * 64);
         SWAV_ASSERT(c->dw_buf != NULL);
@@ -517,10 +544,8 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
     }
     dnnl_exec_arg_t args[CPU_ARGS_MAX];
     /* weight gradient into the kernel's format, then += into the plain one */
-    cpu_mem_set(c->bw_src, inp->data);
-    cpu_mem_set(c->bw_ddst, dout->data);
-    args[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, c->bw_src};
-    args[1] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_DST, c->bw_ddst};
+    args[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, cpu_wconv_run(b, &c->bw_src_in, inp->data)};
+    args[1] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_DST, cpu_wconv_run(b, &c->bw_ddst_in, dout->data)};
     args[2] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_WEIGHTS, c->bw_dw};
     cpu_exec(b, &c->bwd_w, 3, args);
     cpu_mem_set(c->dw_user, dweight->data);
