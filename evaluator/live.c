@@ -253,6 +253,8 @@ static int wait_tick(struct live *L, double t_start, double *t_log, const char *
 /* Size of data set `tag` as the loaders have it.  0, 1 stopped, -1 error. */
 static int dataset_size(struct live *L, const char *tag, int64_t *n, char *err, size_t errlen)
 {
+    LOG_INFO("asking the loaders for the size of data set '%s' (an order for image "
+             "4294967280: the refusal names the size)", tag);
     struct proto_order o;
     fill_order(L, &o, tag);
     uint32_t idx = 0xFFFFFFF0u;
@@ -470,9 +472,13 @@ static int append(struct live *L, const struct target *t, const char *probe, dou
         return -1;
     }
     done_add(L, t->epoch, t->step, probe, t->path, t->baseline);
-    LOG_INFO("%s%s epoch %lld: %s top1 %.2f top5 %.2f (%lld train, %lld val, %.1f s)",
-             t->baseline ? "random init " : "", t->path, (long long)t->epoch, probe, top1, top5,
-             (long long)L->n_train, (long long)L->n_val, secs);
+    char what[EVAL_CKPT_PATH_MAX + 32];
+    if (t->baseline)
+        snprintf(what, sizeof what, "random init");
+    else
+        snprintf(what, sizeof what, "%.4000s epoch %lld", t->path, (long long)t->epoch);
+    LOG_INFO("%s: %s top1 %.2f top5 %.2f (%lld train, %lld val, %.1f s)", what, probe, top1,
+             top5, (long long)L->n_train, (long long)L->n_val, secs);
     write_report(L);
     return 0;
 }
@@ -761,8 +767,12 @@ static int setup(struct live *L, char *err, size_t errlen)
 {
     L->zctx = zmq_ctx_new();
     SWAV_ASSERT(L->zctx);
+    /* One refusal fails an order: the evaluator's refusals are deterministic
+     * (an index past the data set: the size probe; an unknown tag; a crop
+     * spec), and BUSY ones are re-issued without counting. */
     struct loader_client_opts co = {.bind = L->o->loader_bind, .run = L->o->run,
-                                    .zmq_ctx = L->zctx, .deadline_ms = 600000};
+                                    .zmq_ctx = L->zctx, .deadline_ms = 600000,
+                                    .max_attempts = 1};
     if (loader_client_new(&L->client, &co, err, errlen) != 0) return -1;
     LOG_INFO("loaders connect to %s", loader_client_endpoint(L->client));
     if (L->o->sub[0]) {
@@ -819,6 +829,7 @@ int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop)
     struct cand pending = {.valid = false};
     struct cand last = {.valid = false};
     double next_scan = 0;
+    bool any_failed = false;
     while (!*stop) {
         drain_sub(L, &pending);
         if (swav_now_s() >= next_scan) {
@@ -832,9 +843,12 @@ int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop)
             if (!all_done(L, c.epoch, c.step, c.path, false) || !L->have_arch) {
                 int rc = eval_checkpoint(L, c.path);
                 if (rc > 0) break;
-                if (rc < 0 && L->nfailed < 64) {
-                    L->failed_epoch[L->nfailed] = c.epoch;
-                    L->failed_step[L->nfailed++] = c.step;
+                if (rc < 0) {
+                    any_failed = true;
+                    if (L->nfailed < 64) {
+                        L->failed_epoch[L->nfailed] = c.epoch;
+                        L->failed_step[L->nfailed++] = c.step;
+                    }
                 }
             }
             last = c;
@@ -847,6 +861,7 @@ int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop)
             int rc = eval_baseline(L);
             if (rc > 0) break;
             if (rc < 0) {
+                any_failed = true;
                 LOG_ERROR("random-init baseline failed; not retried");
                 L->have_arch = false;
             }
@@ -856,6 +871,7 @@ int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop)
         loader_client_poll(L->client, 500);
     }
     if (*stop) LOG_INFO("stopping");
+    else if (o->once && any_failed) ret = 1;
 out:
     teardown(L);
     free(L);

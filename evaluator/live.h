@@ -84,8 +84,10 @@ struct eval_live_opts {
 };
 
 /* Runs watch or standalone mode until done (--once, --pretrained) or *stop.
- * 0: done or stopped; 1: a failure (standalone: the evaluation; watch:
- * setup, e.g. the endpoint could not be bound). */
+ * 0: done or stopped; 1: a failure (standalone: the evaluation; --once: an
+ * evaluation; always: setup, e.g. the endpoint could not be bound).  A
+ * watching process logs a failed evaluation and goes on (that checkpoint is
+ * not retried until a restart). */
 int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop);
 
 #endif

@@ -12,7 +12,8 @@ both data sets (--dataset eval_train=... --dataset eval_val=...).
      n_train = --eval_train_limit (120 of 200), n_val 80, kNN top-1 well
      above chance (25%: the blobs' colours separate even random features);
      report.html written and well formed, with the checkpoint's run config.
-  B  --once again: nothing is redone (eval.jsonl is the memory).
+  B  --once again: nothing is redone (eval.jsonl is the memory).  A data
+     set tag no loader serves: --once exits 1 naming it, records nothing.
   C  --pretrained with a "module."-prefixed checkpoint without config
      metadata (like the converted published weights): architecture from the
      tensors, a knn record in another folder.
@@ -202,6 +203,16 @@ def main(tmp):
     rc = ev.wait(60)
     check(rc == 0, "B: exit %s\n%s" % (rc, ev.log()[-2000:]))
     check(len(records(dump)) == 4, "B: still 4 records, got %d" % len(records(dump)))
+
+    # B2: a data set no loader serves: --once fails naming it, records nothing
+    bad = os.path.join(tmp, "bad")
+    os.makedirs(bad)
+    ckpt(os.path.join(bad, "ckp-1.safetensors"), 1, 10, 1)
+    ev = Proc([EVAL, "--once", "true", "--eval_val", "nosuch"] + common[:1] + [bad] + common[2:],
+              os.path.join(tmp, "b2.log"))
+    rc = ev.wait(60)
+    check(rc == 1 and "no data set 'nosuch'" in ev.log() and not records(bad),
+          "B2: unknown tag: exit %s, records %s\n%s" % (rc, records(bad), ev.log()[-1500:]))
 
     # C: standalone, converted-like checkpoint
     other = os.path.join(tmp, "pre")
