@@ -69,7 +69,8 @@ struct eval_live_opts {
     const char *eval_train, *eval_val; /* data set tags */
     int64_t train_limit, val_limit;    /* <= 0: all */
     int size, resize;
-    int threads, batch_size;
+    int threads;
+    int batch_size;          /* images per loader order and per forward (the model's batch) */
     bool knn, linear;
     bool once;
     bool baseline;           /* evaluate the random-init network once per run */

@@ -51,7 +51,7 @@ struct cli {
     int64_t seed;
     /* live mode */
     const char *sub, *loader_bind, *run, *eval_train, *eval_val, *probes, *pretrained;
-    int64_t eval_train_limit, eval_val_limit, size, resize, wait_s, rescan_s;
+    int64_t eval_train_limit, eval_val_limit, size, resize, wait_s, rescan_s, feature_batch;
     bool once, random_init_baseline;
 };
 
@@ -76,7 +76,7 @@ static const struct swav_flag cli_flags[] = {
     F("knn_temperature", SWAV_FLAG_FLOAT, knn_temperature, 1e-6, 1e6, "0.07", "kNN vote temperature"),
     F("threads", SWAV_FLAG_INT, threads, 1, 256, "1", "kNN worker threads (live: backbone threads too)"),
     F("epochs", SWAV_FLAG_INT, epochs, 1, 100000, "100", "linear: epochs"),
-    F("batch_size", SWAV_FLAG_INT, batch_size, 1, 1 << 20, "32", "linear: batch size (live: images per loader order too)"),
+    F("batch_size", SWAV_FLAG_INT, batch_size, 1, 1 << 20, "32", "linear: batch size (live: also images per loader order and forward, unless --feature_batch)"),
     F("lr", SWAV_FLAG_FLOAT, lr, 0, 1e6, "0.3", "linear: initial learning rate"),
     F("wd", SWAV_FLAG_FLOAT, wd, 0, 1e6, "1e-6", "linear: weight decay"),
     F("nesterov", SWAV_FLAG_BOOL, nesterov, 0, 0, "false", "linear: nesterov momentum"),
@@ -99,6 +99,7 @@ static const struct swav_flag cli_flags[] = {
     F("random_init_baseline", SWAV_FLAG_BOOL, random_init_baseline, 0, 0, "true", "live: evaluate the random-init network once per run"),
     F("pretrained", SWAV_FLAG_STR, pretrained, 0, 0, "", "live: evaluate this checkpoint file and exit"),
     F("wait_s", SWAV_FLAG_INT, wait_s, 0, 1 << 30, "300", "live: --once / --pretrained give up after this long without loaders (0: never)"),
+    F("feature_batch", SWAV_FLAG_INT, feature_batch, 0, 65536, "0", "live: images per loader order and backbone forward (0: --batch_size); memory grows with it"),
     F("rescan_s", SWAV_FLAG_INT, rescan_s, 1, 86400, "5", "live: seconds between scans of the run folder"),
 };
 #undef F
@@ -148,7 +149,8 @@ static int live_main(struct cli *c, const struct swav_flag_set *set)
         .run = c->run, .eval_train = c->eval_train, .eval_val = c->eval_val,
         .train_limit = c->eval_train_limit, .val_limit = c->eval_val_limit,
         .size = (int)c->size, .resize = (int)c->resize, .threads = (int)c->threads,
-        .batch_size = (int)c->batch_size, .once = c->once,
+        .batch_size = (int)(c->feature_batch ? c->feature_batch : c->batch_size),
+        .once = c->once,
         .baseline = c->random_init_baseline, .pretrained = c->pretrained,
         .config_path = c->config, .wait_s = c->wait_s, .rescan_s = c->rescan_s,
     };

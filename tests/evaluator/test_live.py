@@ -19,7 +19,8 @@ both data sets (--dataset eval_train=... --dataset eval_val=...).
      tensors, a knn record in another folder.
   D  watch mode with --sub: a PUB socket here announces ckp-2 (outside the
      scanned folder) among garbage, a checkpoint of another run and one
-     naming a missing file: ckp-2 is evaluated, nothing else; SIGTERM: exit 0.
+     naming a missing file: ckp-2 is evaluated, nothing else (orders of 16
+     images, the last one short); SIGTERM: exit 0.
   E  with a slow loader, SIGKILL the watching evaluator in the middle of
      evaluating ckp-3, write ckp-4, restart (--once): ckp-4 is evaluated,
      stale ckp-3 skipped, finished ones not redone (one record each).
@@ -232,7 +233,8 @@ def main(tmp):
     os.makedirs(os.path.join(tmp, "elsewhere"))
     c2 = os.path.join(tmp, "elsewhere", "ckp-2.safetensors")
     ckpt(c2, 2, 20, 2)
-    ev = Proc([EVAL, "--sub", sub_ep, "--rescan_s", "1000"] + common, os.path.join(tmp, "d.log"))
+    ev = Proc([EVAL, "--sub", sub_ep, "--rescan_s", "1000", "--feature_batch", "16"] + common,
+              os.path.join(tmp, "d.log"))
     pub = Proc([TOOL, "pub", sub_ep, "swav", c2, "2", "20", "20"], os.path.join(tmp, "pub.log"))
     ok = wait_for(lambda: count(records(dump), "linear", 2) == 1, 40)
     check(ok, "D: ckp-2 evaluated after its announcement\n%s" % ev.log()[-3000:])
