@@ -196,9 +196,14 @@ static inline __attribute__((always_inline)) void hrow_fixed(uint8_t *restrict o
             v4si px = {q[0], q[1], q[2], q[3]};
             acc += px * k[x];
         }
-        o[xx * 3] = clip8(acc[0]);
-        o[xx * 3 + 1] = clip8(acc[1]);
-        o[xx * 3 + 2] = clip8(acc[2]);
+        /* clip8 on all lanes: clamp(acc >> 22, 0, 255) is the same function */
+        v4si sh = acc >> PRECISION_BITS;
+        sh &= ~(sh < 0);
+        v4si big = sh > 255;
+        sh = (sh & ~big) | (255 & big);
+        o[xx * 3] = (uint8_t)sh[0];
+        o[xx * 3 + 1] = (uint8_t)sh[1];
+        o[xx * 3 + 2] = (uint8_t)sh[2];
     }
     for (; xx < n; xx++) {
         const int32_t *k = kp + (size_t)xx * K;
@@ -245,37 +250,51 @@ void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int ou
         size_t n = (size_t)(y_last - y_first) * (size_t)win_w * 3;
         b->tmp = grow_bytes(b->tmp, &b->tmp_cap, n);
         uint8_t *t = b->tmp;
-        if (box.width >= ksx) {
-            /* Zero-padded taps of a fixed count K from x0 <= xmin, so that
-             * the inner loop has a constant trip count: the extra products
-             * are 0 * pixel, the sums the same. */
-            b->kp = grow_bytes(b->kp, &b->kp_cap, (size_t)win_w * ksx * sizeof(int32_t));
+        /* Zero-padded taps of a fixed count kt from x0, so that the inner loop
+         * has a constant trip count: kt is the widest run of nonzero
+         * coefficients (PIL's zero taps add nothing, its sums are the same). */
+        int kt = 1;
+        for (int xx = win_x; xx < win_x + win_w; xx++) {
+            const int32_t *k = &b->kx[(size_t)xx * ksx];
+            int xmax = b->bx[xx * 2 + 1], f = 0, l = xmax - 1;
+            while (f < xmax && k[f] == 0) f++;
+            while (l >= f && k[l] == 0) l--;
+            if (l - f + 1 > kt) kt = l - f + 1;
+        }
+        if (box.width >= kt) {
+            const int ksx_pad = kt;
+            b->kp = grow_bytes(b->kp, &b->kp_cap, (size_t)win_w * ksx_pad * sizeof(int32_t));
             b->x0 = grow_bytes(b->x0, &b->x0_cap, (size_t)win_w * sizeof(int));
             for (int xx = win_x; xx < win_x + win_w; xx++) {
                 int xmin = b->bx[xx * 2], xmax = b->bx[xx * 2 + 1];
-                int x0 = xmin + ksx > box.width ? box.width - ksx : xmin;
-                int32_t *kp = &b->kp[(size_t)(xx - win_x) * ksx];
                 const int32_t *k = &b->kx[(size_t)xx * ksx];
-                for (int j = 0; j < ksx; j++) {
-                    int src_j = j - (xmin - x0);
+                int f = 0;
+                while (f < xmax && k[f] == 0) f++;
+                int start = xmin + f;
+                int x0 = start + ksx_pad > box.width ? box.width - ksx_pad : start;
+                int32_t *kp = &b->kp[(size_t)(xx - win_x) * ksx_pad];
+                for (int j = 0; j < ksx_pad; j++) {
+                    int src_j = x0 + j - xmin; /* index into k */
                     kp[j] = src_j >= 0 && src_j < xmax ? k[src_j] : 0;
                 }
                 b->x0[xx - win_x] = x0;
             }
             /* outputs whose last tap is not the row's last pixel */
             int n_vec = 0;
-            while (n_vec < win_w && box.left + b->x0[n_vec] + ksx < src_w) {
+            while (n_vec < win_w && box.left + b->x0[n_vec] + ksx_pad < src_w) {
                 n_vec++;
             }
             for (int y = y_first; y < y_last; y++) {
                 const uint8_t *in = base + (size_t)y * sstride;
                 uint8_t *o = t + (size_t)(y - y_first) * win_w * 3;
-                switch (ksx) {
+                switch (ksx_pad) {
+                case 1: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 1); break;
+                case 2: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 2); break;
                 case 3: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 3); break;
+                case 4: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 4); break;
                 case 5: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 5); break;
-                case 7: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 7); break;
-                case 9: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 9); break;
-                default: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, ksx); break;
+                case 6: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 6); break;
+                default: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, ksx_pad); break;
                 }
             }
         } else {
@@ -323,7 +342,11 @@ void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int ou
         for (int x = 0; x < wn; x++) {
             acc[x] = 1 << (PRECISION_BITS - 1);
         }
-        for (int y = 0; y < ymax; y++) {
+        /* zero taps add nothing: skip the rows they would weigh */
+        int y0 = 0, y1 = ymax;
+        while (y0 < y1 && k[y0] == 0) y0++;
+        while (y1 > y0 && k[y1 - 1] == 0) y1--;
+        for (int y = y0; y < y1; y++) {
             const uint8_t *restrict r = rows + (size_t)(ymin + y) * rstride;
             int32_t kv = k[y];
             for (int x = 0; x < wn; x++) {
