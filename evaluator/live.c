@@ -145,6 +145,10 @@ struct live {
     /* metadata cache of the last scanned file */
     char scan_path[EVAL_CKPT_PATH_MAX];
     int64_t scan_mtime, scan_epoch, scan_step;
+    /* files whose header did not read, by path and mtime (warned once) */
+    char bad_path[16][EVAL_CKPT_PATH_MAX];
+    int64_t bad_mtime[16];
+    int nbad_files;
     bool have_arch;
     struct eval_arch run_arch; /* of the latest checkpoint: the baseline's */
     char *run_config;          /* config JSON of the latest checkpoint, or NULL */
@@ -689,10 +693,15 @@ static int file_key(struct live *L, const char *path, int64_t mtime, int64_t *ep
         *step = L->scan_step;
         return 0;
     }
+    for (int i = 0; i < L->nbad_files; i++)
+        if (L->bad_mtime[i] == mtime && !strcmp(L->bad_path[i], path)) return -1;
     char err[512];
     struct nn_checkpoint_info info;
     if (nn_checkpoint_peek(path, &info, err, sizeof err) != NN_CHECKPOINT_OK) {
-        LOG_LIMITED(SWAV_LOG_WARN, "scan: %s", err);
+        LOG_WARN("scan: %s: skipped", err);
+        int k = L->nbad_files < 16 ? L->nbad_files++ : (int)(mtime & 15);
+        snprintf(L->bad_path[k], sizeof L->bad_path[k], "%s", path);
+        L->bad_mtime[k] = mtime;
         return -1;
     }
     *epoch = info.epoch;

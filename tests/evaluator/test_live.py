@@ -12,7 +12,9 @@ both data sets (--dataset eval_train=... --dataset eval_val=...).
      n_train = --eval_train_limit (120 of 200), n_val 80, kNN top-1 well
      above chance (25%: the blobs' colours separate even random features);
      report.html written and well formed, with the checkpoint's run config.
-  B  --once again: nothing is redone (eval.jsonl is the memory).  A data
+  B  --once again, with a random-bytes ckp-9 and a truncated ckp-8 newer
+     than ckp-1 in the folder: they are skipped (logged), ckp-1 is found
+     done, nothing is redone (eval.jsonl is the memory).  A data
      set tag no loader serves: --once exits 1 naming it, records nothing.
   C  --pretrained with a "module."-prefixed checkpoint without config
      metadata (like the converted published weights): architecture from the
@@ -199,10 +201,16 @@ def main(tmp):
               "A: report has the probe plots and the kNN top-1")
         check("nmb_prototypes" in page, "A: report shows the checkpoint's run config")
 
-    # B: again: nothing redone
+    # B: again, with a garbage and a truncated checkpoint newer than ckp-1: nothing redone
+    with open(os.path.join(dump, "ckp-9.safetensors"), "wb") as f:
+        f.write(os.urandom(5000))
+    with open(os.path.join(dump, "ckp-1.safetensors"), "rb") as f:
+        whole = f.read()
+    with open(os.path.join(dump, "ckp-8.safetensors"), "wb") as f:
+        f.write(whole[:len(whole) // 2])
     ev = Proc([EVAL, "--once", "true"] + common, os.path.join(tmp, "b.log"))
     rc = ev.wait(60)
-    check(rc == 0, "B: exit %s\n%s" % (rc, ev.log()[-2000:]))
+    check(rc == 0 and "already evaluated" in ev.log(), "B: exit %s\n%s" % (rc, ev.log()[-2000:]))
     check(len(records(dump)) == 4, "B: still 4 records, got %d" % len(records(dump)))
 
     # B2: a data set no loader serves: --once fails naming it, records nothing
