@@ -1,0 +1,791 @@
+/* swav-trainer: rank r of W.  The training loop of main_swav.py with the
+ * data, the assignment and the gradient exchange done by other processes:
+ *
+ *   per step: order the step's images from the loaders (a window of orders
+ *   ahead) -> normalize the uint8 crops -> normalize the prototypes ->
+ *   multi-crop forward -> send the assign crops' embeddings (rank 0 adds the
+ *   prototypes) to the assigner -> codes -> swapped-prediction loss ->
+ *   backward -> all-reduce the gradients (mean over ranks) -> LARC/SGD step at
+ *   the schedule's learning rate.
+ *
+ * The head's BatchNorm1d takes its statistics over all crops together (as
+ * the reference's), so the assign crops' embeddings exist only once the
+ * whole forward is done; while the assigner works the trainer computes
+ * nothing it could not compute before, and instead keeps the loaders' window
+ * full (docs/trainer.md).
+ *
+ * Checkpoints: rank 0 writes dump_path/checkpoint.safetensors at the end of
+ * every epoch (and when stopped by SIGTERM/SIGINT, mid-epoch), a copy
+ * ckp-EPOCH.safetensors every checkpoint_freq epochs, asks the assigner to
+ * save its queue beside it first, and announces the file on --pub.  A run
+ * started again with the same dump_path resumes from checkpoint.safetensors:
+ * model, momentum, schedule position, epoch and step, queue; the crops are a
+ * pure function of (seed, epoch, image, crop), so nothing else is needed.
+ *
+ * Exit codes: 0 done (or stopped cleanly), 2 bad flags, 1 a failure (named
+ * in the log): the launcher restarts the trainer group from the checkpoint. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "assigner/client.h"
+#include "common/check.h"
+#include "common/fileio.h"
+#include "common/flags.h"
+#include "common/log.h"
+#include "common/refflags.h"
+#include "common/timeutil.h"
+#include "loader/client.h"
+#include "loader/index.h"
+#include "nn/backend.h"
+#include "nn/checkpoint.h"
+#include "nn/collective.h"
+#include "nn/layers.h"
+#include "nn/optim.h"
+#include "nn/resnet.h"
+#include "nn/schedule.h"
+#include "proto/proto.h"
+#include "proto/wire.h"
+#include "trainer/progress.h"
+#include "trainer/ring.h"
+#include "trainer/sampler.h"
+
+/* Flags of ours, beside the reference's (main_swav.py's keep their names). */
+struct trainer_args {
+    const char *run;
+    const char *assigner;
+    const char *loader_bind;
+    const char *ring_endpoints;
+    const char *pub;
+    int64_t threads;
+    int64_t width;
+    bool small_stem;
+    bool zero_init_residual;
+    int64_t window;
+    int64_t codes_timeout_ms;
+    int64_t hello_timeout_ms;
+    int64_t batch_warn_ms;
+    int64_t assigner_retries;
+    int64_t ring_timeout_ms;
+    int64_t stop_after_steps;
+    const char *trace_images;
+};
+
+#define TOFF(f) offsetof(struct trainer_args, f)
+static const struct swav_flag trainer_flags[] = {
+    {"run", SWAV_FLAG_STR, TOFF(run), 0, 0, "swav", "run id carried by every message"},
+    {"assigner", SWAV_FLAG_STR, TOFF(assigner), 0, 0, "",
+     "the assigner's endpoint (required), e.g. ipc:///tmp/run/assigner"},
+    {"loader_bind", SWAV_FLAG_STR, TOFF(loader_bind), 0, 0, "",
+     "endpoint this rank binds for the loaders (required)"},
+    {"ring_endpoints", SWAV_FLAG_STR, TOFF(ring_endpoints), 0, 0, "",
+     "comma-separated endpoints of ranks 0..W-1 for the gradient ring (W > 1)"},
+    {"pub", SWAV_FLAG_STR, TOFF(pub), 0, 0, "",
+     "rank 0: endpoint to announce checkpoints on (PUB), empty: none"},
+    {"threads", SWAV_FLAG_INT, TOFF(threads), 0, 1024, "0",
+     "compute threads (0: the runtime's default)"},
+    {"width", SWAV_FLAG_INT, TOFF(width), 0, 4096, "0",
+     "stem width overriding the arch's (64 x widen); 0: from --arch"},
+    {"small_stem", SWAV_FLAG_BOOL, TOFF(small_stem), 0, 0, "false",
+     "3x3 stride-1 stem without maxpool, for 32-pixel images"},
+    {"zero_init_residual", SWAV_FLAG_BOOL, TOFF(zero_init_residual), 0, 0, "false",
+     "last BN of each residual branch starts at zero"},
+    {"window", SWAV_FLAG_INT, TOFF(window), 1, 64, "4", "orders in flight to the loaders"},
+    {"codes_timeout_ms", SWAV_FLAG_INT, TOFF(codes_timeout_ms), 100, 86400000, "60000",
+     "deadline for the assigner's codes of a step"},
+    {"hello_timeout_ms", SWAV_FLAG_INT, TOFF(hello_timeout_ms), 100, 86400000, "10000",
+     "deadline for each hello to the assigner (repeated while it is absent)"},
+    {"batch_warn_ms", SWAV_FLAG_INT, TOFF(batch_warn_ms), 100, 86400000, "10000",
+     "warn when no batch came for this long (the trainer keeps waiting)"},
+    {"assigner_retries", SWAV_FLAG_INT, TOFF(assigner_retries), 0, 1000, "5",
+     "times a step's codes are asked for again (hello first) before giving up"},
+    {"ring_timeout_ms", SWAV_FLAG_INT, TOFF(ring_timeout_ms), 100, 86400000, "120000",
+     "deadline of a gradient all-reduce"},
+    {"stop_after_steps", SWAV_FLAG_INT, TOFF(stop_after_steps), 0, INT64_MAX, "0",
+     "stop (with a checkpoint) after this many steps of this process (tests); 0: never"},
+    {"trace_images", SWAV_FLAG_STR, TOFF(trace_images), 0, 0, "",
+     "append 'epoch step index...' for every step trained to this file (tests, audits)"},
+};
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+struct trainer {
+    struct swav_main_args a;
+    struct trainer_args t;
+    int rank, world;
+    void *zctx;
+    struct loader_index *index;
+    struct trainer_sampler sampler;
+    nn_backend_t *be;
+    struct nn_model *model;
+    struct nn_optim optim;
+    struct nn_sched_swav sched;
+    struct nn_collective *coll;
+    assigner_client_t *assigner;
+    struct loader_client *loaders;
+    void *pub;
+    struct trainer_progress progress;
+    FILE *trace;
+    /* crop geometry */
+    int ngroups, n_crops;
+    struct nn_crop_group groups[NN_MAX_GROUPS];
+    int n_assign;
+    int crops_for_assign[PROTO_MAX_LIST];
+    /* step buffers, allocated once */
+    float *inputs[NN_MAX_GROUPS];
+    float *emb_assign;  /* (n_assign, bs, D) */
+    float *codes;       /* (n_assign, bs, K) */
+    float *logp;        /* (n_crops * bs, K) */
+    float *dscores;     /* (n_crops * bs, K) */
+    /* position */
+    int64_t epoch;          /* epoch of the next step */
+    int64_t iteration;      /* global iteration of the next step */
+    uint64_t steps_run;     /* by this process */
+    int64_t next_order_it;  /* next global iteration to order from the loaders */
+    char config_json[16384];
+};
+
+static int parse_arch(const char *arch, int *depth, int *widen)
+{
+    int d = 0, w = 1;
+    char tail[16] = "";
+    if (sscanf(arch, "resnet%d%15s", &d, tail) < 1) return -1;
+    if (tail[0]) {
+        if (tail[0] != 'w' || sscanf(tail + 1, "%d", &w) != 1) return -1;
+    }
+    if (d != 18 && d != 34 && d != 50 && d != 101) return -1;
+    if (w != 1 && w != 2 && w != 4 && w != 5) return -1;
+    *depth = d;
+    *widen = w;
+    return 0;
+}
+
+static void path_in(char *buf, size_t len, const char *dir, const char *name)
+{
+    if (snprintf(buf, len, "%s/%s", dir, name) >= (int)len) {
+        LOG_ERROR("path too long: %s/%s", dir, name);
+        exit(2);
+    }
+}
+
+/* ---- set-up ------------------------------------------------------------- */
+
+static int setup_flags(struct trainer *T, int argc, char **argv)
+{
+    struct swav_flag_set sets[2] = {
+        swav_main_flag_set(&T->a),
+        {trainer_flags, sizeof trainer_flags / sizeof *trainer_flags, &T->t},
+    };
+    char err[512];
+    int rc = swav_flags_parse(sets, 2, argc - 1, argv + 1, err, sizeof err);
+    if (rc == 1) {
+        swav_flags_usage(stdout, "swav-trainer", sets, 2);
+        exit(0);
+    }
+    if (rc < 0 || swav_main_args_check(&T->a, err, sizeof err) != 0) {
+        fprintf(stderr, "swav-trainer: %s\n", err);
+        return -1;
+    }
+    T->world = T->a.world_size > 0 ? (int)T->a.world_size : 1;
+    T->rank = (int)T->a.rank;
+    if (T->rank >= T->world) {
+        fprintf(stderr, "swav-trainer: --rank %d is not below --world_size %d\n", T->rank, T->world);
+        return -1;
+    }
+    if (!T->t.assigner[0] || !T->t.loader_bind[0]) {
+        fprintf(stderr, "swav-trainer: --assigner and --loader_bind are required\n");
+        return -1;
+    }
+    if (!strcmp(T->a.data_path, "/path/to/imagenet")) {
+        fprintf(stderr, "swav-trainer: --data_path is required (an image folder)\n");
+        return -1;
+    }
+    if (T->a.use_fp16) {
+        /* The CPU backend computes in fp32; the flag matters to the CUDA one. */
+        T->a.use_fp16 = false;
+    }
+    if (T->a.warmup_epochs > T->a.epochs) {
+        fprintf(stderr, "swav-trainer: --warmup_epochs %lld is more than --epochs %lld\n",
+                (long long)T->a.warmup_epochs, (long long)T->a.epochs);
+        return -1;
+    }
+    T->ngroups = T->a.nmb_crops.n;
+    T->n_crops = 0;
+    for (int g = 0; g < T->ngroups; g++) {
+        T->groups[g].n_crops = (int)T->a.nmb_crops.v[g];
+        T->groups[g].size = (int)T->a.size_crops.v[g];
+        T->n_crops += T->groups[g].n_crops;
+    }
+    T->n_assign = T->a.crops_for_assign.n;
+    for (int i = 0; i < T->n_assign; i++) T->crops_for_assign[i] = (int)T->a.crops_for_assign.v[i];
+    if (T->n_crops < 2) {
+        fprintf(stderr, "swav-trainer: --nmb_crops must give at least 2 crops (swapped prediction)\n");
+        return -1;
+    }
+    swav_flags_to_json(T->config_json, sizeof T->config_json, sets, 2);
+    return 0;
+}
+
+static int setup_model(struct trainer *T)
+{
+    int depth, widen;
+    if (parse_arch(T->a.arch, &depth, &widen)) {
+        LOG_ERROR("--arch %s: not one of resnet18, resnet34, resnet50, resnet101 (optionally "
+                  "w2, w4, w5: resnet50w2)", T->a.arch);
+        return -1;
+    }
+    struct nn_resnet_cfg cfg;
+    nn_resnet_cfg_default(&cfg);
+    cfg.depth = depth;
+    cfg.width = T->t.width > 0 ? (int)T->t.width : 64 * widen;
+    cfg.small_stem = T->t.small_stem;
+    cfg.zero_init_residual = T->t.zero_init_residual;
+    cfg.hidden_mlp = (int)T->a.hidden_mlp;
+    cfg.feat_dim = (int)T->a.feat_dim;
+    cfg.nmb_prototypes = (int)T->a.nmb_prototypes;
+    cfg.seed = (uint64_t)T->a.seed;
+    T->be = nn_backend_cpu_new((int)T->t.threads);
+    T->model = nn_model_new(T->be, &cfg, T->groups, T->ngroups, (int)T->a.batch_size);
+    if (!T->model) {
+        LOG_ERROR("cannot build %s (width %d) for these crops", T->a.arch, cfg.width);
+        return -1;
+    }
+    struct nn_optim_config oc = nn_optim_config_swav(T->a.wd, T->a.freeze_prototypes_niters);
+    oc.nthreads = 1;
+    nn_optim_init(&T->optim, &T->model->params, &oc);
+    size_t bs = (size_t)T->a.batch_size, K = (size_t)T->a.nmb_prototypes, D = (size_t)T->a.feat_dim;
+    for (int g = 0; g < T->ngroups; g++) {
+        size_t s = (size_t)T->groups[g].size;
+        T->inputs[g] = swav_xmalloc((size_t)T->groups[g].n_crops * bs * 3 * s * s * sizeof(float));
+    }
+    T->emb_assign = swav_xmalloc((size_t)T->n_assign * bs * D * sizeof(float));
+    T->codes = swav_xmalloc((size_t)T->n_assign * bs * K * sizeof(float));
+    T->logp = swav_xmalloc((size_t)T->n_crops * bs * K * sizeof(float));
+    T->dscores = swav_xmalloc((size_t)T->n_crops * bs * K * sizeof(float));
+    LOG_INFO("model %s width %d%s: %zu parameters, activations %.1f MiB", T->a.arch, cfg.width,
+             cfg.small_stem ? " small stem" : "", T->model->params.total,
+             (double)nn_model_arena_bytes(T->model) / (1 << 20));
+    return 0;
+}
+
+/* ---- checkpoints ----------------------------------------------------------- */
+
+/* The queue file the assigner wrote for a checkpoint is named after the
+ * checkpoint's step, so that a checkpoint never pairs with a newer queue. */
+static void queue_key(char *buf, size_t len, const char *dump, int64_t iteration)
+{
+    char name[64];
+    snprintf(name, sizeof name, "state-%lld", (long long)iteration);
+    path_in(buf, len, dump, name);
+}
+
+static int try_resume(struct trainer *T, char *queue_for, size_t qlen)
+{
+    char path[PATH_MAX];
+    path_in(path, sizeof path, T->a.dump_path, "checkpoint.safetensors");
+    queue_for[0] = '\0';
+    if (access(path, F_OK) != 0) {
+        T->epoch = 0;
+        T->iteration = 0;
+        return 0;
+    }
+    char err[1024];
+    struct nn_checkpoint_info info;
+    struct nn_checkpoint_load_opts lo = {.strict = true};
+    enum nn_checkpoint_status st =
+        nn_checkpoint_load(path, &T->model->params, T->model->param_data, &T->model->buffers,
+                           T->model->buffer_data, T->optim.momentum, &lo, &info, err, sizeof err);
+    if (st != NN_CHECKPOINT_OK) {
+        LOG_ERROR("cannot resume from %s: %s (%s); move it away to start afresh", path,
+                  nn_checkpoint_status_str(st), err);
+        return -1;
+    }
+    T->epoch = info.epoch;
+    T->iteration = info.step;
+    if (info.seed != (uint64_t)T->a.seed) {
+        LOG_WARN("resuming with --seed %lld but the checkpoint was made with seed %llu: crops "
+                 "will differ from the original run", (long long)T->a.seed,
+                 (unsigned long long)info.seed);
+    }
+    nn_checkpoint_info_free(&info);
+    queue_key(queue_for, qlen, T->a.dump_path, T->iteration);
+    LOG_INFO("resuming from %s: epoch %lld, iteration %lld", path, (long long)T->epoch,
+             (long long)T->iteration);
+    return 0;
+}
+
+static void announce(struct trainer *T, const char *path)
+{
+    if (!T->pub) return;
+    struct proto_checkpoint c = {.epoch = (uint32_t)T->epoch, .step = (uint64_t)T->iteration};
+    snprintf(c.path, sizeof c.path, "%s", path);
+    struct proto_msg m;
+    proto_msg_init(&m);
+    if (proto_checkpoint_encode(&m, T->t.run, &c) == PROTO_OK) {
+        proto_send(T->pub, NULL, 0, &m, ZMQ_DONTWAIT);
+    }
+    proto_msg_free(&m);
+}
+
+/* Rank 0: queue first (named after the step), then the checkpoint
+ * atomically, then the copies and the announcement.  Returns 0 or -1. */
+static int save_checkpoint(struct trainer *T, bool epoch_end)
+{
+    if (T->rank != 0) return 0;
+    double t0 = swav_now_s();
+    char qkey[PATH_MAX], path[PATH_MAX], err[1024];
+    queue_key(qkey, sizeof qkey, T->a.dump_path, T->iteration);
+    if (T->a.queue_length > 0) {
+        struct proto_saved saved;
+        /* the assigner names a queue by the last step it took in */
+        enum assigner_client_status st = assigner_client_save(
+            T->assigner, (uint32_t)T->epoch, (uint64_t)(T->iteration - 1), qkey,
+            (int)T->t.codes_timeout_ms, &saved);
+        if (st != ASSIGNER_CLIENT_OK) {
+            LOG_ERROR("the assigner did not save its queue for iteration %lld: %s (%s); the "
+                      "checkpoint is written without it", (long long)T->iteration,
+                      assigner_client_status_str(st), assigner_client_last_error(T->assigner)->message);
+        }
+    }
+    char step_s[32];
+    snprintf(step_s, sizeof step_s, "%lld", (long long)T->iteration);
+    struct nn_checkpoint_meta_pair extra[] = {{"queue_key", qkey}, {"arch", T->a.arch}};
+    struct nn_checkpoint_meta meta = {
+        .epoch = T->epoch, .step = T->iteration, .seed = (uint64_t)T->a.seed,
+        .config_json = T->config_json, .rng_state = step_s, .extra = extra, .nextra = 2};
+    path_in(path, sizeof path, T->a.dump_path, "checkpoint.safetensors");
+    enum nn_checkpoint_status st = nn_checkpoint_save(
+        path, &T->model->params, T->model->param_data, &T->model->buffers, T->model->buffer_data,
+        T->optim.momentum, &meta, err, sizeof err);
+    if (st != NN_CHECKPOINT_OK) {
+        LOG_ERROR("checkpoint not written: %s (%s); the previous one stays", err,
+                  nn_checkpoint_status_str(st));
+        return -1;
+    }
+    /* The reference's ckp-EPOCH copies: epoch is 0-based in their names. */
+    int64_t done = T->epoch - 1;
+    if (epoch_end && T->a.checkpoint_freq > 0 &&
+        (done % T->a.checkpoint_freq == 0 || done == T->a.epochs - 1)) {
+        char name[64], copy[PATH_MAX];
+        snprintf(name, sizeof name, "ckp-%lld.safetensors", (long long)done);
+        path_in(copy, sizeof copy, T->a.dump_path, name);
+        unlink(copy);
+        if (link(path, copy) != 0) {
+            LOG_WARN("cannot link %s to %s: %s", path, copy, strerror(errno));
+        }
+    }
+    LOG_INFO("checkpoint: %s (epoch %lld, iteration %lld) in %.2f s", path, (long long)T->epoch,
+             (long long)T->iteration, swav_now_s() - t0);
+    announce(T, path);
+    return 0;
+}
+
+/* ---- the step --------------------------------------------------------------- */
+
+static void fill_order(struct trainer *T, struct proto_order *o, int64_t it)
+{
+    uint32_t epoch = (uint32_t)(it / T->sampler.n_batches);
+    uint32_t step = (uint32_t)(it % T->sampler.n_batches);
+    memset(o, 0, sizeof *o);
+    o->epoch = epoch;
+    o->step = (uint64_t)it;
+    o->rank = (uint32_t)T->rank;
+    o->seed = (uint64_t)T->a.seed;
+    o->mode = PROTO_MODE_SWAV;
+    snprintf(o->dataset, sizeof o->dataset, "train");
+    o->ngroups = (uint32_t)T->ngroups;
+    for (int g = 0; g < T->ngroups; g++) {
+        o->nmb_crops[g] = (uint32_t)T->groups[g].n_crops;
+        o->size_crops[g] = (uint32_t)T->groups[g].size;
+        o->min_scale_crops[g] = T->a.min_scale_crops.v[g];
+        o->max_scale_crops[g] = T->a.max_scale_crops.v[g];
+    }
+    o->n_images = (uint32_t)T->a.batch_size;
+    const uint32_t *idx = trainer_sampler_batch(&T->sampler, epoch, step);
+    uint64_t dims[1] = {o->n_images};
+    proto_tensor_set(&o->indices, PROTO_DTYPE_U32, idx, 1, dims);
+}
+
+/* Keep the loaders' window full, up to the end of the run. */
+static void order_ahead(struct trainer *T, int64_t end_it)
+{
+    while (T->next_order_it < end_it &&
+           loader_client_outstanding(T->loaders) < (uint32_t)T->t.window) {
+        struct proto_order o;
+        fill_order(T, &o, T->next_order_it);
+        enum loader_client_status st = loader_client_submit(T->loaders, &o, NULL);
+        if (st == LOADER_CLIENT_ERR_FULL) break;
+        if (st != LOADER_CLIENT_OK) {
+            LOG_ERROR("cannot order iteration %lld: %s: %s", (long long)T->next_order_it,
+                      loader_client_status_str(st), loader_client_last_error(T->loaders));
+            exit(1);
+        }
+        T->next_order_it++;
+    }
+}
+
+/* uint8 NHWC, image-major (row i * n + c) -> float NCHW, crop-major (row c * bs + i). */
+static void normalize_batch(struct trainer *T, const struct proto_batch *b)
+{
+    int bs = (int)T->a.batch_size;
+    for (int g = 0; g < T->ngroups; g++) {
+        int n = T->groups[g].n_crops, s = T->groups[g].size;
+        size_t img = (size_t)s * s * 3;
+        const uint8_t *src = b->crops[g].data;
+        for (int i = 0; i < bs; i++) {
+            for (int c = 0; c < n; c++) {
+                nn_normalize_u8(T->inputs[g] + ((size_t)c * bs + i) * img,
+                                src + ((size_t)i * n + c) * img, 1, s, s);
+            }
+        }
+    }
+}
+
+static const struct proto_batch *wait_batch(struct trainer *T, double *waited)
+{
+    double t0 = swav_now_s();
+    const struct proto_batch *b = NULL;
+    for (;;) {
+        enum loader_client_status st = loader_client_next(T->loaders, &b, (int)T->t.batch_warn_ms);
+        if (st == LOADER_CLIENT_OK) break;
+        if (st == LOADER_CLIENT_TIMEOUT) {
+            struct loader_client_stats s;
+            loader_client_get_stats(T->loaders, &s);
+            LOG_WARN("iteration %lld: no batch for %.0f s (%u loaders alive%s); still waiting",
+                     (long long)T->iteration, swav_now_s() - t0, s.loaders_alive,
+                     s.loaders_alive ? "" : ": start swav-loader processes connecting to --loader_bind");
+            if (g_stop) return NULL;
+            continue;
+        }
+        LOG_ERROR("iteration %lld: %s: %s", (long long)T->iteration, loader_client_status_str(st),
+                  loader_client_last_error(T->loaders));
+        return NULL;
+    }
+    for (uint32_t k = 0; k < b->n_notes; k++) {
+        LOG_LIMITED(SWAV_LOG_WARN, "iteration %lld, image %u of the batch: %s",
+                    (long long)T->iteration, b->notes[k].position, b->notes[k].text);
+    }
+    *waited = swav_now_s() - t0;
+    return b;
+}
+
+static enum assigner_client_status say_hello(struct trainer *T, const char *resume_key)
+{
+    struct proto_welcome w;
+    for (int attempt = 0;; attempt++) {
+        enum assigner_client_status st = assigner_client_hello(
+            T->assigner, NULL, resume_key, (uint32_t)T->epoch, (int)T->t.hello_timeout_ms, &w);
+        if (st == ASSIGNER_CLIENT_OK) {
+            LOG_INFO("assigner: welcome (world %u, queue %u rows, %llu filled)", w.world_size,
+                     w.queue_length, (unsigned long long)w.queue_fill);
+            return st;
+        }
+        if (st == ASSIGNER_CLIENT_ERR_REFUSED) {
+            const struct proto_error *e = assigner_client_last_error(T->assigner);
+            /* A restarted rank whose dead predecessor the assigner still
+             * holds: it lets the rank go once the old peer is stale. */
+            if (!strcmp(e->field, "rank") && strstr(e->message, "duplicate") && attempt < 120) {
+                LOG_LIMITED(SWAV_LOG_WARN, "the assigner still holds rank %d for an earlier "
+                            "process: %s; retrying", T->rank, e->message);
+                swav_sleep_ms(1000);
+                continue;
+            }
+            LOG_ERROR("the assigner refused this rank: %s%s%s", e->message,
+                      e->field[0] ? ", field " : "", e->field);
+            return st;
+        }
+        if (g_stop) return st;
+        LOG_WARN("no welcome from the assigner at %s within %lld ms (%s); trying again",
+                 T->t.assigner, (long long)T->t.hello_timeout_ms, assigner_client_status_str(st));
+    }
+}
+
+/* Embeddings out, codes back; on a timeout or refusal, hello again and
+ * resend, up to --assigner_retries times. */
+static int get_codes(struct trainer *T, double *waited, struct proto_codes_stats *stats,
+                     const char *resume_key)
+{
+    size_t bs = (size_t)T->a.batch_size, D = (size_t)T->a.feat_dim;
+    for (int i = 0; i < T->n_assign; i++) {
+        memcpy(T->emb_assign + (size_t)i * bs * D,
+               T->model->embedding + (size_t)T->crops_for_assign[i] * bs * D, bs * D * sizeof(float));
+    }
+    const float *protos = T->rank == 0 ? nn_model_param(T->model, "prototypes.weight") : NULL;
+    double t0 = swav_now_s();
+    for (int attempt = 0; attempt <= T->t.assigner_retries; attempt++) {
+        enum assigner_client_status st = assigner_client_embed(
+            T->assigner, (uint32_t)T->epoch, (uint64_t)T->iteration, T->emb_assign, protos);
+        if (st == ASSIGNER_CLIENT_OK) {
+            st = assigner_client_wait_codes(T->assigner, (uint64_t)T->iteration,
+                                            (int)T->t.codes_timeout_ms, T->codes, stats);
+        }
+        if (st == ASSIGNER_CLIENT_OK) {
+            *waited = swav_now_s() - t0;
+            return 0;
+        }
+        const struct proto_error *e = assigner_client_last_error(T->assigner);
+        LOG_WARN("iteration %lld: no codes from the assigner: %s (%s); hello again (attempt %d "
+                 "of %lld)", (long long)T->iteration, assigner_client_status_str(st), e->message,
+                 attempt + 1, (long long)T->t.assigner_retries);
+        if (g_stop) return -1;
+        if (say_hello(T, resume_key) == ASSIGNER_CLIENT_ERR_REFUSED) return -1;
+    }
+    LOG_ERROR("iteration %lld: the assigner gave no codes after %lld attempts; stopping",
+              (long long)T->iteration, (long long)T->t.assigner_retries + 1);
+    return -1;
+}
+
+static int train_step(struct trainer *T, const char *resume_key)
+{
+    struct trainer_step_record rec = {0};
+    double t_step = swav_now_s();
+    const struct proto_batch *b = wait_batch(T, &rec.wait_data_s);
+    if (!b) return -1;
+    double t0 = swav_now_s();
+    normalize_batch(T, b);
+    const int64_t bs = T->a.batch_size, K = T->a.nmb_prototypes;
+
+    nn_model_normalize_prototypes(T->model);
+    const float *in[NN_MAX_GROUPS];
+    for (int g = 0; g < T->ngroups; g++) in[g] = T->inputs[g];
+    nn_model_forward(T->model, in, (int)bs, NN_MODEL_TRAIN);
+    double compute = swav_now_s() - t0;
+
+    struct proto_codes_stats cs = {0};
+    if (get_codes(T, &rec.wait_codes_s, &cs, resume_key) != 0) return -1;
+
+    t0 = swav_now_s();
+    struct nn_tensor scores = nn_tensor_2d(T->model->scores, T->n_crops * bs, K);
+    struct nn_swav_loss_cfg lc = {.n_crops = T->n_crops, .bs = (int)bs, .n_assign = T->n_assign,
+                                  .crops_for_assign = T->crops_for_assign,
+                                  .temperature = (float)T->a.temperature};
+    float loss = nn_swav_loss_forward(T->be, T->logp, &scores, T->codes, &lc);
+    struct nn_tensor dscores = nn_tensor_2d(T->dscores, T->n_crops * bs, K);
+    nn_swav_loss_backward(T->be, &dscores, T->logp, T->codes, &lc);
+    nn_model_zero_grad(T->model);
+    nn_model_backward(T->model, T->dscores);
+    if (T->world > 1) {
+        if (nn_allreduce_sum(T->coll, T->model->grad_data, T->model->params.total) != 0) {
+            LOG_ERROR("iteration %lld: gradient all-reduce failed: %s", (long long)T->iteration,
+                      T->coll->err);
+            return -1;
+        }
+        float inv = 1.0f / (float)T->world;
+        for (size_t i = 0; i < T->model->params.total; i++) T->model->grad_data[i] *= inv;
+    }
+    /* The mean loss, and whether any rank was asked to stop: all ranks then
+     * stop after the same step. */
+    float shared[2] = {loss, g_stop ? 1.0f : 0.0f};
+    if (nn_allreduce_sum(T->coll, shared, 2) != 0) {
+        LOG_ERROR("iteration %lld: all-reduce failed: %s", (long long)T->iteration, T->coll->err);
+        return -1;
+    }
+    loss = shared[0] / (float)T->world;
+    if (shared[1] > 0) g_stop = 1;
+    double lr = nn_sched_swav_lr(&T->sched, T->iteration);
+    nn_optim_step(&T->optim, T->model->param_data, T->model->grad_data, lr, T->iteration);
+    compute += swav_now_s() - t0;
+
+    rec.epoch = (uint32_t)T->epoch;
+    rec.step = (uint64_t)T->iteration;
+    rec.step_in_epoch = (uint32_t)(T->iteration % T->sampler.n_batches);
+    rec.steps_per_epoch = T->sampler.n_batches;
+    rec.loss = loss;
+    rec.lr = lr;
+    rec.compute_s = compute;
+    double dt = swav_now_s() - t_step;
+    rec.images_per_s = dt > 0 ? (double)bs * T->world / dt : 0;
+    rec.queue_used = cs.queue_used;
+    rec.entropy = cs.entropy;
+    rec.prototypes_used = cs.prototypes_used;
+    if (T->rank == 0) trainer_progress_step(&T->progress, &rec);
+    if (T->trace) {
+        const uint32_t *idx = trainer_sampler_batch(&T->sampler, (uint32_t)T->epoch,
+                                                    rec.step_in_epoch);
+        fprintf(T->trace, "%lld %lld", (long long)T->epoch, (long long)T->iteration);
+        for (int64_t i = 0; i < bs; i++) fprintf(T->trace, " %u", idx[i]);
+        fputc('\n', T->trace);
+        fflush(T->trace);
+    }
+    return 0;
+}
+
+/* ---- main ----------------------------------------------------------------------- */
+
+static char **split_endpoints(const char *list, int world)
+{
+    char **eps = swav_xcalloc((size_t)world, sizeof *eps);
+    char *copy = swav_xstrdup(list);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n < world) eps[n] = swav_xstrdup(tok);
+        n++;
+    }
+    free(copy);
+    if (n != world) {
+        LOG_ERROR("--ring_endpoints has %d endpoints, --world_size is %d", n, world);
+        exit(2);
+    }
+    return eps;
+}
+
+int main(int argc, char **argv)
+{
+    static struct trainer T;
+    if (setup_flags(&T, argc, argv) != 0) return 2;
+    swav_log_init("trainer", T.rank);
+    char err[1024];
+    if (swav_mkdirs(T.a.dump_path, err, sizeof err) != 0) {
+        LOG_ERROR("%s", err);
+        return 2;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct loader_index_opts io = {.cache_dir = T.a.dump_path, .threads = 2, .quiet = T.rank != 0};
+    if (loader_index_open(&T.index, T.a.data_path, &io, err, sizeof err) != LOADER_INDEX_OK) {
+        LOG_ERROR("%s", err);
+        return 2;
+    }
+    if (trainer_sampler_init(&T.sampler, T.index->n, T.rank, T.world, (uint32_t)T.a.batch_size,
+                             (uint64_t)T.a.seed, err, sizeof err) != 0) {
+        LOG_ERROR("%s", err);
+        return 2;
+    }
+    if (setup_model(&T) != 0) return 2;
+    T.sched = (struct nn_sched_swav){.base_lr = T.a.base_lr, .final_lr = T.a.final_lr,
+                                     .start_warmup = T.a.start_warmup,
+                                     .iters_per_epoch = T.sampler.n_batches,
+                                     .epochs = T.a.epochs, .warmup_epochs = T.a.warmup_epochs};
+    char resume_key[PATH_MAX];
+    if (try_resume(&T, resume_key, sizeof resume_key) != 0) return 1;
+    const int64_t end_it = T.a.epochs * (int64_t)T.sampler.n_batches;
+    if (T.iteration >= end_it) {
+        LOG_INFO("the run in %s is complete (%lld epochs); nothing to do", T.a.dump_path,
+                 (long long)T.a.epochs);
+        return 0;
+    }
+
+    T.zctx = zmq_ctx_new();
+    struct assigner_client_config ac = {
+        .endpoint = T.t.assigner, .run = T.t.run, .rank = (uint32_t)T.rank,
+        .world_size = (uint32_t)T.world, .nmb_prototypes = (uint32_t)T.a.nmb_prototypes,
+        .feat_dim = (uint32_t)T.a.feat_dim, .epsilon = T.a.epsilon,
+        .sinkhorn_iterations = (uint32_t)T.a.sinkhorn_iterations,
+        .queue_length = (uint32_t)T.a.queue_length,
+        .epoch_queue_starts = (uint32_t)T.a.epoch_queue_starts,
+        .n_crops_for_assign = (uint32_t)T.n_assign, .batch_size = (uint32_t)T.a.batch_size,
+        .heartbeat_ms = 1000};
+    for (int i = 0; i < T.n_assign; i++) ac.crops_for_assign[i] = (uint32_t)T.crops_for_assign[i];
+    T.assigner = assigner_client_new(T.zctx, &ac, err, sizeof err);
+    if (!T.assigner) {
+        LOG_ERROR("assigner client: %s", err);
+        return 2;
+    }
+    struct loader_client_opts lo = {.bind = T.t.loader_bind, .run = T.t.run,
+                                    .window = (uint32_t)T.t.window, .zmq_ctx = T.zctx};
+    if (loader_client_new(&T.loaders, &lo, err, sizeof err) != 0) {
+        LOG_ERROR("loader endpoint: %s", err);
+        return 2;
+    }
+    if (T.world > 1) {
+        char **eps = split_endpoints(T.t.ring_endpoints, T.world);
+        T.coll = trainer_ring_new(T.zctx, T.rank, T.world, (const char *const *)eps,
+                                  (uint64_t)T.a.seed ^ 0x5eedull, (int)T.t.ring_timeout_ms, err,
+                                  sizeof err);
+        for (int i = 0; i < T.world; i++) free(eps[i]);
+        free(eps);
+        if (!T.coll) {
+            LOG_ERROR("gradient ring: %s", err);
+            return 2;
+        }
+    } else {
+        T.coll = nn_collective_single_new();
+    }
+    if (T.rank == 0 && T.t.pub[0]) {
+        T.pub = zmq_socket(T.zctx, ZMQ_PUB);
+        int zero = 0;
+        zmq_setsockopt(T.pub, ZMQ_LINGER, &zero, sizeof zero);
+        if (zmq_bind(T.pub, T.t.pub) != 0) {
+            LOG_ERROR("cannot bind --pub %s: %s", T.t.pub, zmq_strerror(zmq_errno()));
+            return 2;
+        }
+    }
+    char jpath[PATH_MAX];
+    path_in(jpath, sizeof jpath, T.a.dump_path, "train.jsonl");
+    uint64_t grace = (uint64_t)T.a.freeze_prototypes_niters + 2 * (uint64_t)T.sampler.n_batches;
+    if (trainer_progress_open(&T.progress, T.rank == 0 ? jpath : NULL,
+                              (uint32_t)T.a.nmb_prototypes, grace, err, sizeof err) != 0) {
+        LOG_ERROR("%s", err);
+        return 2;
+    }
+
+    if (T.t.trace_images[0] && !(T.trace = fopen(T.t.trace_images, "a"))) {
+        LOG_ERROR("cannot open --trace_images %s: %s", T.t.trace_images, strerror(errno));
+        return 2;
+    }
+    if (say_hello(&T, resume_key[0] ? resume_key : NULL) != ASSIGNER_CLIENT_OK) return 1;
+    LOG_INFO("training: %u images, %u steps per epoch of %lld per rank x %d ranks, epochs %lld..%lld",
+             T.index->n, T.sampler.n_batches, (long long)T.a.batch_size, T.world,
+             (long long)T.epoch, (long long)T.a.epochs - 1);
+
+    T.next_order_it = T.iteration;
+    int rc = 0;
+    while (T.iteration < end_it) {
+        order_ahead(&T, end_it);
+        if (g_stop) break;
+        if (train_step(&T, resume_key) != 0) {
+            rc = g_stop ? 0 : 1;
+            break;
+        }
+        T.iteration++;
+        T.steps_run++;
+        int64_t new_epoch = T.iteration / T.sampler.n_batches;
+        if (new_epoch != T.epoch) {
+            T.epoch = new_epoch;
+            queue_key(resume_key, sizeof resume_key, T.a.dump_path, T.iteration);
+            if (save_checkpoint(&T, true) != 0) {
+                rc = 1;
+                break;
+            }
+        }
+        if (T.t.stop_after_steps > 0 && T.steps_run >= (uint64_t)T.t.stop_after_steps) {
+            LOG_INFO("stopping after %llu steps (--stop_after_steps)", (unsigned long long)T.steps_run);
+            g_stop = 1;
+        }
+    }
+    if (g_stop && T.iteration < end_it && T.iteration % T.sampler.n_batches != 0) {
+        LOG_INFO("stopping at iteration %lld: writing a checkpoint first", (long long)T.iteration);
+        if (save_checkpoint(&T, false) != 0) rc = 1;
+    }
+    if (T.iteration >= end_it) LOG_INFO("training done: %lld epochs", (long long)T.a.epochs);
+
+    trainer_progress_close(&T.progress);
+    if (T.trace) fclose(T.trace);
+    loader_client_destroy(&T.loaders);
+    assigner_client_destroy(&T.assigner);
+    nn_collective_destroy(&T.coll);
+    if (T.pub) zmq_close(T.pub);
+    zmq_ctx_term(T.zctx);
+    nn_optim_free(&T.optim);
+    nn_model_destroy(&T.model);
+    nn_backend_destroy(&T.be);
+    trainer_sampler_free(&T.sampler);
+    loader_index_destroy(&T.index);
+    return rc;
+}
