@@ -201,11 +201,10 @@ enum loader_status loader_augment_image(struct loader_scratch *s, const uint8_t 
             }
             struct loader_box box;
             loader_rrc_params(&r, width, height, spec->min_scale[g], spec->max_scale[g], &box);
-            loader_img_resize(&s->buf, px, S, S, 0, 0, S, S, rgb, width, height, box);
-            /* RandomHorizontalFlip: flips when rand < 0.5 */
-            if (swav_rng_uniform(&r) < 0.5) {
-                loader_img_flip(px, S, S);
-            }
+            /* RandomHorizontalFlip: flips when rand < 0.5 (drawn after the
+             * box, as the reference; applied inside the resampling) */
+            int flip = swav_rng_uniform(&r) < 0.5;
+            loader_img_resize_flip(&s->buf, px, S, S, 0, 0, S, S, rgb, width, height, box, flip);
             if (spec->mode == LOADER_MODE_SWAV) {
                 color_and_blur(s, &r, px, S);
             }

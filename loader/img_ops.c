@@ -174,19 +174,40 @@ static inline uint8_t clip8(int32_t in)
 
 typedef int32_t v4si __attribute__((vector_size(16)));
 
+static inline __attribute__((always_inline)) void hrow_scalar(uint8_t *restrict o,
+                                                              const uint8_t *restrict in,
+                                                              const int32_t *restrict kp,
+                                                              const int *restrict x0s,
+                                                              int from, int to, const int K)
+{
+    for (int xx = from; xx < to; xx++) {
+        const int32_t *k = kp + (size_t)xx * K;
+        const uint8_t *p = in + (size_t)x0s[xx] * 3;
+        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+        for (int x = 0; x < K; x++) {
+            s0 += p[3 * x] * k[x];
+            s1 += p[3 * x + 1] * k[x];
+            s2 += p[3 * x + 2] * k[x];
+        }
+        o[xx * 3] = clip8(s0);
+        o[xx * 3 + 1] = clip8(s1);
+        o[xx * 3 + 2] = clip8(s2);
+    }
+}
+
 /* One row of the horizontal pass with K taps per output pixel (K constant
  * at the call sites, so the loop unrolls).  A pixel's three channels go
  * through one 4-lane vector; the fourth lane reads the next pixel's first
  * byte and is dropped, so the vector path is taken only where that byte
- * exists in the row (n_vec outputs), the rest in scalar code. */
+ * exists in the row (outputs [v_lo, v_hi)), the rest in scalar code. */
 static inline __attribute__((always_inline)) void hrow_fixed(uint8_t *restrict o,
                                                              const uint8_t *restrict in,
                                                              const int32_t *restrict kp,
                                                              const int *restrict x0s, int n,
-                                                             int n_vec, const int K)
+                                                             int v_lo, int v_hi, const int K)
 {
-    int xx = 0;
-    for (; xx < n_vec; xx++) {
+    hrow_scalar(o, in, kp, x0s, 0, v_lo, K);
+    for (int xx = v_lo; xx < v_hi; xx++) {
         const int32_t *k = kp + (size_t)xx * K;
         const uint8_t *p = in + (size_t)x0s[xx] * 3;
         v4si acc = {1 << (PRECISION_BITS - 1), 1 << (PRECISION_BITS - 1),
@@ -205,26 +226,15 @@ static inline __attribute__((always_inline)) void hrow_fixed(uint8_t *restrict o
         o[xx * 3 + 1] = (uint8_t)sh[1];
         o[xx * 3 + 2] = (uint8_t)sh[2];
     }
-    for (; xx < n; xx++) {
-        const int32_t *k = kp + (size_t)xx * K;
-        const uint8_t *p = in + (size_t)x0s[xx] * 3;
-        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
-        for (int x = 0; x < K; x++) {
-            s0 += p[3 * x] * k[x];
-            s1 += p[3 * x + 1] * k[x];
-            s2 += p[3 * x + 2] * k[x];
-        }
-        o[xx * 3] = clip8(s0);
-        o[xx * 3 + 1] = clip8(s1);
-        o[xx * 3 + 2] = clip8(s2);
-    }
+    hrow_scalar(o, in, kp, x0s, v_hi, n, K);
 }
 
 HOT_CLONES
-void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int out_h,
-                       int win_x, int win_y, int win_w, int win_h, const uint8_t *src,
-                       int src_w, int src_h, struct loader_box box)
+void loader_img_resize_flip(struct loader_img_buf *b, uint8_t *dst, int out_w, int out_h,
+                            int win_x, int win_y, int win_w, int win_h, const uint8_t *src,
+                            int src_w, int src_h, struct loader_box box, int hflip)
 {
+    SWAV_ASSERT(!hflip || (win_x == 0 && win_w == out_w));
     SWAV_ASSERT(box.left >= 0 && box.top >= 0 && box.width > 0 && box.height > 0 &&
                 box.left + box.width <= src_w && box.top + box.height <= src_h);
     SWAV_ASSERT(win_x >= 0 && win_y >= 0 && win_x + win_w <= out_w && win_y + win_h <= out_h);
@@ -272,29 +282,37 @@ void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int ou
                 while (f < xmax && k[f] == 0) f++;
                 int start = xmin + f;
                 int x0 = start + ksx_pad > box.width ? box.width - ksx_pad : start;
-                int32_t *kp = &b->kp[(size_t)(xx - win_x) * ksx_pad];
+                /* a mirrored output takes its taps in reverse order: the
+                 * rows come out flipped at no cost */
+                int slot = hflip ? win_w - 1 - (xx - win_x) : xx - win_x;
+                int32_t *kp = &b->kp[(size_t)slot * ksx_pad];
                 for (int j = 0; j < ksx_pad; j++) {
                     int src_j = x0 + j - xmin; /* index into k */
                     kp[j] = src_j >= 0 && src_j < xmax ? k[src_j] : 0;
                 }
-                b->x0[xx - win_x] = x0;
+                b->x0[slot] = x0;
             }
-            /* outputs whose last tap is not the row's last pixel */
-            int n_vec = 0;
-            while (n_vec < win_w && box.left + b->x0[n_vec] + ksx_pad < src_w) {
-                n_vec++;
+            /* outputs whose last tap is not the row's last pixel: a prefix
+             * of them, or a suffix when mirrored */
+            int v_lo = 0, v_hi = win_w;
+            if (!hflip) {
+                v_hi = 0;
+                while (v_hi < win_w && box.left + b->x0[v_hi] + ksx_pad < src_w) v_hi++;
+            } else {
+                while (v_lo < win_w && box.left + b->x0[v_lo] + ksx_pad >= src_w) v_lo++;
             }
+            hflip = 0; /* done */
             for (int y = y_first; y < y_last; y++) {
                 const uint8_t *in = base + (size_t)y * sstride;
                 uint8_t *o = t + (size_t)(y - y_first) * win_w * 3;
                 switch (ksx_pad) {
-                case 1: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 1); break;
-                case 2: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 2); break;
-                case 3: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 3); break;
-                case 4: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 4); break;
-                case 5: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 5); break;
-                case 6: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, 6); break;
-                default: hrow_fixed(o, in, b->kp, b->x0, win_w, n_vec, ksx_pad); break;
+                case 1: hrow_fixed(o, in, b->kp, b->x0, win_w, v_lo, v_hi, 1); break;
+                case 2: hrow_fixed(o, in, b->kp, b->x0, win_w, v_lo, v_hi, 2); break;
+                case 3: hrow_fixed(o, in, b->kp, b->x0, win_w, v_lo, v_hi, 3); break;
+                case 4: hrow_fixed(o, in, b->kp, b->x0, win_w, v_lo, v_hi, 4); break;
+                case 5: hrow_fixed(o, in, b->kp, b->x0, win_w, v_lo, v_hi, 5); break;
+                case 6: hrow_fixed(o, in, b->kp, b->x0, win_w, v_lo, v_hi, 6); break;
+                default: hrow_fixed(o, in, b->kp, b->x0, win_w, v_lo, v_hi, ksx_pad); break;
                 }
             }
         } else {
@@ -328,6 +346,7 @@ void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int ou
         for (int y = 0; y < win_h; y++) {
             memcpy(dst + (size_t)y * dstride, rows + (size_t)y * rstride, dstride);
         }
+        if (hflip) loader_img_flip(dst, win_w, win_h);
         return;
     }
     const int wn = win_w * 3;
@@ -357,6 +376,15 @@ void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int ou
             o[x] = clip8(acc[x]);
         }
     }
+    if (hflip) loader_img_flip(dst, win_w, win_h);
+}
+
+void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int out_h,
+                       int win_x, int win_y, int win_w, int win_h, const uint8_t *src,
+                       int src_w, int src_h, struct loader_box box)
+{
+    loader_img_resize_flip(b, dst, out_w, out_h, win_x, win_y, win_w, win_h, src, src_w, src_h,
+                           box, 0);
 }
 
 /* ---- flip and color --------------------------------------------------------- */

@@ -48,6 +48,12 @@ void loader_img_resize(struct loader_img_buf *b, uint8_t *dst, int out_w, int ou
                        int win_x, int win_y, int win_w, int win_h, const uint8_t *src,
                        int src_w, int src_h, struct loader_box box);
 
+/* The same followed by a horizontal flip (the window must span the output's
+ * width): the mirror comes free with the horizontal pass. */
+void loader_img_resize_flip(struct loader_img_buf *b, uint8_t *dst, int out_w, int out_h,
+                            int win_x, int win_y, int win_w, int win_h, const uint8_t *src,
+                            int src_w, int src_h, struct loader_box box, int hflip);
+
 void loader_img_flip(uint8_t *rgb, int w, int h);
 /* ImageEnhance.Brightness / Contrast / Color (saturation): Image.blend with
  * the float factor, PIL's truncation and clipping. */

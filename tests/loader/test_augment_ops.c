@@ -6,7 +6,7 @@
  *   loader-ops decode FILE OUT.rgb          prints "status NAME W H" (OUT only on ok)
  *   loader-ops probe FILE                   prints "status NAME W H"
  *   loader-ops rrc W H MIN MAX N SEED       prints N lines "top left height width"
- *   loader-ops OP W H IN.rgb OUT.rgb ARGS   OP: resize TOP LEFT CH CW OW OH |
+ *   loader-ops OP W H IN.rgb OUT.rgb ARGS   OP: resize TOP LEFT CH CW OW OH [FLIP] |
  *       flip | brightness F | contrast F | saturation F | hue F | gray | blur R
  *   loader-ops crops FILE MODE SEED EPOCH IMAGE OUT.rgb G [N S MIN MAX]*G [RESIZE]
  *       writes all crops of one image, groups in order, packed */
@@ -159,11 +159,15 @@ int main(int argc, char **argv)
     const char *outp = argv[5];
     size_t npix = (size_t)w * h;
     struct loader_img_buf b = {0};
-    if (strcmp(op, "resize") == 0 && argc == 12) {
+    if (strcmp(op, "resize") == 0 && (argc == 12 || argc == 13)) {
         struct loader_box box = {atoi(argv[6]), atoi(argv[7]), atoi(argv[8]), atoi(argv[9])};
         int ow = atoi(argv[10]), oh = atoi(argv[11]);
         uint8_t *o = malloc((size_t)ow * oh * 3);
-        loader_img_resize(&b, o, ow, oh, 0, 0, ow, oh, in, w, h, box);
+        if (argc == 13) {
+            loader_img_resize_flip(&b, o, ow, oh, 0, 0, ow, oh, in, w, h, box, atoi(argv[12]));
+        } else {
+            loader_img_resize(&b, o, ow, oh, 0, 0, ow, oh, in, w, h, box);
+        }
         write_file(outp, o, (size_t)ow * oh * 3);
         free(o);
     } else if (strcmp(op, "flip") == 0 && argc == 6) {

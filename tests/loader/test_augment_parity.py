@@ -74,10 +74,13 @@ for (w, h, seed) in [(317, 241, 1), (96, 128, 2), (500, 375, 3)]:
     # RandomResizedCrop's crop + resize (bilinear, PIL antialias), up and down
     for (top, left, ch, cw, out) in [(10, 20, h // 2, w // 2, 96), (0, 0, h, w, 224),
                                      (5, 7, 31, 40, 224), (h // 3, w // 4, h // 2, w // 3, 32),
-                                     (1, 2, h - 3, w - 5, 16)]:
+                                     (1, 2, h - 3, w - 5, 16), (3, w - 3, 5, 3, 24),
+                                     (0, w - 40, 40, 40, 40), (0, 0, 50, 2, 7)]:
         ref = F.resized_crop(img, top, left, ch, cw, [out, out], InterpolationMode.BILINEAR)
         compare(f"{tag} resized_crop {top},{left},{ch}x{cw}->{out}",
                 run_op(arr, "resize", top, left, ch, cw, out, out), ref)
+        compare(f"{tag} resized_crop+hflip {top},{left},{ch}x{cw}->{out}",
+                run_op(arr, "resize", top, left, ch, cw, out, out, 1), F.hflip(ref))
     # Resize(256) of the whole image (eval): non-square output
     rs = F.resize(img, 256, InterpolationMode.BILINEAR)
     compare(f"{tag} resize short side 256", run_op(arr, "resize", 0, 0, h, w, rs.size[0], rs.size[1]), rs)
