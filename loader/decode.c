@@ -316,6 +316,34 @@ static enum loader_status png_run(struct loader_decoder *d, const uint8_t *data,
         png_destroy_read_struct(&p, &info, NULL);
         return st;
     }
+    if (depth == 16 && color == PNG_COLOR_TYPE_GRAY) {
+        /* PIL opens 16-bit gray as mode "I" and convert("RGB") clamps each
+         * value to 255 (i2rgb), it does not scale: do the same. */
+        png_set_interlace_handling(p);
+        png_read_update_info(p, info);
+        if (png_get_rowbytes(p, info) != (size_t)w * 2) {
+            png_destroy_read_struct(&p, &info, NULL);
+            return fail(LOADER_ERR_UNSUPPORTED, err, errlen, "PNG layout (16-bit gray)");
+        }
+        uint8_t *g16 = grow(&d->aux, &d->aux_cap, (size_t)w * h * 2);
+        uint8_t *rgb = grow(&d->buf, &d->cap, (size_t)w * h * 3);
+        if (d->rows_cap < h) {
+            free(d->rows);
+            d->rows = swav_xmalloc(sizeof(png_bytep) * h);
+            d->rows_cap = h;
+        }
+        for (png_uint_32 y = 0; y < h; y++) {
+            d->rows[y] = g16 + (size_t)y * w * 2;
+        }
+        png_read_image(p, d->rows);
+        png_destroy_read_struct(&p, &info, NULL);
+        for (size_t i = 0; i < (size_t)w * h; i++) {
+            unsigned v = ((unsigned)g16[2 * i] << 8) | g16[2 * i + 1];
+            uint8_t c = (uint8_t)(v > 255 ? 255 : v);
+            rgb[3 * i] = rgb[3 * i + 1] = rgb[3 * i + 2] = c;
+        }
+        return st;
+    }
     /* To 8-bit RGB: palette and low-depth gray expanded, 16 bits to their high
      * byte (as PIL's "RGB;16B" unpacker), alpha dropped (as convert("RGB")). */
     png_set_expand(p);

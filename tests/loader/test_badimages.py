@@ -83,7 +83,17 @@ good = {
     "png_palette.jpg": enc(base.convert("P"), "PNG"),
     "png_1bit.png": enc(base.convert("1"), "PNG"),
     "jpeg_named.png": enc(base, "JPEG", quality=85),
+    # 16-bit gray: PIL's mode "I", convert("RGB") clamps to 255
+    "png_gray16.png": enc(Image.fromarray((np.arange(203 * 151).reshape(151, 203) % 700)
+                                          .astype(np.uint16)), "PNG"),
+    "png_rgb48.png": None,  # filled below
 }
+# 16-bit RGB (PIL reads "RGB;16B": the high bytes), written by hand
+_rgb48 = (np.arange(20 * 13 * 3).reshape(13, 20, 3) * 97 % 65536).astype(">u2")
+_raw = b"".join(b"\0" + _rgb48[y].tobytes() for y in range(13))
+good["png_rgb48.png"] = (b"\x89PNG\r\n\x1a\n" +
+                         png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20, 13, 16, 2, 0, 0, 0)) +
+                         png_chunk(b"IDAT", zlib.compress(_raw)) + png_chunk(b"IEND", b""))
 jpg = good["baseline_420.jpg"]
 pngb = good["png_named.jpg"]
 flipped = bytearray(jpg)
