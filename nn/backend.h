@@ -22,6 +22,12 @@ void *nn_backend_alloc(nn_backend_t *be, size_t bytes);
 void nn_backend_free(nn_backend_t *be, void *p);
 /* Waits for queued work (no-op on CPU). */
 void nn_backend_sync(nn_backend_t *be);
+/* Parameter memory was written (optimizer step, checkpoint load, a test
+ * perturbing a weight): copies of weights the backend keeps in its kernels'
+ * layouts are stale.  Convolutions reorder their weights once per version
+ * and reuse that copy for every crop group and for the backward;
+ * nn_model_forward calls this itself. */
+void nn_backend_weights_updated(nn_backend_t *be);
 /* Number of cached primitives (tests: a step after warm-up creates none). */
 int nn_backend_cache_size(const nn_backend_t *be);
 

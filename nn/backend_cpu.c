@@ -40,6 +40,16 @@ struct cpu_entry {
     void (*op_free)(void *op);
 };
 
+/* A copy of a weight tensor in a kernel's layout, shared by every primitive
+ * that wants that layout (e.g. the same convolution on each crop group). */
+struct cpu_wslot {
+    dnnl_memory_desc_t md;
+    const void *src;  /* the plain weights this slot holds a copy of */
+    uint64_t version; /* b->weights_version when it was made */
+    void *buf;
+    dnnl_memory_t mem;
+};
+
 struct cpu_backend {
     struct nn_backend base;
     dnnl_engine_t eng;
@@ -48,6 +58,9 @@ struct cpu_backend {
     size_t scratch_bytes;
     struct cpu_entry *entries;
     int n_entries, cap_entries;
+    uint64_t weights_version; /* bumped by nn_backend_weights_updated */
+    struct cpu_wslot *wslots;
+    int n_wslots;
 };
 
 static struct cpu_backend *cpu(nn_backend_t *be)
@@ -265,6 +278,11 @@ static void cpu_sync(nn_backend_t *be)
     DNNL_CHECK(dnnl_stream_wait(cpu(be)->stream));
 }
 
+static void cpu_weights_updated(nn_backend_t *be)
+{
+    cpu(be)->weights_version++;
+}
+
 static int cpu_cache_size(const nn_backend_t *be)
 {
     return ((const struct cpu_backend *)be)->n_entries;
@@ -277,6 +295,11 @@ static void cpu_destroy(nn_backend_t *be)
         b->entries[i].op_free(b->entries[i].op);
     }
     free(b->entries);
+    for (int i = 0; i < b->n_wslots; i++) {
+        free(b->wslots[i].buf);
+        cpu_mem_free(&b->wslots[i].mem);
+    }
+    free(b->wslots);
     free(b->scratch);
     dnnl_stream_destroy(b->stream);
     dnnl_engine_destroy(b->eng);
@@ -304,38 +327,80 @@ static int cpu_is_ref(const struct cpu_prim *p)
 /* A tensor in the user's layout in, the kernel's layout out (skipped when
  * they agree): weights (OIHW -> blocked), and inputs of a kernel that wants
  * another activation layout. */
+
 struct cpu_wconv {
-    int needed;
+    int needed, cached;
     struct cpu_prim reorder;
     dnnl_memory_t user, prim;
     void *buf;
+    size_t bytes;
+    dnnl_memory_desc_t want;
+    /* cached: the reordered copy lives in the backend's weight slots, one per
+     * (weight pointer, layout), valid until nn_backend_weights_updated */
 };
 
+static void *cpu_buf(size_t bytes)
+{
+    void *p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    SWAV_ASSERT(p != NULL);
+    memset(p, 0, bytes);
+    return p;
+}
+
 static void cpu_wconv_init(struct cpu_backend *b, struct cpu_wconv *w, const dnnl_memory_desc_t *user,
-                           const dnnl_memory_desc_t *want)
+                           const dnnl_memory_desc_t *want, int cached)
 {
     w->needed = !dnnl_memory_desc_equal(user, want);
+    w->cached = cached;
     w->user = cpu_mem(b, user);
     w->prim = cpu_mem(b, want);
+    w->want = *want;
     if (w->needed) {
         cpu_reorder_create(b, &w->reorder, user, want, 0);
-        w->buf = aligned_alloc(64, (dnnl_memory_desc_get_size(want) + 63) / 64 * 64);
-        SWAV_ASSERT(w->buf != NULL);
-        cpu_mem_set(w->prim, w->buf);
+        w->bytes = dnnl_memory_desc_get_size(want);
+        if (!cached) {
+            w->buf = cpu_buf(w->bytes);
+            cpu_mem_set(w->prim, w->buf);
+        }
     }
 }
 
-/* Returns the memory holding the weights in the kernel's format. */
-static dnnl_memory_t cpu_wconv_run(struct cpu_backend *b, struct cpu_wconv *w, const void *weights)
+/* Returns the memory holding the tensor in the kernel's format. */
+static dnnl_memory_t cpu_wconv_run(struct cpu_backend *b, struct cpu_wconv *w, const void *src)
 {
-    cpu_mem_set(w->user, weights);
     if (!w->needed) {
-        cpu_mem_set(w->prim, weights);
+        cpu_mem_set(w->prim, src);
         return w->prim;
     }
-    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {{DNNL_ARG_FROM, w->user}, {DNNL_ARG_TO, w->prim}};
+    dnnl_memory_t dst = w->prim;
+    if (w->cached) {
+        struct cpu_wslot *slot = NULL;
+        for (int i = 0; i < b->n_wslots; i++) {
+            if (b->wslots[i].src == src && dnnl_memory_desc_equal(&b->wslots[i].md, &w->want)) {
+                slot = &b->wslots[i];
+                break;
+            }
+        }
+        if (!slot) { /* first sight of these weights in this layout: warm-up only */
+            b->wslots = swav_xrealloc(b->wslots, (size_t)(b->n_wslots + 1) * sizeof *b->wslots);
+            slot = &b->wslots[b->n_wslots++];
+            slot->md = w->want;
+            slot->src = src;
+            slot->version = 0;
+            slot->buf = cpu_buf(w->bytes);
+            slot->mem = cpu_mem(b, &w->want);
+            cpu_mem_set(slot->mem, slot->buf);
+        }
+        if (slot->version == b->weights_version) {
+            return slot->mem;
+        }
+        slot->version = b->weights_version;
+        dst = slot->mem;
+    }
+    cpu_mem_set(w->user, src);
+    dnnl_exec_arg_t args[CPU_ARGS_MAX] = {{DNNL_ARG_FROM, w->user}, {DNNL_ARG_TO, dst}};
     cpu_exec(b, &w->reorder, 2, args);
-    return w->prim;
+    return dst;
 }
 
 static void cpu_wconv_free(struct cpu_wconv *w)
@@ -358,6 +423,10 @@ struct cpu_conv_bwd {
     dnnl_memory_t bd_dsrc, bd_ddst, bw_dw, dw_user;
     struct cpu_wconv w, bw_src_in, bw_ddst_in; /* bw_*_in: inputs in bwd_w's layout */
     void *dw_buf;
+    /* im2col + sgemm weight gradient, where oneDNN has only its reference
+     * loop for the shape (3x3 on maps of 1x1 or 2x2) */
+    int im2col;
+    float *col, *drows; /* (rows, I*k*k), (rows, O); rows = N*Ho*Wo */
 };
 
 static void cpu_conv_fwd_free(void *op)
@@ -385,6 +454,8 @@ static void cpu_conv_bwd_free(void *op)
     cpu_mem_free(&c->dw_user);
     cpu_wconv_free(&c->w);
     free(c->dw_buf);
+    free(c->col);
+    free(c->drows);
     free(c);
 }
 
@@ -468,7 +539,7 @@ static void cpu_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const st
         DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
         c->src = cpu_mem(b, &src);
         c->dst = cpu_mem(b, &dst);
-        cpu_wconv_init(b, &c->w, &wuser, dnnl_primitive_desc_query_md(c->fwd.pd, dnnl_query_weights_md, 0));
+        cpu_wconv_init(b, &c->w, &wuser, dnnl_primitive_desc_query_md(c->fwd.pd, dnnl_query_weights_md, 0), 1);
         cpu_cache_put(b, key, c, cpu_conv_fwd_free);
     }
     dnnl_memory_t wm = cpu_wconv_run(b, &c->w, weight->data);
@@ -477,6 +548,48 @@ static void cpu_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const st
     dnnl_exec_arg_t args[CPU_ARGS_MAX] = {
         {DNNL_ARG_SRC, c->src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, c->dst}};
     cpu_exec(b, &c->fwd, 3, args);
+}
+
+static size_t cpu_off4(const struct nn_tensor *t, int64_t n, int64_t c, int64_t h, int64_t w)
+{
+    int64_t C = t->shape[1], H = t->shape[2], W = t->shape[3];
+    if (t->layout == NN_LAYOUT_NCHW8C) {
+        return (size_t)(((((n * ((C + 7) / 8) + c / 8) * H + h) * W + w) * 8) + c % 8);
+    }
+    return (size_t)(((n * C + c) * H + h) * W + w);
+}
+
+static void cpu_conv_bwd_weights_im2col(struct cpu_conv_bwd *c, float *dw,
+                                        const struct nn_tensor *dout, const struct nn_tensor *inp,
+                                        int k, int stride, int pad)
+{
+    int64_t N = inp->shape[0], Ci = inp->shape[1], H = inp->shape[2], W = inp->shape[3];
+    int64_t O = dout->shape[1], Ho = dout->shape[2], Wo = dout->shape[3];
+    int64_t ikk = Ci * k * k, rows = N * Ho * Wo;
+    const float *x = inp->data, *dy = dout->data;
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            for (int64_t ow = 0; ow < Wo; ow++) {
+                int64_t r = (n * Ho + oh) * Wo + ow;
+                float *col = c->col + r * ikk;
+                for (int64_t i = 0; i < Ci; i++) {
+                    for (int kh = 0; kh < k; kh++) {
+                        int64_t ih = oh * stride - pad + kh;
+                        for (int kw = 0; kw < k; kw++) {
+                            int64_t iw = ow * stride - pad + kw;
+                            int in = ih >= 0 && ih < H && iw >= 0 && iw < W;
+                            col[(i * k + kh) * k + kw] = in ? x[cpu_off4(inp, n, i, ih, iw)] : 0.0f;
+                        }
+                    }
+                }
+                for (int64_t o = 0; o < O; o++) {
+                    c->drows[r * O + o] = dy[cpu_off4(dout, n, o, oh, ow)];
+                }
+            }
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)O, (int)ikk, (int)rows, 1.0f,
+                c->drows, (int)O, c->col, (int)ikk, 1.0f, dw, (int)ikk);
 }
 
 static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
@@ -507,33 +620,30 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
             c->bd_dsrc = cpu_mem(b, &src);
             c->bd_ddst = cpu_mem(b, &dst);
             cpu_wconv_init(b, &c->w, &wuser,
-                           dnnl_primitive_desc_query_md(c->bwd_data.pd, dnnl_query_weights_md, 0));
+                           dnnl_primitive_desc_query_md(c->bwd_data.pd, dnnl_query_weights_md, 0), 1);
         }
         cpu_conv_desc(&d, 2, &src, &wany, &dst, inp, dout, k, stride, pad);
         cpu_prim_create(b, &c->bwd_w, &d, attr, c->fwd_hint.pd);
-        if (cpu_is_ref(&c->bwd_w)) {
-            /* The AVX2 kernels refuse some blocked shapes (3x3 on a 2x2
-             * map) and the reference loop is ~1000x slower: let oneDNN pick
-             * the layouts (gemm), reordering src and diff_dst for it. */
-            dnnl_memory_desc_t sany = cpu_md_any(inp), dany = cpu_md_any(dout);
-            dnnl_convolution_desc_t d2;
-            cpu_conv_desc(&d2, 2, &sany, &wany, &dany, inp, dout, k, stride, pad);
-            struct cpu_prim alt = {0};
-            cpu_prim_create(b, &alt, &d2, attr, NULL);
-            if (!cpu_is_ref(&alt)) {
-                cpu_prim_free(&c->bwd_w);
-                c->bwd_w = alt;
-            } else {
-                cpu_prim_free(&alt);
-            }
-        }
         DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+        if (cpu_is_ref(&c->bwd_w)) {
+            /* The AVX2 kernels refuse 3x3 on tiny maps and the reference
+             * loop is ~1000x slower (oneDNN's gemm version ~50x): one
+             * im2col and one sgemm instead. */
+            cpu_prim_free(&c->bwd_w);
+            c->im2col = 1;
+            size_t rows = (size_t)(dout->shape[0] * dout->shape[2] * dout->shape[3]);
+            c->col = cpu_buf(rows * (size_t)(inp->shape[1] * k * k) * sizeof(float));
+            c->drows = cpu_buf(rows * (size_t)dout->shape[1] * sizeof(float));
+            cpu_cache_put(b, key, c, cpu_conv_bwd_free);
+            goto run;
+        }
+
         const dnnl_memory_desc_t *dwmd =
             dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_diff_weights_md, 0);
         cpu_wconv_init(b, &c->bw_src_in, &src,
-                       dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_src_md, 0));
+                       dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_src_md, 0), 0);
         cpu_wconv_init(b, &c->bw_ddst_in, &dst,
-                       dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_diff_dst_md, 0));
+                       dnnl_primitive_desc_query_md(c->bwd_w.pd, dnnl_query_diff_dst_md, 0), 0);
         c->bw_dw = cpu_mem(b, dwmd);
         c->dw_buf = aligned_alloc(64, (dnnl_memory_desc_get_size(dwmd) + 63) / 64 * 64);
         SWAV_ASSERT(c->dw_buf != NULL);
@@ -542,7 +652,12 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
         cpu_reorder_create(b, &c->dw_back, dwmd, &wuser, 1);
         cpu_cache_put(b, key, c, cpu_conv_bwd_free);
     }
+run:;
     dnnl_exec_arg_t args[CPU_ARGS_MAX];
+    if (c->im2col) {
+        cpu_conv_bwd_weights_im2col(c, dweight->data, dout, inp, k, stride, pad);
+        goto data;
+    }
     /* weight gradient into the kernel's format, then += into the plain one */
     args[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, cpu_wconv_run(b, &c->bw_src_in, inp->data)};
     args[1] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_DST, cpu_wconv_run(b, &c->bw_ddst_in, dout->data)};
@@ -552,6 +667,7 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
     args[0] = (dnnl_exec_arg_t){DNNL_ARG_FROM, c->bw_dw};
     args[1] = (dnnl_exec_arg_t){DNNL_ARG_TO, c->dw_user};
     cpu_exec(b, &c->dw_back, 2, args);
+data:
     if (c->have_data) {
         dnnl_memory_t wm = cpu_wconv_run(b, &c->w, weight->data);
         cpu_mem_set(c->bd_dsrc, dinp->data);
@@ -1273,6 +1389,7 @@ static const struct nn_backend_iface cpu_iface = {
     .free = cpu_free,
     .sync = cpu_sync,
     .cache_size = cpu_cache_size,
+    .weights_updated = cpu_weights_updated,
     .conv2d_forward = cpu_conv2d_forward,
     .conv2d_backward = cpu_conv2d_backward,
     .batchnorm_workspace_bytes = cpu_batchnorm_workspace_bytes,
@@ -1309,6 +1426,7 @@ nn_backend_t *nn_backend_cpu_new(int nthreads)
     }
     struct cpu_backend *b = swav_xcalloc(1, sizeof *b);
     b->base.iface = &cpu_iface;
+    b->weights_version = 1;
     DNNL_CHECK(dnnl_engine_create(&b->eng, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&b->stream, b->eng, dnnl_stream_default_flags));
     return &b->base;

@@ -12,6 +12,7 @@ struct nn_backend_iface {
     void (*free)(nn_backend_t *be, void *p);
     void (*sync)(nn_backend_t *be);
     int (*cache_size)(const nn_backend_t *be);
+    void (*weights_updated)(nn_backend_t *be);
     void (*conv2d_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
     void (*conv2d_backward)(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight, const struct nn_tensor *dout, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
     size_t (*batchnorm_workspace_bytes)(nn_backend_t *be, const struct nn_tensor *inp, unsigned flags);

@@ -166,3 +166,8 @@ int nn_backend_cache_size(const nn_backend_t *be)
 {
     return be->iface->cache_size(be);
 }
+
+void nn_backend_weights_updated(nn_backend_t *be)
+{
+    be->iface->weights_updated(be);
+}

@@ -544,6 +544,7 @@ void nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
 {
     struct nn_model_impl *I = m->impl;
     SWAV_ASSERT(batch >= 1 && batch <= m->batch);
+    nn_backend_weights_updated(m->be); /* the optimizer may have stepped */
     int rows = 0;
     for (int gi = 0; gi < m->n_groups; gi++) {
         struct rn_group_act *g = &I->g[gi];

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/rng.h"
 #include "common/timeutil.h"
@@ -111,10 +112,12 @@ int main(int argc, char **argv)
     float *dscores = malloc(sizeof(float) * m->n_rows * K);
     double *rows = malloc(sizeof(double) * K), *cols = malloc(sizeof(double) * batch);
     double t0 = 0;
+    clock_t c0 = 0;
     float loss = 0;
     for (int it = 0; it <= steps; it++) {
         if (it == 1) {
             t0 = swav_now_s();
+            c0 = clock();
         }
         nn_model_normalize_prototypes(m);
         nn_model_forward(m, (const float *const *)inputs, batch, NN_MODEL_TRAIN);
@@ -131,9 +134,11 @@ int main(int argc, char **argv)
         nn_optim_step(&opt, m->param_data, m->grad_data, 0.1, it);
     }
     double dt = swav_now_s() - t0;
+    double dc = (double)(clock() - c0) / CLOCKS_PER_SEC;
     printf("loss %.4f arena %.1f MiB primitives %d\n", loss, nn_model_arena_bytes(m) / 1048576.0,
            nn_backend_cache_size(be));
     printf("images/s %.3f\n", steps * batch / dt);
+    printf("cpu_seconds_per_image %.3f\n", dc / (steps * batch));
     nn_optim_free(&opt);
     nn_model_destroy(&m);
     nn_backend_destroy(&be);

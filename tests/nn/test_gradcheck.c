@@ -101,6 +101,7 @@ struct conv_case {
 static double conv_loss(void *p)
 {
     struct conv_case *c = p;
+    nn_backend_weights_updated(be); /* check() perturbs the weights in place */
     nn_conv2d_forward(be, &c->out, &c->inp, &c->w, c->stride, c->pad);
     return dot(c->out.data, c->r, nn_tensor_bytes(&c->out) / 4);
 }
@@ -491,6 +492,10 @@ int main(void)
     /* shapes of a bottleneck's 1x1 convolutions deep in the net */
     test_conv(NN_LAYOUT_NCHW, NN_LAYOUT_NCHW, 6, 384, 96, 4, 1, 1, 0);
     test_conv(NN_LAYOUT_NCHW8C, NN_LAYOUT_NCHW8C, 6, 384, 96, 4, 1, 1, 0);
+    /* 3x3 on tiny maps (the end of the net at 32-64 pixels) */
+    test_conv(NN_LAYOUT_NCHW8C, NN_LAYOUT_NCHW8C, 4, 16, 16, 2, 3, 1, 1);
+    test_conv(NN_LAYOUT_NCHW8C, NN_LAYOUT_NCHW8C, 4, 16, 24, 1, 3, 1, 1);
+    test_conv(NN_LAYOUT_NCHW8C, NN_LAYOUT_NCHW8C, 4, 16, 8, 2, 3, 2, 1);
     /* the stem: plain 3-channel input into the blocked layout */
     test_conv(NN_LAYOUT_NCHW, NN_LAYOUT_NCHW8C, 2, 3, 8, 16, 7, 2, 3);
     test_conv(NN_LAYOUT_NCHW, NN_LAYOUT_NCHW, 2, 3, 5, 11, 7, 2, 3);
