@@ -9,7 +9,9 @@ Tolerance: every op must agree within a mean absolute difference of 2/255
 arithmetic, at least 99.9% of the bytes must be identical (the rest may differ
 by one level where float rounding of an intermediate could go either way)
 and no byte may differ by more than 2 levels."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ MAX_TOL = 2
 
 ops_bin = sys.argv[1]
 tmp = tempfile.mkdtemp(prefix="swav-parity-")
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 failures = []
 
 

@@ -12,7 +12,9 @@ expected identical: mean |d| <= 0.01 levels and max |d| <= 1 (2 for CMYK).
 Under AddressSanitizer (meson setup -Db_sanitize=address,undefined) a memory
 error aborts loader-ops, which this test reports as a crash."""
 import io
+import atexit
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from PIL import Image
 
 ops_bin = sys.argv[1]
 tmp = tempfile.mkdtemp(prefix="swav-badimages-")
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 failures = []
 rng = np.random.default_rng(5)
 
