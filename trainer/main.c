@@ -24,6 +24,7 @@
  *
  * Exit codes: 0 done (or stopped cleanly), 2 bad flags, 1 a failure (named
  * in the log): the launcher restarts the trainer group from the checkpoint. */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -76,6 +77,9 @@ struct trainer_args {
     int64_t ring_timeout_ms;
     int64_t stop_after_steps;
     const char *trace_images;
+    const char *curve_secret;
+    const char *curve_allow;
+    const char *assigner_public;
 };
 
 #define TOFF(f) offsetof(struct trainer_args, f)
@@ -112,6 +116,13 @@ static const struct swav_flag trainer_flags[] = {
      "stop (with a checkpoint) after this many steps of this process (tests); 0: never"},
     {"trace_images", SWAV_FLAG_STR, TOFF(trace_images), 0, 0, "",
      "append 'epoch step index...' for every step trained to this file (tests, audits)"},
+    {"curve_secret", SWAV_FLAG_STR, TOFF(curve_secret), 0, 0, "",
+     "CURVE keypair file (swav keygen): --loader_bind accepts encrypted loaders only, and "
+     "this rank's key to the assigner"},
+    {"curve_allow", SWAV_FLAG_STR, TOFF(curve_allow), 0, 0, "",
+     "file of loader public keys let in on --loader_bind (with --curve_secret; empty: any)"},
+    {"assigner_public", SWAV_FLAG_STR, TOFF(assigner_public), 0, 0, "",
+     "the assigner's public key file: talk CURVE to the assigner"},
 };
 
 static volatile sig_atomic_t g_stop;
@@ -154,6 +165,7 @@ struct trainer {
     int64_t iteration;      /* global iteration of the next step */
     uint64_t steps_run;     /* by this process */
     int64_t next_order_it;  /* next global iteration to order from the loaders */
+    int64_t saved_iteration, prev_iteration; /* of checkpoint.safetensors and .prev */
     char config_json[16384];
 };
 
@@ -291,26 +303,47 @@ static void queue_key(char *buf, size_t len, const char *dump, int64_t iteration
     path_in(buf, len, dump, name);
 }
 
+static enum nn_checkpoint_status load_checkpoint(struct trainer *T, const char *path,
+                                                 struct nn_checkpoint_info *info, char *err,
+                                                 size_t errlen)
+{
+    struct nn_checkpoint_load_opts lo = {.strict = true};
+    return nn_checkpoint_load(path, &T->model->params, T->model->param_data, &T->model->buffers,
+                              T->model->buffer_data, T->optim.momentum, &lo, info, err, errlen);
+}
+
+/* Resume from checkpoint.safetensors, or from the one before it when the
+ * latest cannot be read (a crash while a disk filled up, a damaged file). */
 static int try_resume(struct trainer *T, char *queue_for, size_t qlen)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], prev[PATH_MAX];
     path_in(path, sizeof path, T->a.dump_path, "checkpoint.safetensors");
+    path_in(prev, sizeof prev, T->a.dump_path, "checkpoint.prev.safetensors");
     queue_for[0] = '\0';
-    if (access(path, F_OK) != 0) {
-        T->epoch = 0;
-        T->iteration = 0;
+    T->epoch = 0;
+    T->iteration = 0;
+    if (access(path, F_OK) != 0 && access(prev, F_OK) != 0) {
         return 0;
     }
     char err[1024];
     struct nn_checkpoint_info info;
-    struct nn_checkpoint_load_opts lo = {.strict = true};
-    enum nn_checkpoint_status st =
-        nn_checkpoint_load(path, &T->model->params, T->model->param_data, &T->model->buffers,
-                           T->model->buffer_data, T->optim.momentum, &lo, &info, err, sizeof err);
+    const char *used = path;
+    enum nn_checkpoint_status st = load_checkpoint(T, path, &info, err, sizeof err);
     if (st != NN_CHECKPOINT_OK) {
-        LOG_ERROR("cannot resume from %s: %s (%s); move it away to start afresh", path,
-                  nn_checkpoint_status_str(st), err);
-        return -1;
+        LOG_ERROR("cannot resume from %s: %s (%s)", path, nn_checkpoint_status_str(st), err);
+        if (access(prev, F_OK) != 0) {
+            LOG_ERROR("no previous checkpoint (%s) to fall back to; move %s away to start afresh",
+                      prev, path);
+            return -1;
+        }
+        used = prev;
+        st = load_checkpoint(T, prev, &info, err, sizeof err);
+        if (st != NN_CHECKPOINT_OK) {
+            LOG_ERROR("the previous checkpoint %s cannot be read either: %s (%s); move both "
+                      "away to start afresh", prev, nn_checkpoint_status_str(st), err);
+            return -1;
+        }
+        LOG_WARN("falling back to the previous checkpoint %s", prev);
     }
     T->epoch = info.epoch;
     T->iteration = info.step;
@@ -321,9 +354,27 @@ static int try_resume(struct trainer *T, char *queue_for, size_t qlen)
     }
     nn_checkpoint_info_free(&info);
     queue_key(queue_for, qlen, T->a.dump_path, T->iteration);
-    LOG_INFO("resuming from %s: epoch %lld, iteration %lld", path, (long long)T->epoch,
+    LOG_INFO("resuming from %s: epoch %lld, iteration %lld", used, (long long)T->epoch,
              (long long)T->iteration);
     return 0;
+}
+
+/* Queue files of checkpoints that can no longer be resumed from go. */
+static void remove_old_queues(struct trainer *T, int64_t keep_a, int64_t keep_b)
+{
+    DIR *d = opendir(T->a.dump_path);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long long it;
+        char tail[16];
+        if (sscanf(e->d_name, "state-%lld.queu%1s", &it, tail) != 2 || strcmp(tail, "e")) continue;
+        if (it == keep_a || it == keep_b) continue;
+        char p[PATH_MAX];
+        path_in(p, sizeof p, T->a.dump_path, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
 }
 
 static void announce(struct trainer *T, const char *path)
@@ -366,6 +417,20 @@ static int save_checkpoint(struct trainer *T, bool epoch_end)
         .epoch = T->epoch, .step = T->iteration, .seed = (uint64_t)T->a.seed,
         .config_json = T->config_json, .rng_state = step_s, .extra = extra, .nextra = 2};
     path_in(path, sizeof path, T->a.dump_path, "checkpoint.safetensors");
+    /* the current checkpoint becomes the previous one (a hard link, renamed
+     * into place: both names always point to complete files) */
+    char prev[PATH_MAX], prev_tmp[PATH_MAX + 8];
+    path_in(prev, sizeof prev, T->a.dump_path, "checkpoint.prev.safetensors");
+    snprintf(prev_tmp, sizeof prev_tmp, "%s.tmp", prev);
+    unlink(prev_tmp);
+    if (link(path, prev_tmp) == 0) {
+        if (rename(prev_tmp, prev) != 0) {
+            LOG_WARN("cannot rename %s to %s: %s", prev_tmp, prev, strerror(errno));
+            unlink(prev_tmp);
+        } else {
+            T->prev_iteration = T->saved_iteration;
+        }
+    }
     enum nn_checkpoint_status st = nn_checkpoint_save(
         path, &T->model->params, T->model->param_data, &T->model->buffers, T->model->buffer_data,
         T->optim.momentum, &meta, err, sizeof err);
@@ -386,6 +451,8 @@ static int save_checkpoint(struct trainer *T, bool epoch_end)
             LOG_WARN("cannot link %s to %s: %s", path, copy, strerror(errno));
         }
     }
+    T->saved_iteration = T->iteration;
+    remove_old_queues(T, T->saved_iteration, T->prev_iteration);
     LOG_INFO("checkpoint: %s (epoch %lld, iteration %lld) in %.2f s", path, (long long)T->epoch,
              (long long)T->iteration, swav_now_s() - t0);
     announce(T, path);
@@ -674,6 +741,8 @@ int main(int argc, char **argv)
                                      .epochs = T.a.epochs, .warmup_epochs = T.a.warmup_epochs};
     char resume_key[PATH_MAX];
     if (try_resume(&T, resume_key, sizeof resume_key) != 0) return 1;
+    T.saved_iteration = T.iteration;
+    T.prev_iteration = T.iteration;
     const int64_t end_it = T.a.epochs * (int64_t)T.sampler.n_batches;
     if (T.iteration >= end_it) {
         LOG_INFO("the run in %s is complete (%lld epochs); nothing to do", T.a.dump_path,
@@ -690,7 +759,8 @@ int main(int argc, char **argv)
         .queue_length = (uint32_t)T.a.queue_length,
         .epoch_queue_starts = (uint32_t)T.a.epoch_queue_starts,
         .n_crops_for_assign = (uint32_t)T.n_assign, .batch_size = (uint32_t)T.a.batch_size,
-        .heartbeat_ms = 1000};
+        .heartbeat_ms = 1000, .curve_server_public = T.t.assigner_public,
+        .curve_secret = T.t.curve_secret};
     for (int i = 0; i < T.n_assign; i++) ac.crops_for_assign[i] = (uint32_t)T.crops_for_assign[i];
     T.assigner = assigner_client_new(T.zctx, &ac, err, sizeof err);
     if (!T.assigner) {
@@ -698,7 +768,9 @@ int main(int argc, char **argv)
         return 2;
     }
     struct loader_client_opts lo = {.bind = T.t.loader_bind, .run = T.t.run,
-                                    .window = (uint32_t)T.t.window, .zmq_ctx = T.zctx};
+                                    .window = (uint32_t)T.t.window, .zmq_ctx = T.zctx,
+                                    .curve_secret = T.t.curve_secret,
+                                    .curve_allow = T.t.curve_allow};
     if (loader_client_new(&T.loaders, &lo, err, sizeof err) != 0) {
         LOG_ERROR("loader endpoint: %s", err);
         return 2;

@@ -14,6 +14,9 @@ Checks (issue "Trainer and launcher"):
           parameters equal run A's (max abs difference <= 1e-5).
   run D   a loader and the assigner are SIGKILLed during the run: it still
           finishes, and the logs name what happened.
+  run E   run A's latest checkpoint is overwritten with garbage and the run is
+          started again: it falls back to the previous checkpoint, says so,
+          and ends with run A's parameters.
 Usage: test_train.py BUILD_DIR"""
 import json, os, signal, struct, subprocess, sys, tempfile, time
 
@@ -147,6 +150,21 @@ check(rc == 0, f"run D exit {rc}:\n{out[-3000:]}")
 check("loader 0 ended: killed by signal 9" in out, "run D: the loader's death is not named")
 check("assigner ended: killed by signal 9" in out, "run D: the assigner's death is not named")
 check(steps_done(D) >= EPOCHS * steps_per_epoch, "run D: not every step was trained")
+
+# ---- E: a damaged latest checkpoint: fall back to the previous one ------------
+# Run A's last checkpoint is overwritten with garbage; `swav train` again in
+# the same folder falls back to checkpoint.prev (end of epoch 2), says so,
+# trains the last epoch again and ends with run A's parameters.
+with open(os.path.join(A, "checkpoint.safetensors"), "wb") as f:
+    f.write(b"this is not a checkpoint" * 10)
+rc, out, _ = run("A")
+log = open(os.path.join(A, "logs", "trainer-0.log")).read()
+check(rc == 0, f"run E exit {rc}:\n{out[-3000:]}")
+check("falling back to the previous checkpoint" in log, "run E: no fallback message")
+pe, _ = read_safetensors(os.path.join(A, "checkpoint.safetensors"))
+worst = max(float(abs(pa[k].astype("float64") - pe[k]).max()) for k in pa)
+check(worst <= 1e-5, f"run E: parameters after the fallback differ by {worst}")
+print(f"E: fell back to the previous checkpoint; final parameters within {worst:.2e}")
 
 if fails:
     print(f"{len(fails)} checks failed; logs in {tmp}")
