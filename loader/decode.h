@@ -8,8 +8,9 @@
  *   - grayscale: the luma replicated to three channels;
  *   - CMYK / YCCK JPEG: read as Adobe-inverted CMYK ("CMYK;I", as PIL assumes)
  *     and converted with PIL's cmyk2rgb;
- *   - PNG: any bit depth / palette / gray / alpha, 16-bit stripped to 8, alpha
- *     dropped (PIL's convert("RGB") drops alpha too, with no compositing).
+ *   - PNG: any bit depth / palette / gray / alpha, 16-bit to the high byte
+ *     (16-bit gray clamped to 255 instead, as PIL's mode "I"), alpha dropped
+ *     (PIL's convert("RGB") drops alpha too, with no compositing).
  * EXIF orientation is ignored, as PIL's Image.open + convert does.
  * Untrusted files get a status code and a message naming the problem, never a
  * crash; a header claiming more than LOADER_MAX_PIXELS pixels is refused
