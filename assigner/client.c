@@ -76,6 +76,19 @@ assigner_client_t *assigner_client_new(void *zmq_ctx, const struct assigner_clie
     ZMQ_CHECK_PTR(c->ctx);
     c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
     ZMQ_CHECK_PTR(c->sock);
+    if (cfg->curve_server_public && *cfg->curve_server_public) {
+        char cerr[512];
+        if (proto_socket_curve_client(c->sock, cfg->curve_server_public,
+                                      cfg->curve_secret && *cfg->curve_secret ? cfg->curve_secret
+                                                                              : NULL,
+                                      cerr, sizeof cerr) != PROTO_OK) {
+            snprintf(err, errlen, "assigner client: %s", cerr);
+            zmq_close(c->sock);
+            if (c->own_ctx) zmq_ctx_term(c->ctx);
+            free(c);
+            return NULL;
+        }
+    }
     if (proto_socket_setup(c->sock, -1, cfg->heartbeat_ms, 3 * cfg->heartbeat_ms) != PROTO_OK ||
         zmq_connect(c->sock, c->endpoint) != 0) {
         snprintf(err, errlen, "assigner client: cannot connect to %s: %s", c->endpoint,

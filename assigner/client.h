@@ -41,6 +41,8 @@ struct assigner_client_config {
     uint32_t crops_for_assign[PROTO_MAX_LIST];
     uint32_t batch_size;        /* per rank */
     int heartbeat_ms;           /* ZMTP heartbeats (0: off) */
+    const char *curve_server_public; /* the assigner's public key file: CURVE (NULL/"": off) */
+    const char *curve_secret;        /* this client's keypair file (NULL/"": a fresh one) */
 };
 
 typedef struct assigner_client assigner_client_t;

@@ -24,6 +24,8 @@ struct cli {
     double collapse_entropy_frac;
     int64_t collapse_min_used;
     int64_t log_every;
+    const char *curve_secret;
+    const char *curve_allow;
 };
 
 #define F(name, type, field, mn, mx, def, help) \
@@ -50,6 +52,10 @@ static const struct swav_flag cli_flags[] = {
     F("collapse_min_used", SWAV_FLAG_INT, collapse_min_used, 0, 1 << 20, "0",
       "warn when fewer prototypes get an argmax (0: 5% of min(K, rows))"),
     F("log_every", SWAV_FLAG_INT, log_every, 0, 1 << 30, "50", "a statistics line every N steps"),
+    F("curve_secret", SWAV_FLAG_STR, curve_secret, 0, 0, "",
+      "CURVE keypair file (swav keygen): the endpoint accepts encrypted trainers only"),
+    F("curve_allow", SWAV_FLAG_STR, curve_allow, 0, 0, "",
+      "file of trainer public keys let in (with --curve_secret; empty: any key)"),
 };
 #undef F
 
@@ -90,6 +96,8 @@ int main(int argc, char **argv)
         .collapse_entropy_frac = cli.collapse_entropy_frac,
         .collapse_min_used = (int)cli.collapse_min_used,
         .log_every = (int)cli.log_every,
+        .curve_secret = cli.curve_secret,
+        .curve_allow = cli.curve_allow,
     };
     g_server = assigner_server_new(&o, err, sizeof err);
     if (!g_server) {

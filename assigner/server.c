@@ -44,6 +44,8 @@ struct assigner_server {
     char resume[PROTO_MAX_STR + 1];
     void *ctx;
     void *sock;
+    struct proto_zap *zap;  /* the allow-list's ZAP handler, or NULL */
+    uint64_t zap_refused;   /* refusals already logged */
     volatile sig_atomic_t stop;
 
     char run[PROTO_MAX_ID + 1];   /* "" until adopted */
@@ -710,11 +712,31 @@ assigner_server_t *assigner_server_new(const struct assigner_server_opts *opts, 
     ZMQ_CHECK_PTR(s->sock);
     int one = 1;
     ZMQ_CHECK(zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one));
+    char cerr[512] = "";
+    bool want_allow = opts->curve_allow && *opts->curve_allow;
+    if (want_allow && !(opts->curve_secret && *opts->curve_secret)) {
+        snprintf(cerr, sizeof cerr, "--curve_allow %s needs --curve_secret", opts->curve_allow);
+    } else if (opts->curve_secret && *opts->curve_secret &&
+               (proto_socket_curve_server(s->sock, opts->curve_secret, cerr, sizeof cerr) !=
+                    PROTO_OK ||
+                (want_allow &&
+                 !(s->zap = proto_zap_new(s->ctx, opts->curve_allow, cerr, sizeof cerr))))) {
+        SWAV_ASSERT(cerr[0]);
+    }
+    if (cerr[0]) {
+        snprintf(err, errlen, "%s", cerr);
+        zmq_close(s->sock);
+        proto_zap_destroy(&s->zap);
+        zmq_ctx_term(s->ctx);
+        free(s);
+        return NULL;
+    }
     if (proto_socket_setup(s->sock, opts->max_msg_bytes, opts->heartbeat_ms,
                            3 * opts->heartbeat_ms) != PROTO_OK ||
         zmq_bind(s->sock, s->endpoint) != 0) {
         snprintf(err, errlen, "cannot bind %s: %s", s->endpoint, zmq_strerror(zmq_errno()));
         zmq_close(s->sock);
+        proto_zap_destroy(&s->zap);
         zmq_ctx_term(s->ctx);
         free(s);
         return NULL;
@@ -764,6 +786,15 @@ int assigner_server_run(assigner_server_t *s)
             }
         }
         check_deadlines(s, swav_now_ms());
+        if (s->zap) {
+            uint64_t ok = 0, refused = 0;
+            proto_zap_counts(s->zap, &ok, &refused);
+            if (refused > s->zap_refused) {
+                LOG_WARN("refused %llu connection(s): CURVE key not in --curve_allow %s",
+                         (unsigned long long)(refused - s->zap_refused), s->o.curve_allow);
+                s->zap_refused = refused;
+            }
+        }
     }
     LOG_INFO("stopping after %llu steps (%llu messages refused)",
              (unsigned long long)s->steps_done, (unsigned long long)s->refused);
@@ -780,6 +811,7 @@ void assigner_server_destroy(assigner_server_t **ps)
     assigner_frames_align_free(&s->align);
     proto_msg_free(&s->msg);
     zmq_close(s->sock);
+    proto_zap_destroy(&s->zap);
     zmq_ctx_term(s->ctx);
     free(s);
     *ps = NULL;

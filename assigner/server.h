@@ -25,6 +25,8 @@ struct assigner_server_opts {
     double collapse_entropy_frac;
     int collapse_min_used;
     int log_every;             /* a statistics line every N steps */
+    const char *curve_secret;  /* CURVE keypair file (NULL/"": plain ZMTP) */
+    const char *curve_allow;   /* allowed trainer public keys (NULL/"": any) */
 };
 
 typedef struct assigner_server assigner_server_t;

@@ -64,6 +64,8 @@ struct loader_client {
     int own_ctx;
     void *sock;
     char endpoint[512];
+    struct proto_zap *zap;  /* --curve_allow's handler, or NULL */
+    uint64_t zap_refused;   /* refusals already logged */
 
     struct slot *slots; /* ring of window + 1 */
     uint32_t nslots, head, count;
@@ -129,6 +131,24 @@ int loader_client_new(struct loader_client **out, const struct loader_client_opt
         snprintf(err, errlen, "loader client: socket options: %s", zmq_strerror(zmq_errno()));
         goto fail;
     }
+    if (opts->curve_allow && *opts->curve_allow && !(opts->curve_secret && *opts->curve_secret)) {
+        snprintf(err, errlen, "loader client: an allow-list (%s) needs a CURVE keypair",
+                 opts->curve_allow);
+        goto fail;
+    }
+    if (opts->curve_secret && *opts->curve_secret) {
+        char cerr[512];
+        if (proto_socket_curve_server(c->sock, opts->curve_secret, cerr, sizeof cerr) !=
+            PROTO_OK) {
+            snprintf(err, errlen, "loader client: %s", cerr);
+            goto fail;
+        }
+        if (opts->curve_allow && *opts->curve_allow &&
+            !(c->zap = proto_zap_new(c->ctx, opts->curve_allow, cerr, sizeof cerr))) {
+            snprintf(err, errlen, "loader client: %s", cerr);
+            goto fail;
+        }
+    }
     if (zmq_bind(c->sock, opts->bind) != 0) {
         snprintf(err, errlen, "loader client: cannot bind %s: %s", opts->bind,
                  zmq_strerror(zmq_errno()));
@@ -175,6 +195,7 @@ void loader_client_destroy(struct loader_client **cp)
     free(c->in);
     proto_msg_free(&c->msg);
     zmq_close(c->sock);
+    proto_zap_destroy(&c->zap);
     if (c->own_ctx) zmq_ctx_term(c->ctx);
     free(c);
     *cp = NULL;
@@ -263,6 +284,15 @@ static void peer_lost(struct loader_client *c, int k, const char *why)
 
 static void housekeeping(struct loader_client *c, int64_t now)
 {
+    if (c->zap) {
+        uint64_t ok = 0, refused = 0;
+        proto_zap_counts(c->zap, &ok, &refused);
+        if (refused > c->zap_refused) {
+            LOG_WARN("refused %" PRIu64 " connection(s) on %s: CURVE key not in --curve_allow %s",
+                     refused - c->zap_refused, c->endpoint, c->o.curve_allow);
+            c->zap_refused = refused;
+        }
+    }
     for (uint32_t i = 0; i < c->npeers; i++) {
         struct peer *p = &c->peers[i];
         if (p->used && p->alive && now - p->last_heard_ms > c->o.silence_ms) {

@@ -55,6 +55,12 @@ struct loader_client_opts {
     uint64_t max_batch_bytes;  /* ZMQ_MAXMSGSIZE of the ROUTER; 0: 1 GiB */
     uint32_t max_attempts;     /* refusals before an order fails; 0: 3 */
     void *zmq_ctx;             /* NULL: the client makes (and ends) its own context */
+    /* CURVE (docs/security.md): the keypair file that makes the ROUTER a
+     * CURVE server, and the file of loader public keys allowed in (a ZAP
+     * handler on zmq_ctx, owned by this client: none may exist there yet).
+     * NULL or "": plain ZMTP / any client that knows the server key. */
+    const char *curve_secret;
+    const char *curve_allow;
 };
 
 struct loader_client_stats {

@@ -65,6 +65,8 @@ struct config {
     int64_t report_s;
     bool index_only;
     int64_t delay_ms;
+    const char *curve_secret;
+    const char *curve_server_public;
 };
 
 #define OFF(f) offsetof(struct config, f)
@@ -95,6 +97,10 @@ static const struct swav_flag loader_flags[] = {
      "build (or check) the index cache in --dump_path and exit"},
     {"delay_ms", SWAV_FLAG_INT, OFF(delay_ms), 0, 60000, "0",
      "sleep this long per image (tests: a slow loader holds its orders longer)"},
+    {"curve_secret", SWAV_FLAG_STR, OFF(curve_secret), 0, 0, "",
+     "CURVE: this loader's keypair file (swav keygen); with --curve_server_public"},
+    {"curve_server_public", SWAV_FLAG_STR, OFF(curve_server_public), 0, 0, "",
+     "CURVE: the consumers' public key file; every --connect is then encrypted"},
 };
 #undef OFF
 
@@ -586,7 +592,9 @@ static void on_monitor(struct loader *L, int k, int stopping)
             return;
         }
         uint16_t ev = 0;
+        uint32_t evval = 0;
         if (zmq_msg_size(&m) >= 2) memcpy(&ev, zmq_msg_data(&m), 2);
+        if (zmq_msg_size(&m) >= 6) memcpy(&evval, (const char *)zmq_msg_data(&m) + 2, 4);
         int more = zmq_msg_more(&m);
         zmq_msg_close(&m);
         while (more) {
@@ -598,6 +606,16 @@ static void on_monitor(struct loader *L, int k, int stopping)
         if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             LOG_INFO("connected to %s", L->endpoints[k]);
             send_ready(L, k, stopping);
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+            LOG_LIMITED(SWAV_LOG_ERROR,
+                        "%s refused this loader's CURVE key (status %u): is its public key in "
+                        "the consumer's --curve_allow list? (retrying)",
+                        L->endpoints[k], (unsigned)evval);
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+            LOG_LIMITED(SWAV_LOG_ERROR,
+                        "handshake with %s failed (ZMTP error %#x): CURVE on one side only, or "
+                        "the wrong --curve_server_public? (retrying)",
+                        L->endpoints[k], (unsigned)evval);
         } else if (ev == ZMQ_EVENT_DISCONNECTED) {
             /* libzmq reconnects after a network error but gives up on the
              * endpoint after a protocol error (an oversized or malformed
@@ -630,6 +648,16 @@ static int open_consumer(struct loader *L, int k)
     }
     int one = 1;
     ZMQ_CHECK(zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof one));
+    if (*L->cfg.curve_server_public) {
+        char cerr[512];
+        if (proto_socket_curve_client(s, L->cfg.curve_server_public,
+                                      *L->cfg.curve_secret ? L->cfg.curve_secret : NULL, cerr,
+                                      sizeof cerr) != PROTO_OK) {
+            fprintf(stderr, "swav-loader: %s\n", cerr);
+            zmq_close(s);
+            return -1;
+        }
+    }
     if (zmq_connect(s, L->endpoints[k]) != 0) {
         fprintf(stderr, "swav-loader: --connect %s: %s\n", L->endpoints[k],
                 zmq_strerror(zmq_errno()));
@@ -641,7 +669,10 @@ static int open_consumer(struct loader *L, int k)
      * or restarted), not at the next beat. */
     char mon[64];
     snprintf(mon, sizeof mon, "inproc://monitor-%d-%u", k, ++L->generation[k]);
-    ZMQ_CHECK(zmq_socket_monitor(s, mon, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED));
+    ZMQ_CHECK(zmq_socket_monitor(s, mon,
+                                 ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                     ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL));
     L->monitors[k] = zmq_socket(L->ctx, ZMQ_PAIR);
     ZMQ_CHECK_PTR(L->monitors[k]);
     ZMQ_CHECK(zmq_connect(L->monitors[k], mon));
