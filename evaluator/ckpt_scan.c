@@ -72,7 +72,8 @@ int eval_ckpt_scan(const char *dir, struct eval_ckpt *out, int max, char *err, s
         all[n++] = c;
     }
     closedir(d);
-    qsort(all, (size_t)n, sizeof(*all), cmp_ckpt);
+    if (n > 0) /* all is NULL in a folder without checkpoints */
+        qsort(all, (size_t)n, sizeof(*all), cmp_ckpt);
     int skip = n > max ? n - max : 0;
     int m = n - skip;
     if (m > 0)

@@ -416,7 +416,8 @@ static int cmp_result_epoch(const void *a, const void *b)
 
 static void render_loss(struct sbuf *b, struct report_data *d)
 {
-    qsort(d->tp, d->ntp, sizeof(*d->tp), cmp_train);
+    if (d->ntp > 0) /* tp is NULL without train.jsonl */
+        qsort(d->tp, d->ntp, sizeof(*d->tp), cmp_train);
     size_t n = d->ntp < REPORT_MAX_POINTS ? d->ntp : REPORT_MAX_POINTS;
     double *x = swav_xmalloc(sizeof(double) * (n + 1));
     double *y = swav_xmalloc(sizeof(double) * (n + 1));
@@ -649,8 +650,10 @@ int eval_report_render(const char *dump_path, const char *config_json, char **ht
     if (np == 0)
         sb_puts(&b, "<p class=\"note\">No probe results yet.</p>\n");
     struct result_row *sorted = swav_xmalloc(sizeof(*sorted) * (d.nrr + 1));
-    memcpy(sorted, d.rr, sizeof(*sorted) * d.nrr);
-    qsort(sorted, d.nrr, sizeof(*sorted), cmp_result_epoch);
+    if (d.nrr > 0) { /* rr is NULL without eval.jsonl */
+        memcpy(sorted, d.rr, sizeof(*sorted) * d.nrr);
+        qsort(sorted, d.nrr, sizeof(*sorted), cmp_result_epoch);
+    }
     char names[REPORT_MAX_PROBES][64];
     for (int j = 0; j < np; j++)
         snprintf(names[j], sizeof(names[j]), "%s", probes[j]);
