@@ -23,7 +23,8 @@ both data sets (--dataset eval_train=... --dataset eval_val=...).
      scanned folder) among garbage, a checkpoint of another run and one
      naming a missing file: ckp-2 is evaluated, nothing else (orders of 16
      images, the last one short); SIGTERM: exit 0.
-  E  with a slow loader, SIGKILL the watching evaluator in the middle of
+  E  with a slow loader, SIGTERM the watching evaluator in the middle of
+     evaluating ckp-3 (exit 0 within 5 s, no record); SIGKILL it in the middle of
      evaluating ckp-3, write ckp-4, restart (--once): ckp-4 is evaluated,
      stale ckp-3 skipped, finished ones not redone (one record each).
 
@@ -264,6 +265,17 @@ def main(tmp):
     ld.wait(20)
     slow = loader("slow", ["--delay_ms", "15"])
     ckpt(os.path.join(dump, "ckp-3.safetensors"), 3, 30, 3)
+    # SIGTERM in the middle of the features: exit 0 soon, nothing recorded
+    ev = Proc([EVAL, "--sub", sub_ep] + common, os.path.join(tmp, "e0.log"))
+    check(wait_for(lambda: "evaluating " in ev.log() and "ckp-3" in ev.log(), 30),
+          "E: evaluation of ckp-3 started\n%s" % ev.log()[-2000:])
+    time.sleep(0.3)
+    t0 = time.time()
+    ev.p.send_signal(signal.SIGTERM)
+    rc = ev.wait(20)
+    check(rc == 0 and time.time() - t0 < 5, "E: SIGTERM mid-run: exit %s after %.1f s" %
+          (rc, time.time() - t0))
+    check(count(records(dump), "knn", 3) == 0, "E: nothing recorded for ckp-3 after SIGTERM")
     ev = Proc([EVAL, "--sub", sub_ep] + common, os.path.join(tmp, "e1.log"))
     check(wait_for(lambda: "evaluating " in ev.log() and "ckp-3" in ev.log(), 30),
           "E: evaluation of ckp-3 started\n%s" % ev.log()[-2000:])
