@@ -1,0 +1,70 @@
+/* The CUDA backend (nn/backend.h's table on one GPU) and the device-side
+ * pieces of a training step that are not layers: crop normalization,
+ * prototype normalization, Sinkhorn, and a fused SGD+LARC step.
+ *
+ * Memory: nn_backend_alloc on this backend returns CUDA managed memory
+ * (cudaMallocManaged), so host code that still touches model buffers
+ * (memset of gradients, checkpoint copies) keeps working; every pointer
+ * handed to a layer must be device-accessible (nn_backend_alloc memory or
+ * cudaMalloc'd).  Layouts: NCHW (4-D) and NC (2-D) only; nChw8c is the CPU
+ * backend's and is refused (build the model with cfg.plain_layout = 1).
+ * fp32 throughout (no TF32 unless SWAV_CUDA_TF32=1 in the environment).
+ * Calls are asynchronous on the backend's stream; loss forwards return their
+ * value and so synchronize.  See docs/cuda.md. */
+#ifndef SWAV_NN_CUDA_BACKEND_CUDA_H
+#define SWAV_NN_CUDA_BACKEND_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nn/backend.h"
+#include "nn/optim.h"
+#include "nn/params.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of CUDA devices (0 when there is no driver or no device). */
+int nn_cuda_device_count(void);
+/* Why the count was 0 ("no CUDA-capable device", "driver too old", ...), or
+ * "" when it was not. */
+const char *nn_cuda_count_error(void);
+/* NULL (with a logged reason) when the device cannot be used. */
+nn_backend_t *nn_backend_cuda_new(int device);
+
+/* 1 when the GPU can address p (device or managed memory), 0 for plain host
+ * memory (malloc'd: e.g. the model's activation arena today, docs/cuda.md). */
+int nn_cuda_pointer_usable(const void *p);
+/* bytes of p set to zero on the backend's stream (gradients: no host touch). */
+void nn_cuda_zero(nn_backend_t *be, void *p, size_t bytes);
+
+/* uint8 NHWC crops -> float NCHW normalized (nn_normalize_u8 on the device).
+ * src, dst device-accessible; src (n, h, w, 3), dst (n, 3, h, w). */
+void nn_cuda_normalize_u8(nn_backend_t *be, float *dst, const uint8_t *src, int n, int h, int w);
+/* Rows of w (rows, cols) L2-normalized in place (nn_prototypes_normalize). */
+void nn_cuda_prototypes_normalize(nn_backend_t *be, float *w, int64_t rows, int64_t cols);
+/* distributed_sinkhorn of the reference with one rank: q (B, K) from scores
+ * (B, K), epsilon eps, iters iterations; q sums to 1 per row. */
+void nn_cuda_sinkhorn(nn_backend_t *be, float *q, const float *scores, int B, int K, float eps,
+                      int iters);
+
+/* SGD + LARC over the flat parameter buffer, nn/optim.h's semantics (same
+ * config struct; nthreads ignored).  Momentum buffer on the device. */
+struct nn_cuda_optim;
+struct nn_cuda_optim *nn_cuda_optim_new(nn_backend_t *be, const struct nn_param_table *table,
+                                        const struct nn_optim_config *cfg);
+void nn_cuda_optim_destroy(struct nn_cuda_optim **o);
+void nn_cuda_optim_set_group(struct nn_cuda_optim *o, int index, int group);
+void nn_cuda_optim_step(struct nn_cuda_optim *o, float *params, const float *grads, double lr,
+                        int64_t iteration);
+void nn_cuda_optim_step_groups(struct nn_cuda_optim *o, float *params, const float *grads,
+                               const double *group_lr, int64_t iteration);
+/* The momentum buffer (table->total floats, managed memory). */
+float *nn_cuda_optim_momentum(struct nn_cuda_optim *o);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

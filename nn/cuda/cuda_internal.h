@@ -1,0 +1,148 @@
+/* Internal to nn/cuda/: the backend's state and the checks (C++/CUDA only). */
+#ifndef SWAV_NN_CUDA_INTERNAL_H
+#define SWAV_NN_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+extern "C" {
+#include "common/check.h"
+#include "common/log.h"
+#include "nn/backend_impl.h"
+}
+
+#include "backend_cuda.h"
+
+#define CUDA_CHECK(expr)                                                                   \
+    do {                                                                                   \
+        cudaError_t swav_cu_st_ = (expr);                                                  \
+        if (swav_cu_st_ != cudaSuccess) {                                                  \
+            LOG_ERROR("%s failed: %s at %s:%d", #expr, cudaGetErrorString(swav_cu_st_),    \
+                      __FILE__, __LINE__);                                                 \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+#define CUDNN_CHECK(expr)                                                                  \
+    do {                                                                                   \
+        cudnnStatus_t swav_dnn_st_ = (expr);                                               \
+        if (swav_dnn_st_ != CUDNN_STATUS_SUCCESS) {                                        \
+            LOG_ERROR("%s failed: %s at %s:%d", #expr, cudnnGetErrorString(swav_dnn_st_),  \
+                      __FILE__, __LINE__);                                                 \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+#define CUBLAS_CHECK(expr)                                                                 \
+    do {                                                                                   \
+        cublasStatus_t swav_blas_st_ = (expr);                                             \
+        if (swav_blas_st_ != CUBLAS_STATUS_SUCCESS) {                                      \
+            LOG_ERROR("%s failed: cublas status %d at %s:%d", #expr, (int)swav_blas_st_,   \
+                      __FILE__, __LINE__);                                                 \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+/* A launch: check the configuration right away (asynchronous faults show at
+ * the next synchronizing call). */
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+#define CU_KEY_MAX 16
+
+struct cu_entry {
+    int key[CU_KEY_MAX];
+    void *op;
+    void (*op_free)(void *op);
+};
+
+struct cuda_backend {
+    struct nn_backend base;
+    int device;
+    cudaStream_t stream;
+    cudnnHandle_t dnn;
+    cublasHandle_t blas;
+    cudnnMathType_t conv_math;
+    void *ws; /* one cuDNN workspace, grown only when a shape is first seen */
+    size_t ws_bytes;
+    float *tmp; /* scratch floats (masked gradients, Sinkhorn sums) */
+    size_t tmp_bytes;
+    double *red; /* device partial sums (losses, norms) */
+    size_t red_n;
+    double *host_red; /* pinned: results read back */
+    struct cu_entry *entries;
+    int n_entries, cap_entries;
+};
+
+static inline struct cuda_backend *cu_be(nn_backend_t *be)
+{
+    return (struct cuda_backend *)be;
+}
+
+/* Grows the scratch buffers (first sight of a shape only: warm-up). */
+void cu_tmp_reserve(struct cuda_backend *b, size_t bytes);
+void cu_red_reserve(struct cuda_backend *b, size_t n);
+
+#define TPB 256
+
+static inline unsigned cu_blocks(size_t n)
+{
+    size_t b = (n + TPB - 1) / TPB;
+    return (unsigned)(b ? b : 1);
+}
+
+/* ---- block reductions (blockDim.x a multiple of 32, at most 1024) ---------- */
+
+template <typename T> static __device__ __forceinline__ T cu_block_sum(T v, T *sh)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_down_sync(0xffffffffu, v, o);
+    }
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0) {
+        sh[wid] = v;
+    }
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = (int)threadIdx.x < nw ? sh[threadIdx.x] : (T)0;
+    if (wid == 0) {
+        for (int o = 16; o > 0; o >>= 1) {
+            v += __shfl_down_sync(0xffffffffu, v, o);
+        }
+        if (lane == 0) {
+            sh[32] = v;
+        }
+    }
+    __syncthreads();
+    T r = sh[32];
+    __syncthreads();
+    return r;
+}
+
+static __device__ __forceinline__ float cu_block_max(float v, float *sh)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    }
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0) {
+        sh[wid] = v;
+    }
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = (int)threadIdx.x < nw ? sh[threadIdx.x] : -INFINITY;
+    if (wid == 0) {
+        for (int o = 16; o > 0; o >>= 1) {
+            v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+        }
+        if (lane == 0) {
+            sh[32] = v;
+        }
+    }
+    __syncthreads();
+    float r = sh[32];
+    __syncthreads();
+    return r;
+}
+
+#endif

@@ -1,0 +1,435 @@
+/* The rest of a SwAV step on the device: crop normalization, prototype
+ * normalization, Sinkhorn-Knopp, and SGD + LARC over the flat parameter
+ * buffer (nn/optim.h's semantics, same float formulas as optim.c).
+ *
+ * NEVER RUN ON A GPU when written: see docs/cuda.md. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+extern "C" int nn_cuda_pointer_usable(const void *p)
+{
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+extern "C" void nn_cuda_zero(nn_backend_t *be, void *p, size_t bytes)
+{
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cu_be(be)->stream));
+}
+
+/* ---- crops: uint8 NHWC -> float NCHW, the reference's mean/std ---------------- */
+
+__global__ void k_normalize_u8(float *dst, const uint8_t *src, int64_t n, int64_t plane)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* pixel index over n * plane */
+    if (i >= n * plane) {
+        return;
+    }
+    /* same constants and float formula as nn_normalize_u8 (tensor.c) */
+    const float mean[3] = {0.485f, 0.456f, 0.406f};
+    const float stdv[3] = {0.228f, 0.224f, 0.225f};
+    int64_t img = i / plane, p = i % plane;
+    const uint8_t *s = src + i * 3;
+    float *d = dst + img * plane * 3 + p;
+    for (int c = 0; c < 3; c++) {
+        float scale = 1.0f / (255.0f * stdv[c]), shift = -mean[c] / stdv[c];
+        d[c * plane] = (float)s[c] * scale + shift;
+    }
+}
+
+extern "C" void nn_cuda_normalize_u8(nn_backend_t *be, float *dst, const uint8_t *src, int n,
+                                     int h, int w)
+{
+    int64_t plane = (int64_t)h * w;
+    k_normalize_u8<<<cu_blocks((size_t)(n * plane)), TPB, 0, cu_be(be)->stream>>>(dst, src, n,
+                                                                                  plane);
+    CUDA_LAUNCH_CHECK();
+}
+
+/* ---- prototypes: rows L2-normalized in place ------------------------------------ */
+
+__global__ void k_rows_normalize(float *w, int64_t cols)
+{
+    __shared__ double sh[33];
+    float *r = w + (int64_t)blockIdx.x * cols;
+    double s = 0;
+    for (int64_t d = threadIdx.x; d < cols; d += blockDim.x) {
+        s += (double)r[d] * r[d];
+    }
+    s = cu_block_sum(s, sh);
+    float inv = 1.0f / fmaxf((float)sqrt(s), 1e-12f);
+    for (int64_t d = threadIdx.x; d < cols; d += blockDim.x) {
+        r[d] = r[d] * inv;
+    }
+}
+
+extern "C" void nn_cuda_prototypes_normalize(nn_backend_t *be, float *w, int64_t rows, int64_t cols)
+{
+    k_rows_normalize<<<(unsigned)rows, TPB, 0, cu_be(be)->stream>>>(w, cols);
+    CUDA_LAUNCH_CHECK();
+}
+
+/* ---- Sinkhorn-Knopp (distributed_sinkhorn, one rank) ----------------------------- *
+ * Reference on Q = exp(scores / eps)^T (K, B): Q /= sum(Q); iters times
+ * { Q /= row sums (over B), Q /= K; Q /= column sums (over K), Q /= B };
+ * Q *= B.  Here q is (B, K), so the reference's rows are our columns. */
+
+#define SK_BLOCKS 1024
+
+__global__ void k_sk_exp(float *q, double *part, const float *scores, int64_t n, float inv_eps)
+{
+    __shared__ double sh[33];
+    double s = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = expf(scores[i] * inv_eps);
+        q[i] = v;
+        s += v;
+    }
+    s = cu_block_sum(s, sh);
+    if (threadIdx.x == 0) {
+        part[blockIdx.x] = s;
+    }
+}
+
+__global__ void k_sk_total(double *out, const double *part, int64_t n)
+{
+    __shared__ double sh[33];
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        s += part[i];
+    }
+    s = cu_block_sum(s, sh);
+    if (threadIdx.x == 0) {
+        out[0] = s;
+    }
+}
+
+__global__ void k_sk_scale(float *q, const double *total, int64_t n)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        q[i] = (float)(q[i] / total[0]);
+    }
+}
+
+/* colsum[k] = sum_b q[b, k] (one thread per k, b in order) */
+__global__ void k_sk_colsum(double *colsum, const float *q, int64_t B, int64_t K)
+{
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < K) {
+        double s = 0;
+        for (int64_t b = 0; b < B; b++) {
+            s += q[b * K + k];
+        }
+        colsum[k] = s;
+    }
+}
+
+__global__ void k_sk_divcol(float *q, const double *colsum, int64_t B, int64_t K)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < B * K) {
+        q[i] = (float)(q[i] / colsum[i % K] / (double)K);
+    }
+}
+
+/* one block per row b: q[b, :] /= sum_k q[b, k], /= B, then *= final_mul */
+__global__ void k_sk_rownorm(float *q, int64_t B, int64_t K, float final_mul)
+{
+    __shared__ double sh[33];
+    float *r = q + (int64_t)blockIdx.x * K;
+    double s = 0;
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+        s += r[k];
+    }
+    s = cu_block_sum(s, sh);
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+        r[k] = (float)(r[k] / s / (double)B) * final_mul;
+    }
+}
+
+extern "C" void nn_cuda_sinkhorn(nn_backend_t *be, float *q, const float *scores, int B, int K,
+                                 float eps, int iters)
+{
+    struct cuda_backend *b = cu_be(be);
+    SWAV_ASSERT(iters >= 1); /* the final Q *= B rides on the last iteration */
+    int64_t n = (int64_t)B * K;
+    cu_red_reserve(b, (size_t)K + SK_BLOCKS + 1);
+    double *total = b->red, *part = b->red + 1, *colsum = b->red + 1 + SK_BLOCKS;
+    k_sk_exp<<<SK_BLOCKS, TPB, 0, b->stream>>>(q, part, scores, n, 1.0f / eps);
+    CUDA_LAUNCH_CHECK();
+    k_sk_total<<<1, 1024, 0, b->stream>>>(total, part, SK_BLOCKS);
+    CUDA_LAUNCH_CHECK();
+    k_sk_scale<<<cu_blocks((size_t)n), TPB, 0, b->stream>>>(q, total, n);
+    CUDA_LAUNCH_CHECK();
+    for (int it = 0; it < iters; it++) {
+        k_sk_colsum<<<cu_blocks((size_t)K), TPB, 0, b->stream>>>(colsum, q, B, K);
+        CUDA_LAUNCH_CHECK();
+        k_sk_divcol<<<cu_blocks((size_t)n), TPB, 0, b->stream>>>(q, colsum, B, K);
+        CUDA_LAUNCH_CHECK();
+        k_sk_rownorm<<<(unsigned)B, TPB, 0, b->stream>>>(q, B, K, it == iters - 1 ? (float)B : 1.0f);
+        CUDA_LAUNCH_CHECK();
+    }
+}
+
+/* ---- SGD + LARC ------------------------------------------------------------------------ */
+
+#define OPT_CHUNK 65536
+#define OPT_MAX_GROUPS NN_OPTIM_MAX_GROUPS
+
+struct opt_chunk {
+    int param;
+    size_t begin, len;
+};
+
+struct opt_lr {
+    float lr[OPT_MAX_GROUPS];
+};
+
+struct nn_cuda_optim {
+    struct cuda_backend *b;
+    struct nn_optim_config cfg;
+    const struct nn_param_table *table;
+    int n, nchunks;
+    float *momentum;          /* managed, table->total */
+    struct opt_chunk *chunks; /* device */
+    int *first_chunk;         /* device, n + 1 */
+    int *group_host;          /* host copy, n */
+    int *group;               /* device, n */
+    unsigned char *frozen_kind; /* device, n: 1 for NN_PARAM_PROTOTYPES */
+    double *partial;          /* device, 2 * nchunks */
+    float *coef;              /* device, 2 * n: LARC factor, weight decay */
+};
+
+__global__ void k_opt_norms(double *partial, const struct opt_chunk *chunks, const float *p,
+                            const float *g)
+{
+    __shared__ double sh[33];
+    struct opt_chunk c = chunks[blockIdx.x];
+    double sp = 0, sg = 0;
+    for (size_t k = threadIdx.x; k < c.len; k += blockDim.x) {
+        double a = p[c.begin + k], d = g[c.begin + k];
+        sp += a * a;
+        sg += d * d;
+    }
+    sp = cu_block_sum(sp, sh);
+    sg = cu_block_sum(sg, sh);
+    if (threadIdx.x == 0) {
+        partial[2 * blockIdx.x] = sp;
+        partial[2 * blockIdx.x + 1] = sg;
+    }
+}
+
+/* optim.c's tensor_coeffs, one thread per tensor */
+__global__ void k_opt_coeffs(float *coef, const double *partial, const int *first_chunk,
+                             const int *group, int n, int larc, float wd_cfg, float trust,
+                             float eps, int clip, struct opt_lr lrs)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) {
+        return;
+    }
+    float a = 1.0f, wd = wd_cfg;
+    if (larc) {
+        double sp = 0, sg = 0;
+        for (int c = first_chunk[i]; c < first_chunk[i + 1]; c++) {
+            sp += partial[2 * c];
+            sg += partial[2 * c + 1];
+        }
+        float pn = (float)sqrt(sp), gn = (float)sqrt(sg);
+        if (pn != 0.0f && gn != 0.0f) {
+            float num = trust * pn;
+            float den = gn + pn * wd_cfg;
+            den = den + eps;
+            a = num / den;
+            if (clip) {
+                a = a / lrs.lr[group[i]];
+                if (!(a < 1.0f)) {
+                    a = 1.0f;
+                }
+            }
+        } else {
+            a = 1.0f;
+            wd = 0.0f;
+        }
+    }
+    coef[2 * i] = a;
+    coef[2 * i + 1] = wd;
+}
+
+__global__ void k_opt_update(float *p, const float *g, float *buf, const struct opt_chunk *chunks,
+                             const float *coef, const int *group, const unsigned char *frozen,
+                             int larc, float m, int use_momentum, int nesterov, struct opt_lr lrs)
+{
+    struct opt_chunk c = chunks[blockIdx.x];
+    int i = c.param;
+    if (frozen[i]) {
+        return;
+    }
+    float a = coef[2 * i], wd = coef[2 * i + 1], nlr = -lrs.lr[group[i]];
+    for (size_t k = c.begin + threadIdx.x; k < c.begin + c.len; k += blockDim.x) {
+        if (larc) {
+            float d = (g[k] + wd * p[k]) * a;
+            float bv = buf[k] * m + d;
+            buf[k] = bv;
+            p[k] = p[k] + nlr * bv;
+        } else if (!use_momentum) {
+            float d = g[k] + wd * p[k];
+            p[k] = p[k] + nlr * d;
+        } else {
+            float d = g[k] + wd * p[k];
+            float bv = buf[k] * m + d;
+            buf[k] = bv;
+            float u = nesterov ? d + m * bv : bv;
+            p[k] = p[k] + nlr * u;
+        }
+    }
+}
+
+template <typename T> static T *opt_upload(const T *host, size_t n)
+{
+    T *d = NULL;
+    CUDA_CHECK(cudaMalloc((void **)&d, (n ? n : 1) * sizeof(T)));
+    if (n) {
+        CUDA_CHECK(cudaMemcpy(d, host, n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    return d;
+}
+
+extern "C" struct nn_cuda_optim *nn_cuda_optim_new(nn_backend_t *be, const struct nn_param_table *table,
+                                                   const struct nn_optim_config *cfg)
+{
+    struct nn_cuda_optim *o = (struct nn_cuda_optim *)swav_xcalloc(1, sizeof *o);
+    o->b = cu_be(be);
+    o->cfg = *cfg;
+    o->table = table;
+    o->n = table->n;
+    o->momentum = (float *)nn_backend_alloc(be, (table->total ? table->total : 1) * sizeof(float));
+    int nchunks = 0;
+    for (int i = 0; i < table->n; i++) {
+        nchunks += (int)((table->p[i].numel + OPT_CHUNK - 1) / OPT_CHUNK);
+    }
+    o->nchunks = nchunks;
+    struct opt_chunk *ch = (struct opt_chunk *)swav_xcalloc((size_t)nchunks + 1, sizeof *ch);
+    int *first = (int *)swav_xcalloc((size_t)table->n + 1, sizeof(int));
+    unsigned char *fk = (unsigned char *)swav_xcalloc((size_t)table->n + 1, 1);
+    int c = 0;
+    for (int i = 0; i < table->n; i++) {
+        const struct nn_param *p = &table->p[i];
+        first[i] = c;
+        fk[i] = (p->flags & NN_PARAM_PROTOTYPES) ? 1 : 0;
+        for (size_t off = 0; off < p->numel; off += OPT_CHUNK) {
+            ch[c].param = i;
+            ch[c].begin = p->offset + off;
+            ch[c].len = p->numel - off < OPT_CHUNK ? p->numel - off : OPT_CHUNK;
+            c++;
+        }
+    }
+    first[table->n] = c;
+    o->group_host = (int *)swav_xcalloc((size_t)table->n + 1, sizeof(int));
+    o->chunks = opt_upload(ch, (size_t)nchunks);
+    o->first_chunk = opt_upload(first, (size_t)table->n + 1);
+    o->group = opt_upload(o->group_host, (size_t)table->n + 1);
+    /* frozen_kind holds the flag; the per-step mask (kind && iteration <
+     * freeze) lives in the second half */
+    unsigned char *fk2 = (unsigned char *)swav_xcalloc(2 * ((size_t)table->n + 1), 1);
+    memcpy(fk2, fk, (size_t)table->n + 1);
+    o->frozen_kind = opt_upload(fk2, 2 * ((size_t)table->n + 1));
+    CUDA_CHECK(cudaMalloc((void **)&o->partial, (2 * (size_t)nchunks + 2) * sizeof(double)));
+    CUDA_CHECK(cudaMalloc((void **)&o->coef, (2 * (size_t)table->n + 2) * sizeof(float)));
+    free(ch);
+    free(first);
+    free(fk);
+    free(fk2);
+    return o;
+}
+
+extern "C" void nn_cuda_optim_destroy(struct nn_cuda_optim **op)
+{
+    struct nn_cuda_optim *o = *op;
+    if (!o) {
+        return;
+    }
+    nn_backend_free(&o->b->base, o->momentum);
+    cudaFree(o->chunks);
+    cudaFree(o->first_chunk);
+    cudaFree(o->group);
+    cudaFree(o->frozen_kind);
+    cudaFree(o->partial);
+    cudaFree(o->coef);
+    free(o->group_host);
+    free(o);
+    *op = NULL;
+}
+
+extern "C" void nn_cuda_optim_set_group(struct nn_cuda_optim *o, int index, int group)
+{
+    SWAV_ASSERT(index >= 0 && index < o->n && group >= 0 && group < OPT_MAX_GROUPS);
+    o->group_host[index] = group;
+    CUDA_CHECK(cudaMemcpy(o->group, o->group_host, (size_t)o->n * sizeof(int),
+                          cudaMemcpyHostToDevice));
+}
+
+extern "C" float *nn_cuda_optim_momentum(struct nn_cuda_optim *o)
+{
+    return o->momentum;
+}
+
+/* mask[i] = kind[i] && frozen_now (one bool for the whole step) */
+__global__ void k_opt_frozen(unsigned char *mask, const unsigned char *kind, int n, int frozen_now)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        mask[i] = kind[i] && frozen_now;
+    }
+}
+
+extern "C" void nn_cuda_optim_step_groups(struct nn_cuda_optim *o, float *params, const float *grads,
+                                          const double *group_lr, int64_t iteration)
+{
+    if (o->nchunks == 0) {
+        return;
+    }
+    struct cuda_backend *b = o->b;
+    struct opt_lr lrs;
+    for (int g = 0; g < OPT_MAX_GROUPS; g++) {
+        lrs.lr[g] = (float)group_lr[g];
+    }
+    int frozen_now = iteration < o->cfg.freeze_prototypes_niters;
+    unsigned char *mask = o->frozen_kind + o->n + 1;
+    k_opt_frozen<<<cu_blocks((size_t)o->n), TPB, 0, b->stream>>>(mask, o->frozen_kind, o->n,
+                                                                  frozen_now);
+    CUDA_LAUNCH_CHECK();
+    if (o->cfg.larc) {
+        k_opt_norms<<<(unsigned)o->nchunks, TPB, 0, b->stream>>>(o->partial, o->chunks, params,
+                                                                 grads);
+        CUDA_LAUNCH_CHECK();
+    }
+    k_opt_coeffs<<<cu_blocks((size_t)o->n), TPB, 0, b->stream>>>(
+        o->coef, o->partial, o->first_chunk, o->group, o->n, o->cfg.larc,
+        (float)o->cfg.weight_decay, (float)o->cfg.trust_coefficient, (float)o->cfg.eps,
+        o->cfg.clip, lrs);
+    CUDA_LAUNCH_CHECK();
+    k_opt_update<<<(unsigned)o->nchunks, TPB, 0, b->stream>>>(
+        params, grads, o->momentum, o->chunks, o->coef, o->group, mask, o->cfg.larc,
+        (float)o->cfg.momentum, o->cfg.momentum != 0.0, o->cfg.nesterov, lrs);
+    CUDA_LAUNCH_CHECK();
+}
+
+extern "C" void nn_cuda_optim_step(struct nn_cuda_optim *o, float *params, const float *grads,
+                                   double lr, int64_t iteration)
+{
+    double lrs[OPT_MAX_GROUPS];
+    for (int g = 0; g < OPT_MAX_GROUPS; g++) {
+        lrs[g] = lr;
+    }
+    nn_cuda_optim_step_groups(o, params, grads, lrs, iteration);
+}

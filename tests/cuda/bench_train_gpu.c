@@ -1,0 +1,156 @@
+/* One SwAV training step on the CUDA backend, timed (scripts/bench-train-gpu).
+ *
+ *   cuda_bench_train DEPTH BATCH CROPS STEPS [HIDDEN FEAT K]
+ *
+ * Same step as tests/nn/bench_train.c, all on the device: uint8 crops
+ * normalized (nn_cuda_normalize_u8), prototypes normalized, multi-crop
+ * forward (train mode, plain NCHW), Sinkhorn (3 iterations, eps 0.05) on the
+ * scores of crops 0 and 1, swapped-prediction loss, backward, SGD+LARC.
+ * Prints "images/s X" (images = batch) and "sinkhorn_ms X" (4096 x K, the
+ * assigner's queue-sized problem).  Exit 3 when the model's activation arena
+ * is plain host memory the GPU cannot address (docs/cuda.md: the arena hook). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rng.h"
+#include "common/timeutil.h"
+#include "nn/cuda/backend_cuda.h"
+#include "nn/layers.h"
+#include "nn/resnet.h"
+
+int main(int argc, char **argv)
+{
+    if (argc < 5) {
+        fprintf(stderr, "usage: cuda_bench_train DEPTH BATCH CROPS STEPS [HIDDEN FEAT K]\n");
+        return 2;
+    }
+    if (nn_cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device (%s)\n", nn_cuda_count_error());
+        return 77;
+    }
+    struct nn_resnet_cfg cfg;
+    nn_resnet_cfg_default(&cfg);
+    cfg.depth = atoi(argv[1]);
+    cfg.plain_layout = 1;
+    int batch = atoi(argv[2]);
+    int steps = atoi(argv[4]);
+    if (argc >= 8) {
+        cfg.hidden_mlp = atoi(argv[5]);
+        cfg.feat_dim = atoi(argv[6]);
+        cfg.nmb_prototypes = atoi(argv[7]);
+    }
+    struct nn_crop_group groups[NN_MAX_GROUPS];
+    int ng = 0, n_crops = 0;
+    for (const char *p = argv[3]; *p && ng < NN_MAX_GROUPS;) {
+        int n, s, used;
+        if (sscanf(p, "%dx%d%n", &n, &s, &used) != 2) {
+            fprintf(stderr, "bad crops %s\n", argv[3]);
+            return 2;
+        }
+        groups[ng++] = (struct nn_crop_group){n, s};
+        n_crops += n;
+        p += used;
+        if (*p == ',') {
+            p++;
+        }
+    }
+    nn_backend_t *be = nn_backend_cuda_new(0);
+    if (!be) {
+        return 2;
+    }
+    int K = cfg.nmb_prototypes;
+    /* Sinkhorn alone first: it needs nothing of the model */
+    {
+        int B = 4096;
+        float *s = nn_backend_alloc(be, sizeof(float) * B * K), *q = nn_backend_alloc(be, sizeof(float) * B * K);
+        struct swav_rng r;
+        swav_rng_init(&r, 3, 0, 0, 0);
+        for (size_t i = 0; i < (size_t)B * K; i++) {
+            s[i] = (float)(0.05 * swav_rng_normal(&r));
+        }
+        nn_cuda_sinkhorn(be, q, s, B, K, 0.05f, 3); /* warm-up */
+        nn_backend_sync(be);
+        int reps = 20;
+        double t0 = swav_now_s();
+        for (int i = 0; i < reps; i++) {
+            nn_cuda_sinkhorn(be, q, s, B, K, 0.05f, 3);
+        }
+        nn_backend_sync(be);
+        printf("sinkhorn_ms %.3f\n", (swav_now_s() - t0) * 1e3 / reps);
+        fflush(stdout);
+        nn_backend_free(be, s);
+        nn_backend_free(be, q);
+    }
+    struct nn_model *m = nn_model_new(be, &cfg, groups, ng, batch);
+    if (!m) {
+        return 2;
+    }
+    if (!nn_cuda_pointer_usable(m->scores) || !nn_cuda_pointer_usable(m->feats)) {
+        printf("model activations are in host memory the GPU cannot address: the arena must "
+               "come from nn_backend_alloc (docs/cuda.md)\n");
+        return 3;
+    }
+    struct nn_optim_config oc = nn_optim_config_swav(1e-6, 0);
+    struct nn_cuda_optim *opt = nn_cuda_optim_new(be, &m->params, &oc);
+    int proto = -1;
+    for (int i = 0; i < m->params.n; i++) {
+        if (m->params.p[i].flags & NN_PARAM_PROTOTYPES) {
+            proto = i;
+        }
+    }
+    float *inputs[NN_MAX_GROUPS];
+    uint8_t *raw[NN_MAX_GROUPS];
+    struct swav_rng r;
+    swav_rng_init(&r, 5, 0, 0, 0);
+    for (int g = 0; g < ng; g++) {
+        size_t n = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
+        inputs[g] = nn_backend_alloc(be, n * sizeof(float));
+        raw[g] = nn_backend_alloc(be, n);
+        for (size_t i = 0; i < n; i++) {
+            raw[g][i] = (uint8_t)swav_rng_below(&r, 256);
+        }
+    }
+    static const int assign[2] = {0, 1};
+    struct nn_swav_loss_cfg lc = {n_crops, batch, 2, assign, 0.1f};
+    float *q = nn_backend_alloc(be, sizeof(float) * 2 * batch * K);
+    float *logp = nn_backend_alloc(be, sizeof(float) * m->n_rows * K);
+    float *dscores = nn_backend_alloc(be, sizeof(float) * m->n_rows * K);
+    double t0 = 0;
+    float loss = 0;
+    for (int it = 0; it <= steps; it++) {
+        if (it == 1) {
+            nn_backend_sync(be);
+            t0 = swav_now_s();
+        }
+        for (int g = 0; g < ng; g++) {
+            nn_cuda_normalize_u8(be, inputs[g], raw[g], groups[g].n_crops * batch, groups[g].size,
+                                 groups[g].size);
+        }
+        if (proto >= 0) {
+            const struct nn_param *p = &m->params.p[proto];
+            nn_cuda_prototypes_normalize(be, m->param_data + p->offset, p->shape[0], p->shape[1]);
+        }
+        nn_model_forward(m, (const float *const *)inputs, batch, NN_MODEL_TRAIN);
+        for (int i = 0; i < 2; i++) {
+            nn_cuda_sinkhorn(be, q + (size_t)i * batch * K, m->scores + (size_t)assign[i] * batch * K,
+                             batch, K, 0.05f, 3);
+        }
+        struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, K);
+        struct nn_tensor dsc = nn_tensor_2d(dscores, m->n_rows, K);
+        loss = nn_swav_loss_forward(be, logp, &sc, q, &lc);
+        nn_swav_loss_backward(be, &dsc, logp, q, &lc);
+        nn_cuda_zero(be, m->grad_data, m->params.total * sizeof(float));
+        nn_model_backward(m, dscores);
+        nn_cuda_optim_step(opt, m->param_data, m->grad_data, 0.1, it);
+    }
+    nn_backend_sync(be);
+    double dt = swav_now_s() - t0;
+    printf("loss %.4f arena %.1f MiB cache %d\n", loss, nn_model_arena_bytes(m) / 1048576.0,
+           nn_backend_cache_size(be));
+    printf("images/s %.3f\n", steps * batch / dt);
+    nn_cuda_optim_destroy(&opt);
+    nn_model_destroy(&m);
+    nn_backend_destroy(&be);
+    return 0;
+}

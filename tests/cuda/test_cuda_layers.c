@@ -1,0 +1,467 @@
+/* Every layer of nn/layers.h on the CUDA backend against the CPU backend
+ * (the reference) on the same inputs, plus the device step pieces of
+ * nn/cuda/backend_cuda.h (crop normalization, prototype normalization,
+ * Sinkhorn, SGD+LARC) against their CPU versions.  fp32 on both sides.
+ *
+ * Error measure per output: max |cuda - cpu| / max(max |cpu|, 1e-6).
+ * Tolerances (stated per check below): 1e-4 for convolutions and linear
+ * layers (different summation orders over up to ~600 terms), 1e-4 for batch
+ * norm, 1e-5 for element-wise and row-wise ops, 1e-3 for the running
+ * variance (cuDNN's unbiasing in float).
+ *
+ * Exit 77 (skipped) when no CUDA device is present. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rng.h"
+#include "nn/cuda/backend_cuda.h"
+#include "nn/layers.h"
+#include "nn/optim.h"
+
+static nn_backend_t *cpu, *gpu;
+static struct swav_rng rng;
+static int failures;
+
+struct pair {
+    float *c, *g; /* CPU (malloc), CUDA (managed, nn_backend_alloc) */
+    size_t n;
+};
+
+static struct pair pair_new(size_t n, double scale)
+{
+    struct pair p = {calloc(n ? n : 1, sizeof(float)), nn_backend_alloc(gpu, (n ? n : 1) * sizeof(float)), n};
+    for (size_t i = 0; i < n && scale != 0; i++) {
+        float v = (float)(scale * swav_rng_normal(&rng));
+        p.c[i] = v;
+        p.g[i] = v;
+    }
+    return p;
+}
+
+static void pair_free(struct pair *p)
+{
+    free(p->c);
+    nn_backend_free(gpu, p->g);
+}
+
+static double rel_err(const float *a, const float *ref, size_t n)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (!(d <= md)) {
+            md = d; /* NaN propagates */
+        }
+        if (fabs(ref[i]) > mr) {
+            mr = fabs(ref[i]);
+        }
+    }
+    return md / (mr > 1e-6 ? mr : 1e-6);
+}
+
+static void check(const char *name, struct pair *p, double tol)
+{
+    nn_backend_sync(gpu);
+    double e = rel_err(p->g, p->c, p->n);
+    int ok = e <= tol;
+    printf("%-34s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
+    failures += !ok;
+}
+
+static void check_scalar(const char *name, double g, double c, double tol)
+{
+    double e = fabs(g - c) / (fabs(c) > 1e-6 ? fabs(c) : 1e-6);
+    int ok = e <= tol;
+    printf("%-34s rel err %.3g (tol %.0e) %s  (cuda %.7g cpu %.7g)\n", name, e, tol,
+           ok ? "ok" : "FAIL", g, c);
+    failures += !ok;
+}
+
+#define T4(buf, side, n, c, h, w) nn_tensor_4d((buf).side, NN_LAYOUT_NCHW, n, c, h, w)
+
+static void test_conv(int N, int C, int H, int O, int k, int s, int p)
+{
+    int Ho = (H + 2 * p - k) / s + 1;
+    struct pair x = pair_new((size_t)N * C * H * H, 1), w = pair_new((size_t)O * C * k * k, 0.2);
+    struct pair y = pair_new((size_t)N * O * Ho * Ho, 0), dy = pair_new(y.n, 1);
+    struct pair dx = pair_new(x.n, 0), dw = pair_new(w.n, 0.5); /* += onto nonzero */
+    struct nn_tensor wc = T4(w, c, O, C, k, k), wg = T4(w, g, O, C, k, k);
+    struct nn_tensor xc = T4(x, c, N, C, H, H), xg = T4(x, g, N, C, H, H);
+    struct nn_tensor yc = T4(y, c, N, O, Ho, Ho), yg = T4(y, g, N, O, Ho, Ho);
+    struct nn_tensor dyc = T4(dy, c, N, O, Ho, Ho), dyg = T4(dy, g, N, O, Ho, Ho);
+    struct nn_tensor dxc = T4(dx, c, N, C, H, H), dxg = T4(dx, g, N, C, H, H);
+    struct nn_tensor dwc = T4(dw, c, O, C, k, k), dwg = T4(dw, g, O, C, k, k);
+    nn_conv2d_forward(cpu, &yc, &xc, &wc, s, p);
+    nn_conv2d_forward(gpu, &yg, &xg, &wg, s, p);
+    nn_conv2d_backward(cpu, &dxc, &dwc, &dyc, &xc, &wc, s, p);
+    nn_conv2d_backward(gpu, &dxg, &dwg, &dyg, &xg, &wg, s, p);
+    char name[64];
+    snprintf(name, sizeof name, "conv%dx%d/s%d fwd", k, k, s);
+    check(name, &y, 1e-4);
+    snprintf(name, sizeof name, "conv%dx%d/s%d bwd data", k, k, s);
+    check(name, &dx, 1e-4);
+    snprintf(name, sizeof name, "conv%dx%d/s%d bwd weight (+=)", k, k, s);
+    check(name, &dw, 1e-4);
+    pair_free(&x), pair_free(&w), pair_free(&y), pair_free(&dy), pair_free(&dx), pair_free(&dw);
+}
+
+static void test_bn(int ndim, unsigned flags)
+{
+    int N = 4, C = 8, H = ndim == 4 ? 5 : 1;
+    size_t n = (size_t)N * C * H * H;
+    struct pair x = pair_new(n, 1), y = pair_new(n, 0), dy = pair_new(n, 1), dx = pair_new(n, 0);
+    struct pair w = pair_new(C, 1), bsh = pair_new(C, 1), rm = pair_new(C, 0.1), rv = pair_new(C, 0);
+    struct pair sm = pair_new(C, 0), sv = pair_new(C, 0), dw = pair_new(C, 1), db = pair_new(C, 1);
+    for (int c = 0; c < C; c++) {
+        rv.c[c] = rv.g[c] = 1.0f + 0.1f * (float)c;
+    }
+    if (x.n) { /* shift the input so the mean is not ~0 */
+        for (size_t i = 0; i < n; i++) {
+            x.c[i] += 0.5f;
+            x.g[i] += 0.5f;
+        }
+    }
+    struct nn_tensor xc, xg, yc, yg, dyc, dyg, dxc, dxg;
+    if (ndim == 4) {
+        xc = T4(x, c, N, C, H, H), xg = T4(x, g, N, C, H, H), yc = T4(y, c, N, C, H, H);
+        yg = T4(y, g, N, C, H, H), dyc = T4(dy, c, N, C, H, H), dyg = T4(dy, g, N, C, H, H);
+        dxc = T4(dx, c, N, C, H, H), dxg = T4(dx, g, N, C, H, H);
+    } else {
+        xc = nn_tensor_2d(x.c, N, C), xg = nn_tensor_2d(x.g, N, C), yc = nn_tensor_2d(y.c, N, C);
+        yg = nn_tensor_2d(y.g, N, C), dyc = nn_tensor_2d(dy.c, N, C), dyg = nn_tensor_2d(dy.g, N, C);
+        dxc = nn_tensor_2d(dx.c, N, C), dxg = nn_tensor_2d(dx.g, N, C);
+    }
+    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, flags);
+    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, flags);
+    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
+    int train = (flags & NN_BN_TRAIN) != 0;
+    nn_batchnorm_forward(cpu, &yc, &xc, w.c, bsh.c, rm.c, rv.c, sm.c, sv.c, wc, flags, 0.1f, 1e-5f);
+    nn_batchnorm_forward(gpu, &yg, &xg, w.g, bsh.g, rm.g, rv.g, sm.g, sv.g, wg, flags, 0.1f, 1e-5f);
+    nn_batchnorm_backward(cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, train ? sm.c : rm.c,
+                          train ? sv.c : rv.c, wc, flags, 1e-5f);
+    nn_batchnorm_backward(gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, train ? sm.g : rm.g,
+                          train ? sv.g : rv.g, wg, flags, 1e-5f);
+    char name[64];
+    const char *tag = ndim == 4 ? (train ? "bn2d train" : "bn2d eval") : (train ? "bn1d train" : "bn1d eval");
+    const char *relu = (flags & NN_BN_RELU) ? "+relu" : "";
+#define BN_CHECK(what, buf, tol)                                         \
+    snprintf(name, sizeof name, "%s%s %s", tag, relu, what);            \
+    check(name, &buf, tol)
+    BN_CHECK("out", y, 1e-4);
+    if (train) {
+        BN_CHECK("save_mean", sm, 1e-5);
+        BN_CHECK("save_var (biased)", sv, 1e-4);
+        BN_CHECK("running_mean", rm, 1e-5);
+        BN_CHECK("running_var (unbiased)", rv, 1e-3);
+    }
+    BN_CHECK("dinp", dx, 1e-4);
+    BN_CHECK("dweight (+=)", dw, 1e-4);
+    BN_CHECK("dbias (+=)", db, 1e-4);
+    nn_backend_free(cpu, wc);
+    nn_backend_free(gpu, wg);
+    struct pair *ps[] = {&x, &y, &dy, &dx, &w, &bsh, &rm, &rv, &sm, &sv, &dw, &db};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        pair_free(ps[i]);
+    }
+}
+
+static void test_eltwise(void)
+{
+    int N = 3, C = 5, H = 7;
+    size_t n = (size_t)N * C * H * H;
+    struct pair a = pair_new(n, 1), b = pair_new(n, 1), y = pair_new(n, 0), dy = pair_new(n, 1);
+    struct pair dx = pair_new(n, 0), acc = pair_new(n, 1);
+    struct nn_tensor ac = T4(a, c, N, C, H, H), ag = T4(a, g, N, C, H, H);
+    struct nn_tensor bc = T4(b, c, N, C, H, H), bg = T4(b, g, N, C, H, H);
+    struct nn_tensor yc = T4(y, c, N, C, H, H), yg = T4(y, g, N, C, H, H);
+    struct nn_tensor dyc = T4(dy, c, N, C, H, H), dyg = T4(dy, g, N, C, H, H);
+    struct nn_tensor dxc = T4(dx, c, N, C, H, H), dxg = T4(dx, g, N, C, H, H);
+    struct nn_tensor accc = T4(acc, c, N, C, H, H), accg = T4(acc, g, N, C, H, H);
+    nn_relu_forward(cpu, &yc, &ac);
+    nn_relu_forward(gpu, &yg, &ag);
+    check("relu fwd", &y, 1e-6);
+    nn_relu_backward(cpu, &dxc, &dyc, &yc);
+    nn_relu_backward(gpu, &dxg, &dyg, &yg);
+    check("relu bwd", &dx, 1e-6);
+    nn_add_forward(cpu, &yc, &ac, &bc, 1);
+    nn_add_forward(gpu, &yg, &ag, &bg, 1);
+    check("add+relu fwd", &y, 1e-6);
+    nn_add_forward(cpu, &yc, &ac, &bc, 0);
+    nn_add_forward(gpu, &yg, &ag, &bg, 0);
+    check("add fwd", &y, 1e-6);
+    nn_accumulate(cpu, &accc, &ac);
+    nn_accumulate(gpu, &accg, &ag);
+    check("accumulate", &acc, 1e-6);
+    pair_free(&a), pair_free(&b), pair_free(&y), pair_free(&dy), pair_free(&dx), pair_free(&acc);
+}
+
+static void test_pool(void)
+{
+    int N = 2, C = 4, H = 11, k = 3, s = 2, p = 1, Ho = (H + 2 * p - k) / s + 1;
+    struct pair x = pair_new((size_t)N * C * H * H, 1), y = pair_new((size_t)N * C * Ho * Ho, 0);
+    struct pair dy = pair_new(y.n, 1), dx = pair_new(x.n, 0);
+    struct nn_tensor xc = T4(x, c, N, C, H, H), xg = T4(x, g, N, C, H, H);
+    struct nn_tensor yc = T4(y, c, N, C, Ho, Ho), yg = T4(y, g, N, C, Ho, Ho);
+    struct nn_tensor dyc = T4(dy, c, N, C, Ho, Ho), dyg = T4(dy, g, N, C, Ho, Ho);
+    struct nn_tensor dxc = T4(dx, c, N, C, H, H), dxg = T4(dx, g, N, C, H, H);
+    size_t wsc = nn_maxpool2d_workspace_bytes(cpu, &yc, &xc, k, s, p);
+    size_t wsg = nn_maxpool2d_workspace_bytes(gpu, &yg, &xg, k, s, p);
+    void *wc = nn_backend_alloc(cpu, wsc), *wg = nn_backend_alloc(gpu, wsg);
+    nn_maxpool2d_forward(cpu, &yc, &xc, wc, k, s, p);
+    nn_maxpool2d_forward(gpu, &yg, &xg, wg, k, s, p);
+    check("maxpool 3/2/1 fwd", &y, 0);
+    nn_maxpool2d_backward(cpu, &dxc, &dyc, wc, k, s, p);
+    nn_maxpool2d_backward(gpu, &dxg, &dyg, wg, k, s, p);
+    check("maxpool 3/2/1 bwd", &dx, 1e-6);
+    nn_backend_free(cpu, wc);
+    nn_backend_free(gpu, wg);
+    /* global average pooling: (N, C, H, W) -> (N, C) */
+    struct pair a = pair_new((size_t)N * C, 0), da = pair_new((size_t)N * C, 1);
+    struct nn_tensor avc = nn_tensor_2d(a.c, N, C), avg = nn_tensor_2d(a.g, N, C);
+    struct nn_tensor davc = nn_tensor_2d(da.c, N, C), davg = nn_tensor_2d(da.g, N, C);
+    nn_avgpool_forward(cpu, &avc, &xc);
+    nn_avgpool_forward(gpu, &avg, &xg);
+    check("avgpool fwd", &a, 1e-5);
+    nn_avgpool_backward(cpu, &dxc, &davc);
+    nn_avgpool_backward(gpu, &dxg, &davg);
+    check("avgpool bwd", &dx, 1e-6);
+    pair_free(&x), pair_free(&y), pair_free(&dy), pair_free(&dx), pair_free(&a), pair_free(&da);
+}
+
+static void test_linear(void)
+{
+    int N = 6, I = 40, O = 24;
+    struct pair x = pair_new((size_t)N * I, 1), w = pair_new((size_t)O * I, 0.2), b = pair_new(O, 1);
+    struct pair y = pair_new((size_t)N * O, 0), dy = pair_new(y.n, 1), dx = pair_new(x.n, 0);
+    struct pair dw = pair_new(w.n, 0.5), db = pair_new(O, 0.5);
+    struct nn_tensor xc = nn_tensor_2d(x.c, N, I), xg = nn_tensor_2d(x.g, N, I);
+    struct nn_tensor yc = nn_tensor_2d(y.c, N, O), yg = nn_tensor_2d(y.g, N, O);
+    struct nn_tensor dyc = nn_tensor_2d(dy.c, N, O), dyg = nn_tensor_2d(dy.g, N, O);
+    struct nn_tensor dxc = nn_tensor_2d(dx.c, N, I), dxg = nn_tensor_2d(dx.g, N, I);
+    nn_linear_forward(cpu, &yc, &xc, w.c, b.c);
+    nn_linear_forward(gpu, &yg, &xg, w.g, b.g);
+    check("linear fwd (+bias)", &y, 1e-5);
+    nn_linear_backward(cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c);
+    nn_linear_backward(gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g);
+    check("linear bwd data", &dx, 1e-5);
+    check("linear bwd weight (+=)", &dw, 1e-5);
+    check("linear bwd bias (+=)", &db, 1e-5);
+    nn_linear_forward(cpu, &yc, &xc, w.c, NULL);
+    nn_linear_forward(gpu, &yg, &xg, w.g, NULL);
+    check("linear fwd (no bias)", &y, 1e-5);
+    pair_free(&x), pair_free(&w), pair_free(&b), pair_free(&y), pair_free(&dy), pair_free(&dx);
+    pair_free(&dw), pair_free(&db);
+}
+
+static void test_rows(void)
+{
+    int N = 5, D = 300;
+    struct pair x = pair_new((size_t)N * D, 1), y = pair_new(x.n, 0), nr = pair_new(N, 0);
+    struct pair dy = pair_new(x.n, 1), dx = pair_new(x.n, 0);
+    struct nn_tensor xc = nn_tensor_2d(x.c, N, D), xg = nn_tensor_2d(x.g, N, D);
+    struct nn_tensor yc = nn_tensor_2d(y.c, N, D), yg = nn_tensor_2d(y.g, N, D);
+    struct nn_tensor dyc = nn_tensor_2d(dy.c, N, D), dyg = nn_tensor_2d(dy.g, N, D);
+    struct nn_tensor dxc = nn_tensor_2d(dx.c, N, D), dxg = nn_tensor_2d(dx.g, N, D);
+    nn_l2_normalize_forward(cpu, &yc, &xc, nr.c);
+    nn_l2_normalize_forward(gpu, &yg, &xg, nr.g);
+    check("l2 normalize fwd", &y, 1e-6);
+    check("l2 normalize norms", &nr, 1e-6);
+    nn_l2_normalize_backward(cpu, &dxc, &dyc, &yc, nr.c);
+    nn_l2_normalize_backward(gpu, &dxg, &dyg, &yg, nr.g);
+    check("l2 normalize bwd", &dx, 1e-5);
+    nn_log_softmax_forward(cpu, &yc, &xc, 10.0f);
+    nn_log_softmax_forward(gpu, &yg, &xg, 10.0f);
+    check("log_softmax(10x) fwd", &y, 1e-6);
+    nn_log_softmax_backward(cpu, &dxc, &dyc, &yc, 10.0f);
+    nn_log_softmax_backward(gpu, &dxg, &dyg, &yg, 10.0f);
+    check("log_softmax(10x) bwd", &dx, 1e-5);
+    pair_free(&x), pair_free(&y), pair_free(&nr), pair_free(&dy), pair_free(&dx);
+}
+
+/* rows of p turned into a probability (soft targets, SwAV codes) */
+static void softmax_rows(struct pair *p, int N, int K)
+{
+    for (int n = 0; n < N; n++) {
+        double s = 0;
+        for (int k = 0; k < K; k++) {
+            s += exp(p->c[n * K + k]);
+        }
+        for (int k = 0; k < K; k++) {
+            p->c[n * K + k] = p->g[n * K + k] = (float)(exp(p->c[n * K + k]) / s);
+        }
+    }
+}
+
+static void test_losses(void)
+{
+    int n_crops = 4, bs = 8, K = 50;
+    static const int assign[2] = {0, 1};
+    struct nn_swav_loss_cfg lc = {n_crops, bs, 2, assign, 0.1f};
+    int R = n_crops * bs;
+    struct pair sc = pair_new((size_t)R * K, 0.3), q = pair_new((size_t)2 * bs * K, 1);
+    struct pair lp = pair_new(sc.n, 0), ds = pair_new(sc.n, 0);
+    softmax_rows(&q, 2 * bs, K);
+    struct nn_tensor scc = nn_tensor_2d(sc.c, R, K), scg = nn_tensor_2d(sc.g, R, K);
+    struct nn_tensor dsc = nn_tensor_2d(ds.c, R, K), dsg = nn_tensor_2d(ds.g, R, K);
+    float lc_ = nn_swav_loss_forward(cpu, lp.c, &scc, q.c, &lc);
+    float lg_ = nn_swav_loss_forward(gpu, lp.g, &scg, q.g, &lc);
+    check_scalar("swav loss fwd value", lg_, lc_, 1e-5);
+    check("swav loss fwd logp", &lp, 1e-5);
+    nn_swav_loss_backward(cpu, &dsc, lp.c, q.c, &lc);
+    nn_swav_loss_backward(gpu, &dsg, lp.g, q.g, &lc);
+    check("swav loss bwd", &ds, 1e-5);
+
+    int N = 7, C = 13;
+    struct pair lo = pair_new((size_t)N * C, 1), t = pair_new(lo.n, 1), lp2 = pair_new(lo.n, 0);
+    struct pair dl = pair_new(lo.n, 0);
+    softmax_rows(&t, N, C);
+    struct nn_tensor loc = nn_tensor_2d(lo.c, N, C), log_ = nn_tensor_2d(lo.g, N, C);
+    struct nn_tensor dlc = nn_tensor_2d(dl.c, N, C), dlg = nn_tensor_2d(dl.g, N, C);
+    float a = nn_cross_entropy_soft_forward(cpu, lp2.c, &loc, t.c);
+    float b = nn_cross_entropy_soft_forward(gpu, lp2.g, &log_, t.g);
+    check_scalar("cross entropy (soft) fwd", b, a, 1e-5);
+    nn_cross_entropy_soft_backward(cpu, &dlc, lp2.c, t.c);
+    nn_cross_entropy_soft_backward(gpu, &dlg, lp2.g, t.g);
+    check("cross entropy (soft) bwd", &dl, 1e-5);
+    int32_t *lab_c = calloc((size_t)N, sizeof(int32_t));
+    int32_t *lab_g = nn_backend_alloc(gpu, (size_t)N * sizeof(int32_t));
+    for (int n = 0; n < N; n++) {
+        lab_c[n] = lab_g[n] = (int32_t)swav_rng_below(&rng, (uint32_t)C);
+    }
+    a = nn_cross_entropy_forward(cpu, lp2.c, &loc, lab_c);
+    b = nn_cross_entropy_forward(gpu, lp2.g, &log_, lab_g);
+    check_scalar("cross entropy fwd", b, a, 1e-5);
+    nn_cross_entropy_backward(cpu, &dlc, lp2.c, lab_c);
+    nn_cross_entropy_backward(gpu, &dlg, lp2.g, lab_g);
+    check("cross entropy bwd", &dl, 1e-5);
+    free(lab_c);
+    nn_backend_free(gpu, lab_g);
+    pair_free(&sc), pair_free(&q), pair_free(&lp), pair_free(&ds);
+    pair_free(&lo), pair_free(&t), pair_free(&lp2), pair_free(&dl);
+}
+
+/* distributed_sinkhorn with one rank, on the host (as tests/nn/bench_train.c) */
+static void sinkhorn_ref(float *q, const float *scores, int B, int K, float eps, int iters)
+{
+    double total = 0, *rows = calloc((size_t)K, sizeof(double));
+    for (int i = 0; i < B * K; i++) {
+        q[i] = expf(scores[i] / eps);
+        total += q[i];
+    }
+    for (int i = 0; i < B * K; i++) {
+        q[i] = (float)(q[i] / total);
+    }
+    for (int it = 0; it < iters; it++) {
+        memset(rows, 0, sizeof(double) * (size_t)K);
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < K; k++)
+                rows[k] += q[b * K + k];
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < K; k++)
+                q[b * K + k] = (float)(q[b * K + k] / rows[k] / K);
+        for (int b = 0; b < B; b++) {
+            double col = 0;
+            for (int k = 0; k < K; k++)
+                col += q[b * K + k];
+            for (int k = 0; k < K; k++)
+                q[b * K + k] = (float)(q[b * K + k] / col / B);
+        }
+    }
+    for (int i = 0; i < B * K; i++) {
+        q[i] *= (float)B;
+    }
+    free(rows);
+}
+
+static void test_step_pieces(void)
+{
+    /* crops */
+    int n = 2, h = 9, w = 7;
+    size_t np = (size_t)n * h * w * 3;
+    uint8_t *u = nn_backend_alloc(gpu, np);
+    for (size_t i = 0; i < np; i++) {
+        u[i] = (uint8_t)swav_rng_below(&rng, 256);
+    }
+    struct pair f = pair_new(np, 0);
+    nn_normalize_u8(f.c, u, n, h, w);
+    nn_cuda_normalize_u8(gpu, f.g, u, n, h, w);
+    check("normalize u8 NHWC -> NCHW", &f, 1e-6);
+    nn_backend_free(gpu, u);
+    pair_free(&f);
+    /* prototypes */
+    struct pair pr = pair_new(30 * 16, 1);
+    nn_prototypes_normalize(pr.c, 30, 16);
+    nn_cuda_prototypes_normalize(gpu, pr.g, 30, 16);
+    check("prototypes normalize", &pr, 1e-6);
+    pair_free(&pr);
+    /* sinkhorn */
+    int B = 64, K = 300;
+    struct pair s = pair_new((size_t)B * K, 0.3), q = pair_new(s.n, 0);
+    sinkhorn_ref(q.c, s.c, B, K, 0.05f, 3);
+    nn_cuda_sinkhorn(gpu, q.g, s.g, B, K, 0.05f, 3);
+    check("sinkhorn 64x300 (eps .05, 3 it)", &q, 1e-5);
+    pair_free(&s), pair_free(&q);
+    /* SGD + LARC: three tensors, prototypes frozen for the first step */
+    struct nn_param_table t;
+    nn_param_table_init(&t);
+    int64_t s1[2] = {70000, 2}, s2[1] = {33}, s3[2] = {10, 8};
+    nn_param_table_add(&t, "a.weight", 2, s1, 0);
+    nn_param_table_add(&t, "b.bias", 1, s2, 0);
+    nn_param_table_add(&t, "prototypes.weight", 2, s3, NN_PARAM_PROTOTYPES);
+    struct pair p = pair_new(t.total, 1), g = pair_new(t.total, 0.01);
+    struct nn_optim_config oc = nn_optim_config_swav(1e-6, 1);
+    oc.nthreads = 1;
+    struct nn_optim oc_cpu;
+    nn_optim_init(&oc_cpu, &t, &oc);
+    struct nn_cuda_optim *og = nn_cuda_optim_new(gpu, &t, &oc);
+    for (int it = 0; it < 3; it++) {
+        nn_optim_step(&oc_cpu, p.c, g.c, 0.3, it);
+        nn_cuda_optim_step(og, p.g, g.g, 0.3, it);
+    }
+    check("sgd+larc 3 steps params", &p, 1e-6);
+    struct pair mom = {oc_cpu.momentum, nn_cuda_optim_momentum(og), t.total};
+    check("sgd+larc 3 steps momentum", &mom, 1e-5);
+    nn_cuda_optim_destroy(&og);
+    nn_optim_free(&oc_cpu);
+    pair_free(&p), pair_free(&g);
+    nn_param_table_free(&t);
+}
+
+int main(void)
+{
+    int ndev = nn_cuda_device_count();
+    if (ndev == 0) {
+        printf("SKIP: no CUDA device (cudaGetDeviceCount: %s)\n",
+               nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
+        return 77;
+    }
+    cpu = nn_backend_cpu_new(0);
+    gpu = nn_backend_cuda_new(0);
+    if (!gpu) {
+        printf("FAIL: nn_backend_cuda_new(0)\n");
+        return 1;
+    }
+    swav_rng_init(&rng, 11, 0, 0, 0);
+    test_conv(2, 8, 12, 16, 3, 1, 1);
+    test_conv(2, 3, 20, 8, 7, 2, 3);
+    test_conv(2, 16, 9, 32, 1, 2, 0);
+    test_conv(3, 8, 3, 8, 3, 1, 1);
+    test_bn(4, NN_BN_TRAIN);
+    test_bn(4, NN_BN_TRAIN | NN_BN_RELU);
+    test_bn(4, NN_BN_RELU);
+    test_bn(2, NN_BN_TRAIN);
+    test_bn(2, 0);
+    test_eltwise();
+    test_pool();
+    test_linear();
+    test_rows();
+    test_losses();
+    test_step_pieces();
+    printf("cache entries %d\n", nn_backend_cache_size(gpu));
+    nn_backend_destroy(&gpu);
+    nn_backend_destroy(&cpu);
+    printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
+}
