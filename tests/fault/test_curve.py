@@ -3,6 +3,8 @@
 keys (secret 0600, public 0644, never overwritten); swav-assigner and
 swav-trainer bind tcp://127.0.0.1 ports as CURVE servers with allow-lists,
 the trainer talks CURVE to the assigner, and:
+  - a trainer whose key is not in the assigner's --curve_allow is refused
+    (the assigner logs it, the trainer gets no welcome);
   - a loader whose key is not in the trainer's --curve_allow is refused:
     its log says so, the trainer's log counts the refusal, no step is trained;
   - a loader without CURVE fails the handshake (its log names it);
@@ -53,6 +55,20 @@ try:
                         "--threads=1", "--curve_secret", K("assigner.key"),
                         "--curve_allow", K("trainer.pub")], os.path.join(tmp, "assigner.log"))
     procs.append(assigner)
+    # a trainer with a key the assigner does not allow: refused, both say so
+    bad_log = os.path.join(tmp, "bad-trainer.log")
+    bad = T.start([bins.trainer, *T.TINY, "--epochs=1", "--rank=0", "--world_size=1",
+                   "--run=curve", "--data_path", train, "--dump_path", os.path.join(tmp, "bad"),
+                   f"--assigner=tcp://127.0.0.1:{pa}", "--assigner_public", K("assigner.pub"),
+                   "--hello_timeout_ms=1000", f"--loader_bind=tcp://127.0.0.1:{T.free_port()}",
+                   "--curve_secret", K("intruder.key")], bad_log)
+    procs.append(bad)
+    alog = os.path.join(tmp, "assigner.log")
+    check(T.wait_for(lambda: "CURVE key not in --curve_allow" in T.read(alog), 30),
+          "the assigner did not log the refused trainer:\n" + T.read(alog)[-2000:])
+    check(T.wait_for(lambda: "no welcome from the assigner" in T.read(bad_log), 30),
+          "the refused trainer did not say it got no welcome:\n" + T.read(bad_log)[-2000:])
+    T.stop([bad])
     trace = os.path.join(tmp, "trace")
     trainer = T.start([bins.trainer, *T.TINY, "--epochs", str(EPOCHS), "--rank=0",
                        "--world_size=1", "--run=curve", "--data_path", train,
