@@ -114,13 +114,16 @@ int main(int argc, char **argv)
     double t0 = 0;
     clock_t c0 = 0;
     float loss = 0;
+    double ph[5] = {0}; /* forward, sinkhorn+loss, zero_grad+backward, optimizer */
     for (int it = 0; it <= steps; it++) {
+        double ta = swav_now_s();
         if (it == 1) {
             t0 = swav_now_s();
             c0 = clock();
         }
         nn_model_normalize_prototypes(m);
         nn_model_forward(m, (const float *const *)inputs, batch, NN_MODEL_TRAIN);
+        double tb = swav_now_s();
         for (int i = 0; i < 2; i++) {
             sinkhorn(q + (size_t)i * batch * K, m->scores + (size_t)assign[i] * batch * K, batch, K,
                      0.05f, 3, rows, cols);
@@ -129,14 +132,24 @@ int main(int argc, char **argv)
         struct nn_tensor dsc = nn_tensor_2d(dscores, m->n_rows, K);
         loss = nn_swav_loss_forward(be, logp, &sc, q, &lc);
         nn_swav_loss_backward(be, &dsc, logp, q, &lc);
+        double tc = swav_now_s();
         nn_model_zero_grad(m);
         nn_model_backward(m, dscores);
+        double td = swav_now_s();
         nn_optim_step(&opt, m->param_data, m->grad_data, 0.1, it);
+        if (it > 0) {
+            ph[0] += tb - ta;
+            ph[1] += tc - tb;
+            ph[2] += td - tc;
+            ph[3] += swav_now_s() - td;
+        }
     }
     double dt = swav_now_s() - t0;
     double dc = (double)(clock() - c0) / CLOCKS_PER_SEC;
     printf("loss %.4f arena %.1f MiB primitives %d\n", loss, nn_model_arena_bytes(m) / 1048576.0,
            nn_backend_cache_size(be));
+    printf("seconds per step: forward %.3f, sinkhorn+loss %.3f, backward %.3f, optimizer %.3f\n",
+           ph[0] / steps, ph[1] / steps, ph[2] / steps, ph[3] / steps);
     printf("images/s %.3f\n", steps * batch / dt);
     printf("cpu_seconds_per_image %.3f\n", dc / (steps * batch));
     nn_optim_free(&opt);
