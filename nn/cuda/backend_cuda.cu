@@ -222,23 +222,24 @@ static void cu_tensor_desc(cudnnTensorDescriptor_t d, const struct nn_tensor *t)
     CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w));
 }
 
-/* Index of the first usable result: fp32 FMA math unless TF32 is allowed. */
-template <typename P>
-static int cu_pick(const P *perf, int n, cudnnMathType_t want, size_t *mem, const char *what)
+/* Index of the fastest usable result (cudnnFind sorts by time) whose
+ * workspace fits SWAV_CUDA_WS_MAX_MB (default 1024); the search ran under the
+ * descriptor's math type (FMA unless SWAV_CUDA_TF32=1), so its results keep it. */
+template <typename P> static int cu_pick(const P *perf, int n, size_t *mem, const char *what)
 {
-    for (int i = 0; i < n; i++) {
-        if (perf[i].status == CUDNN_STATUS_SUCCESS &&
-            (want == CUDNN_DEFAULT_MATH || perf[i].mathType == want)) {
-            *mem = perf[i].memory;
-            return i;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        if (perf[i].status == CUDNN_STATUS_SUCCESS) {
-            LOG_WARN("cuda: %s: no algorithm with the wanted math type; using algo %d",
-                     what, (int)perf[i].algo);
-            *mem = perf[i].memory;
-            return i;
+    const char *env = getenv("SWAV_CUDA_WS_MAX_MB");
+    size_t cap = (size_t)(env ? atol(env) : 1024) << 20;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            if (perf[i].status == CUDNN_STATUS_SUCCESS && (pass == 1 || perf[i].memory <= cap)) {
+                if (pass == 1) {
+                    LOG_WARN("cuda: %s: every algorithm wants more than %zu MiB of workspace;"
+                             " algo %d takes %zu MiB", what, cap >> 20, (int)perf[i].algo,
+                             perf[i].memory >> 20);
+                }
+                *mem = perf[i].memory;
+                return i;
+            }
         }
     }
     LOG_ERROR("cuda: %s: cudnnFind returned no usable algorithm", what);
@@ -289,37 +290,29 @@ static struct cu_conv *cu_conv_get(struct cuda_backend *b, int kind, const struc
                 ow == out->shape[3]);
     int n = 0;
     size_t mem = 0;
-    cudnnMathType_t chosen = b->conv_math;
     if (kind == CU_CONV_FWD) {
         cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
         CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(b->dnn, c->x, c->w, c->conv, c->y,
                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
-        int i = cu_pick(perf, n, b->conv_math, &mem, "conv forward");
+        int i = cu_pick(perf, n, &mem, "conv forward");
         c->fwd_algo = perf[i].algo;
-        chosen = perf[i].mathType;
         cu_ws_reserve(b, mem);
     } else {
         cudnnConvolutionBwdFilterAlgoPerf_t fp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
         CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
             b->dnn, c->x, c->y, c->conv, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, fp));
-        int i = cu_pick(fp, n, b->conv_math, &mem, "conv backward filter");
+        int i = cu_pick(fp, n, &mem, "conv backward filter");
         c->filter_algo = fp[i].algo;
-        chosen = fp[i].mathType;
         cu_ws_reserve(b, mem);
         if (have_data) {
             cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
             CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
                 b->dnn, c->w, c->y, c->conv, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, dp));
-            i = cu_pick(dp, n, b->conv_math, &mem, "conv backward data");
+            i = cu_pick(dp, n, &mem, "conv backward data");
             c->data_algo = dp[i].algo;
             cu_ws_reserve(b, mem);
-            /* one descriptor for both: the math types must agree, else keep the default */
-            if (dp[i].mathType != chosen) {
-                chosen = b->conv_math;
-            }
         }
     }
-    CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, chosen));
     cu_cache_put(b, key, c, cu_conv_free);
     return c;
 }
