@@ -36,6 +36,7 @@
 #include "supervise.h"
 
 #define MAX_PASS 512
+#define EVAL_PROBES 2 /* the evaluator's default --probes knn,linear */
 
 static volatile sig_atomic_t g_signal;
 static void on_signal(int sig) { g_signal = sig; }
@@ -315,9 +316,8 @@ static void progress_line(json_t *p, int live, int64_t *last_print)
     }
 }
 
-/* The evaluator learns of the last checkpoint like of any other: give it
- * time (bounded) to put that checkpoint's results into eval.jsonl. */
-static int64_t max_step_in(const char *path, const char *key, int skip_baseline)
+/* The largest integer `key` of a JSON-lines file, -1 when none. */
+static int64_t max_step_in(const char *path, const char *key)
 {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
@@ -326,27 +326,53 @@ static int64_t max_step_in(const char *path, const char *key, int skip_baseline)
     while (fgets(line, sizeof line, f)) {
         json_t *o = json_loads(line, 0, NULL);
         if (!o) continue;
-        if (!(skip_baseline && json_is_true(json_object_get(o, "baseline")))) {
-            json_t *v = json_object_get(o, key);
-            if (json_is_integer(v) && json_integer_value(v) > best) best = json_integer_value(v);
-        }
+        json_t *v = json_object_get(o, key);
+        if (json_is_integer(v) && json_integer_value(v) > best) best = json_integer_value(v);
         json_decref(o);
     }
     fclose(f);
     return best;
 }
 
+/* Distinct probes with a (non-baseline) result for a checkpoint at or after
+ * final_step. */
+static int probes_done(const char *path, int64_t final_step)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[16384];
+    json_t *seen = json_object();
+    while (fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (!o) continue;
+        json_t *st = json_object_get(o, "step");
+        const char *probe = json_string_value(json_object_get(o, "probe"));
+        if (probe && !json_is_true(json_object_get(o, "baseline")) && json_is_integer(st) &&
+            json_integer_value(st) >= final_step) {
+            json_object_set_new(seen, probe, json_true());
+        }
+        json_decref(o);
+    }
+    fclose(f);
+    int n = (int)json_object_size(seen);
+    json_decref(seen);
+    return n;
+}
+
+/* The evaluator learns of the last checkpoint like of any other: give it
+ * time (bounded) to put every probe's result of that checkpoint into
+ * eval.jsonl. */
 static void wait_for_evaluator(struct sup *s, int i_eval, struct tail *t, const char *dump,
                                const char *jsonl)
 {
     char evals[PATH_MAX];
     snprintf(evals, sizeof evals, "%s/eval.jsonl", dump);
-    int64_t final_step = max_step_in(jsonl, "step", 0) + 1;
+    int64_t final_step = max_step_in(jsonl, "step") + 1;
     LOG_INFO("training done; waiting (at most 10 minutes) for the evaluator's results of the "
              "last checkpoint (step %lld)", (long long)final_step);
     int64_t until = swav_now_ms() + 600000;
     while (swav_now_ms() < until && !g_signal) {
-        if (max_step_in(evals, "step", 1) >= final_step) break;
+        if (probes_done(evals, final_step) >= EVAL_PROBES) break;
         sup_poll(s);
         tail_errors(t, 0);
         if (s->child[i_eval].state != SUP_RUNNING && s->child[i_eval].state != SUP_WAITING_RESTART) break;
@@ -407,6 +433,8 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
     arg(&a, "--endpoint=ipc://%s/assigner", sock);
     arg(&a, "--run=%s", run);
     arg(&a, "--threads=1");
+    /* a restarted trainer may take over its dead predecessor's rank after 5 s */
+    arg(&a, "--stale_peer_ms=5000");
     int i_assigner = sup_add(&s, "assigner", a.v, SUP_RESTART_ALWAYS, 0, 2, 20);
     args_free(&a);
 
