@@ -332,8 +332,8 @@ def main():
     tool = sys.argv[1]
     f = 0
     # (a) forward parity of the full-size backbones, small inputs
-    f += run_case(tool, "resnet50 w64 2x64 (fwd)", 50, 64, 0, 2048, 128, 3000, 2, [(1, 64)], [0], False)
-    f += run_case(tool, "resnet18 w64 2x64 (fwd)", 18, 64, 0, 512, 128, 100, 2, [(1, 64)], [0], False)
+    f += run_case(tool, "resnet50 w64 b4 2x64 (fwd)", 50, 64, 0, 2048, 128, 3000, 4, [(2, 64)], [0], False)
+    f += run_case(tool, "resnet18 w64 b4 2x64 (fwd)", 18, 64, 0, 512, 128, 100, 4, [(2, 64)], [0], False)
     # (b) loss + every gradient, multi-crop 2 large + 4 small
     f += run_case(tool, "resnet18 w16 2x64+4x32 (loss+grads)", 18, 16, 0, 64, 16, 20, 4,
                   [(2, 64), (4, 32)], [0, 1], True, seed0=42)
