@@ -12,6 +12,10 @@
 
 #define ENTROPY_ROWS 512
 
+
+#define COLLAPSE_PATIENCE 100
+#define COLLAPSE_REPEAT 1000
+
 struct assigner_core {
     struct assigner_config cfg;
     struct sinkhorn_backend *backend;
@@ -21,6 +25,7 @@ struct assigner_core {
     int64_t flag_epoch;      /* epoch the flag belongs to */
     int64_t last_step, last_epoch;
     uint64_t collapse_warnings;
+    uint64_t collapse_run; /* consecutive flagged steps */
     float *codes;            /* (world, ncrops, bs, K): per rank contiguous */
     float *entropy;          /* (ncrops, world*bs) */
     int32_t *argmax;         /* (ncrops, world*bs) */
@@ -255,12 +260,20 @@ int assigner_core_step(assigner_core_t *c, int64_t epoch, int64_t step, const fl
     }
     s.collapse_uniform = k > 1 && s.entropy_mean > cfg->collapse_entropy_frac * s.entropy_uniform;
     s.collapse_few = used < min_used;
-    if (s.collapse_uniform || s.collapse_few) {
+    /* Every flagged step is counted (and reported in codes); the log speaks
+     * once the condition has held for COLLAPSE_PATIENCE steps in a row (a
+     * fresh network's codes are near uniform for a while), then every
+     * COLLAPSE_REPEAT steps while it lasts. */
+    c->collapse_run = s.collapse_uniform || s.collapse_few ? c->collapse_run + 1 : 0;
+    if (c->collapse_run) {
         c->collapse_warnings++;
+    }
+    if (c->collapse_run == COLLAPSE_PATIENCE ||
+        (c->collapse_run > COLLAPSE_PATIENCE && c->collapse_run % COLLAPSE_REPEAT == 0)) {
         LOG_LIMITED(SWAV_LOG_WARN,
-                    "COLLAPSE? step %lld: %s%s%s (entropy %.4f of ln K = %.4f, %d of %d "
-                    "prototypes used, threshold %d); %llu steps flagged so far",
-                    (long long)step,
+                    "COLLAPSE? step %lld, %llu steps in a row: %s%s%s (entropy %.4f of ln K = "
+                    "%.4f, %d of %d prototypes used, threshold %d); %llu steps flagged so far",
+                    (long long)step, (unsigned long long)c->collapse_run,
                     s.collapse_uniform ? "assignments near uniform" : "",
                     s.collapse_uniform && s.collapse_few ? ", " : "",
                     s.collapse_few ? "few prototypes used" : "", s.entropy_mean,

@@ -49,6 +49,7 @@ struct train_opts {
     int threads;
     int verbose;
     int eval_size, eval_resize;
+    int eval_train_limit, eval_val_limit; /* -1: the evaluator's default */
     int trainer_retries;
     /* everything else goes to the trainers as it is */
     char *pass[MAX_PASS];
@@ -106,6 +107,8 @@ static void parse(struct train_opts *o, int argc, char **argv)
     o->eval_size = 0;
     o->eval_resize = 0;
     o->trainer_retries = 3;
+    o->eval_train_limit = -1;
+    o->eval_val_limit = -1;
     for (int i = 0; i < argc; i++) {
         char name[256];
         normalize_name(name, sizeof name, argv[i]);
@@ -124,6 +127,10 @@ static void parse(struct train_opts *o, int argc, char **argv)
             o->eval_size = parse_int_flag("--eval_size", v, 1, 4096);
         } else if (take_value(&i, argc, argv, "--eval_resize", &v)) {
             o->eval_resize = parse_int_flag("--eval_resize", v, 1, 4096);
+        } else if (take_value(&i, argc, argv, "--eval_train_limit", &v)) {
+            o->eval_train_limit = parse_int_flag("--eval_train_limit", v, 0, 1 << 30);
+        } else if (take_value(&i, argc, argv, "--eval_val_limit", &v)) {
+            o->eval_val_limit = parse_int_flag("--eval_val_limit", v, 0, 1 << 30);
         } else if (take_value(&i, argc, argv, "--trainer_retries", &v)) {
             o->trainer_retries = parse_int_flag("--trainer_retries", v, 0, 1000);
         } else if (!strcmp(name, "--verbose")) {
@@ -499,6 +506,8 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
         arg(&a, "--run=%s", run);
         if (o.eval_size) arg(&a, "--size=%d", o.eval_size);
         if (o.eval_resize) arg(&a, "--resize=%d", o.eval_resize);
+        if (o.eval_train_limit >= 0) arg(&a, "--eval_train_limit=%d", o.eval_train_limit);
+        if (o.eval_val_limit >= 0) arg(&a, "--eval_val_limit=%d", o.eval_val_limit);
         arg(&a, "--threads=1");
         i_eval = sup_add(&s, "evaluator", a.v, SUP_RESTART_ALWAYS, 0, 1, 100);
         args_free(&a);
