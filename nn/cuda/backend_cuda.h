@@ -33,8 +33,10 @@ const char *nn_cuda_count_error(void);
 /* NULL (with a logged reason) when the device cannot be used. */
 nn_backend_t *nn_backend_cuda_new(int device);
 
-/* 1 when the GPU can address p (device or managed memory), 0 for plain host
- * memory (malloc'd: e.g. the model's activation arena today, docs/cuda.md). */
+/* 1 when p is device or managed memory; 2 when it is plain host memory that
+ * this GPU can still address (pageable memory access: HMM or ATS; slow);
+ * 0 when the GPU cannot address it (malloc'd memory without HMM: e.g. the
+ * model's activation arena today, docs/cuda.md). */
 int nn_cuda_pointer_usable(const void *p);
 /* bytes of p set to zero on the backend's stream (gradients: no host touch). */
 void nn_cuda_zero(nn_backend_t *be, void *p, size_t bytes);

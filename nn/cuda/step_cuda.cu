@@ -16,7 +16,17 @@ extern "C" int nn_cuda_pointer_usable(const void *p)
         cudaGetLastError();
         return 0;
     }
-    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+    if (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) {
+        return 1;
+    }
+    int dev = 0, pageable = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, dev) == cudaSuccess &&
+        pageable) {
+        return 2; /* plain host memory, but the GPU reaches it (HMM or ATS) */
+    }
+    cudaGetLastError();
+    return 0;
 }
 
 extern "C" void nn_cuda_zero(nn_backend_t *be, void *p, size_t bytes)

@@ -86,7 +86,11 @@ int main(int argc, char **argv)
     if (!m) {
         return 2;
     }
-    if (!nn_cuda_pointer_usable(m->scores) || !nn_cuda_pointer_usable(m->feats)) {
+    int usable = nn_cuda_pointer_usable(m->scores);
+    if (usable == 2) {
+        printf("note: activations in host memory reached through HMM/ATS: slow\n");
+    }
+    if (!usable) {
         printf("model activations are in host memory the GPU cannot address: the arena must "
                "come from nn_backend_alloc (docs/cuda.md)\n");
         return 3;
