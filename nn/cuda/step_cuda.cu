@@ -130,14 +130,31 @@ __global__ void k_sk_scale(float *q, const double *total, int64_t n)
     }
 }
 
-/* colsum[k] = sum_b q[b, k] (one thread per k, b in order) */
-__global__ void k_sk_colsum(double *colsum, const float *q, int64_t B, int64_t K)
+/* Column sums in two passes (enough blocks for 4096 x 3000): part[j * K + k] =
+ * sum of q[b, k] over rows chunk j (SK_ROWS rows, in order), then colsum[k] =
+ * sum over j in order: deterministic. */
+#define SK_ROWS 128
+
+__global__ void k_sk_colpart(double *part, const float *q, int64_t B, int64_t K)
+{
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t b0 = (int64_t)blockIdx.y * SK_ROWS, b1 = min(b0 + SK_ROWS, B);
+    if (k < K) {
+        double s = 0;
+        for (int64_t b = b0; b < b1; b++) {
+            s += q[b * K + k];
+        }
+        part[blockIdx.y * K + k] = s;
+    }
+}
+
+__global__ void k_sk_colsum(double *colsum, const double *part, int64_t nchunks, int64_t K)
 {
     int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (k < K) {
         double s = 0;
-        for (int64_t b = 0; b < B; b++) {
-            s += q[b * K + k];
+        for (int64_t j = 0; j < nchunks; j++) {
+            s += part[j * K + k];
         }
         colsum[k] = s;
     }
@@ -172,8 +189,10 @@ extern "C" void nn_cuda_sinkhorn(nn_backend_t *be, float *q, const float *scores
     struct cuda_backend *b = cu_be(be);
     SWAV_ASSERT(iters >= 1); /* the final Q *= B rides on the last iteration */
     int64_t n = (int64_t)B * K;
-    cu_red_reserve(b, (size_t)K + SK_BLOCKS + 1);
+    int64_t nchunks = (B + SK_ROWS - 1) / SK_ROWS;
+    cu_red_reserve(b, (size_t)K * (nchunks + 1) + SK_BLOCKS + 1);
     double *total = b->red, *part = b->red + 1, *colsum = b->red + 1 + SK_BLOCKS;
+    double *colpart = colsum + K;
     k_sk_exp<<<SK_BLOCKS, TPB, 0, b->stream>>>(q, part, scores, n, 1.0f / eps);
     CUDA_LAUNCH_CHECK();
     k_sk_total<<<1, 1024, 0, b->stream>>>(total, part, SK_BLOCKS);
@@ -181,7 +200,10 @@ extern "C" void nn_cuda_sinkhorn(nn_backend_t *be, float *q, const float *scores
     k_sk_scale<<<cu_blocks((size_t)n), TPB, 0, b->stream>>>(q, total, n);
     CUDA_LAUNCH_CHECK();
     for (int it = 0; it < iters; it++) {
-        k_sk_colsum<<<cu_blocks((size_t)K), TPB, 0, b->stream>>>(colsum, q, B, K);
+        dim3 grid(cu_blocks((size_t)K), (unsigned)nchunks);
+        k_sk_colpart<<<grid, TPB, 0, b->stream>>>(colpart, q, B, K);
+        CUDA_LAUNCH_CHECK();
+        k_sk_colsum<<<cu_blocks((size_t)K), TPB, 0, b->stream>>>(colsum, colpart, nchunks, K);
         CUDA_LAUNCH_CHECK();
         k_sk_divcol<<<cu_blocks((size_t)n), TPB, 0, b->stream>>>(q, colsum, B, K);
         CUDA_LAUNCH_CHECK();

@@ -397,11 +397,11 @@ static void test_step_pieces(void)
     check("prototypes normalize", &pr, 1e-6);
     pair_free(&pr);
     /* sinkhorn */
-    int B = 64, K = 300;
+    int B = 300, K = 64; /* 3 row chunks of the column sums */
     struct pair s = pair_new((size_t)B * K, 0.3), q = pair_new(s.n, 0);
     sinkhorn_ref(q.c, s.c, B, K, 0.05f, 3);
     nn_cuda_sinkhorn(gpu, q.g, s.g, B, K, 0.05f, 3);
-    check("sinkhorn 64x300 (eps .05, 3 it)", &q, 1e-5);
+    check("sinkhorn 300x64 (eps .05, 3 it)", &q, 1e-5);
     pair_free(&s), pair_free(&q);
     /* SGD + LARC: three tensors, prototypes frozen for the first step */
     struct nn_param_table t;
