@@ -536,6 +536,12 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* The roles share the machine's cores: OpenMP threads that spin while they
+     * wait steal the CPU the loaders and the other ranks need (seen on the
+     * 2-core machine: a 2-thread trainer beside a loader and an evaluator spent
+     * half its samples in libgomp's spin loop and ran several times slower
+     * than a 1-thread one).  An explicit setting in the environment wins. */
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
 
     LOG_INFO("run %s: %d trainer%s, %d loader%s x %d workers%s; logs in %s, sockets in %s", run,
              o.nproc, o.nproc > 1 ? "s" : "", o.loaders, o.loaders == 1 ? "" : "s", o.workers,
