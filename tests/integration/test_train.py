@@ -137,19 +137,22 @@ worst = max(float(abs(pa[k].astype("float64") - pc[k]).max()) for k in pa)
 check(set(pa) == set(pc) and worst <= 1e-5, f"run C: parameters differ from run A's by {worst}")
 print(f"C: resumed run's parameters within {worst:.2e} of the uninterrupted run's")
 
-# ---- D: kill a loader and the assigner; the run goes on -------------------------
+# ---- D: kill the assigner and a loader; the run goes on -------------------------
+# A longer run (8 epochs), so that the kills land mid-run on a fast machine too.
+EPOCHS_D = 8
 def kill_others(dump):
-    wait_steps(dump, steps_per_epoch // 2)
-    for name in ("loader 0", "assigner"):
+    wait_steps(dump, steps_per_epoch + 1)
+    for name in ("assigner", "loader 0"):
         pid = pid_of(dump, name)
+        check(pid != 0, f"run D: no {name} to kill")
         if pid:
             os.kill(pid, signal.SIGKILL)
-            time.sleep(1.0)
-rc, out, D = run("D", killer=kill_others)
+    check(steps_done(dump) < EPOCHS_D * steps_per_epoch, "run D: the run ended before the kills")
+rc, out, D = run("D", extra=("--epochs", str(EPOCHS_D)), killer=kill_others)
 check(rc == 0, f"run D exit {rc}:\n{out[-3000:]}")
 check("loader 0 ended: killed by signal 9" in out, "run D: the loader's death is not named")
 check("assigner ended: killed by signal 9" in out, "run D: the assigner's death is not named")
-check(steps_done(D) >= EPOCHS * steps_per_epoch, "run D: not every step was trained")
+check(steps_done(D) >= EPOCHS_D * steps_per_epoch, "run D: not every step was trained")
 
 # ---- E: a damaged latest checkpoint: fall back to the previous one ------------
 # Run A's last checkpoint is overwritten with garbage; `swav train` again in
