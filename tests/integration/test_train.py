@@ -148,7 +148,8 @@ def kill_others(dump):
         if pid:
             os.kill(pid, signal.SIGKILL)
     check(steps_done(dump) < EPOCHS_D * steps_per_epoch, "run D: the run ended before the kills")
-rc, out, D = run("D", extra=("--epochs", str(EPOCHS_D)), killer=kill_others)
+rc, out, D = run("D", extra=("--epochs", str(EPOCHS_D), "--codes_timeout_ms", "5000"),
+                 killer=kill_others)
 check(rc == 0, f"run D exit {rc}:\n{out[-3000:]}")
 check("loader 0 ended: killed by signal 9" in out, "run D: the loader's death is not named")
 check("assigner ended: killed by signal 9" in out, "run D: the assigner's death is not named")
