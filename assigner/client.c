@@ -10,7 +10,6 @@
 
 #include "common/check.h"
 #include "common/timeutil.h"
-#include "frames.h"
 #include "proto/wire.h"
 
 struct assigner_client {
@@ -22,7 +21,6 @@ struct assigner_client {
     void *sock;
     struct proto_msg msg;
     struct proto_rx rx;
-    struct assigner_frame_align align;
     struct proto_error last;
 };
 
@@ -109,7 +107,6 @@ void assigner_client_destroy(assigner_client_t **pc)
     if (!c) return;
     proto_msg_free(&c->msg);
     proto_rx_free(&c->rx);
-    assigner_frames_align_free(&c->align);
     zmq_close(c->sock);
     if (c->own_ctx) zmq_ctx_term(c->ctx);
     free(c);
@@ -180,7 +177,6 @@ static enum assigner_client_status await(assigner_client_t *c, enum proto_type w
             set_last(c, PROTO_ERRC_BAD_MESSAGE, "receive: %s", proto_status_str(st));
             return st == PROTO_ERR_ZMQ ? ASSIGNER_CLIENT_ERR_ZMQ : ASSIGNER_CLIENT_ERR_PROTOCOL;
         }
-        assigner_frames_align(&c->align, &c->rx);
         struct proto_header h;
         struct proto_diag diag;
         /* errors are read whatever their run id: "unknown run id" comes

@@ -22,7 +22,6 @@
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "core.h"
-#include "frames.h"
 #include "proto/proto.h"
 #include "proto/wire.h"
 #include "sinkhorn.h"
@@ -67,7 +66,6 @@ struct assigner_server {
     float *protos;
     /* io */
     struct proto_rx rx;
-    struct assigner_frame_align align;
     struct proto_msg msg;
     uint64_t steps_done;
     uint64_t refused;
@@ -619,7 +617,6 @@ static void on_message(assigner_server_t *s, int64_t now)
     struct proto_header h;
     struct proto_diag diag;
     struct proto_decode_opts dopts = {.run = s->run};
-    assigner_frames_align(&s->align, &s->rx);
     enum proto_status st = proto_peek_type(s->rx.frames, s->rx.nframes, &dopts, &h, &diag);
     if (st == PROTO_ERR_WRONG_RUN) {
         proto_peek_type(s->rx.frames, s->rx.nframes, NULL, &h, NULL);
@@ -808,7 +805,6 @@ void assigner_server_destroy(assigner_server_t **ps)
     drop_session(s);
     sinkhorn_backend_destroy(&s->backend);
     proto_rx_free(&s->rx);
-    assigner_frames_align_free(&s->align);
     proto_msg_free(&s->msg);
     zmq_close(s->sock);
     proto_zap_destroy(&s->zap);
