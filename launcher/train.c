@@ -210,7 +210,6 @@ static void role_path(char *buf, size_t len, const char *self_dir, const char *s
 struct tail {
     char path[PATH_MAX];
     off_t off;
-    char name[48];
 };
 
 /* Prints new WARN/ERROR lines of a role's log. */
@@ -298,6 +297,9 @@ static void write_status(const char *path, json_t *st)
 static void progress_line(json_t *p, int live, int64_t *last_print)
 {
     if (!p) return;
+    double data = json_number_value(json_object_get(p, "wait_data_s"));
+    double codes = json_number_value(json_object_get(p, "wait_codes_s"));
+    double busy = data + codes + json_number_value(json_object_get(p, "compute_s")) + 1e-12;
     char line[256];
     snprintf(line, sizeof line,
              "epoch %lld step %lld loss %.4f lr %.4g %.1f img/s data %.0f%% codes %.0f%%%s",
@@ -305,15 +307,8 @@ static void progress_line(json_t *p, int live, int64_t *last_print)
              (long long)json_integer_value(json_object_get(p, "step")),
              json_number_value(json_object_get(p, "loss")),
              json_number_value(json_object_get(p, "lr")),
-             json_number_value(json_object_get(p, "images_per_s")),
-             100 * json_number_value(json_object_get(p, "wait_data_s")) /
-                 (json_number_value(json_object_get(p, "wait_data_s")) +
-                  json_number_value(json_object_get(p, "wait_codes_s")) +
-                  json_number_value(json_object_get(p, "compute_s")) + 1e-12),
-             100 * json_number_value(json_object_get(p, "wait_codes_s")) /
-                 (json_number_value(json_object_get(p, "wait_data_s")) +
-                  json_number_value(json_object_get(p, "wait_codes_s")) +
-                  json_number_value(json_object_get(p, "compute_s")) + 1e-12),
+             json_number_value(json_object_get(p, "images_per_s")), 100 * data / busy,
+             100 * codes / busy,
              json_is_true(json_object_get(p, "queue_used")) ? " queue on" : "");
     if (live) {
         fprintf(stderr, "\r\033[K%s", line);
@@ -525,7 +520,6 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
             fprintf(stderr, "swav train: --dump_path is too long\n");
             return 2;
         }
-        snprintf(tails[i].name, sizeof tails[i].name, "%s", s.child[i].name);
         struct stat st;
         tails[i].off = stat(tails[i].path, &st) == 0 ? st.st_size : 0;
         memcpy(s.child[i].log_path, tails[i].path, sizeof s.child[i].log_path);
