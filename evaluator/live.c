@@ -102,15 +102,6 @@ int64_t eval_subset_even(uint32_t *out, int64_t n, int64_t limit)
     return limit;
 }
 
-int64_t eval_parse_dataset_size(const char *msg)
-{
-    const char *p = strstr(msg, "outside the data set (");
-    if (!p) return -1;
-    unsigned long long v;
-    if (sscanf(p + strlen("outside the data set ("), "%llu images", &v) != 1) return -1;
-    return (int64_t)v;
-}
-
 /* ---- records already in eval.jsonl -------------------------------------------- */
 
 struct done_rec {
@@ -254,45 +245,35 @@ static int wait_tick(struct live *L, double t_start, double *t_log, const char *
     return 0;
 }
 
-/* Size of data set `tag` as the loaders have it.  0, 1 stopped, -1 error. */
+/* Size of data set `tag` as the loaders announce it in their `ready`
+ * messages (loader/client.h).  0, 1 stopped, -1 error. */
 static int dataset_size(struct live *L, const char *tag, int64_t *n, char *err, size_t errlen)
 {
-    LOG_INFO("asking the loaders for the size of data set '%s' (an order for image "
-             "4294967280: the refusal names the size)", tag);
-    struct proto_order o;
-    fill_order(L, &o, tag);
-    uint32_t idx = 0xFFFFFFF0u;
-    o.step = L->next_step++;
-    o.n_images = 1;
-    uint64_t dims[1] = {1};
-    proto_tensor_set(&o.indices, PROTO_DTYPE_U32, &idx, 1, dims);
-    if (loader_client_submit(L->client, &o, NULL) != LOADER_CLIENT_OK) {
-        snprintf(err, errlen, "data set '%s': cannot submit the size probe: %s", tag,
-                 loader_client_last_error(L->client));
-        return -1;
-    }
     double t0 = swav_now_s(), tlog = t0;
     for (;;) {
-        const struct proto_batch *b;
-        enum loader_client_status st = loader_client_next(L->client, &b, 500);
-        if (st == LOADER_CLIENT_TIMEOUT) {
-            int w = wait_tick(L, t0, &tlog, tag);
-            if (w == 0) continue;
-            if (w < 0) snprintf(err, errlen, "no loader answered for %lld s", (long long)L->o->wait_s);
-            return w > 0 ? 1 : -1;
+        uint64_t v = 0;
+        char why[768];
+        enum loader_client_dataset ds = loader_client_dataset_size(L->client, tag, &v, why,
+                                                                   sizeof why);
+        if (ds == LOADER_CLIENT_DATASET_FOUND) {
+            if (v == 0) {
+                snprintf(err, errlen, "data set '%s' has no images", tag);
+                return -1;
+            }
+            *n = (int64_t)v;
+            return 0;
         }
-        if (st == LOADER_CLIENT_OK) {
-            snprintf(err, errlen, "data set '%s': a loader served image %u", tag, idx);
+        if (ds != LOADER_CLIENT_DATASET_WAIT) {
+            snprintf(err, errlen, "%s", why);
             return -1;
         }
-        const char *msg = loader_client_last_error(L->client);
-        int64_t v = st == LOADER_CLIENT_ERR_FAILED ? eval_parse_dataset_size(msg) : -1;
-        if (v <= 0) {
-            snprintf(err, errlen, "data set '%s': %s", tag, msg);
-            return -1;
-        }
-        *n = v;
-        return 0;
+        loader_client_poll(L->client, 500);
+        int w = wait_tick(L, t0, &tlog, tag);
+        if (w == 0) continue;
+        if (w < 0)
+            snprintf(err, errlen, "data set '%s': %s for %lld s", tag, why,
+                     (long long)L->o->wait_s);
+        return w > 0 ? 1 : -1;
     }
 }
 
@@ -777,8 +758,8 @@ static int setup(struct live *L, char *err, size_t errlen)
     L->zctx = zmq_ctx_new();
     SWAV_ASSERT(L->zctx);
     /* One refusal fails an order: the evaluator's refusals are deterministic
-     * (an index past the data set: the size probe; an unknown tag; a crop
-     * spec), and BUSY ones are re-issued without counting. */
+     * (an index past the data set, an unknown tag, a crop spec), and BUSY
+     * ones are re-issued without counting. */
     struct loader_client_opts co = {.bind = L->o->loader_bind, .run = L->o->run,
                                     .zmq_ctx = L->zctx, .deadline_ms = 600000,
                                     .max_attempts = 1};

@@ -22,9 +22,8 @@
  * converted by scripts/torch-to-safetensors) and the init seed from the
  * config JSON in the metadata ("seed"; 31 without one).
  *
- * The data set's size is learnt from the loaders (an order for an index
- * past any data set is refused with "(N images)"), so the evaluator needs
- * only the tags.  The training subset (eval_train_limit) is N evenly spaced
+ * The data set's size is learnt from the loaders (the `datasets` map of
+ * their `ready` messages), so the evaluator needs only the tags.  The training subset (eval_train_limit) is N evenly spaced
  * indices, which over ImageFolder order (classes contiguous, in class
  * order) is a stratified subset: each class gets round(limit * n_class / N)
  * images, +-1. */
@@ -57,9 +56,6 @@ int eval_arch_from_file(const struct safetensors_file *f, struct eval_arch *a, c
 /* Evenly spaced subset of [0, n): limit indices floor((i + 0.5) n / limit),
  * i < limit (all of [0, n) when limit <= 0 or >= n).  Returns the count. */
 int64_t eval_subset_even(uint32_t *out, int64_t n, int64_t limit);
-
-/* "outside the data set (N images)" in a loader's refusal: N, or -1. */
-int64_t eval_parse_dataset_size(const char *msg);
 
 struct eval_live_opts {
     const char *dump_path;   /* run folder: checkpoints, eval.jsonl, report.html */

@@ -24,6 +24,7 @@
 #include "proto/wire.h"
 
 #define CLIENT_MAX_PEERS 256
+#define CLIENT_MAX_DATASETS 16 /* per loader (swav-loader serves at most 8) */
 
 enum slot_state {
     SLOT_FREE = 0,
@@ -55,6 +56,11 @@ struct peer {
     uint64_t last_given;  /* dispatch counter: spreads orders over equal loaders */
     int alive;
     int used;
+    /* data sets of its last ready (has_datasets 0: it did not say) */
+    int has_datasets;
+    uint32_t n_datasets;
+    char ds_tag[CLIENT_MAX_DATASETS][PROTO_MAX_ID + 1];
+    uint64_t ds_images[CLIENT_MAX_DATASETS];
 };
 
 struct loader_client {
@@ -217,6 +223,53 @@ void loader_client_get_stats(const struct loader_client *c, struct loader_client
 }
 
 const char *loader_client_last_error(const struct loader_client *c) { return c->last_error; }
+
+enum loader_client_dataset loader_client_dataset_size(const struct loader_client *c,
+                                                      const char *tag, uint64_t *images,
+                                                      char *why, size_t whylen)
+{
+    uint32_t announced = 0, found = 0;
+    uint64_t lo = 0, hi = 0;
+    char served[512] = "";
+    size_t sl = 0;
+    for (uint32_t i = 0; i < c->npeers; i++) {
+        const struct peer *p = &c->peers[i];
+        if (!p->used || !p->alive || !p->has_datasets) continue;
+        announced++;
+        for (uint32_t d = 0; d < p->n_datasets; d++) {
+            if (!strcmp(p->ds_tag[d], tag)) {
+                uint64_t v = p->ds_images[d];
+                lo = found && lo < v ? lo : v;
+                hi = found && hi > v ? hi : v;
+                found++;
+            } else {
+                char q[PROTO_MAX_ID + 3];
+                snprintf(q, sizeof q, "'%s'", p->ds_tag[d]);
+                if (sl < sizeof served && !strstr(served, q))
+                    sl += (size_t)snprintf(served + sl, sizeof served - sl, "%s%s",
+                                           sl ? ", " : "", q);
+            }
+        }
+    }
+    if (found && lo != hi) {
+        snprintf(why, whylen, "the loaders disagree on the size of data set '%s' (%" PRIu64
+                 " and %" PRIu64 " images): different folders?", tag, lo, hi);
+        *images = lo;
+        return LOADER_CLIENT_DATASET_CONFLICT;
+    }
+    if (found) {
+        *images = lo;
+        if (whylen) why[0] = '\0';
+        return LOADER_CLIENT_DATASET_FOUND;
+    }
+    if (!announced) {
+        snprintf(why, whylen, "no connected loader has announced its data sets");
+        return LOADER_CLIENT_DATASET_WAIT;
+    }
+    snprintf(why, whylen, "no data set '%s' on the %u connected loader%s (they serve %s)", tag,
+             announced, announced == 1 ? "" : "s", sl ? served : "none");
+    return LOADER_CLIENT_DATASET_ABSENT;
+}
 
 static struct slot *slot_at(struct loader_client *c, uint32_t k)
 {
@@ -557,6 +610,13 @@ static int drain(struct loader_client *c)
             }
             snprintf(p->loader_id, sizeof p->loader_id, "%s", r.loader_id);
             p->credit = r.credit;
+            p->has_datasets = r.has_datasets;
+            p->n_datasets = 0;
+            for (uint32_t i = 0; i < r.n_datasets && i < CLIENT_MAX_DATASETS; i++) {
+                snprintf(p->ds_tag[i], sizeof p->ds_tag[i], "%s", r.datasets[i].name);
+                p->ds_images[i] = (uint64_t)r.datasets[i].value; /* an integer (decoder) */
+                p->n_datasets++;
+            }
             break;
         }
         case PROTO_TYPE_BATCH: on_batch(c, k); break;

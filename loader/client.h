@@ -118,4 +118,21 @@ void loader_client_get_stats(const struct loader_client *c, struct loader_client
 /* The message of the last ERR_ORDER / ERR_FAILED. */
 const char *loader_client_last_error(const struct loader_client *c);
 
+/* The size of data set `tag` from the `datasets` of the live loaders' last
+ * `ready` (a loader repeats it every beat): FOUND with *images when every
+ * live loader that lists the tag gives the same count; WAIT when no live
+ * loader has announced its data sets (none connected yet, or only loaders
+ * older than the field); ABSENT when live loaders announced theirs and none
+ * lists the tag; CONFLICT when they disagree (*images: the smallest).  why
+ * gets a sentence for everything but FOUND. */
+enum loader_client_dataset {
+    LOADER_CLIENT_DATASET_FOUND = 0,
+    LOADER_CLIENT_DATASET_WAIT,
+    LOADER_CLIENT_DATASET_ABSENT,
+    LOADER_CLIENT_DATASET_CONFLICT,
+};
+enum loader_client_dataset loader_client_dataset_size(const struct loader_client *c,
+                                                      const char *tag, uint64_t *images,
+                                                      char *why, size_t whylen);
+
 #endif

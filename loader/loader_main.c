@@ -339,6 +339,18 @@ static void send_ready(struct loader *L, int k, int stopping)
     struct proto_ready r = {.credit = stopping ? 0 : (uint32_t)L->cfg.credit,
                             .workers = (uint32_t)L->cfg.workers};
     snprintf(r.loader_id, sizeof r.loader_id, "%s", L->loader_id);
+    /* The data sets and their sizes, so that a consumer need not ask; the
+     * untagged one answers to "train" (dataset_for) unless a tagged one does. */
+    r.has_datasets = true;
+    bool tagged_train = false;
+    for (int i = 0; i < L->ndatasets; i++) tagged_train |= !strcmp(L->datasets[i].tag, "train");
+    for (int i = 0; i < L->ndatasets && r.n_datasets < PROTO_MAX_LIST; i++) {
+        const char *tag = L->datasets[i].tag[0] ? L->datasets[i].tag : "train";
+        if (!L->datasets[i].tag[0] && tagged_train) continue;
+        struct proto_counter *d = &r.datasets[r.n_datasets++];
+        snprintf(d->name, sizeof d->name, "%s", tag);
+        d->value = (double)L->datasets[i].ix->n;
+    }
     SWAV_ASSERT(proto_ready_encode(&L->msg, L->cfg.run, &r) == PROTO_OK);
     /* EAGAIN: not connected now (ZMQ_IMMEDIATE); the next beat will do. */
     proto_send(L->socks[k], NULL, 0, &L->msg, ZMQ_DONTWAIT);

@@ -567,6 +567,20 @@ static enum proto_status check_shape(const struct proto_tensor *t, const char *f
     return PROTO_OK;
 }
 
+static enum proto_status check_ready(const void *vm, struct proto_diag *diag)
+{
+    const struct proto_ready *m = vm;
+    for (uint32_t i = 0; i < m->n_datasets; i++) {
+        double v = m->datasets[i].value;
+        if (!(v >= 0.0 && v <= (double)UINT32_MAX) || v != (double)(uint32_t)v) {
+            return fail(diag, PROTO_ERR_OUT_OF_RANGE, "datasets",
+                        "data set '%s': %g images (an integer in [0, 2^32 - 1])",
+                        m->datasets[i].name, v);
+        }
+    }
+    return PROTO_OK;
+}
+
 static enum proto_status check_order(const void *vm, struct proto_diag *diag)
 {
     const struct proto_order *m = vm;
@@ -676,8 +690,11 @@ TABLE(ready) = {
     STR(proto_ready, loader_id, 0),
     U32(proto_ready, credit, 0, 65536),
     U32(proto_ready, workers, 0, 65536),
+    {.name = "datasets", .kind = FK_COUNTERS, .off = OFF(proto_ready, datasets),
+     .cnt_off = OFF(proto_ready, n_datasets), .cap = NELEM(proto_ready, datasets),
+     .optional = true, .has_off = OFF(proto_ready, has_datasets)},
 };
-MDESC(ready, proto_ready, PROTO_TYPE_READY, NULL);
+MDESC(ready, proto_ready, PROTO_TYPE_READY, check_ready);
 
 TABLE(order) = {
     U64A(proto_order, order_id),
@@ -1182,6 +1199,7 @@ static enum proto_status read_field(struct rd *r, const struct fdesc *f, char *b
             if (st) return st;
         }
         *count = (uint32_t)n;
+        if (f->optional) *(bool *)(base + f->has_off) = true;
         return PROTO_OK;
     case FK_TENSOR:
         st = read_tensor_desc(r, f, limit, (struct proto_tensor *)p, diag);

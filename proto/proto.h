@@ -186,11 +186,25 @@ void proto_msg_free(struct proto_msg *m);
  * Messages.  Frame order after the header is given for each type.
  * ========================================================================== */
 
-/* ready: loader -> trainer.  "I can take `credit` more orders." */
+/* A named number: status counters, ready's data set sizes. */
+struct proto_counter {
+    char name[PROTO_MAX_ID + 1]; /* non-empty */
+    double value;                /* finite */
+};
+
+/* ready: loader -> trainer.  "I can take `credit` more orders."  The
+ * optional `datasets` map names each data set the loader serves with its
+ * image count ({"train": 1281167, "eval_val": 50000}; an untagged data set
+ * is listed as "train"), so that a consumer (the evaluator) learns the sizes
+ * without asking; each count an integer in 0 .. 2^32 - 1.  Absent
+ * (has_datasets false) from a loader that predates the field. */
 struct proto_ready {
     char loader_id[PROTO_MAX_ID + 1];
     uint32_t credit;  /* 0 .. 65536 */
     uint32_t workers; /* 0 .. 65536 (decode threads) */
+    bool has_datasets;
+    uint32_t n_datasets; /* 0 .. PROTO_MAX_LIST */
+    struct proto_counter datasets[PROTO_MAX_LIST]; /* name: the tag, value: images */
 };
 
 /* order: trainer -> loader.  Frames: header, indices (u32 [n_images]). */
@@ -355,10 +369,6 @@ struct proto_checkpoint {
 /* status: a role -> launcher (counters), or launcher -> role (request =
  * true, no counters needed).  (struct proto_status_msg: `proto_status` is
  * the status-code enum.) */
-struct proto_counter {
-    char name[PROTO_MAX_ID + 1]; /* non-empty */
-    double value;                /* finite */
-};
 struct proto_status_msg {
     char role[PROTO_MAX_ID + 1];
     int32_t rank; /* -1: no rank */

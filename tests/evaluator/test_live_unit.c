@@ -1,11 +1,10 @@
 /* Pieces of the live evaluator that need no process: the evenly spaced
  * training subset is stratified over ImageFolder order (each class gets
  * round(limit * n_class / N) images, +-1, for even and uneven classes),
- * distinct and sorted; the data set size is read from a loader's refusal;
- * the architecture comes from the tensors of a checkpoint (depth, width,
- * stem, with or without "module."; real checkpoints of small models, and
- * name/shape-only files for the big ones), its seed from the config
- * metadata. */
+ * distinct and sorted; the architecture comes from the tensors of a
+ * checkpoint (depth, width, stem, with or without "module."; real
+ * checkpoints of small models, and name/shape-only files for the big ones),
+ * its seed from the config metadata. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,14 +142,6 @@ int main(void)
     subset_case(uneven, 5, 100);
     subset_case(uneven, 5, 1007);
     subset_case(uneven, 5, 5000);
-
-    EXPECT(eval_parse_dataset_size("order step 1 refused 3 times; last by loader x: order step "
-                                   "1: image index 4294967280 at position 0 outside the data "
-                                   "set (60000 images) [bad message]") == 60000,
-           "size from a refusal");
-    EXPECT(eval_parse_dataset_size("order step 1: no data set 'eval_val' on this loader") == -1,
-           "no size in another refusal");
-    EXPECT(eval_parse_dataset_size("outside the data set (x images)") == -1, "garbage size");
 
     arch_case(18, 8, 1, false, "{\"seed\": 5, \"arch\": \"resnet18\"}", 5,
               "resnet18 width 8 small stem");

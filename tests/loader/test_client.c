@@ -67,6 +67,24 @@ static void fake_ready(struct fake *f, uint32_t credit)
     EXPECT(proto_send(f->s, NULL, 0, &f->msg, 0) == PROTO_OK, "send ready");
 }
 
+/* A ready with data sets: tags[i] -> sizes[i] (n < 0: no datasets field). */
+static void fake_ready_ds(struct fake *f, int n, const char *const *tags, const double *sizes)
+{
+    static struct proto_ready r;
+    memset(&r, 0, sizeof r);
+    r.credit = 1;
+    r.workers = 1;
+    snprintf(r.loader_id, sizeof r.loader_id, "%s", f->id);
+    r.has_datasets = n >= 0;
+    for (int i = 0; i < n; i++) {
+        snprintf(r.datasets[i].name, sizeof r.datasets[i].name, "%s", tags[i]);
+        r.datasets[i].value = sizes[i];
+    }
+    r.n_datasets = n > 0 ? (uint32_t)n : 0;
+    EXPECT(proto_ready_encode(&f->msg, RUN, &r) == PROTO_OK, "encode ready with data sets");
+    EXPECT(proto_send(f->s, NULL, 0, &f->msg, 0) == PROTO_OK, "send ready");
+}
+
 /* Receive one order (waiting up to ms while the client works); 1 or 0. */
 static int fake_order(struct fake *f, struct loader_client *c, struct proto_order *o, int ms)
 {
@@ -254,6 +272,54 @@ int main(void)
     fake_free(&a);
     loader_client_destroy(&c);
     EXPECT(c == NULL, "destroy clears the pointer");
+
+    /* 5. Data set sizes from the loaders' ready: none yet, a loader that does
+     * not say, one that does, an unknown tag, two that disagree, the
+     * disagreeing one gone silent. */
+    {
+        char ep2[160];
+        snprintf(ep2, sizeof ep2, "%s.ds", ep);
+        opts.bind = ep2;
+        EXPECT(loader_client_new(&c, &opts, err, sizeof err) == 0, "%s", err);
+        uint64_t n = 0;
+        char why[512];
+        EXPECT(loader_client_dataset_size(c, "eval_train", &n, why, sizeof why) ==
+                   LOADER_CLIENT_DATASET_WAIT, "no loader yet: wait (%s)", why);
+        struct fake d1, d2;
+        fake_init(&d1, ctx, ep2, "D1");
+        fake_ready_ds(&d1, -1, NULL, NULL);
+        loader_client_poll(c, 100);
+        EXPECT(loader_client_dataset_size(c, "eval_train", &n, why, sizeof why) ==
+                   LOADER_CLIENT_DATASET_WAIT, "a loader without the field: wait (%s)", why);
+        const char *tags[2] = {"eval_train", "eval_val"};
+        const double sizes[2] = {200, 80};
+        fake_ready_ds(&d1, 2, tags, sizes);
+        loader_client_poll(c, 100);
+        enum loader_client_dataset ds = loader_client_dataset_size(c, "eval_val", &n, why,
+                                                                   sizeof why);
+        EXPECT(ds == LOADER_CLIENT_DATASET_FOUND && n == 80, "eval_val: %d, %" PRIu64, ds, n);
+        ds = loader_client_dataset_size(c, "nosuch", &n, why, sizeof why);
+        EXPECT(ds == LOADER_CLIENT_DATASET_ABSENT && strstr(why, "no data set 'nosuch'") &&
+                   strstr(why, "'eval_train', 'eval_val'"), "unknown tag: %d %s", ds, why);
+        fake_init(&d2, ctx, ep2, "D2");
+        const double other[1] = {199};
+        fake_ready_ds(&d2, 1, tags, other);
+        loader_client_poll(c, 100);
+        ds = loader_client_dataset_size(c, "eval_train", &n, why, sizeof why);
+        EXPECT(ds == LOADER_CLIENT_DATASET_CONFLICT && n == 199 && strstr(why, "disagree"),
+               "disagreeing loaders: %d %s", ds, why);
+        int64_t t0 = swav_now_ms();
+        while (swav_now_ms() - t0 < 700) { /* D2 silent past silence_ms, D1 beats */
+            fake_ready_ds(&d1, 2, tags, sizes);
+            loader_client_poll(c, 100);
+        }
+        ds = loader_client_dataset_size(c, "eval_train", &n, why, sizeof why);
+        EXPECT(ds == LOADER_CLIENT_DATASET_FOUND && n == 200, "D2 silent: %d %" PRIu64, ds, n);
+        fake_free(&d1);
+        fake_free(&d2);
+        loader_client_destroy(&c);
+        unlink(ep2 + 6);
+    }
     zmq_ctx_term(ctx);
     unlink(ep + 6);
     printf("test_client: ok\n");

@@ -44,6 +44,12 @@ static void fill(void)
     snprintf(s_ready.loader_id, sizeof s_ready.loader_id, "loader-a");
     s_ready.credit = 4;
     s_ready.workers = 2;
+    s_ready.has_datasets = true;
+    s_ready.n_datasets = 2;
+    snprintf(s_ready.datasets[0].name, sizeof s_ready.datasets[0].name, "train");
+    s_ready.datasets[0].value = 1281167;
+    snprintf(s_ready.datasets[1].name, sizeof s_ready.datasets[1].name, "eval_val");
+    s_ready.datasets[1].value = 50000;
 
     s_order.order_id = 0x1234567890ull;
     s_order.epoch = 3;

@@ -262,6 +262,23 @@ static void test_round_trip(void)
     CHECK(proto_embed_decode(m.frames, m.nframes, NULL, &g_out.embed, NULL) == PROTO_OK &&
               !g_out.embed.has_prototypes && g_out.embed.embeddings.shape[2] == 4,
           "embed without prototypes decodes");
+    /* ready: data set sizes, and without them (a loader that predates the field) */
+    sample_encode(PROTO_TYPE_READY, &m);
+    CHECK(proto_ready_decode(m.frames, m.nframes, NULL, &g_out.ready, NULL) == PROTO_OK &&
+              g_out.ready.has_datasets && g_out.ready.n_datasets == 2 &&
+              !strcmp(g_out.ready.datasets[1].name, "eval_val") &&
+              g_out.ready.datasets[0].value == 1281167.0,
+          "ready data sets");
+    struct proto_ready rd = *(const struct proto_ready *)sample_struct(PROTO_TYPE_READY);
+    rd.has_datasets = false;
+    CHECK(proto_ready_encode(&m, "r", &rd) == PROTO_OK, "ready without data sets");
+    CHECK(proto_ready_decode(m.frames, m.nframes, NULL, &g_out.ready, NULL) == PROTO_OK &&
+              !g_out.ready.has_datasets && g_out.ready.n_datasets == 0,
+          "ready without data sets decodes");
+    rd.has_datasets = true;
+    rd.datasets[1].value = 2.5;
+    CHECK(proto_ready_encode(&m, "r", &rd) == PROTO_ERR_OUT_OF_RANGE,
+          "encoder refuses 2.5 images");
     /* status request with no counters; eval orders */
     struct proto_status_msg s = {.rank = 0, .request = true};
     snprintf(s.role, sizeof s.role, "launcher");
@@ -354,6 +371,24 @@ static void test_oversized(void)
         msgpack_pack_double(pk, i);
     }
     expect_mut(PROTO_TYPE_STATUS, "counters", OP_REPLACE, PROTO_ERR_LIST_TOO_LONG, "65 counters");
+    expect_mut(PROTO_TYPE_READY, "datasets", OP_REPLACE, PROTO_ERR_LIST_TOO_LONG, "65 data sets");
+    static const double bad_sizes[4] = {-1.0, 0.5, 4294967296.0, NAN};
+    for (int i = 0; i < 4; i++) {
+        pk = val_begin();
+        msgpack_pack_map(pk, 1);
+        pack_s(pk, "train");
+        msgpack_pack_double(pk, bad_sizes[i]);
+        char what[64];
+        snprintf(what, sizeof what, "data set of %g images", bad_sizes[i]);
+        expect_mut(PROTO_TYPE_READY, "datasets", OP_REPLACE, PROTO_ERR_OUT_OF_RANGE, what);
+    }
+    pk = val_begin();
+    msgpack_pack_map(pk, 1);
+    pack_s(pk, "");
+    msgpack_pack_uint32(pk, 3);
+    expect_mut(PROTO_TYPE_READY, "datasets", OP_REPLACE, PROTO_ERR_OUT_OF_RANGE, "empty tag");
+    msgpack_pack_nil(val_begin());
+    expect_mut(PROTO_TYPE_READY, "datasets", OP_REPLACE, PROTO_OK, "datasets nil (absent)");
     msgpack_pack_uint32(val_begin(), PROTO_MAX_ORDER_IMAGES + 1);
     expect_mut(PROTO_TYPE_ORDER, "n_images", OP_REPLACE, PROTO_ERR_OUT_OF_RANGE, "65537 images");
 
