@@ -56,6 +56,21 @@ struct assigner_server {
     int64_t hello_deadline;       /* 0: none */
     struct sinkhorn_backend *backend;
     assigner_core_t *core;
+    /* A session re-formed over a live core (a trainer said hello again: a
+     * retry after a timeout, or a restarted trainer group) does not know yet
+     * whether the trainers go on from the live queue or from their checkpoint.
+     * `restore` holds the queue they asked for (rank 0's resume_path, or an
+     * empty one) until the first embed decides (see decide_restore). */
+    assigner_core_t *restore;
+    char restore_from[PROTO_MAX_STR + 8];
+    /* the codes of step cached_step (-1: none) are still in the core, with
+     * copies of the embeddings and prototypes that gave them: an embed that
+     * repeats that step byte for byte is answered with them again */
+    int64_t cached_step;
+    float *last_emb;              /* [world][n_assign * batch * D] */
+    float *last_protos;           /* [K * D] */
+    float *g_emb;                 /* the step being gathered, likewise */
+    struct proto_codes last_codes; /* header and statistics of step cached_step */
     /* gather */
     bool gathering;
     uint64_t g_step;
@@ -134,12 +149,20 @@ static void drop_session(assigner_server_t *s)
 {
     reset_gather(s);
     assigner_core_destroy(&s->core);
+    assigner_core_destroy(&s->restore);
+    s->cached_step = -1;
     free(s->peers);
     free(s->got);
     free(s->protos);
+    free(s->last_emb);
+    free(s->last_protos);
+    free(s->g_emb);
     s->peers = NULL;
     s->got = NULL;
     s->protos = NULL;
+    s->last_emb = NULL;
+    s->last_protos = NULL;
+    s->g_emb = NULL;
     s->have_cfg = false;
     s->established = false;
     s->hello_deadline = 0;
@@ -217,7 +240,7 @@ static bool all_stale(const assigner_server_t *s, int64_t now)
     return true;
 }
 
-static int make_core(assigner_server_t *s, char *err, size_t errlen)
+static assigner_core_t *make_core(assigner_server_t *s, char *err, size_t errlen)
 {
     struct assigner_config cfg = {
         .world_size = (int)s->cfg.world_size,
@@ -232,60 +255,89 @@ static int make_core(assigner_server_t *s, char *err, size_t errlen)
         .collapse_entropy_frac = s->o.collapse_entropy_frac,
         .collapse_min_used = s->o.collapse_min_used,
     };
-    s->core = assigner_core_new(&cfg, s->backend, err, errlen);
-    return s->core ? 0 : -1;
+    return assigner_core_new(&cfg, s->backend, err, errlen);
 }
 
-/* All ranks said hello: make the core, load the queue, welcome everyone. */
+/* All ranks said hello: make the core, load the queue, welcome everyone.
+ *
+ * A fresh assigner (no core yet) loads the queue of the checkpoint being
+ * resumed at once.  A session that re-forms over a live core cannot tell yet
+ * whether the trainers go on where the live queue is (a trainer that timed
+ * out while this process was stopped or slow, or whose connection dropped,
+ * says hello again and resends its step) or start again from their
+ * checkpoint (a restarted trainer group): the queue they asked for is read
+ * into `restore`, and the group's first embed decides (decide_restore). */
 static void establish(assigner_server_t *s)
 {
     char err[PROTO_MAX_STR];
     const uint32_t w = s->cfg.world_size;
     bool fresh = s->core == NULL;
-    if (fresh && make_core(s, err, sizeof err) < 0) {
+    assigner_core_t *target = make_core(s, err, sizeof err);
+    if (!target) {
         for (uint32_t r = 0; r < w; r++) {
             send_error(s, s->peers[r].id, s->peers[r].idlen, PROTO_ERRC_REFUSED_CONFIG, "",
                        0, "%s", err);
             s->peers[r].pending = false;
-            s->peers[r].registered = false;
+            if (fresh) s->peers[r].registered = false;
         }
-        drop_session(s);
+        if (fresh) drop_session(s);
+        else s->hello_deadline = 0;
         return;
     }
     /* the queue of the checkpoint being resumed: rank 0's resume_path, else --resume */
     const char *ckpt = s->peers[0].hello.resume_path[0] ? s->peers[0].hello.resume_path
                                                         : (fresh ? s->resume : "");
+    char path[PROTO_MAX_STR + sizeof QUEUE_SUFFIX] = "";
     if (ckpt[0]) {
-        char path[PROTO_MAX_STR + sizeof QUEUE_SUFFIX];
         snprintf(path, sizeof path, "%s%s", ckpt, QUEUE_SUFFIX);
-        int rc = assigner_core_load(s->core, path, err, sizeof err);
+        int rc = assigner_core_load(target, path, err, sizeof err);
         if (rc == -ENOENT) {
             LOG_WARN("resume from %s: no queue file %s; starting without a queue (as the "
                      "reference does when queue<rank>.pth is absent)", ckpt, path);
-            assigner_core_reset_queue(s->core);
+            assigner_core_reset_queue(target);
         } else if (rc < 0) {
             for (uint32_t r = 0; r < w; r++) {
                 send_error(s, s->peers[r].id, s->peers[r].idlen, PROTO_ERRC_REFUSED_CONFIG,
                            "resume_path", 0, "cannot restore the queue: %s", err);
                 s->peers[r].pending = false;
             }
+            assigner_core_destroy(&target);
+            if (fresh) {
+                /* keep the empty core: the session config stays */
+                s->core = make_core(s, err, sizeof err);
+            }
             s->hello_deadline = 0;
             return;
         } else {
-            LOG_INFO("queue restored from %s: step %lld, epoch %lld, %lld rows filled", path,
-                     (long long)assigner_core_last_step(s->core),
-                     (long long)assigner_core_last_epoch(s->core),
-                     (long long)assigner_core_queue_fill(s->core));
+            LOG_INFO("queue %s from %s: step %lld, epoch %lld, %lld rows filled",
+                     fresh ? "restored" : "read", path,
+                     (long long)assigner_core_last_step(target),
+                     (long long)assigner_core_last_epoch(target),
+                     (long long)assigner_core_queue_fill(target));
         }
     }
+    if (fresh) {
+        s->core = target;
+        s->cached_step = -1;
+    } else {
+        assigner_core_destroy(&s->restore);
+        s->restore = target;
+        snprintf(s->restore_from, sizeof s->restore_from, "%s", path[0] ? path : "");
+        LOG_INFO("session re-forms over the live queue (step %lld): its first step decides "
+                 "whether it goes on from there or from %s",
+                 (long long)assigner_core_last_step(s->core),
+                 path[0] ? path : "an empty queue (rank 0 resumes no checkpoint)");
+    }
+    /* the welcome describes the queue the trainers asked for */
+    const assigner_core_t *q = s->restore && ckpt[0] ? s->restore : s->core;
     reset_gather(s);
     struct proto_welcome wm = {0};
     wm.world_size = w;
     wm.has_nccl_id = s->peers[0].hello.has_nccl_id;
     memcpy(wm.nccl_id, s->peers[0].hello.nccl_id, sizeof wm.nccl_id);
-    wm.queue_length = (uint32_t)assigner_core_queue_length(s->core);
-    wm.queue_fill = (uint64_t)assigner_core_queue_fill(s->core);
-    int64_t ls = assigner_core_last_step(s->core), le = assigner_core_last_epoch(s->core);
+    wm.queue_length = (uint32_t)assigner_core_queue_length(q);
+    wm.queue_fill = (uint64_t)assigner_core_queue_fill(q);
+    int64_t ls = assigner_core_last_step(q), le = assigner_core_last_epoch(q);
     wm.step = ls < 0 ? 0 : (uint64_t)ls;
     wm.epoch = le < 0 ? 0 : (uint32_t)le;
     for (uint32_t r = 0; r < w; r++) {
@@ -341,6 +393,11 @@ static void on_hello(assigner_server_t *s, const uint8_t *id, size_t idlen, int6
         s->peers = swav_xcalloc(h.world_size, sizeof *s->peers);
         s->got = swav_xcalloc(h.world_size, sizeof *s->got);
         s->protos = swav_xmalloc((size_t)h.nmb_prototypes * h.feat_dim * sizeof(float));
+        size_t per = (size_t)h.n_crops_for_assign * h.batch_size * h.feat_dim;
+        s->last_emb = swav_xcalloc((size_t)h.world_size * per, sizeof(float));
+        s->g_emb = swav_xcalloc((size_t)h.world_size * per, sizeof(float));
+        s->last_protos = swav_xcalloc((size_t)h.nmb_prototypes * h.feat_dim, sizeof(float));
+        s->cached_step = -1;
     }
     struct peer *p = &s->peers[h.rank];
     if (p->registered && !peer_is(p, id, idlen) && now - p->last_seen_ms < s->o.stale_peer_ms &&
@@ -407,15 +464,37 @@ static bool all_finite(const float *x, size_t n, size_t *at)
     return true;
 }
 
+/* Rank r's rows of the core's codes, with m's step and statistics. */
+static void send_codes(assigner_server_t *s, uint32_t r, struct proto_codes *m)
+{
+    const struct proto_hello *c = &s->cfg;
+    uint64_t dims[3] = {c->n_crops_for_assign, c->batch_size, c->nmb_prototypes};
+    m->rank = r;
+    proto_tensor_set(&m->q, PROTO_DTYPE_F32, assigner_core_rank_codes(s->core, (int)r), 3, dims);
+    if (proto_codes_encode(&s->msg, s->run, m) == PROTO_OK) {
+        send_msg(s, s->peers[r].id, s->peers[r].idlen, "codes");
+    } else {
+        LOG_ERROR("cannot encode codes for rank %u", r);
+    }
+}
+
 static void run_step(assigner_server_t *s)
 {
     char err[512];
     struct assigner_stats st;
+    s->cached_step = -1; /* the core's codes are being overwritten */
     if (assigner_core_step(s->core, s->g_epoch, (int64_t)s->g_step, s->protos, &st, err,
                            sizeof err) < 0) {
         abort_gather(s, PROTO_ERRC_INTERNAL, "", err);
         return;
     }
+    /* what gave these codes, for a repeated embed (repeat_codes) */
+    float *t = s->last_emb;
+    s->last_emb = s->g_emb;
+    s->g_emb = t;
+    memcpy(s->last_protos, s->protos, (size_t)s->cfg.nmb_prototypes * s->cfg.feat_dim *
+                                          sizeof(float));
+    s->cached_step = (int64_t)s->g_step;
     const struct proto_hello *c = &s->cfg;
     struct proto_codes m = {0};
     m.epoch = s->g_epoch;
@@ -426,17 +505,10 @@ static void run_step(assigner_server_t *s)
     m.stats.queue_used = st.queue_used;
     m.stats.queue_fill = (uint64_t)assigner_core_queue_fill(s->core);
     m.stats.collapse_warnings = (uint32_t)st.collapse_warnings;
-    uint64_t dims[3] = {c->n_crops_for_assign, c->batch_size, c->nmb_prototypes};
     for (uint32_t r = 0; r < c->world_size; r++) {
-        m.rank = r;
-        proto_tensor_set(&m.q, PROTO_DTYPE_F32, assigner_core_rank_codes(s->core, (int)r), 3,
-                         dims);
-        if (proto_codes_encode(&s->msg, s->run, &m) == PROTO_OK) {
-            send_msg(s, s->peers[r].id, s->peers[r].idlen, "codes");
-        } else {
-            LOG_ERROR("cannot encode codes for rank %u", r);
-        }
+        send_codes(s, r, &m);
     }
+    s->last_codes = m;
     s->steps_done++;
     if (s->o.log_every > 0 && (s->steps_done % (uint64_t)s->o.log_every == 0 ||
                                st.collapse_uniform || st.collapse_few)) {
@@ -456,6 +528,48 @@ static int find_rank(const assigner_server_t *s, const uint8_t *id, size_t idlen
         if (peer_is(&s->peers[r], id, idlen)) return (int)r;
     }
     return -1;
+}
+
+/* Whether an embed repeats, byte for byte, the one that gave the cached codes
+ * (a trainer that timed out waiting for them and sent its step again). */
+static bool repeats_cached(const assigner_server_t *s, const struct proto_embed *e)
+{
+    const struct proto_hello *c = &s->cfg;
+    if (s->cached_step < 0 || (int64_t)e->step != s->cached_step ||
+        e->epoch != s->last_codes.epoch) {
+        return false;
+    }
+    size_t per = (size_t)c->n_crops_for_assign * c->batch_size * c->feat_dim;
+    if (memcmp(e->embeddings.data, s->last_emb + (size_t)e->rank * per, per * sizeof(float))) {
+        return false;
+    }
+    return e->rank != 0 || !memcmp(e->prototypes.data, s->last_protos,
+                                   (size_t)c->nmb_prototypes * c->feat_dim * sizeof(float));
+}
+
+/* The first embed of a session re-formed over a live core: when its step
+ * follows the live queue (the next step, or the last one sent again), the
+ * trainers went on from where the live queue is and keep it, so that a
+ * retry changes nothing; otherwise (a group restarted from its checkpoint)
+ * the queue they asked for replaces it. */
+static void decide_restore(assigner_server_t *s, const struct proto_embed *e)
+{
+    if (!s->restore) return;
+    int64_t last = assigner_core_last_step(s->core);
+    if ((int64_t)e->step == last + 1 || repeats_cached(s, e)) {
+        LOG_INFO("step %llu follows the live queue (step %lld): the re-formed session keeps it",
+                 (unsigned long long)e->step, (long long)last);
+        assigner_core_destroy(&s->restore);
+        return;
+    }
+    LOG_INFO("step %llu does not follow the live queue (step %lld): the re-formed session "
+             "goes on from %s (step %lld)", (unsigned long long)e->step, (long long)last,
+             s->restore_from[0] ? s->restore_from : "an empty queue",
+             (long long)assigner_core_last_step(s->restore));
+    assigner_core_destroy(&s->core);
+    s->core = s->restore;
+    s->restore = NULL;
+    s->cached_step = -1;
 }
 
 static void on_embed(assigner_server_t *s, const uint8_t *id, size_t idlen, int64_t now)
@@ -495,6 +609,30 @@ static void on_embed(assigner_server_t *s, const uint8_t *id, size_t idlen, int6
                    c->feat_dim, e.has_prototypes ? shape : "none");
         return;
     }
+    size_t at;
+    const float *emb = e.embeddings.data;
+    size_t per = (size_t)c->batch_size * c->feat_dim;
+    if (!all_finite(emb, per * c->n_crops_for_assign, &at)) {
+        send_error(s, id, idlen, PROTO_ERRC_BAD_MESSAGE, "embeddings", e.step,
+                   "embeddings of rank %u: non-finite value at [%zu, %zu, %zu]", e.rank,
+                   at / per, (at % per) / c->feat_dim, at % c->feat_dim);
+        return;
+    }
+    if (e.rank == 0 && !all_finite(e.prototypes.data,
+                                   (size_t)c->nmb_prototypes * c->feat_dim, &at)) {
+        send_error(s, id, idlen, PROTO_ERRC_BAD_MESSAGE, "prototypes", e.step,
+                   "prototypes: non-finite value at [%zu, %zu]", at / c->feat_dim,
+                   at % c->feat_dim);
+        return;
+    }
+    decide_restore(s, &e);
+    if (repeats_cached(s, &e)) {
+        LOG_LIMITED(SWAV_LOG_INFO, "step %llu of rank %u again, the same embeddings: the same "
+                    "codes again", (unsigned long long)e.step, e.rank);
+        struct proto_codes m = s->last_codes;
+        send_codes(s, e.rank, &m);
+        return;
+    }
     int64_t last = assigner_core_last_step(s->core);
     if (last >= 0 && e.step <= (uint64_t)last) {
         send_error(s, id, idlen, PROTO_ERRC_OUT_OF_ORDER, "step", e.step,
@@ -524,23 +662,9 @@ static void on_embed(assigner_server_t *s, const uint8_t *id, size_t idlen, int6
             return;
         }
     }
-    size_t at;
-    const float *emb = e.embeddings.data;
-    size_t per = (size_t)c->batch_size * c->feat_dim;
-    if (!all_finite(emb, per * c->n_crops_for_assign, &at)) {
-        send_error(s, id, idlen, PROTO_ERRC_BAD_MESSAGE, "embeddings", e.step,
-                   "embeddings of rank %u: non-finite value at [%zu, %zu, %zu]", e.rank,
-                   at / per, (at % per) / c->feat_dim, at % c->feat_dim);
-        return;
-    }
-    if (e.rank == 0 && !all_finite(e.prototypes.data,
-                                   (size_t)c->nmb_prototypes * c->feat_dim, &at)) {
-        send_error(s, id, idlen, PROTO_ERRC_BAD_MESSAGE, "prototypes", e.step,
-                   "prototypes: non-finite value at [%zu, %zu]", at / c->feat_dim,
-                   at % c->feat_dim);
-        return;
-    }
     /* accepted */
+    memcpy(s->g_emb + (size_t)e.rank * per * c->n_crops_for_assign, emb,
+           per * c->n_crops_for_assign * sizeof(float));
     for (uint32_t i = 0; i < c->n_crops_for_assign; i++) {
         memcpy(assigner_core_embed_slot(s->core, (int)i, (int)e.rank), emb + i * per,
                per * sizeof(float));
@@ -703,6 +827,7 @@ assigner_server_t *assigner_server_new(const struct assigner_server_opts *opts, 
     snprintf(s->run, sizeof s->run, "%s", opts->run ? opts->run : "");
     s->o.endpoint = s->endpoint;
     s->o.resume = s->resume;
+    s->cached_step = -1;
     s->ctx = zmq_ctx_new();
     ZMQ_CHECK_PTR(s->ctx);
     s->sock = zmq_socket(s->ctx, ZMQ_ROUTER);
