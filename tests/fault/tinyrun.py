@@ -3,7 +3,7 @@ directly (no launcher), so a test can put them where it likes (network
 namespaces, CURVE keys, signals).  The flags are those of
 tests/integration/test_train.py's tiny run on `swav prepare fashion-mnist
 DIR --limit 160` data."""
-import os, socket, subprocess, time
+import json, os, socket, struct, subprocess, time
 
 BS = 16
 TINY = ["--arch", "resnet18", "--width", "8", "--small_stem", "true",
@@ -72,14 +72,15 @@ def read(path):
         return ""
 
 
-def trace_check(trace, epochs, n_images):
-    """Every image exactly once per epoch; returns a list of problems."""
+def trace_check(trace, epochs, n_images, first=0):
+    """Every image exactly once in each epoch first..epochs-1; returns a list
+    of problems."""
     seen = {}
     for line in read(trace).splitlines():
         e, it, *idx = map(int, line.split())
         seen.setdefault(e, []).extend(idx)
     bad = []
-    for e in range(epochs):
+    for e in range(first, epochs):
         imgs = seen.get(e, [])
         if not (len(imgs) == len(set(imgs)) == n_images):
             bad.append(f"epoch {e}: {len(imgs)} images trained, {len(set(imgs))} distinct, "
@@ -98,3 +99,57 @@ def wait_for(cond, limit):
             return True
         time.sleep(0.1)
     return cond()
+
+
+def swav_train(bins, train, dump, epochs, log, extra=(), trace=None, nproc=1, loaders=2):
+    """`swav train` of the tiny model on `train`, its output to the file log."""
+    cmd = [bins.swav, "train", *TINY, "--epochs", str(epochs), "--data_path", train,
+           "--dump_path", dump, "--nproc", str(nproc), "--loaders", str(loaders),
+           "--workers", "1", *extra]
+    if trace:
+        cmd += ["--trace_images", trace]
+    return start(cmd, log)
+
+
+def pid_of(dump, name):
+    """The pid of a running role of `swav train` (status.json), or 0."""
+    try:
+        with open(os.path.join(dump, "status.json")) as f:
+            for p in json.load(f)["processes"]:
+                if p["name"] == name and p["state"] == "running":
+                    return p["pid"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        pass
+    return 0
+
+
+def read_safetensors(path):
+    """(tensors as numpy arrays, metadata) of a checkpoint; raises on a bad file."""
+    import numpy as np
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    data = raw[8 + n:]
+    out = {}
+    for k, v in hdr.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        if b > len(data):
+            raise ValueError(f"{path}: tensor {k} ends at {b}, past the data ({len(data)} bytes)")
+        dt = {"F32": np.float32, "I64": np.int64}[v["dtype"]]
+        out[k] = np.frombuffer(data[a:b], dt).reshape(v["shape"])
+    return out, hdr.get("__metadata__", {})
+
+
+def max_param_diff(path_a, path_b):
+    """Largest absolute difference over all tensors of two checkpoints (inf
+    when their tensor names differ)."""
+    import numpy as np
+    a, _ = read_safetensors(path_a)
+    b, _ = read_safetensors(path_b)
+    if set(a) != set(b):
+        return float("inf")
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0
+               for k in a)
