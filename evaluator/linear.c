@@ -95,9 +95,7 @@ void eval_linear_forward(const struct eval_linear *m, const float *x, int64_t b,
                 1.0f, logits, C);
 }
 
-/* Softmax cross-entropy of one row; turns the row into softmax - onehot,
- * scaled by `scale`, and returns the loss. */
-static double ce_row_backward(float *z, int C, int label, float scale)
+double eval_ce_row_backward(float *z, int C, int label, float scale)
 {
     float mx = z[0];
     for (int c = 1; c < C; c++)
@@ -123,7 +121,7 @@ float eval_linear_step(struct eval_linear *m, const float *x, const int32_t *y, 
     double loss = 0.0;
     float scale = 1.0f / (float)b;
     for (int64_t i = 0; i < b; i++)
-        loss += ce_row_backward(z + i * C, C, y[i], scale);
+        loss += eval_ce_row_backward(z + i * C, C, y[i], scale);
     loss /= (double)b;
     /* dW (C, D) = dz^T (C, b) · x (b, D); db = column sums of dz. */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, D, (int)b, 1.0f, z, C, x, D, 0.0f,
@@ -155,7 +153,7 @@ void eval_linear_evaluate(struct eval_linear *m, const float *x, const int32_t *
         for (int64_t i = 0; i < b; i++) {
             float *z = m->logits + i * C;
             eval_acc_add(&a, eval_label_rank(z, C, y[i0 + i]));
-            loss += ce_row_backward(z, C, y[i0 + i], 1.0f);
+            loss += eval_ce_row_backward(z, C, y[i0 + i], 1.0f);
         }
     }
     *acc = a;
@@ -222,6 +220,11 @@ enum eval_linear_status eval_linear_run(struct eval_linear *m, const struct eval
     for (int epoch = 0; epoch < cfg->epochs && st == EVAL_LINEAR_OK; epoch++) {
         double lr = eval_linear_lr(cfg, epoch);
         eval_linear_epoch_order(cfg->seed, epoch, perm, train->n);
+        if (train->begin &&
+            train->begin(train->ctx, epoch, perm, train->n, cfg->batch_size) != 0) {
+            st = EVAL_LINEAR_ERR_SOURCE;
+            break;
+        }
         double sum = 0.0;
         int64_t nb = 0;
         for (int64_t i0 = 0; i0 < train->n; i0 += cfg->batch_size) {

@@ -7,8 +7,9 @@
  *
  * Training examples come from a batch source, the seam between the two
  * modes: "fast" gathers cached center-crop features (eval_linear_source_
- * features); "full" (later) fills each batch by running RandomResizedCrop +
- * flip crops through the frozen backbone.  Each epoch visits the examples in
+ * features); "full" (evaluator/live.c) fills each batch by running
+ * RandomResizedCrop + flip crops, new ones every epoch, through the frozen
+ * backbone.  Each epoch visits the examples in
  * a permutation drawn from (seed, epoch) with common/rng.h, in batches of
  * batch_size, the last one short (DataLoader's drop_last=False).
  *
@@ -83,6 +84,10 @@ float eval_linear_step(struct eval_linear *m, const float *x, const int32_t *y, 
 /* logits (b, n_classes) = x W^T + bias, b <= any (computed in place of the
  * caller's buffer). */
 void eval_linear_forward(const struct eval_linear *m, const float *x, int64_t b, float *logits);
+/* Softmax cross-entropy of one row of logits z (C), max subtracted, in
+ * double: returns the loss and turns z into (softmax - onehot) * scale, the
+ * gradient of scale x loss (shared with the fine-tuning of semisup.h). */
+double eval_ce_row_backward(float *z, int C, int label, float scale);
 /* Accuracy and mean loss over (n, dim) features, in batches of max_batch. */
 void eval_linear_evaluate(struct eval_linear *m, const float *x, const int32_t *y, int64_t n,
                           struct eval_acc *acc, double *mean_loss);
@@ -95,6 +100,11 @@ struct eval_batch_source {
     /* Fill x (b, dim) and y (b) with examples idx[0..b) of `epoch`; 0 on
      * success, nonzero to abort the run (the source has logged why). */
     int (*fill)(void *ctx, int epoch, const uint32_t *idx, int64_t b, float *x, int32_t *y);
+    /* Called at the start of each epoch with its whole order (the fills
+     * follow it in batches of `batch`, the last one short), so that a
+     * source can fetch ahead (full mode asks the loaders for every batch
+     * of the epoch up to its window ahead).  May be NULL; nonzero aborts. */
+    int (*begin)(void *ctx, int epoch, const uint32_t *order, int64_t n, int64_t batch);
 };
 
 /* Fast mode: cached features (n, dim) and labels. */

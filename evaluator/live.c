@@ -214,20 +214,6 @@ static bool all_done(const struct live *L, int64_t epoch, int64_t step, const ch
 
 /* ---- loaders -------------------------------------------------------------------- */
 
-static void fill_order(const struct live *L, struct proto_order *o, const char *tag)
-{
-    memset(o, 0, sizeof *o);
-    o->seed = 0;
-    o->mode = PROTO_MODE_EVAL_VAL;
-    snprintf(o->dataset, sizeof o->dataset, "%s", tag);
-    o->ngroups = 1;
-    o->nmb_crops[0] = 1;
-    o->size_crops[0] = (uint32_t)L->o->size;
-    o->min_scale_crops[0] = 1.0;
-    o->max_scale_crops[0] = 1.0;
-    o->resize = (uint32_t)L->o->resize;
-}
-
 /* Waiting on loaders: 0 keep waiting, 1 stopped, -1 gave up. */
 static int wait_tick(struct live *L, double t_start, double *t_log, const char *what)
 {
@@ -277,70 +263,184 @@ static int dataset_size(struct live *L, const char *tag, int64_t *n, char *err, 
     }
 }
 
-/* Backbone features of images idx[0..n) of `tag` into feats (n, D), labels
- * into labels.  0, 1 stopped, -1 error. */
-static int extract(struct live *L, const char *tag, const uint32_t *idx, int64_t n, float *feats,
-                   int32_t *labels, char *err, size_t errlen)
+/* ---- crop streams ---------------------------------------------------------------- */
+
+/* RandomResizedCrop's default scale range (torchvision; eval_linear.py and
+ * eval_semisup.py use RandomResizedCrop(224) with it). */
+#define EVAL_RRC_MIN_SCALE 0.08
+#define EVAL_RRC_MAX_SCALE 1.0
+
+/* Crops of images idx[0..n) of one data set, in that order, in orders of
+ * `chunk` images submitted up to the loader client's window ahead (the
+ * loaders decode while the backbone runs).  EVAL_VAL: Resize(resize) +
+ * CenterCrop(size); EVAL_TRAIN: RandomResizedCrop(size) + flip drawn from
+ * (seed, epoch, image). */
+struct crop_stream {
+    char tag[PROTO_MAX_ID + 1];
+    char what[64];       /* for progress lines */
+    enum proto_mode mode;
+    int size, resize;
+    uint64_t seed;
+    uint32_t epoch;
+    const uint32_t *idx; /* borrowed, n */
+    int64_t n, chunk, submitted, received;
+    double t0, tlog, tprog, tlast;
+};
+
+static void fill_order(struct proto_order *o, const struct crop_stream *s)
 {
-    struct nn_model *m = L->model;
-    const int64_t D = m->feat_channels, S = L->o->size, B = L->o->batch_size;
-    int64_t submitted = 0, received = 0;
-    double t0 = swav_now_s(), tlog = t0, tprog = t0, tlast = t0;
-    while (received < n) {
-        while (submitted < n) {
+    memset(o, 0, sizeof *o);
+    o->seed = s->seed;
+    o->epoch = s->epoch;
+    o->mode = s->mode;
+    snprintf(o->dataset, sizeof o->dataset, "%s", s->tag);
+    o->ngroups = 1;
+    o->nmb_crops[0] = 1;
+    o->size_crops[0] = (uint32_t)s->size;
+    if (s->mode == PROTO_MODE_EVAL_VAL) {
+        o->min_scale_crops[0] = 1.0;
+        o->max_scale_crops[0] = 1.0;
+        o->resize = (uint32_t)s->resize;
+    } else {
+        o->min_scale_crops[0] = EVAL_RRC_MIN_SCALE;
+        o->max_scale_crops[0] = EVAL_RRC_MAX_SCALE;
+    }
+}
+
+/* Takes and drops the batches of orders an earlier stream left with the
+ * loaders (one cut off by an error), so that a new stream's come first.
+ * 0, 1 stopped, -1 gave up (--once / --pretrained without loaders). */
+static int drain_leftovers(struct live *L)
+{
+    double t0 = swav_now_s(), tlog = t0;
+    uint32_t left = loader_client_outstanding(L->client);
+    if (left) LOG_INFO("dropping the crops of %u orders of an unfinished pass", left);
+    while (loader_client_outstanding(L->client) > 0) {
+        const struct proto_batch *b;
+        if (loader_client_next(L->client, &b, 500) == LOADER_CLIENT_TIMEOUT) {
+            int w = wait_tick(L, t0, &tlog, "orders of an unfinished pass");
+            if (w) return w;
+        }
+    }
+    return 0;
+}
+
+static int stream_start(struct live *L, struct crop_stream *s, const char *tag,
+                        enum proto_mode mode, int size, int resize, uint64_t seed, int epoch,
+                        const uint32_t *idx, int64_t n, int64_t chunk, const char *what)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->tag, sizeof s->tag, "%s", tag);
+    snprintf(s->what, sizeof s->what, "%s %s", what, tag);
+    s->mode = mode;
+    s->size = size;
+    s->resize = resize;
+    s->seed = seed;
+    s->epoch = (uint32_t)(epoch < 0 ? 0 : epoch);
+    s->idx = idx;
+    s->n = n;
+    s->chunk = chunk;
+    s->t0 = s->tlog = s->tprog = s->tlast = swav_now_s();
+    return drain_leftovers(L);
+}
+
+/* The next order's batch: chunk images (the last one fewer), checked
+ * against the order.  0 with *out (valid until the next call), 1 stopped,
+ * -1 error. */
+static int stream_next(struct live *L, struct crop_stream *s, const struct proto_batch **out,
+                       char *err, size_t errlen)
+{
+    SWAV_ASSERT(s->received < s->n);
+    for (;;) {
+        while (s->submitted < s->n) {
             struct proto_order o;
-            fill_order(L, &o, tag);
-            int64_t b = n - submitted < B ? n - submitted : B;
+            fill_order(&o, s);
+            int64_t b = s->n - s->submitted < s->chunk ? s->n - s->submitted : s->chunk;
             o.step = L->next_step;
             o.n_images = (uint32_t)b;
             uint64_t dims[1] = {(uint64_t)b};
-            proto_tensor_set(&o.indices, PROTO_DTYPE_U32, idx + submitted, 1, dims);
+            proto_tensor_set(&o.indices, PROTO_DTYPE_U32, s->idx + s->submitted, 1, dims);
             enum loader_client_status st = loader_client_submit(L->client, &o, NULL);
             if (st == LOADER_CLIENT_ERR_FULL) break;
             if (st != LOADER_CLIENT_OK) {
-                snprintf(err, errlen, "%s: order refused locally: %s", tag,
+                snprintf(err, errlen, "%s: order refused locally: %s", s->tag,
                          loader_client_last_error(L->client));
                 return -1;
             }
             L->next_step++;
-            submitted += b;
+            s->submitted += b;
         }
         const struct proto_batch *bt;
         enum loader_client_status st = loader_client_next(L->client, &bt, 500);
         if (st == LOADER_CLIENT_TIMEOUT) {
-            int w = wait_tick(L, tlast, &tlog, tag);
+            int w = wait_tick(L, s->tlast, &s->tlog, s->tag);
             if (w == 0) continue;
             if (w < 0)
-                snprintf(err, errlen, "%s: no batch for %lld s", tag, (long long)L->o->wait_s);
+                snprintf(err, errlen, "%s: no batch for %lld s", s->tag, (long long)L->o->wait_s);
             return w > 0 ? 1 : -1;
         }
         if (st != LOADER_CLIENT_OK) {
-            snprintf(err, errlen, "%s: %s", tag, loader_client_last_error(L->client));
+            snprintf(err, errlen, "%s: %s", s->tag, loader_client_last_error(L->client));
             return -1;
         }
-        int64_t nb = bt->n_images;
-        if (nb > n - received || bt->crops[0].nbytes != (uint64_t)(nb * S * S * 3) ||
-            bt->labels.nbytes != (uint64_t)nb * 4) {
-            snprintf(err, errlen, "%s: a batch of an unexpected size", tag);
+        int64_t want = s->n - s->received < s->chunk ? s->n - s->received : s->chunk;
+        const uint64_t S = (uint64_t)s->size;
+        if (bt->n_images != want || bt->size_crops[0] != S ||
+            bt->crops[0].nbytes != (uint64_t)want * S * S * 3 ||
+            bt->labels.nbytes != (uint64_t)want * 4) {
+            snprintf(err, errlen, "%s: a batch of an unexpected size", s->tag);
             return -1;
         }
-        nn_normalize_u8(L->input, bt->crops[0].data, (int)nb, (int)S, (int)S);
-        const float *in[1] = {L->input};
-        nn_model_forward(m, in, (int)nb, NN_MODEL_EVAL);
-        memcpy(feats + received * D, m->feats, (size_t)(nb * D) * sizeof(float));
-        memcpy(labels + received, bt->labels.data, (size_t)nb * sizeof(int32_t));
-        received += nb;
+        s->received += want;
         double now = swav_now_s();
-        tlast = now;
-        if (now - tprog >= 5.0 && received < n) {
-            LOG_INFO("features %s: %lld/%lld images (%.0f img/s)", tag, (long long)received,
-                     (long long)n, received / (now - t0));
-            tprog = now;
+        s->tlast = now;
+        if (now - s->tprog >= 5.0 && s->received < s->n) {
+            LOG_INFO("%s: %lld/%lld images (%.0f img/s)", s->what, (long long)s->received,
+                     (long long)s->n, s->received / (now - s->t0));
+            s->tprog = now;
         }
         if (*L->stop) return 1;
+        *out = bt;
+        return 0;
     }
-    LOG_INFO("features %s: %lld images in %.1f s", tag, (long long)n, swav_now_s() - t0);
-    return 0;
+}
+
+/* Backbone features (eval mode) of n u8 NHWC crops into feats (n, D), in
+ * forwards of at most the model's batch. */
+static void forward_features(struct live *L, const uint8_t *crops, int64_t n, float *feats)
+{
+    struct nn_model *m = L->model;
+    const int64_t D = m->feat_channels, S = L->o->size;
+    for (int64_t i0 = 0; i0 < n; i0 += m->batch) {
+        int64_t b = n - i0 < m->batch ? n - i0 : m->batch;
+        nn_normalize_u8(L->input, crops + i0 * S * S * 3, (int)b, (int)S, (int)S);
+        const float *in[1] = {L->input};
+        nn_model_forward(m, in, (int)b, NN_MODEL_EVAL);
+        memcpy(feats + i0 * D, m->feats, (size_t)(b * D) * sizeof(float));
+    }
+}
+
+/* Backbone features of the center crops of images idx[0..n) of `tag` into
+ * feats (n, D), labels into labels.  0, 1 stopped, -1 error. */
+static int extract(struct live *L, const char *tag, const uint32_t *idx, int64_t n, float *feats,
+                   int32_t *labels, char *err, size_t errlen)
+{
+    const int64_t D = L->model->feat_channels;
+    struct crop_stream s;
+    int rc = stream_start(L, &s, tag, PROTO_MODE_EVAL_VAL, L->o->size, L->o->resize, 0, 0, idx,
+                          n, L->o->batch_size, "features");
+    if (rc < 0) snprintf(err, errlen, "%s: no loader for %lld s", tag, (long long)L->o->wait_s);
+    while (rc == 0 && s.received < n) {
+        const struct proto_batch *bt;
+        int64_t at = s.received;
+        rc = stream_next(L, &s, &bt, err, errlen);
+        if (rc != 0) break;
+        forward_features(L, bt->crops[0].data, bt->n_images, feats + at * D);
+        memcpy(labels + at, bt->labels.data, (size_t)bt->n_images * sizeof(int32_t));
+    }
+    if (rc == 0)
+        LOG_INFO("features %s: %lld images in %.1f s", tag, (long long)n, swav_now_s() - s.t0);
+    return rc;
 }
 
 /* ---- model ---------------------------------------------------------------------- */
@@ -386,6 +486,49 @@ static int stop_fill(void *ctx, int epoch, const uint32_t *idx, int64_t b, float
     return s->inner.fill(s->inner.ctx, epoch, idx, b, x, y);
 }
 
+/* Full mode of the linear probe: each batch is the RandomResizedCrop(size) +
+ * flip crops of its images (new ones every epoch: the epoch is in the crop
+ * seed) through the frozen backbone, as eval_linear.py trains. */
+struct full_source {
+    struct live *L;
+    struct crop_stream s;
+    uint32_t *order_idx; /* (n) data set indices of the epoch's order */
+    uint64_t seed;
+    int rc;              /* 1 stopped, -1 error (err) */
+    char err[1024];
+};
+
+static int full_begin(void *ctx, int epoch, const uint32_t *order, int64_t n, int64_t batch)
+{
+    struct full_source *f = ctx;
+    struct live *L = f->L;
+    for (int64_t i = 0; i < n; i++) f->order_idx[i] = L->train_idx[order[i]];
+    char what[48];
+    snprintf(what, sizeof what, "linear epoch %d", epoch);
+    int rc = stream_start(L, &f->s, L->o->eval_train, PROTO_MODE_EVAL_TRAIN, L->o->size, 0,
+                          f->seed, epoch, f->order_idx, n, batch, what);
+    if (rc < 0) snprintf(f->err, sizeof f->err, "no loader for %lld s", (long long)L->o->wait_s);
+    f->rc = rc;
+    return rc;
+}
+
+static int full_fill(void *ctx, int epoch, const uint32_t *idx, int64_t b, float *x, int32_t *y)
+{
+    struct full_source *f = ctx;
+    const struct proto_batch *bt;
+    f->rc = stream_next(f->L, &f->s, &bt, f->err, sizeof f->err);
+    if (f->rc != 0) return 1;
+    if (bt->n_images != b) {
+        snprintf(f->err, sizeof f->err, "full mode: a batch of %u images for %lld",
+                 bt->n_images, (long long)b);
+        f->rc = -1;
+        return 1;
+    }
+    forward_features(f->L, bt->crops[0].data, b, x);
+    memcpy(y, bt->labels.data, (size_t)b * sizeof(int32_t));
+    return 0;
+}
+
 struct target {
     char path[EVAL_CKPT_PATH_MAX];
     int64_t epoch, step;
@@ -404,10 +547,11 @@ static void record_config(const struct live *L, const char *probe, const struct 
         k = snprintf(buf, len,
                      "{\"epochs\": %d, \"batch_size\": %d, \"lr\": %g, \"wd\": %g, "
                      "\"nesterov\": %s, \"scheduler\": \"%s\", \"seed\": %" PRIu64 ", "
-                     "\"mode\": \"fast\"",
+                     "\"mode\": \"%s\"",
                      o->lin_cfg.epochs, o->lin_cfg.batch_size, o->lin_cfg.lr, o->lin_cfg.wd,
                      o->lin_cfg.nesterov ? "true" : "false",
-                     o->lin_cfg.sched == EVAL_SCHED_STEP ? "step" : "cosine", o->lin_cfg.seed);
+                     o->lin_cfg.sched == EVAL_SCHED_STEP ? "step" : "cosine", o->lin_cfg.seed,
+                     o->linear_full ? "full" : "fast");
     if (k < 0 || (size_t)k >= len) return;
     snprintf(buf + k, len - (size_t)k,
              ", \"arch\": \"%s\", \"depth\": %d, \"width\": %d, \"small_stem\": %s, "
@@ -536,11 +680,24 @@ static int run_probes(struct live *L, const struct target *t, const struct eval_
         struct stop_source ss = {.fs = {xt, yt, L->n_train, D}, .stop = L->stop};
         ss.inner = eval_linear_source_features(&ss.fs);
         struct eval_batch_source src = {.ctx = &ss, .n = L->n_train, .fill = stop_fill};
+        struct full_source fsrc = {.L = L, .seed = L->o->lin_cfg.seed};
+        if (L->o->linear_full) {
+            fsrc.order_idx = swav_xmalloc((size_t)L->n_train * sizeof(uint32_t));
+            src = (struct eval_batch_source){.ctx = &fsrc, .n = L->n_train, .fill = full_fill,
+                                             .begin = full_begin};
+            LOG_INFO("linear probe, full mode: %d epochs of RandomResizedCrop(%d) + flip crops "
+                     "of %lld images through the backbone", L->o->lin_cfg.epochs, L->o->size,
+                     (long long)L->n_train);
+        }
         struct eval_linear_result res;
         enum eval_linear_status st =
             eval_linear_run(&lm, &L->o->lin_cfg, &src, xv, yv, L->n_val, NULL, NULL, &res);
         eval_linear_free(&lm);
-        if (st == EVAL_LINEAR_ERR_SOURCE && *L->stop) {
+        free(fsrc.order_idx);
+        if (st == EVAL_LINEAR_ERR_SOURCE && L->o->linear_full && fsrc.rc < 0) {
+            LOG_ERROR("linear probe: %s", fsrc.err);
+            rc = -1;
+        } else if (st == EVAL_LINEAR_ERR_SOURCE && *L->stop) {
             rc = 1;
         } else if (st != EVAL_LINEAR_OK) {
             LOG_ERROR("linear probe: %s", eval_linear_status_str(st));

@@ -5,7 +5,9 @@
  *   backbone (nn/resnet.h, no head) <--(loader/client.h, EVAL_VAL center
  *   crops of data sets "eval_train" / "eval_val")-- swav-loader
  *   --> (N, D) features + labels --> knn.h / linear.h (fast: cached
- *   center-crop features) --> results.h (eval.jsonl) + report.h.
+ *   center-crop features; full: EVAL_TRAIN RandomResizedCrop + flip crops
+ *   through the backbone every epoch) --> results.h (eval.jsonl) +
+ *   report.h.
  *
  * Watch mode (eval_live_run without opts.pretrained) scans the run folder
  * (ckpt_scan.h) at start and every rescan_s, listens to the trainer's
@@ -68,6 +70,8 @@ struct eval_live_opts {
     int threads;
     int batch_size;          /* images per loader order and per forward (the model's batch) */
     bool knn, linear;
+    bool linear_full;        /* linear probe in full mode: RandomResizedCrop(size) + flip
+                                crops through the frozen backbone, new ones every epoch */
     bool once;
     bool baseline;           /* evaluate the random-init network once per run */
     const char *pretrained;  /* standalone: this file only, then exit ("" none) */

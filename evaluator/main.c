@@ -51,6 +51,7 @@ struct cli {
     int64_t seed;
     /* live mode */
     const char *sub, *loader_bind, *run, *eval_train, *eval_val, *probes, *pretrained;
+    const char *linear_mode;
     int64_t eval_train_limit, eval_val_limit, size, resize, wait_s, rescan_s, feature_batch;
     bool once, random_init_baseline;
 };
@@ -95,6 +96,7 @@ static const struct swav_flag cli_flags[] = {
     F("size", SWAV_FLAG_INT, size, 8, 4096, "224", "live: center crop size"),
     F("resize", SWAV_FLAG_INT, resize, 8, 16384, "256", "live: shorter side before the center crop"),
     F("probes", SWAV_FLAG_STR, probes, 0, 0, "knn,linear", "live: probes to run (knn, linear, comma separated)"),
+    F("linear_mode", SWAV_FLAG_STR, linear_mode, 0, 0, "auto", "live: linear probe on cached center-crop features (fast) or on RandomResizedCrop + flip crops through the backbone every epoch (full, eval_linear.py); auto: full with --pretrained, else fast"),
     F("once", SWAV_FLAG_BOOL, once, 0, 0, "false", "live: evaluate the newest checkpoint (and baseline) there, then exit"),
     F("random_init_baseline", SWAV_FLAG_BOOL, random_init_baseline, 0, 0, "true", "live: evaluate the random-init network once per run"),
     F("pretrained", SWAV_FLAG_STR, pretrained, 0, 0, "", "live: evaluate this checkpoint file and exit"),
@@ -171,6 +173,15 @@ static int live_main(struct cli *c, const struct swav_flag_set *set)
         fprintf(stderr, "swav-evaluator: --probes names no probe\n");
         return 2;
     }
+    if (!strcmp(c->linear_mode, "full")) {
+        o.linear_full = true;
+    } else if (!strcmp(c->linear_mode, "auto")) {
+        o.linear_full = c->pretrained[0] != '\0';
+    } else if (strcmp(c->linear_mode, "fast") != 0) {
+        fprintf(stderr, "swav-evaluator: --linear_mode: '%s' is not auto, fast or full\n",
+                c->linear_mode);
+        return 2;
+    }
     eval_knn_config_default(&o.knn_cfg);
     o.knn_cfg.k = (int)c->knn_k;
     o.knn_cfg.temperature = c->knn_temperature;
@@ -229,6 +240,11 @@ int main(int argc, char **argv)
     }
     if (!c.features_train[0] && (c.loader_bind[0] || c.pretrained[0] || c.sub[0] || c.once))
         return live_main(&c, &set);
+    if (!strcmp(c.linear_mode, "full")) {
+        fprintf(stderr, "swav-evaluator: --linear_mode full needs images (live mode); file mode "
+                        "has features only\n");
+        return 2;
+    }
     bool knn = !strcmp(c.probe, "knn"), lin = !strcmp(c.probe, "linear");
     if (!knn && !lin) {
         fprintf(stderr, "swav-evaluator: --probe: '%s' is not knn or linear\n", c.probe);

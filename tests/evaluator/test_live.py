@@ -23,6 +23,11 @@ both data sets (--dataset eval_train=... --dataset eval_val=...).
      scanned folder) among garbage, a checkpoint of another run and one
      naming a missing file: ckp-2 is evaluated, nothing else (orders of 16
      images, the last one short); SIGTERM: exit 0.
+  F  --pretrained runs the linear probe in full mode (RandomResizedCrop +
+     flip crops through the backbone every epoch; record config mode
+     "full"): top-1 >= 75 on the blobs; on a folder of random-colour blobs
+     filed under random classes (200 + 200) top-1 stays within 15 of
+     chance (25).
   E  with a slow loader, SIGTERM the watching evaluator in the middle of
      evaluating ckp-3 (exit 0 within 5 s, no record); SIGKILL it in the middle of
      evaluating ckp-3, write ckp-4, restart (--once): ckp-4 is evaluated,
@@ -71,6 +76,21 @@ def make_folder(root, per_class, seed):
             dr.ellipse([x - r, y - r, x + r, y + r], fill=tuple(
                 max(0, min(255, v + rng.randrange(-20, 21))) for v in col))
             im.save(os.path.join(d, "%03d.jpg" % i), quality=95)
+
+
+def make_random_folder(root, per_class, seed):
+    """Blobs of random colours filed under random classes: nothing to learn."""
+    rng = random.Random(seed)
+    for c in range(len(COLOURS)):
+        os.makedirs(os.path.join(root, "class%d" % c))
+    for i in range(per_class * len(COLOURS)):
+        bg = tuple(rng.randrange(60, 120) for _ in range(3))
+        im = Image.new("RGB", (16, 16), bg)
+        dr = ImageDraw.Draw(im)
+        x, y, r = rng.randrange(3, 13), rng.randrange(3, 13), rng.randrange(3, 6)
+        dr.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS[rng.randrange(len(COLOURS))])
+        im.save(os.path.join(root, "class%d" % rng.randrange(len(COLOURS)), "%04d.jpg" % i),
+                quality=95)
 
 
 class Proc:
@@ -236,6 +256,45 @@ def main(tmp):
     check(rc == 0 and len(crec) == 1 and crec[0]["probe"] == "knn" and
           crec[0]["checkpoint"] == pre and crec[0]["config"]["init_seed"] == 31,
           "C: --pretrained: exit %s, records %s\n%s" % (rc, crec, ev.log()[-2000:]))
+
+    # F: --pretrained runs the linear probe in full mode (eval_linear.py: new
+    # RandomResizedCrop + flip crops through the backbone every epoch): it
+    # learns the blobs; on a folder whose labels are random it stays at chance
+    full = os.path.join(tmp, "full")
+    os.makedirs(full)
+    ev = Proc([EVAL, "--pretrained", os.path.join(dump, "ckp-1.safetensors"), "--probes",
+               "linear"] + common[:1] + [full] + common[2:], os.path.join(tmp, "f.log"))
+    rc = ev.wait(120)
+    frec = records(full)
+    ok = check(rc == 0 and len(frec) == 1 and frec[0]["config"].get("mode") == "full" and
+               "full mode" in ev.log(), "F: full mode: exit %s, records %s\n%s" %
+               (rc, frec, ev.log()[-2000:]))
+    if ok:
+        check(frec[0]["top1"] >= 75.0, "F: full-mode linear top-1 %.2f >= 75 (chance 25)" %
+              frec[0]["top1"])
+        print("F: full-mode linear on the blobs: top-1 %.2f top-5 %.2f (%.1f s)" %
+              (frec[0]["top1"], frec[0]["top5"], frec[0]["seconds"]))
+    rnd = os.path.join(tmp, "random")
+    make_random_folder(os.path.join(rnd, "train"), 50, 5)
+    make_random_folder(os.path.join(rnd, "test"), 50, 6)
+    ep_r = "ipc://%s/evr.sock" % tmp
+    ldr = Proc([LOADER, "--connect", ep_r, "--dataset", "eval_train=" + os.path.join(rnd, "train"),
+                "--dataset", "eval_val=" + os.path.join(rnd, "test"), "--dump_path",
+                os.path.join(tmp, "ldump"), "--workers", "1", "--beat_ms", "200",
+                "--report_s", "0"], os.path.join(tmp, "loader-random.log"))
+    ev = Proc([EVAL, "--pretrained", os.path.join(dump, "ckp-1.safetensors"), "--probes",
+               "linear", "--dump_path", rnd, "--loader_bind", ep_r] + common[4:],
+              os.path.join(tmp, "f2.log"))
+    rc = ev.wait(120)
+    rrec = records(rnd)
+    if check(rc == 0 and len(rrec) == 1, "F: random labels: exit %s, records %s\n%s" %
+             (rc, rrec, ev.log()[-2000:])):
+        # best of 20 epochs over 200 val images: chance 25 +- 3 per epoch
+        check(abs(rrec[0]["top1"] - 25.0) <= 15.0, "F: random labels: top-1 %.2f within 15 of "
+              "chance (25)" % rrec[0]["top1"])
+        print("F: full-mode linear on random labels: top-1 %.2f" % rrec[0]["top1"])
+    ldr.p.send_signal(signal.SIGTERM)
+    ldr.wait(20)
 
     # D: watch mode, announcement over PUB/SUB
     sub_ep = "tcp://127.0.0.1:%d" % free_port()
