@@ -19,7 +19,14 @@ restarted assigner and sends the step again.
             (docs/trainer.md).  Checked: the run finishes, the restore is
             logged, the parameters are finite.  Two more kills follow at
             random moments (SIGKILL alone, whatever the assigner is doing).
-Both runs train every image exactly once per epoch (--trace_images).
+  trainer   the other side: the trainer is killed (SIGKILL) in epoch 0, before
+            the first checkpoint; the launcher restarts it from scratch and the
+            live assigner, whose last step is ahead of the new step 0, starts
+            it afresh (`step 0 does not follow the live queue`) instead of
+            refusing its steps as stale: the run ends with the undisturbed
+            run's parameters.
+Every run trains every image exactly once per epoch (--trace_images; for the
+killed trainer, in the last pass over each epoch).
 Usage: test_assigner_restart.py BUILD_DIR"""
 import os, random, re, signal, subprocess, sys, tempfile, time
 
@@ -64,7 +71,15 @@ def kill_mid_step(dump):
 def wait_restarted(dump, old, limit=30):
     return T.wait_for(lambda: T.pid_of(dump, "assigner") not in (0, old), limit)
 
-def run(name, killer=None):
+def trace_last_pass(trace):
+    """The trace of a run whose trainer restarted from scratch: the lines
+    after the last return to epoch 0 iteration 0."""
+    lines = T.read(trace).splitlines()
+    starts = [i for i, l in enumerate(lines) if l.startswith("0 0 ")]
+    with open(trace, "w") as f:
+        f.write("".join(l + "\n" for l in lines[starts[-1] if starts else 0:]))
+
+def run(name, killer=None, restarted=False):
     dump = os.path.join(tmp, name)
     out = dump + ".out"
     p = T.swav_train(bins, train, dump, EPOCHS, out, extra=FLAGS, trace=dump + ".trace")
@@ -79,6 +94,8 @@ def run(name, killer=None):
             os.kill(pid, signal.SIGCONT)
         T.stop([p])
     check(rc == 0, f"{name}: swav train exit {rc}:\n" + T.read(out)[-3000:])
+    if restarted:
+        trace_last_pass(dump + ".trace")
     for problem in T.trace_check(dump + ".trace", EPOCHS, n_img):
         check(False, f"{name}: {problem}")
     return rc, dump, T.read(out)
@@ -152,6 +169,26 @@ if rc == 0:
     worst = T.max_param_diff(ref_ckpt, os.path.join(dump, "checkpoint.safetensors"))
     print(f"epoch2: final parameters differ from the undisturbed run's by {worst:.3g} "
           f"(expected: the queue is restored from the epoch's checkpoint)")
+
+# the trainer killed before the first checkpoint
+def kill_trainer(dump):
+    check(T.wait_for(lambda: T.steps_done(dump) >= 20, 60), "trainer: the run did not start")
+    pid = T.pid_of(dump, "trainer 0")
+    if check(pid, "trainer: no trainer 0 in status.json"):
+        os.kill(pid, signal.SIGKILL)
+        at["step"] = T.steps_done(dump)
+rc, dump, out = run("trainer", kill_trainer, restarted=True)
+print(f"trainer: killed after {at.get('step')} steps of epoch 0")
+tl, al = logs(dump, "trainer-0"), logs(dump, "assigner")
+check("trainer 0 ended: killed by signal 9 (Killed); restarting" in out,
+      "trainer: the launcher did not restart the trainer:\n" + out[-2000:])
+check("step 0 does not follow the live queue" in al and "stale step" not in al,
+      "trainer: the assigner did not start the restarted trainer afresh:\n" + al[-2000:])
+show(al + out, "killed by signal", "follow", "stale")
+if rc == 0:
+    worst = T.max_param_diff(ref_ckpt, os.path.join(dump, "checkpoint.safetensors"))
+    check(worst <= 1e-5, f"trainer: final parameters differ from the undisturbed run's by {worst}")
+    print(f"trainer: final parameters within {worst:.2e} of the undisturbed run's")
 
 if fails:
     print(f"{len(fails)} checks failed; logs in {tmp}")
