@@ -68,8 +68,25 @@ static void write_line(struct trainer_progress *p, const struct trainer_step_rec
     if (line) {
         memcpy(line, s, n);
         line[n] = '\n';
-        if (write(p->fd, line, n + 1) != (ssize_t)(n + 1)) {
-            LOG_LIMITED(SWAV_LOG_WARN, "cannot append to train.jsonl: %s", strerror(errno));
+        off_t end = lseek(p->fd, 0, SEEK_END);
+        ssize_t w = write(p->fd, line, n + 1);
+        int e = errno;
+        if (w >= 0 && w < (ssize_t)(n + 1)) {
+            /* A full disk took part of the line: the rest fails with the
+             * reason (ENOSPC), and the part is cut off again, so that the
+             * next line does not continue half of this one. */
+            ssize_t rest = (ssize_t)(n + 1) - w;
+            ssize_t w2 = write(p->fd, line + w, (size_t)rest);
+            if (w2 == rest) {
+                w = (ssize_t)(n + 1);
+            } else {
+                e = w2 < 0 ? errno : ENOSPC;
+                if (end >= 0 && ftruncate(p->fd, end) != 0) e = errno;
+            }
+        }
+        if (w != (ssize_t)(n + 1)) {
+            LOG_LIMITED(SWAV_LOG_WARN, "cannot append to train.jsonl: %s; step %llu is not "
+                        "recorded there", strerror(e), (unsigned long long)r->step);
         }
         free(line);
     }

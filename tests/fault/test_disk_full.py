@@ -13,13 +13,15 @@ queue file) so that both writes of a checkpoint fail:
      the group once (which fails the same way), then stops with exit 1.
      checkpoint.safetensors is byte for byte the one of step 1 and loads; no
      partial file is left in the folder (atomic writes, common/fileio.h).
+     Then not a byte is left: the same once more (no restart), and the
+     progress lines that cannot be written are dropped whole.
   3. The filler is removed and `swav train` is run again with the same
      dump_path: it resumes from iteration 10, trains every image once in each
-     remaining epoch and ends with the parameters of an undisturbed run of
+     remaining epoch, every line of train.jsonl is JSON, and it ends with the parameters of an undisturbed run of
      the same flags (max abs difference <= 1e-5, as integration/train_run's
      resume check; the CPU backend is deterministic, so 0 is expected).
 Usage: test_disk_full.py BUILD_DIR"""
-import hashlib, os, re, subprocess, sys, tempfile
+import hashlib, json, os, re, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinyrun as T
@@ -131,13 +133,41 @@ try:
     for line in re.findall(r".*(?:checkpoint not written|did not save its queue).*", log)[:2]:
         print("  " + line)
 
+    # 2b. not a byte left: the progress lines cannot be written either; none
+    # may be left half-written (the next line would continue it)
+    filler2 = os.path.join(mnt, "filler2")
+    fd = os.open(filler2, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    os.close(fd)
+    print(f"then {free_bytes(mnt)} bytes left")
+    rc = run(dump, os.path.join(tmp, "swav2b.out"), ["--trainer_retries", "0"])
+    check(rc == 1, f"disk without a byte: swav train exit {rc}, expected 1:\n" +
+          T.read(os.path.join(tmp, "swav2b.out"))[-3000:])
+    check(sha(ckpt) == good, "checkpoint.safetensors changed while the disk was full")
+    leftovers = [f for f in os.listdir(dump) if ".tmp." in f]
+    check(not leftovers, f"left behind on the full disk: {leftovers}")
+    os.unlink(filler2)
+
     # 3. room again: the same command resumes from the last good checkpoint
     os.unlink(filler)
     trace = os.path.join(tmp, "trace")
+    before = len(T.read(tlog))
     rc = run(dump, out3, trace=trace)
     check(rc == 0, f"after freeing space: exit {rc}:\n" + T.read(out3)[-3000:])
-    check(T.read(tlog).count(f"resuming from {ckpt}: epoch 1, iteration 10") == 3,
-          "the runs did not all resume from the epoch-1 checkpoint")
+    check(f"resuming from {ckpt}: epoch 1, iteration 10" in T.read(tlog)[before:],
+          "after freeing space: the run did not resume from the epoch-1 checkpoint")
+    bad = []
+    for i, line in enumerate(T.read(os.path.join(dump, "train.jsonl")).splitlines()):
+        try:
+            json.loads(line)
+        except ValueError:
+            bad.append(f"line {i + 1}: {line[:80]}...{line[-40:]}")
+    check(not bad, "train.jsonl has lines that are not JSON (half-written on the full disk):\n"
+          + "\n".join(bad))
     for p in T.trace_check(trace, EPOCHS, n_img, first=1):
         check(False, "after freeing space: " + p)
     if rc == 0:
