@@ -285,12 +285,21 @@ static json_t *status_json(const struct sup *s, json_t *progress, const struct t
     return root;
 }
 
+/* Said once when status.json cannot be written (a full disk), and once when
+ * it can again: meanwhile `swav status` shows a stale state. */
 static void write_status(const char *path, json_t *st)
 {
+    static int failing;
     char *s = json_dumps(st, JSON_INDENT(1) | JSON_REAL_PRECISION(15));
     if (!s) return;
-    char err[256];
-    swav_file_write_atomic(path, s, strlen(s), err, sizeof err);
+    char err[PATH_MAX + 128];
+    if (swav_file_write_atomic(path, s, strlen(s), err, sizeof err) != 0) {
+        if (!failing) LOG_WARN("%s; swav status shows the last state written", err);
+        failing = 1;
+    } else if (failing) {
+        LOG_INFO("%s written again", path);
+        failing = 0;
+    }
     free(s);
 }
 

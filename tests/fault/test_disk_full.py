@@ -13,8 +13,9 @@ queue file) so that both writes of a checkpoint fail:
      the group once (which fails the same way), then stops with exit 1.
      checkpoint.safetensors is byte for byte the one of step 1 and loads; no
      partial file is left in the folder (atomic writes, common/fileio.h).
-     Then not a byte is left: the same once more (no restart), and the
-     progress lines that cannot be written are dropped whole.
+     Then not a byte is left: the same once more (no restart), the
+     progress lines that cannot be written are dropped whole, and the
+     launcher says that status.json cannot be written.
   3. The filler is removed and `swav train` is run again with the same
      dump_path: it resumes from iteration 10, trains every image once in each
      remaining epoch, every line of train.jsonl is JSON, and it ends with the parameters of an undisturbed run of
@@ -147,6 +148,10 @@ try:
     rc = run(dump, os.path.join(tmp, "swav2b.out"), ["--trainer_retries", "0"])
     check(rc == 1, f"disk without a byte: swav train exit {rc}, expected 1:\n" +
           T.read(os.path.join(tmp, "swav2b.out"))[-3000:])
+    out2b = T.read(os.path.join(tmp, "swav2b.out"))
+    check(re.search(r"cannot write \S*status\.json\S*: No space left on device; swav status "
+                    r"shows the last state written", out2b),
+          "the launcher did not say that status.json cannot be written:\n" + out2b[-2000:])
     check(sha(ckpt) == good, "checkpoint.safetensors changed while the disk was full")
     leftovers = [f for f in os.listdir(dump) if ".tmp." in f]
     check(not leftovers, f"left behind on the full disk: {leftovers}")
