@@ -20,6 +20,7 @@
 #include "evaluator/report.h"
 #include "evaluator/results.h"
 #include "loader/client.h"
+#include "loader/index.h"
 #include "nn/backend.h"
 #include "nn/checkpoint.h"
 #include "nn/resnet.h"
@@ -144,6 +145,12 @@ struct live {
     struct eval_arch run_arch; /* of the latest checkpoint: the baseline's */
     char *run_config;          /* config JSON of the latest checkpoint, or NULL */
     uint64_t bad_announcements;
+    /* semisup: the labelled subset of eval_train and the labels of it and of
+     * the validation images (learnt once per process) */
+    uint32_t *semi_idx;
+    int64_t n_semi;
+    int semi_ncls;
+    char semi_probe[16]; /* "semisup1" / "semisup10" */
 };
 
 static void done_add(struct live *L, int64_t epoch, int64_t step, const char *probe,
@@ -209,7 +216,8 @@ static bool all_done(const struct live *L, int64_t epoch, int64_t step, const ch
                      bool baseline)
 {
     return (!L->o->knn || probe_done(L, epoch, step, ckpt, baseline, "knn")) &&
-           (!L->o->linear || probe_done(L, epoch, step, ckpt, baseline, "linear"));
+           (!L->o->linear || probe_done(L, epoch, step, ckpt, baseline, "linear")) &&
+           (!L->o->semisup || probe_done(L, epoch, step, ckpt, baseline, L->semi_probe));
 }
 
 /* ---- loaders -------------------------------------------------------------------- */
@@ -540,10 +548,18 @@ static void record_config(const struct live *L, const char *probe, const struct 
 {
     const struct eval_live_opts *o = L->o;
     int k;
-    if (!strcmp(probe, "knn"))
+    if (!strcmp(probe, "knn")) {
         k = snprintf(buf, len, "{\"k\": %d, \"temperature\": %g", o->knn_cfg.k,
                      o->knn_cfg.temperature);
-    else
+    } else if (!strcmp(probe, L->semi_probe)) {
+        k = eval_semisup_config_json(&o->semi_cfg, buf, len); /* "{...}": reopened below */
+        if (k < 2 || (size_t)k >= len) return;
+        k--;
+        k += snprintf(buf + k, len - (size_t)k, ", \"subset\": \"%s\", \"n_classes\": %d",
+                      o->semisup_data[0] ? (o->semi_cfg.subset_file && o->semi_cfg.subset_file[0]
+                                                ? "list" : "stratified")
+                                         : "even", L->semi_ncls);
+    } else
         k = snprintf(buf, len,
                      "{\"epochs\": %d, \"batch_size\": %d, \"lr\": %g, \"wd\": %g, "
                      "\"nesterov\": %s, \"scheduler\": \"%s\", \"seed\": %" PRIu64 ", "
@@ -586,14 +602,15 @@ static void write_report(struct live *L)
     free(cfg);
 }
 
-static int append(struct live *L, const struct target *t, const char *probe, double top1,
-                  double top5, double secs, const struct eval_arch *a)
+static int append_n(struct live *L, const struct target *t, const char *probe, double top1,
+                    double top5, double secs, const struct eval_arch *a, int64_t n_train,
+                    int64_t n_val)
 {
     char cfg[8192], err[1024];
     record_config(L, probe, a, cfg, sizeof cfg);
     struct eval_result r = {
         .epoch = t->epoch, .step = t->step, .checkpoint = t->path, .probe = probe,
-        .top1 = top1, .top5 = top5, .n_train = L->n_train, .n_val = L->n_val,
+        .top1 = top1, .top5 = top5, .n_train = n_train, .n_val = n_val,
         .seconds = secs, .baseline = t->baseline, .config_json = cfg,
     };
     if (eval_result_append(L->o->dump_path, &r, err, sizeof err) != 0) {
@@ -607,9 +624,15 @@ static int append(struct live *L, const struct target *t, const char *probe, dou
     else
         snprintf(what, sizeof what, "%.4000s epoch %lld", t->path, (long long)t->epoch);
     LOG_INFO("%s: %s top1 %.2f top5 %.2f (%lld train, %lld val, %.1f s)", what, probe, top1,
-             top5, (long long)L->n_train, (long long)L->n_val, secs);
+             top5, (long long)n_train, (long long)n_val, secs);
     write_report(L);
     return 0;
+}
+
+static int append(struct live *L, const struct target *t, const char *probe, double top1,
+                  double top5, double secs, const struct eval_arch *a)
+{
+    return append_n(L, t, probe, top1, top5, secs, a, L->n_train, L->n_val);
 }
 
 static int prepare_datasets(struct live *L, char *err, size_t errlen)
@@ -628,6 +651,224 @@ static int prepare_datasets(struct live *L, char *err, size_t errlen)
     return 0;
 }
 
+/* ---- semi-supervised fine-tuning ----------------------------------------------- */
+
+/* The labelled subset of eval_train (once per process): with --semisup_data
+ * the data set's own index gives names and labels, and eval_subset_prepare
+ * reads --subset_file or draws the stratified labels_perc% subset, saved as
+ * <dump_path>/semisup-<p>percent.txt; without it, round(N p / 100) evenly
+ * spaced images (ImageFolder order: stratified within one image per
+ * class).  0 or -1. */
+static int semi_subset(struct live *L, char *err, size_t errlen)
+{
+    if (L->semi_idx) return 0;
+    const struct eval_semisup_config *c = &L->o->semi_cfg;
+    if (!L->o->semisup_data[0]) {
+        int64_t m = (L->n_train_all * c->labels_perc + 50) / 100;
+        m = m < 1 ? 1 : m;
+        L->semi_idx = swav_xmalloc((size_t)L->n_train_all * sizeof(uint32_t));
+        L->n_semi = eval_subset_even(L->semi_idx, L->n_train_all, m);
+        LOG_INFO("semisup: %lld of %lld %s images, evenly spaced (%d%%; --semisup_data for a "
+                 "stratified draw or a SimCLR list)", (long long)L->n_semi,
+                 (long long)L->n_train_all, L->o->eval_train, c->labels_perc);
+        return 0;
+    }
+    struct loader_index *ix = NULL;
+    struct loader_index_opts io = {.threads = L->o->threads, .quiet = 1};
+    if (loader_index_open(&ix, L->o->semisup_data, &io, err, errlen) != LOADER_INDEX_OK)
+        return -1;
+    int rc = -1;
+    if ((int64_t)ix->n != L->n_train_all || ix->nclasses < 1) {
+        snprintf(err, errlen, "--semisup_data %s: %u images in %u classes, but the loaders' "
+                 "'%s' has %lld: not the same folder", L->o->semisup_data, ix->n, ix->nclasses,
+                 L->o->eval_train, (long long)L->n_train_all);
+    } else {
+        const char **paths = swav_xmalloc((size_t)ix->n * sizeof(char *));
+        int32_t *labels = swav_xmalloc((size_t)ix->n * sizeof(int32_t));
+        for (uint32_t i = 0; i < ix->n; i++) {
+            paths[i] = ix->entries[i].path;
+            labels[i] = ix->entries[i].label;
+        }
+        if (eval_subset_prepare(c, L->o->dump_path, paths, labels, ix->n, (int)ix->nclasses,
+                                &L->semi_idx, &L->n_semi, err, errlen) == EVAL_SUBSET_OK) {
+            LOG_INFO("semisup: %lld of %u images (%s; saved as %s/semisup-%dpercent.txt)",
+                     (long long)L->n_semi, ix->n,
+                     c->subset_file && c->subset_file[0] ? c->subset_file : "stratified draw",
+                     L->o->dump_path, c->labels_perc);
+            rc = 0;
+        }
+        free(paths);
+        free(labels);
+    }
+    loader_index_destroy(&ix);
+    return rc;
+}
+
+/* Labels of images idx[0..n) of `tag` from the loaders (tiny center crops:
+ * the decode is the cost).  0, 1 stopped, -1 error. */
+static int labels_pass(struct live *L, const char *tag, const uint32_t *idx, int64_t n,
+                       int32_t *labels, char *err, size_t errlen)
+{
+    struct crop_stream s;
+    int rc = stream_start(L, &s, tag, PROTO_MODE_EVAL_VAL, 8, 8, 0, 0, idx, n, 256, "labels");
+    if (rc < 0) snprintf(err, errlen, "%s: no loader for %lld s", tag, (long long)L->o->wait_s);
+    while (rc == 0 && s.received < n) {
+        const struct proto_batch *bt;
+        int64_t at = s.received;
+        rc = stream_next(L, &s, &bt, err, errlen);
+        if (rc == 0) memcpy(labels + at, bt->labels.data, (size_t)bt->n_images * sizeof(int32_t));
+    }
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        if (labels[i] < 0 || labels[i] >= (1 << 24)) {
+            snprintf(err, errlen, "data set %s: image %u without a class label (%d): "
+                     "fine-tuning needs an ImageFolder", tag, idx[i], labels[i]);
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+/* The image sources of the fine-tuning: the subset in each epoch's order
+ * as RandomResizedCrop(size) + flip crops (train), the validation images as
+ * Resize + CenterCrop (val), fetched a pass ahead from the loaders. */
+struct semi_source {
+    struct live *L;
+    bool train;
+    struct crop_stream s;
+    uint32_t *order_idx; /* (n) data set indices in the pass's order */
+    int rc;              /* 1 stopped, -1 error (err) */
+    char err[1024];
+};
+
+static int semi_begin(void *ctx, int epoch, const uint32_t *order, int64_t n, int64_t batch)
+{
+    struct semi_source *f = ctx;
+    struct live *L = f->L;
+    const uint32_t *base = f->train ? L->semi_idx : L->val_idx;
+    for (int64_t i = 0; i < n; i++) f->order_idx[i] = base[order[i]];
+    char what[48];
+    snprintf(what, sizeof what, "semisup %s epoch %d", f->train ? "train" : "val", epoch);
+    f->rc = stream_start(L, &f->s, f->train ? L->o->eval_train : L->o->eval_val,
+                         f->train ? PROTO_MODE_EVAL_TRAIN : PROTO_MODE_EVAL_VAL, L->o->size,
+                         f->train ? 0 : L->o->resize, L->o->semi_cfg.seed, epoch, f->order_idx,
+                         n, batch, what);
+    if (f->rc < 0) snprintf(f->err, sizeof f->err, "no loader for %lld s", (long long)L->o->wait_s);
+    return f->rc;
+}
+
+static int semi_fill(void *ctx, int epoch, const uint32_t *idx, int64_t b, float *x, int32_t *y)
+{
+    struct semi_source *f = ctx;
+    const struct proto_batch *bt;
+    f->rc = stream_next(f->L, &f->s, &bt, f->err, sizeof f->err);
+    if (f->rc != 0) return 1;
+    if (bt->n_images != b) {
+        snprintf(f->err, sizeof f->err, "semisup: a batch of %u images for %lld", bt->n_images,
+                 (long long)b);
+        f->rc = -1;
+        return 1;
+    }
+    nn_normalize_u8(x, bt->crops[0].data, (int)b, f->L->o->size, f->L->o->size);
+    memcpy(y, bt->labels.data, (size_t)b * sizeof(int32_t));
+    return 0;
+}
+
+/* eval_semisup.py on the backbone in L->model: a new network of the same
+ * architecture with a Linear(feat, classes) head (init from the semisup
+ * seed), the backbone's weights and BN statistics copied in, fine-tuned on
+ * the subset and validated on the validation images every epoch.  0, 1
+ * stopped, -1 error. */
+static int run_semisup(struct live *L, const struct target *t, const struct eval_arch *a)
+{
+    char err[1024];
+    const struct eval_semisup_config *cfg = &L->o->semi_cfg;
+    const char *what = t->baseline ? "random init" : t->path;
+    double t0 = swav_now_s();
+    if (semi_subset(L, err, sizeof err) != 0) {
+        LOG_ERROR("semisup: %s", err);
+        return -1;
+    }
+    if (!L->semi_ncls) {
+        int32_t *lab = swav_xmalloc((size_t)(L->n_semi + L->n_val) * sizeof(int32_t));
+        int rc = labels_pass(L, L->o->eval_train, L->semi_idx, L->n_semi, lab, err, sizeof err);
+        if (rc == 0)
+            rc = labels_pass(L, L->o->eval_val, L->val_idx, L->n_val, lab + L->n_semi, err,
+                             sizeof err);
+        int ncls = 0;
+        for (int64_t i = 0; rc == 0 && i < L->n_semi + L->n_val; i++)
+            ncls = lab[i] + 1 > ncls ? lab[i] + 1 : ncls;
+        free(lab);
+        if (rc != 0) {
+            if (rc < 0) LOG_ERROR("semisup: %s", err);
+            return rc;
+        }
+        L->semi_ncls = ncls;
+        LOG_INFO("semisup: %d classes in the subset and the validation images", ncls);
+    }
+    struct nn_resnet_cfg rc_cfg = L->model->cfg;
+    rc_cfg.hidden_mlp = 0;
+    rc_cfg.feat_dim = L->semi_ncls;
+    rc_cfg.nmb_prototypes = 0;
+    rc_cfg.no_l2norm = 1;
+    rc_cfg.seed = cfg->seed;
+    struct nn_crop_group g = {.n_crops = 1, .size = L->o->size};
+    struct nn_model *m = nn_model_new(L->be, &rc_cfg, &g, 1, cfg->batch_size);
+    if (!m) {
+        LOG_ERROR("semisup: cannot build %s with a %d-class head for %d-pixel crops", a->name,
+                  L->semi_ncls, L->o->size);
+        return -1;
+    }
+    /* the backbone as loaded (or at random init for the baseline); the head stays
+     * at its init: the pretrained projection head is not a classifier */
+    const struct nn_model *src = L->model;
+    for (int i = 0; i < src->params.n; i++) {
+        const struct nn_param *p = &src->params.p[i];
+        int j = nn_param_table_find(&m->params, p->name);
+        SWAV_ASSERT(j >= 0 && m->params.p[j].numel == p->numel);
+        memcpy(m->param_data + m->params.p[j].offset, src->param_data + p->offset,
+               p->numel * sizeof(float));
+    }
+    for (int i = 0; i < src->buffers.n; i++) {
+        const struct nn_param *p = &src->buffers.p[i];
+        int j = nn_param_table_find(&m->buffers, p->name);
+        SWAV_ASSERT(j >= 0 && m->buffers.p[j].numel == p->numel);
+        memcpy(m->buffer_data + m->buffers.p[j].offset, src->buffer_data + p->offset,
+               p->numel * sizeof(float));
+    }
+    struct eval_semisup fs;
+    int rc = eval_semisup_init(&fs, m, cfg, L->o->threads, err, sizeof err);
+    if (rc != 0) {
+        LOG_ERROR("semisup: %s", err);
+        nn_model_destroy(&m);
+        return -1;
+    }
+    struct semi_source ts = {.L = L, .train = true}, vs = {.L = L, .train = false};
+    ts.order_idx = swav_xmalloc((size_t)L->n_semi * sizeof(uint32_t));
+    vs.order_idx = swav_xmalloc((size_t)L->n_val * sizeof(uint32_t));
+    struct eval_image_source train = {&ts, L->n_semi, semi_begin, semi_fill};
+    struct eval_image_source val = {&vs, L->n_val, semi_begin, semi_fill};
+    LOG_INFO("semisup: fine-tuning %s on %lld images (%d%%), %d classes, %d epochs, validation "
+             "on %lld images", what, (long long)L->n_semi, cfg->labels_perc, L->semi_ncls,
+             cfg->epochs, (long long)L->n_val);
+    struct eval_linear_result res;
+    enum eval_semisup_status st = eval_semisup_run(&fs, cfg, &train, &val, NULL, NULL, &res);
+    eval_semisup_free(&fs);
+    nn_model_destroy(&m);
+    free(ts.order_idx);
+    free(vs.order_idx);
+    if (st == EVAL_SEMISUP_ERR_SOURCE && (ts.rc > 0 || vs.rc > 0)) return 1;
+    if (st == EVAL_SEMISUP_ERR_SOURCE) {
+        LOG_ERROR("semisup: %s: %s", what, ts.rc < 0 ? ts.err : vs.err);
+        return -1;
+    }
+    if (st != EVAL_SEMISUP_OK) {
+        LOG_ERROR("semisup: %s: %s", what, eval_semisup_status_str(st));
+        return -1;
+    }
+    return append_n(L, t, L->semi_probe, res.best_top1, res.best_top5, swav_now_s() - t0, a,
+                    L->n_semi, L->n_val);
+}
+
 /* Features with the model as it is, then the probes not yet recorded.
  * 0, 1 stopped, -1 error. */
 static int run_probes(struct live *L, const struct target *t, const struct eval_arch *a)
@@ -638,6 +879,13 @@ static int run_probes(struct live *L, const struct target *t, const struct eval_
         if (rc < 0) LOG_ERROR("%s", err);
         return rc;
     }
+    const bool want_knn = L->o->knn && !probe_done(L, t->epoch, t->step, t->path, t->baseline,
+                                                   "knn");
+    const bool want_lin = L->o->linear && !probe_done(L, t->epoch, t->step, t->path,
+                                                      t->baseline, "linear");
+    const bool want_semi = L->o->semisup && !probe_done(L, t->epoch, t->step, t->path,
+                                                        t->baseline, L->semi_probe);
+    if (!want_knn && !want_lin) return want_semi ? run_semisup(L, t, a) : 0;
     const int64_t D = L->model->feat_channels;
     float *xt = swav_xmalloc((size_t)(L->n_train * D) * sizeof(float));
     float *xv = swav_xmalloc((size_t)(L->n_val * D) * sizeof(float));
@@ -658,7 +906,7 @@ static int run_probes(struct live *L, const struct target *t, const struct eval_
         }
         ncls = y + 1 > ncls ? y + 1 : ncls;
     }
-    if (rc == 0 && L->o->knn && !probe_done(L, t->epoch, t->step, t->path, t->baseline, "knn")) {
+    if (rc == 0 && want_knn) {
         double t1 = swav_now_s();
         struct eval_acc acc;
         enum eval_knn_status st =
@@ -672,8 +920,7 @@ static int run_probes(struct live *L, const struct target *t, const struct eval_
         }
     }
     if (rc == 0 && *L->stop) rc = 1;
-    if (rc == 0 && L->o->linear &&
-        !probe_done(L, t->epoch, t->step, t->path, t->baseline, "linear")) {
+    if (rc == 0 && want_lin) {
         double t1 = swav_now_s();
         struct eval_linear lm;
         eval_linear_init(&lm, D, ncls, L->o->lin_cfg.batch_size, L->o->lin_cfg.seed);
@@ -711,6 +958,8 @@ static int run_probes(struct live *L, const struct target *t, const struct eval_
     free(xv);
     free(yt);
     free(yv);
+    if (rc == 0 && *L->stop) rc = 1;
+    if (rc == 0 && want_semi) rc = run_semisup(L, t, a);
     return rc;
 }
 
@@ -933,6 +1182,7 @@ static int setup(struct live *L, char *err, size_t errlen)
         }
     }
     proto_rx_init(&L->rx);
+    snprintf(L->semi_probe, sizeof L->semi_probe, "semisup%d", L->o->semi_cfg.labels_perc);
     L->be = nn_backend_cpu_new(L->o->threads);
     size_t S = (size_t)L->o->size;
     L->input = swav_xmalloc((size_t)L->o->batch_size * 3 * S * S * sizeof(float));
@@ -947,6 +1197,7 @@ static void teardown(struct live *L)
     free(L->input);
     free(L->train_idx);
     free(L->val_idx);
+    free(L->semi_idx);
     free(L->done);
     free(L->run_config);
     proto_rx_free(&L->rx);

@@ -39,6 +39,7 @@
 
 #include "evaluator/knn.h"
 #include "evaluator/linear.h"
+#include "evaluator/semisup.h"
 #include "proto/safetensors.h"
 
 struct eval_arch {
@@ -72,6 +73,11 @@ struct eval_live_opts {
     bool knn, linear;
     bool linear_full;        /* linear probe in full mode: RandomResizedCrop(size) + flip
                                 crops through the frozen backbone, new ones every epoch */
+    bool semisup;            /* fine-tuning on labels_perc% of eval_train (expensive: off
+                                unless asked for) */
+    const char *semisup_data; /* eval_train's folder as the loaders see it: the subset is
+                                 then semi_cfg.subset_file or a stratified draw, saved as
+                                 <dump_path>/semisup-<p>percent.txt; "": evenly spaced */
     bool once;
     bool baseline;           /* evaluate the random-init network once per run */
     const char *pretrained;  /* standalone: this file only, then exit ("" none) */
@@ -81,6 +87,7 @@ struct eval_live_opts {
     int64_t rescan_s;        /* watch: folder scan period */
     struct eval_knn_config knn_cfg;
     struct eval_linear_config lin_cfg;
+    struct eval_semisup_config semi_cfg;
     const char *flags_json;  /* all flags as JSON, recorded in each result's config */
 };
 

@@ -1,7 +1,8 @@
 /* swav-evaluator: probes on frozen features.
  *
  * Watch mode (live.h): checkpoints of a run folder, crops from swav-loader
- * processes that connect to --loader_bind, kNN and linear probes, records in
+ * processes that connect to --loader_bind, kNN, linear and (on request)
+ * semi-supervised fine-tuning probes, records in
  * <dump_path>/eval.jsonl and <dump_path>/report.html:
  *
  *   swav-evaluator --dump_path D --sub EP --loader_bind EP2 [--once]
@@ -52,6 +53,11 @@ struct cli {
     /* live mode */
     const char *sub, *loader_bind, *run, *eval_train, *eval_val, *probes, *pretrained;
     const char *linear_mode;
+    /* semisup */
+    int64_t labels_perc, semisup_epochs, semisup_batch_size;
+    double semisup_lr, lr_last_layer, semisup_wd, semisup_gamma;
+    struct swav_int_list semisup_decay_epochs;
+    const char *subset_file, *semisup_data;
     int64_t eval_train_limit, eval_val_limit, size, resize, wait_s, rescan_s, feature_batch;
     bool once, random_init_baseline;
 };
@@ -85,7 +91,7 @@ static const struct swav_flag cli_flags[] = {
     F("decay_epochs", SWAV_FLAG_INT_LIST, decay_epochs, 0, 1e9, "60 80", "linear: step milestones"),
     F("gamma", SWAV_FLAG_FLOAT, gamma, 0, 1e6, "0.1", "linear: step decay factor"),
     F("final_lr", SWAV_FLAG_FLOAT, final_lr, 0, 1e6, "0", "linear: cosine final learning rate"),
-    F("seed", SWAV_FLAG_INT, seed, 0, SWAV_FLAG_NO_MAX, "31", "linear: init and order seed"),
+    F("seed", SWAV_FLAG_INT, seed, 0, SWAV_FLAG_NO_MAX, "31", "linear / semisup: init, order and crop seed"),
     F("sub", SWAV_FLAG_STR, sub, 0, 0, "", "live: the trainer's PUB endpoint (checkpoint announcements)"),
     F("loader_bind", SWAV_FLAG_STR, loader_bind, 0, 0, "", "live: ROUTER endpoint swav-loader processes connect to"),
     F("run", SWAV_FLAG_STR, run, 0, 0, "swav", "live: run id of the messages"),
@@ -95,8 +101,18 @@ static const struct swav_flag cli_flags[] = {
     F("eval_val_limit", SWAV_FLAG_INT, eval_val_limit, 0, 1 << 30, "0", "live: stratified subset of the validation set (0: all)"),
     F("size", SWAV_FLAG_INT, size, 8, 4096, "224", "live: center crop size"),
     F("resize", SWAV_FLAG_INT, resize, 8, 16384, "256", "live: shorter side before the center crop"),
-    F("probes", SWAV_FLAG_STR, probes, 0, 0, "knn,linear", "live: probes to run (knn, linear, comma separated)"),
+    F("probes", SWAV_FLAG_STR, probes, 0, 0, "knn,linear", "live: probes to run (knn, linear, semisup; comma separated)"),
     F("linear_mode", SWAV_FLAG_STR, linear_mode, 0, 0, "auto", "live: linear probe on cached center-crop features (fast) or on RandomResizedCrop + flip crops through the backbone every epoch (full, eval_linear.py); auto: full with --pretrained, else fast"),
+    F("labels_perc", SWAV_FLAG_INT, labels_perc, 1, 10, "10", "semisup: fine-tune on 1 or 10 percent of eval_train's labels"),
+    F("subset_file", SWAV_FLAG_STR, subset_file, 0, 0, "", "semisup: SimCLR list of the labelled images (needs --semisup_data)"),
+    F("semisup_data", SWAV_FLAG_STR, semisup_data, 0, 0, "", "semisup: eval_train's ImageFolder as the loaders see it (names and labels: a stratified draw or --subset_file); \"\": evenly spaced subset"),
+    F("semisup_epochs", SWAV_FLAG_INT, semisup_epochs, 1, 100000, "20", "semisup: epochs (eval_semisup.py --epochs)"),
+    F("semisup_batch_size", SWAV_FLAG_INT, semisup_batch_size, 1, 1 << 16, "32", "semisup: batch size"),
+    F("semisup_lr", SWAV_FLAG_FLOAT, semisup_lr, 0, 1e6, "0.01", "semisup: learning rate of the trunk (eval_semisup.py --lr)"),
+    F("lr_last_layer", SWAV_FLAG_FLOAT, lr_last_layer, 0, 1e6, "0.2", "semisup: learning rate of the head"),
+    F("semisup_wd", SWAV_FLAG_FLOAT, semisup_wd, 0, 1e6, "0", "semisup: weight decay (0 in eval_semisup.py)"),
+    F("semisup_decay_epochs", SWAV_FLAG_INT_LIST, semisup_decay_epochs, 0, 1e9, "12 16", "semisup: MultiStepLR milestones"),
+    F("semisup_gamma", SWAV_FLAG_FLOAT, semisup_gamma, 0, 1e6, "0.2", "semisup: MultiStepLR decay factor"),
     F("once", SWAV_FLAG_BOOL, once, 0, 0, "false", "live: evaluate the newest checkpoint (and baseline) there, then exit"),
     F("random_init_baseline", SWAV_FLAG_BOOL, random_init_baseline, 0, 0, "true", "live: evaluate the random-init network once per run"),
     F("pretrained", SWAV_FLAG_STR, pretrained, 0, 0, "", "live: evaluate this checkpoint file and exit"),
@@ -164,12 +180,15 @@ static int live_main(struct cli *c, const struct swav_flag_set *set)
             o.knn = true;
         } else if (!strcmp(tok, "linear")) {
             o.linear = true;
+        } else if (!strcmp(tok, "semisup")) {
+            o.semisup = true;
         } else {
-            fprintf(stderr, "swav-evaluator: --probes: '%s' is not knn or linear\n", tok);
+            fprintf(stderr, "swav-evaluator: --probes: '%s' is not knn, linear or semisup\n",
+                    tok);
             return 2;
         }
     }
-    if (!o.knn && !o.linear) {
+    if (!o.knn && !o.linear && !o.semisup) {
         fprintf(stderr, "swav-evaluator: --probes names no probe\n");
         return 2;
     }
@@ -200,6 +219,36 @@ static int live_main(struct cli *c, const struct swav_flag_set *set)
         lc->decay_epochs[i] = (int)c->decay_epochs.v[i];
     lc->gamma = c->gamma;
     lc->seed = (uint64_t)c->seed;
+    struct eval_semisup_config *sc = &o.semi_cfg;
+    eval_semisup_config_default(sc);
+    if (c->labels_perc != 1 && c->labels_perc != 10) {
+        fprintf(stderr, "swav-evaluator: --labels_perc %lld is not 1 or 10\n",
+                (long long)c->labels_perc);
+        return 2;
+    }
+    if (c->subset_file[0] && !c->semisup_data[0]) {
+        fprintf(stderr, "swav-evaluator: --subset_file needs --semisup_data (the file names "
+                        "are matched against that folder)\n");
+        return 2;
+    }
+    if (c->semisup_decay_epochs.n > EVAL_MAX_MILESTONES) {
+        fprintf(stderr, "swav-evaluator: --semisup_decay_epochs: at most %d\n",
+                EVAL_MAX_MILESTONES);
+        return 2;
+    }
+    sc->labels_perc = (int)c->labels_perc;
+    sc->epochs = (int)c->semisup_epochs;
+    sc->batch_size = (int)c->semisup_batch_size;
+    sc->lr = c->semisup_lr;
+    sc->lr_last_layer = c->lr_last_layer;
+    sc->wd = c->semisup_wd;
+    sc->n_decay = c->semisup_decay_epochs.n;
+    for (int i = 0; i < c->semisup_decay_epochs.n; i++)
+        sc->decay_epochs[i] = (int)c->semisup_decay_epochs.v[i];
+    sc->gamma = c->semisup_gamma;
+    sc->seed = (uint64_t)c->seed;
+    sc->subset_file = c->subset_file;
+    o.semisup_data = c->semisup_data;
     int need = swav_flags_to_json(NULL, 0, set, 1);
     char *flags_json = swav_xmalloc((size_t)need + 1);
     swav_flags_to_json(flags_json, (size_t)need + 1, set, 1);

@@ -1,4 +1,5 @@
-/* Semi-supervised subset selection and schedule (see semisup.h). */
+/* Semi-supervised evaluation: subset selection, schedule and the
+ * fine-tuning loop (see semisup.h). */
 #include "semisup.h"
 
 #include <errno.h>
@@ -10,7 +11,9 @@
 
 #include "common/check.h"
 #include "common/fileio.h"
+#include "common/log.h"
 #include "common/rng.h"
+#include "nn/resnet.h"
 #include "nn/schedule.h"
 
 void eval_semisup_config_default(struct eval_semisup_config *cfg)
@@ -301,4 +304,195 @@ int eval_semisup_config_json(const struct eval_semisup_config *cfg, char *buf, s
                      sfs ? sfs : "\"\"");
     free(sfs);
     return n;
+}
+
+/* ---- fine-tuning ------------------------------------------------------------ */
+
+const char *eval_semisup_status_str(enum eval_semisup_status st)
+{
+    switch (st) {
+    case EVAL_SEMISUP_OK: return "ok";
+    case EVAL_SEMISUP_ERR_ARGS: return "fine-tuning config or sizes out of range";
+    case EVAL_SEMISUP_ERR_LABEL: return "a label outside [0, n_classes)";
+    case EVAL_SEMISUP_ERR_SOURCE: return "an image source failed";
+    }
+    return "unknown semisup status";
+}
+
+int eval_semisup_init(struct eval_semisup *s, struct nn_model *m,
+                      const struct eval_semisup_config *cfg, int threads, char *err,
+                      size_t errlen)
+{
+    memset(s, 0, sizeof *s);
+    if (m->cfg.feat_dim < 1 || m->cfg.hidden_mlp != 0 || !m->cfg.no_l2norm ||
+        m->cfg.nmb_prototypes != 0 || m->n_groups != 1 || m->groups[0].n_crops != 1 ||
+        m->out_dim != m->cfg.feat_dim) {
+        snprintf(err, errlen, "fine-tuning needs a model with one linear head to the classes "
+                              "(feat_dim = classes, hidden_mlp 0, no L2 norm, no prototypes) "
+                              "and one group of one crop");
+        return -1;
+    }
+    if (cfg->batch_size < 1 || cfg->batch_size > m->batch) {
+        snprintf(err, errlen, "batch size %d: the model was built for %d", cfg->batch_size,
+                 m->batch);
+        return -1;
+    }
+    s->m = m;
+    s->n_classes = m->cfg.feat_dim;
+    s->batch = m->batch;
+    s->size = m->groups[0].size;
+    struct nn_optim_config oc = {.momentum = cfg->momentum, .weight_decay = cfg->wd,
+                                 .nthreads = threads > 0 ? threads : 1};
+    nn_optim_init(&s->optim, &m->params, &oc);
+    int nhead = 0;
+    for (int i = 0; i < m->params.n; i++) {
+        if (strstr(m->params.p[i].name, "head")) { /* eval_semisup.py: 'head' in name */
+            nn_optim_set_group(&s->optim, i, 1);
+            nhead++;
+        }
+    }
+    SWAV_ASSERT(nhead > 0);
+    size_t S = (size_t)s->size;
+    s->x = swav_xmalloc((size_t)s->batch * 3 * S * S * sizeof(float));
+    s->y = swav_xmalloc((size_t)s->batch * sizeof(int32_t));
+    s->dlogits = swav_xmalloc((size_t)(s->batch * s->n_classes) * sizeof(float));
+    return 0;
+}
+
+void eval_semisup_free(struct eval_semisup *s)
+{
+    if (s->m) nn_optim_free(&s->optim);
+    free(s->x);
+    free(s->y);
+    free(s->dlogits);
+    free(s->perm);
+    memset(s, 0, sizeof *s);
+}
+
+float eval_semisup_step(struct eval_semisup *s, const float *x, const int32_t *y, int64_t b,
+                        double lr_trunk, double lr_head)
+{
+    SWAV_ASSERT(b > 0 && b <= s->batch);
+    struct nn_model *m = s->m;
+    const int C = (int)s->n_classes;
+    nn_model_zero_grad(m);
+    const float *in[1] = {x};
+    nn_model_forward(m, in, (int)b, NN_MODEL_TRAIN);
+    memcpy(s->dlogits, m->out, (size_t)(b * C) * sizeof(float));
+    double loss = 0.0;
+    float scale = 1.0f / (float)b; /* nn.CrossEntropyLoss: mean over the batch */
+    for (int64_t i = 0; i < b; i++)
+        loss += eval_ce_row_backward(s->dlogits + i * C, C, y[i], scale);
+    nn_model_backward(m, s->dlogits);
+    double lrs[2] = {lr_trunk, lr_head};
+    nn_optim_step_groups(&s->optim, m->param_data, m->grad_data, lrs, 0);
+    return (float)(loss / (double)b);
+}
+
+static bool grow_perm(struct eval_semisup *s, int64_t n)
+{
+    if (n < 1 || n > UINT32_MAX) return false;
+    if (s->perm_cap < n) {
+        free(s->perm);
+        s->perm = swav_xmalloc((size_t)n * sizeof(uint32_t));
+        s->perm_cap = n;
+    }
+    return true;
+}
+
+enum eval_semisup_status eval_semisup_evaluate(struct eval_semisup *s,
+                                               const struct eval_image_source *src, int epoch,
+                                               struct eval_acc *acc, double *mean_loss)
+{
+    if (!grow_perm(s, src->n)) return EVAL_SEMISUP_ERR_ARGS;
+    const int C = (int)s->n_classes;
+    for (int64_t i = 0; i < src->n; i++) s->perm[i] = (uint32_t)i;
+    if (src->begin && src->begin(src->ctx, epoch, s->perm, src->n, s->batch) != 0)
+        return EVAL_SEMISUP_ERR_SOURCE;
+    struct eval_acc a = {0};
+    double loss = 0.0;
+    for (int64_t i0 = 0; i0 < src->n; i0 += s->batch) {
+        int64_t b = src->n - i0 < s->batch ? src->n - i0 : s->batch;
+        if (src->fill(src->ctx, epoch, s->perm + i0, b, s->x, s->y) != 0)
+            return EVAL_SEMISUP_ERR_SOURCE;
+        for (int64_t i = 0; i < b; i++)
+            if (s->y[i] < 0 || s->y[i] >= C) return EVAL_SEMISUP_ERR_LABEL;
+        const float *in[1] = {s->x};
+        nn_model_forward(s->m, in, (int)b, NN_MODEL_EVAL);
+        memcpy(s->dlogits, s->m->out, (size_t)(b * C) * sizeof(float));
+        for (int64_t i = 0; i < b; i++) {
+            float *z = s->dlogits + i * C;
+            eval_acc_add(&a, eval_label_rank(z, C, s->y[i]));
+            loss += eval_ce_row_backward(z, C, s->y[i], 1.0f);
+        }
+    }
+    *acc = a;
+    if (mean_loss) *mean_loss = src->n ? loss / (double)src->n : 0.0;
+    return EVAL_SEMISUP_OK;
+}
+
+enum eval_semisup_status eval_semisup_run(struct eval_semisup *s,
+                                          const struct eval_semisup_config *cfg,
+                                          const struct eval_image_source *train,
+                                          const struct eval_image_source *val,
+                                          eval_semisup_step_fn on_step, void *step_ctx,
+                                          struct eval_linear_result *res)
+{
+    if (cfg->epochs < 1 || cfg->batch_size < 1 || cfg->batch_size > s->batch ||
+        train->n < 1 || train->n > UINT32_MAX || val->n < 1 || !(cfg->lr >= 0.0) ||
+        !(cfg->lr_last_layer >= 0.0) || cfg->n_decay < 0 || cfg->n_decay > EVAL_MAX_MILESTONES)
+        return EVAL_SEMISUP_ERR_ARGS;
+    uint32_t *order = swav_xmalloc((size_t)train->n * sizeof(uint32_t));
+    struct eval_linear_result r = {.best_top1 = -1.0, .best_epoch = -1};
+    enum eval_semisup_status st = EVAL_SEMISUP_OK;
+    const int C = (int)s->n_classes;
+    int64_t step = 0;
+    for (int epoch = 0; epoch < cfg->epochs && st == EVAL_SEMISUP_OK; epoch++) {
+        double lr_trunk, lr_head;
+        eval_semisup_lr(cfg, epoch, &lr_trunk, &lr_head);
+        eval_linear_epoch_order(cfg->seed, epoch, order, train->n);
+        if (train->begin &&
+            train->begin(train->ctx, epoch, order, train->n, cfg->batch_size) != 0) {
+            st = EVAL_SEMISUP_ERR_SOURCE;
+            break;
+        }
+        double sum = 0.0;
+        int64_t nb = 0;
+        for (int64_t i0 = 0; i0 < train->n; i0 += cfg->batch_size) {
+            int64_t b = train->n - i0 < cfg->batch_size ? train->n - i0 : cfg->batch_size;
+            if (train->fill(train->ctx, epoch, order + i0, b, s->x, s->y) != 0) {
+                st = EVAL_SEMISUP_ERR_SOURCE;
+                break;
+            }
+            for (int64_t i = 0; i < b; i++)
+                if (s->y[i] < 0 || s->y[i] >= C) st = EVAL_SEMISUP_ERR_LABEL;
+            if (st != EVAL_SEMISUP_OK) break;
+            float loss = eval_semisup_step(s, s->x, s->y, b, lr_trunk, lr_head);
+            sum += loss;
+            nb++;
+            if (on_step) on_step(step_ctx, epoch, step, loss, lr_trunk, lr_head);
+            step++;
+        }
+        if (st != EVAL_SEMISUP_OK) break;
+        struct eval_acc acc;
+        double vloss;
+        st = eval_semisup_evaluate(s, val, epoch, &acc, &vloss);
+        if (st != EVAL_SEMISUP_OK) break;
+        r.last_top1 = eval_acc_top1(&acc);
+        r.last_top5 = eval_acc_top5(&acc);
+        r.last_val_loss = vloss;
+        r.last_train_loss = nb ? sum / (double)nb : 0.0;
+        if (r.last_top1 > r.best_top1) {
+            r.best_top1 = r.last_top1;
+            r.best_top5 = r.last_top5;
+            r.best_epoch = epoch;
+        }
+        LOG_INFO("semisup epoch %d: lr %.5g / %.5g, train loss %.4f, val loss %.4f, top1 %.2f "
+                 "top5 %.2f (best %.2f)", epoch, lr_trunk, lr_head, r.last_train_loss, vloss,
+                 r.last_top1, r.last_top5, r.best_top1);
+    }
+    free(order);
+    r.steps = step;
+    if (st == EVAL_SEMISUP_OK) *res = r;
+    return st;
 }

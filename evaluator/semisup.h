@@ -1,7 +1,15 @@
 /* Semi-supervised evaluation (eval_semisup.py): fine-tune the whole network
- * on 1% or 10% of the training labels.  What lives here now is what does not
- * need the backbone: the labeled subset, the optimizer schedule and the
- * defaults.  The fine-tuning loop itself plugs in with the trainer's model.
+ * on 1% or 10% of the training labels.  Here: the labeled subset, the
+ * optimizer schedule and the defaults, and the fine-tuning loop on an
+ * nn_model (nn/resnet.h) whose head is one Linear(feat, n_classes)
+ * ("projection_head", resnet50(output_dim=n_classes) of the reference),
+ * trained in train mode (batch statistics) with nn/optim.h's SGD in two
+ * parameter groups: the names containing "head" (lr_last_layer) and the
+ * trunk (lr), momentum 0.9, weight decay (0 in the reference), MultiStepLR
+ * per epoch; cross-entropy; validation in eval mode after every epoch, the
+ * best top-1 kept with the top-5 of its epoch.  Images come from a source
+ * (the live evaluator's: RandomResizedCrop + flip crops from swav-loader for
+ * training, Resize + CenterCrop for validation).
  *
  * Subsets use SimCLR's list format (google-research/simclr
  * imagenet_subsets/{1,10}percent.txt): one file name per line, no folder
@@ -87,5 +95,77 @@ int eval_semisup_config_json(const struct eval_semisup_config *cfg, char *buf, s
 
 /* Base name of a relative path (after the last '/'). */
 const char *eval_basename(const char *path);
+
+/* ---- fine-tuning ------------------------------------------------------------ */
+
+/* Images of one pass, normalized float NCHW crops (b, 3, S, S). */
+struct eval_image_source {
+    void *ctx;
+    int64_t n; /* examples per pass */
+    /* Called before the fills of a pass with every example in the order the
+     * fills will ask for them, in batches of `batch` (the last one short),
+     * so that a source can fetch ahead.  May be NULL.  0, or nonzero to
+     * abort the run (the source has logged why). */
+    int (*begin)(void *ctx, int epoch, const uint32_t *order, int64_t n, int64_t batch);
+    /* x (b, 3, S, S) and labels y (b) of examples idx[0..b) in `epoch`. */
+    int (*fill)(void *ctx, int epoch, const uint32_t *idx, int64_t b, float *x, int32_t *y);
+};
+
+struct nn_model;
+
+struct eval_semisup {
+    struct nn_model *m;       /* borrowed */
+    int64_t n_classes, batch, size;
+    struct nn_optim optim;    /* group 0 trunk, group 1 the "head" names */
+    float *x;                 /* (batch, 3, S, S) */
+    int32_t *y;               /* (batch) */
+    float *dlogits;           /* (batch, n_classes) */
+    uint32_t *perm;           /* (max examples of a pass) */
+    int64_t perm_cap;
+};
+
+/* Takes a model built with feat_dim = n_classes, hidden_mlp = 0,
+ * no_l2norm = 1, no prototypes, one crop group of `size` pixels, batch >=
+ * cfg->batch_size; sets up the optimizer (momentum cfg->momentum, weight
+ * decay cfg->wd, `threads` workers) and buffers.  0, or -1 with a message. */
+int eval_semisup_init(struct eval_semisup *s, struct nn_model *m,
+                      const struct eval_semisup_config *cfg, int threads, char *err,
+                      size_t errlen);
+void eval_semisup_free(struct eval_semisup *s);
+
+/* One step on b <= batch examples x (b, 3, S, S), labels y in [0, C)
+ * (checked by the caller): zero grads, train-mode forward, mean
+ * cross-entropy, backward, SGD with lr_trunk / lr_head.  Returns the loss
+ * before the step. */
+float eval_semisup_step(struct eval_semisup *s, const float *x, const int32_t *y, int64_t b,
+                        double lr_trunk, double lr_head);
+
+enum eval_semisup_status {
+    EVAL_SEMISUP_OK = 0,
+    EVAL_SEMISUP_ERR_ARGS,   /* config or sizes out of range */
+    EVAL_SEMISUP_ERR_LABEL,  /* a label outside [0, n_classes) */
+    EVAL_SEMISUP_ERR_SOURCE, /* a source failed (or was stopped) */
+};
+const char *eval_semisup_status_str(enum eval_semisup_status st);
+
+/* Eval-mode accuracy and mean loss over a source (in batches of s->batch,
+ * in source order); `epoch` is passed to the source. */
+enum eval_semisup_status eval_semisup_evaluate(struct eval_semisup *s,
+                                               const struct eval_image_source *src, int epoch,
+                                               struct eval_acc *acc, double *mean_loss);
+
+typedef void (*eval_semisup_step_fn)(void *ctx, int epoch, int64_t step, float loss,
+                                     double lr_trunk, double lr_head);
+
+/* cfg->epochs epochs over `train`, each in the order of
+ * eval_linear_epoch_order(cfg->seed, epoch) in batches of cfg->batch_size
+ * (the last one short), validation on `val` after each; best top-1 (and
+ * its top-5) in res.  on_step may be NULL. */
+enum eval_semisup_status eval_semisup_run(struct eval_semisup *s,
+                                          const struct eval_semisup_config *cfg,
+                                          const struct eval_image_source *train,
+                                          const struct eval_image_source *val,
+                                          eval_semisup_step_fn on_step, void *step_ctx,
+                                          struct eval_linear_result *res);
 
 #endif

@@ -33,6 +33,15 @@ both data sets (--dataset eval_train=... --dataset eval_val=...).
      evaluating ckp-3, write ckp-4, restart (--once): ckp-4 is evaluated,
      stale ckp-3 skipped, finished ones not redone (one record each).
 
+  G  semi-supervised fine-tuning: --pretrained --probes semisup on the
+     blobs (10%: 20 evenly spaced images, 20 epochs): record semisup10,
+     top-1 >= 60, in the report; --once --probes knn,linear,semisup on the
+     watched folder adds semisup10 for the newest checkpoint and the
+     baseline only (no features extracted, nothing redone); with
+     --semisup_data on the random folder (unique names) a stratified draw
+     (round(0.1 n_class) per class) is saved as semisup-10percent.txt, and a
+     run from that --subset_file gives the same list and the same accuracy.
+
 usage: test_live.py SWAV_EVALUATOR SWAV_LOADER LIVE_TOOL [--keep DIR]"""
 import html.parser
 import json
@@ -358,8 +367,81 @@ def main(tmp):
         check(count(recs, probe, 1) == 1 and count(recs, probe, 2) == 1 and
               count(recs, probe, baseline=True) == 1, "E: %s: nothing redone" % probe)
     print("E:", [(r["probe"], r["epoch"], r["baseline"]) for r in recs])
+
+    # G: semi-supervised fine-tuning (eval_semisup.py): standalone on 10% of the
+    # blobs (evenly spaced subset); in the watched folder with --once next to
+    # the finished knn/linear records; a stratified draw saved in SimCLR format
+    # and the same run again from that list
+    semi = os.path.join(tmp, "semi")
+    os.makedirs(semi)
+    sflags = ["--probes", "semisup", "--semisup_batch_size", "8"]
+    ev = Proc([EVAL, "--pretrained", os.path.join(dump, "ckp-1.safetensors")] + sflags +
+              common[:1] + [semi] + common[2:], os.path.join(tmp, "g1.log"))
+    rc = ev.wait(120)
+    grec = records(semi)
+    if check(rc == 0 and len(grec) == 1 and grec[0]["probe"] == "semisup10",
+             "G: semisup --pretrained: exit %s, records %s\n%s" % (rc, grec, ev.log()[-2000:])):
+        g = grec[0]
+        check(g["n_train"] == 20 and g["n_val"] == 80 and g["config"]["subset"] == "even" and
+              g["config"]["n_classes"] == 4 and g["config"]["epochs"] == 20,
+              "G: semisup record: %s" % g)
+        check(g["top1"] >= 60.0, "G: fine-tuned on 20 labels: top-1 %.2f >= 60 (chance 25)" %
+              g["top1"])
+        with open(os.path.join(semi, "report.html")) as f:
+            check("semisup10" in f.read(), "G: the report shows the semisup10 probe")
+        print("G: semisup10 from ckp-1: top-1 %.2f top-5 %.2f (%.1f s)" %
+              (g["top1"], g["top5"], g["seconds"]))
+    ev = Proc([EVAL, "--once", "true", "--probes", "knn,linear,semisup", "--semisup_epochs", "4",
+               "--semisup_batch_size", "8"] + common, os.path.join(tmp, "g2.log"))
+    rc = ev.wait(120)
+    recs = records(dump)
+    check(rc == 0 and count(recs, "semisup10", 4) == 1 and
+          count(recs, "semisup10", baseline=True) == 1 and len(recs) == 10 and
+          count(recs, "knn", 4) == 1 and count(recs, "linear", 4) == 1,
+          "G: --once with semisup: the newest and the baseline get semisup10, nothing else "
+          "redone: exit %s %s\n%s" % (rc, [(r["probe"], r["epoch"], r["baseline"]) for r in recs],
+                                        ev.log()[-2000:]))
+    check("features eval_train" not in ev.log(), "G: no features extracted for semisup alone")
     ld.p.send_signal(signal.SIGTERM)
     check(ld.wait(20) == 0, "loader exit 0 on SIGTERM")
+    # unique file names (SimCLR lists name files by base name): the random folder
+    ldr = Proc([LOADER, "--connect", ep_r, "--dataset", "eval_train=" + os.path.join(rnd, "train"),
+                "--dataset", "eval_val=" + os.path.join(rnd, "test"), "--dump_path",
+                os.path.join(tmp, "ldump"), "--workers", "1", "--beat_ms", "200",
+                "--report_s", "0"], os.path.join(tmp, "loader-random2.log"))
+    lists = []
+    for k, extra in enumerate([[], ["--subset_file", os.path.join(tmp, "semi-list", "0",
+                                                                  "semisup-10percent.txt")]]):
+        out = os.path.join(tmp, "semi-list", str(k))
+        os.makedirs(out)
+        ev = Proc([EVAL, "--pretrained", os.path.join(dump, "ckp-1.safetensors"),
+                   "--semisup_data", os.path.join(rnd, "train"), "--semisup_epochs", "3",
+                   "--dump_path", out, "--loader_bind", ep_r] + sflags + extra + common[4:],
+                  os.path.join(tmp, "g3-%d.log" % k))
+        rc = ev.wait(120)
+        lst = os.path.join(out, "semisup-10percent.txt")
+        r = records(out)
+        if check(rc == 0 and len(r) == 1 and os.path.exists(lst),
+                 "G: --semisup_data run %d: exit %s\n%s" % (k, rc, ev.log()[-1500:])):
+            with open(lst) as f:
+                names = f.read().split()
+            lists.append((names, r[0]["top1"], r[0]["top5"], r[0]["config"]["subset"]))
+    if len(lists) == 2:
+        names = lists[0][0]
+        per_class = {}
+        for c in os.listdir(os.path.join(rnd, "train")):
+            n_c = len(os.listdir(os.path.join(rnd, "train", c)))
+            per_class[c] = (sum(1 for nm in names if os.path.exists(
+                os.path.join(rnd, "train", c, nm))), max(1, round(0.1 * n_c)))
+        check(all(a == b for a, b in per_class.values()) and len(set(names)) == len(names),
+              "G: stratified 10%% draw, round(0.1 n_class) per class: %s" % per_class)
+        check(lists[0][3] == "stratified" and lists[1][3] == "list", "G: subset kinds %s %s" %
+              (lists[0][3], lists[1][3]))
+        check(lists[1][0] == names and lists[1][1:3] == lists[0][1:3],
+              "G: the saved list gives the same subset and result: %s vs %s" %
+              (lists[0][1:], lists[1][1:]))
+    ldr.p.send_signal(signal.SIGTERM)
+    ldr.wait(20)
 
 
 if KEEP:
