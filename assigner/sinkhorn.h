@@ -10,8 +10,10 @@
  *     return (Q * B)^T              (B = n, every rank's columns counted)
  *
  * The CPU backend computes the scores by chunks of rows in each worker and
- * turns them into exp while they are in cache; it never rewrites the matrix: it keeps E = exp(S/eps - m_b)
- * (m_b the row maximum, which keeps exp in range) and two scaling vectors,
+ * turns them into exp while they are in registers or cache; it never
+ * rewrites the matrix: it keeps E = exp(S/eps) scaled per row (a power of two
+ * from a bound of the row, or the row maximum: see sinkhorn.c) and two
+ * scaling vectors,
  * Q = diag(v) E diag(u) in sample-by-prototype layout, so that an iteration
  * is one fused pass over E (a dot product per row for the column
  * normalisation, an axpy per row for the next row sums), and Q is written
@@ -22,6 +24,7 @@
 #ifndef SWAV_ASSIGNER_SINKHORN_H
 #define SWAV_ASSIGNER_SINKHORN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +47,8 @@ struct sinkhorn_problem {
 struct sinkhorn_result {
     double ms_scores;     /* x w^T and exp (one fused pass on the CPU) */
     double ms_sinkhorn;   /* iterations, writing Q */
+    bool fused;           /* CPU: exp fused into the score kernel (else the row-maximum path) */
+    int rebased_rows;     /* CPU, fused: rows rescaled for a maximum below 2^-60 */
 };
 
 struct sinkhorn_backend {

@@ -1,9 +1,12 @@
 /* Unit test: the CPU backend (scaling vectors, fused passes, threads) against
  * sinkhorn_plain (the reference's operations in order, double sums), over
- * sizes, thread counts, iteration counts and output windows; the queue's FIFO
+ * sizes, thread counts, iteration counts and output windows, and over its
+ * paths (exp fused into the score kernel, rows rescaled, the row-maximum
+ * path past the fused range); the queue's FIFO
  * and file round trip; the core refusing non-finite input without changing
  * state.  Tolerance: |fast - plain| <= 2e-5 * |plain| + 1e-9 per code. */
 #include <errno.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +15,7 @@
 
 #include "assigner/core.h"
 #include "assigner/queue.h"
+#include "assigner/scores.h"
 #include "assigner/sinkhorn.h"
 #include "common/rng.h"
 
@@ -39,31 +43,42 @@ static void fill_unit_rows(float *x, int n, int d, struct swav_rng *r)
     }
 }
 
-static void check_case(int n, int d, int k, int row0, int rows, int iters, float eps,
-                       int threads)
+/* Whether the CPU backend runs its fused score+exp kernel here. */
+static bool fused_here(void)
 {
-    struct swav_rng r;
-    swav_rng_init(&r, 1234, (uint32_t)n, (uint32_t)k, (uint32_t)iters);
-    float *x = malloc(sizeof(float) * n * d), *w = malloc(sizeof(float) * k * d);
+    return assigner_scores_have_kernel() && !getenv("SWAV_ASSIGNER_BLAS");
+}
+
+/* fused: 1 the fused path must run (where it can), 0 the row-maximum path
+ * must; min_rebased: at least this many rows rescaled (fused only). */
+static void check_data(const char *what, int n, int d, int k, int row0, int rows, int iters,
+                       float eps, int threads, const float *x, const float *w, int fused,
+                       int min_rebased)
+{
     float *c1 = malloc(sizeof(float) * rows * k), *c2 = malloc(sizeof(float) * rows * k);
     float *scratch = malloc(sizeof(float) * n * k);
     float *ent = malloc(sizeof(float) * rows);
     int32_t *am = malloc(sizeof(int32_t) * rows);
-    fill_unit_rows(x, n, d, &r);
-    fill_unit_rows(w, k, d, &r);
     struct sinkhorn_problem p = {n, d, k, row0, rows, 0, 0, eps, iters, 1};
     struct sinkhorn_backend *b = sinkhorn_backend_cpu_new(threads);
     EXPECT(b->reserve(b->impl, n, k, d) == 0, "reserve");
-    int rc = b->run(b->impl, &p, x, w, c1, ent, am, NULL);
+    struct sinkhorn_result res = {0};
+    int rc = b->run(b->impl, &p, x, w, c1, ent, am, &res);
     EXPECT(rc == 0, "run rc %d", rc);
+    EXPECT(res.fused == (fused && fused_here()), "%s: fused %d, expected %d", what,
+           (int)res.fused, fused && fused_here());
+    if (fused_here() && fused) {
+        EXPECT(res.rebased_rows >= min_rebased, "%s: %d rows rebased, expected >= %d", what,
+               res.rebased_rows, min_rebased);
+    }
     sinkhorn_plain(&p, x, w, c2, scratch);
     double worst = 0;
     for (int i = 0; i < rows * k; i++) {
         double e = fabs((double)c1[i] - c2[i]) / (fabs((double)c2[i]) + 1e-9 / 2e-5);
         if (e > worst) worst = e;
     }
-    EXPECT(worst <= 2e-5, "n=%d k=%d iters=%d threads=%d: worst relative error %.3g", n, k,
-           iters, threads, worst);
+    EXPECT(worst <= 2e-5, "%s n=%d k=%d iters=%d threads=%d: worst relative error %.3g", what, n,
+           k, iters, threads, worst);
     for (int i = 0; i < rows; i++) {
         double h = 0, mx = -1;
         int best = 0;
@@ -80,16 +95,74 @@ static void check_case(int n, int d, int k, int row0, int rows, int iters, float
         EXPECT(am[i] == best || c2[i * k + am[i]] >= (float)mx * (1 - 1e-5f),
                "argmax row %d: %d vs %d", i, am[i], best);
     }
-    printf("n=%d d=%d k=%d rows=[%d,%d) iters=%d threads=%d: worst rel %.3g, q[0]=%g/%g\n", n,
-           d, k, row0, row0 + rows, iters, threads, worst, (double)c1[0], (double)c2[0]);
+    printf("%s n=%d d=%d k=%d rows=[%d,%d) iters=%d threads=%d: %s, %d rebased, worst rel %.3g, "
+           "q[0]=%g/%g\n", what, n, d, k, row0, row0 + rows, iters, threads,
+           res.fused ? "fused" : "row-maximum", res.rebased_rows, worst, (double)c1[0],
+           (double)c2[0]);
     sinkhorn_backend_destroy(&b);
-    free(x);
-    free(w);
     free(c1);
     free(c2);
     free(scratch);
     free(ent);
     free(am);
+}
+
+/* Unit-vector samples and prototypes: the fused path while 1/eps <= 40. */
+static void check_case(int n, int d, int k, int row0, int rows, int iters, float eps,
+                       int threads)
+{
+    struct swav_rng r;
+    swav_rng_init(&r, 1234, (uint32_t)n, (uint32_t)k, (uint32_t)iters);
+    float *x = malloc(sizeof(float) * n * d), *w = malloc(sizeof(float) * k * d);
+    fill_unit_rows(x, n, d, &r);
+    fill_unit_rows(w, k, d, &r);
+    check_data("unit", n, d, k, row0, rows, iters, eps, threads, x, w, 1.0f / eps <= 40.0f, 0);
+    free(x);
+    free(w);
+}
+
+/* The paths of the CPU backend: samples of varied norms (unequal row
+ * scales in the fused path), samples opposite to every prototype (their
+ * largest exp far below the bound: rescaled rows), and a bound past the
+ * fused range (the row-maximum path with the same kernel). */
+static void check_paths(void)
+{
+    const int n = 90, d = 16, k = 40;
+    struct swav_rng r;
+    swav_rng_init(&r, 77, 0, 0, 0);
+    float *x = malloc(sizeof(float) * n * d), *w = malloc(sizeof(float) * k * d);
+    fill_unit_rows(x, n, d, &r);
+    fill_unit_rows(w, k, d, &r);
+    for (int i = 0; i < n; i++) {
+        float s = 0.5f + (float)(i % 7) / 6.0f; /* norms 0.5 .. 1.5 */
+        for (int t = 0; t < d; t++) x[i * d + t] *= s;
+    }
+    /* 0.1: bound 15 */
+    check_data("norms", n, d, k, 10, 80, 3, 0.1f, 2, x, w, 1, 0);
+    check_data("norms", n, d, k, 0, 90, 0, 0.1f, 3, x, w, 1, 0);
+    /* prototypes in a cone around e0, rows 3 and 50..54 at -e0:
+     * S/eps = -1/0.03, 2^-shift exp(S/eps) ~ 2^-97 */
+    fill_unit_rows(x, n, d, &r);
+    for (int j = 0; j < k; j++) {
+        double s = 0;
+        for (int t = 0; t < d; t++) {
+            w[j * d + t] = (t == 0 ? 4.0f : 0.0f) + (float)swav_rng_normal(&r) * 0.3f;
+            s += (double)w[j * d + t] * w[j * d + t];
+        }
+        for (int t = 0; t < d; t++) w[j * d + t] = (float)(w[j * d + t] / sqrt(s));
+    }
+    const int far[] = {3, 50, 51, 52, 53, 54};
+    for (int i = 0; i < 6; i++) {
+        for (int t = 0; t < d; t++) x[far[i] * d + t] = t == 0 ? -1.0f : 0.0f;
+    }
+    check_data("far rows", n, d, k, 0, n, 3, 0.03f, 2, x, w, 1, 6);
+    check_data("far rows", n, d, k, 0, n, 0, 0.03f, 1, x, w, 1, 6);
+    /* 1/0.02 = 50 > 40 */
+    fill_unit_rows(x, n, d, &r);
+    fill_unit_rows(w, k, d, &r);
+    check_data("bound 50", n, d, k, 20, 70, 3, 0.02f, 2, x, w, 0, 0);
+    free(x);
+    free(w);
 }
 
 static void test_queue(void)
@@ -231,6 +304,8 @@ int main(void)
     check_case(50, 8, 30, 10, 40, 0, 0.05f, 2);
     check_case(200, 128, 300, 100, 100, 5, 0.03f, 2);
     check_case(129, 16, 64, 1, 128, 3, 0.5f, 4);
+    check_case(300, 128, 3000, 0, 300, 3, 0.05f, 2);
+    check_paths();
     test_queue();
     test_core_nonfinite();
     test_collapse();
