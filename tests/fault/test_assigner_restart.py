@@ -4,7 +4,7 @@
 
 Mid-step: the assigner is frozen (SIGSTOP); the trainer sends its step's
 embeddings (they wait in the assigner's socket) and blocks on the codes (no
-step completes for 1 s); then the assigner is killed (SIGKILL), so the step it
+step completes for 2 s); then the assigner is killed (SIGKILL), so the step it
 was sent is never answered.  The trainer names the timeout, says hello to the
 restarted assigner and sends the step again.
   epoch 0   (no queue yet: --epoch_queue_starts 1): the restarted assigner
@@ -60,7 +60,7 @@ def kill_mid_step(dump):
     os.kill(pid, signal.SIGSTOP)
     stopped.append(pid)
     last, since = T.steps_done(dump), time.time()
-    while time.time() - since < 1.0:
+    while time.time() - since < 2.0:
         time.sleep(0.05)
         if T.steps_done(dump) != last:
             last, since = T.steps_done(dump), time.time()
