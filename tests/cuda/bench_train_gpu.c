@@ -18,6 +18,7 @@
 #include "nn/cuda/backend_cuda.h"
 #include "nn/layers.h"
 #include "nn/resnet.h"
+#include "tests/nn/bench_step.h"
 
 int main(int argc, char **argv)
 {
@@ -35,26 +36,13 @@ int main(int argc, char **argv)
     cfg.plain_layout = 1;
     int batch = atoi(argv[2]);
     int steps = atoi(argv[4]);
-    if (argc >= 8) {
-        cfg.hidden_mlp = atoi(argv[5]);
-        cfg.feat_dim = atoi(argv[6]);
-        cfg.nmb_prototypes = atoi(argv[7]);
+    bench_head_args(&cfg, argc, argv, 5);
+    struct bench_crops crops;
+    if (bench_crops_parse(&crops, argv[3]) != 0) {
+        return 2;
     }
-    struct nn_crop_group groups[NN_MAX_GROUPS];
-    int ng = 0, n_crops = 0;
-    for (const char *p = argv[3]; *p && ng < NN_MAX_GROUPS;) {
-        int n, s, used;
-        if (sscanf(p, "%dx%d%n", &n, &s, &used) != 2) {
-            fprintf(stderr, "bad crops %s\n", argv[3]);
-            return 2;
-        }
-        groups[ng++] = (struct nn_crop_group){n, s};
-        n_crops += n;
-        p += used;
-        if (*p == ',') {
-            p++;
-        }
-    }
+    const struct nn_crop_group *groups = crops.groups;
+    int ng = crops.n_groups, n_crops = crops.n_crops;
     nn_backend_t *be = nn_backend_cuda_new(0);
     if (!be) {
         return 2;

@@ -19,6 +19,7 @@
 #include "nn/cuda/backend_cuda.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
+#include "tests/nn/bench_step.h"
 
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
@@ -342,39 +343,6 @@ static void test_losses(void)
     pair_free(&lo), pair_free(&t), pair_free(&lp2), pair_free(&dl);
 }
 
-/* distributed_sinkhorn with one rank, on the host (as tests/nn/bench_train.c) */
-static void sinkhorn_ref(float *q, const float *scores, int B, int K, float eps, int iters)
-{
-    double total = 0, *rows = calloc((size_t)K, sizeof(double));
-    for (int i = 0; i < B * K; i++) {
-        q[i] = expf(scores[i] / eps);
-        total += q[i];
-    }
-    for (int i = 0; i < B * K; i++) {
-        q[i] = (float)(q[i] / total);
-    }
-    for (int it = 0; it < iters; it++) {
-        memset(rows, 0, sizeof(double) * (size_t)K);
-        for (int b = 0; b < B; b++)
-            for (int k = 0; k < K; k++)
-                rows[k] += q[b * K + k];
-        for (int b = 0; b < B; b++)
-            for (int k = 0; k < K; k++)
-                q[b * K + k] = (float)(q[b * K + k] / rows[k] / K);
-        for (int b = 0; b < B; b++) {
-            double col = 0;
-            for (int k = 0; k < K; k++)
-                col += q[b * K + k];
-            for (int k = 0; k < K; k++)
-                q[b * K + k] = (float)(q[b * K + k] / col / B);
-        }
-    }
-    for (int i = 0; i < B * K; i++) {
-        q[i] *= (float)B;
-    }
-    free(rows);
-}
-
 static void test_step_pieces(void)
 {
     /* crops */
@@ -399,7 +367,10 @@ static void test_step_pieces(void)
     /* sinkhorn */
     int B = 300, K = 64; /* 3 row chunks of the column sums */
     struct pair s = pair_new((size_t)B * K, 0.3), q = pair_new(s.n, 0);
-    sinkhorn_ref(q.c, s.c, B, K, 0.05f, 3);
+    double *rows = malloc(sizeof(double) * K), *cols = malloc(sizeof(double) * B);
+    bench_sinkhorn_ref(q.c, s.c, B, K, 0.05f, 3, rows, cols);
+    free(rows);
+    free(cols);
     nn_cuda_sinkhorn(gpu, q.g, s.g, B, K, 0.05f, 3);
     check("sinkhorn 300x64 (eps .05, 3 it)", &q, 1e-5);
     pair_free(&s), pair_free(&q);

@@ -7,7 +7,6 @@
  * 0 and 1, swapped-prediction loss, backward, SGD+LARC step (nn/optim.h).
  * One warm-up step (creates the primitives), then STEPS timed steps.  Prints
  * "images/s X" (images = batch, as the reference counts them). */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,39 +17,7 @@
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "nn/resnet.h"
-
-/* Sinkhorn-Knopp on scores (B, K) as distributed_sinkhorn with one rank. */
-static void sinkhorn(float *q, const float *scores, int B, int K, float eps, int iters,
-                     double *rows, double *cols)
-{
-    double total = 0;
-    for (int i = 0; i < B * K; i++) {
-        q[i] = expf(scores[i] / eps);
-        total += q[i];
-    }
-    for (int i = 0; i < B * K; i++) {
-        q[i] = (float)(q[i] / total);
-    }
-    for (int it = 0; it < iters; it++) {
-        memset(rows, 0, sizeof(double) * K);
-        for (int b = 0; b < B; b++)
-            for (int k = 0; k < K; k++)
-                rows[k] += q[b * K + k];
-        for (int b = 0; b < B; b++)
-            for (int k = 0; k < K; k++)
-                q[b * K + k] = (float)(q[b * K + k] / rows[k] / K);
-        for (int b = 0; b < B; b++) {
-            cols[b] = 0;
-            for (int k = 0; k < K; k++)
-                cols[b] += q[b * K + k];
-            for (int k = 0; k < K; k++)
-                q[b * K + k] = (float)(q[b * K + k] / cols[b] / B);
-        }
-    }
-    for (int i = 0; i < B * K; i++) {
-        q[i] *= (float)B;
-    }
-}
+#include "tests/nn/bench_step.h"
 
 int main(int argc, char **argv)
 {
@@ -65,26 +32,13 @@ int main(int argc, char **argv)
     int batch = atoi(argv[3]);
     int steps = atoi(argv[5]);
     int threads = atoi(argv[6]);
-    if (argc >= 10) {
-        cfg.hidden_mlp = atoi(argv[7]);
-        cfg.feat_dim = atoi(argv[8]);
-        cfg.nmb_prototypes = atoi(argv[9]);
+    bench_head_args(&cfg, argc, argv, 7);
+    struct bench_crops crops;
+    if (bench_crops_parse(&crops, argv[4]) != 0) {
+        return 2;
     }
-    struct nn_crop_group groups[NN_MAX_GROUPS];
-    int ng = 0, n_crops = 0;
-    for (const char *p = argv[4]; *p && ng < NN_MAX_GROUPS;) {
-        int n, s, used;
-        if (sscanf(p, "%dx%d%n", &n, &s, &used) != 2) {
-            fprintf(stderr, "bad crops %s\n", argv[4]);
-            return 2;
-        }
-        groups[ng++] = (struct nn_crop_group){n, s};
-        n_crops += n;
-        p += used;
-        if (*p == ',') {
-            p++;
-        }
-    }
+    const struct nn_crop_group *groups = crops.groups;
+    int ng = crops.n_groups, n_crops = crops.n_crops;
     nn_backend_t *be = nn_backend_cpu_new(threads);
     struct nn_model *m = nn_model_new(be, &cfg, groups, ng, batch);
     if (!m) {
@@ -125,7 +79,7 @@ int main(int argc, char **argv)
         nn_model_forward(m, (const float *const *)inputs, batch, NN_MODEL_TRAIN);
         double tb = swav_now_s();
         for (int i = 0; i < 2; i++) {
-            sinkhorn(q + (size_t)i * batch * K, m->scores + (size_t)assign[i] * batch * K, batch, K,
+            bench_sinkhorn_ref(q + (size_t)i * batch * K, m->scores + (size_t)assign[i] * batch * K, batch, K,
                      0.05f, 3, rows, cols);
         }
         struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, K);
