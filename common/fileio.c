@@ -1,8 +1,9 @@
-/* Atomic file writes and bounded reads: see fileio.h. */
+/* Atomic file writes, bounded reads, folders: see fileio.h. */
 #include "fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -191,6 +192,43 @@ int swav_mkdirs(const char *path, char *err, size_t errlen)
         int e = errno;
         snprintf(err, errlen, "cannot create folder %s: %s", p, strerror(e));
         return -e;
+    }
+    return 0;
+}
+
+/* nftw's callback has no argument of its own: the first failure goes here. */
+static _Thread_local int rm_errno;
+static _Thread_local char rm_failed[PATH_MAX];
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    if (remove(path) != 0 && errno != ENOENT && !rm_errno) {
+        rm_errno = errno;
+        snprintf(rm_failed, sizeof rm_failed, "%s", path);
+    }
+    return 0;
+}
+
+int swav_rm_tree(const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT) return 0;
+        int e = errno;
+        snprintf(err, errlen, "cannot remove %s: %s", path, strerror(e));
+        return -e;
+    }
+    rm_errno = 0;
+    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && !rm_errno) {
+        rm_errno = errno;
+        snprintf(rm_failed, sizeof rm_failed, "%s", path);
+    }
+    if (rm_errno) {
+        snprintf(err, errlen, "cannot remove %s: %s", rm_failed, strerror(rm_errno));
+        return -rm_errno;
     }
     return 0;
 }

@@ -1,7 +1,7 @@
 /* Files: atomic replacement (temporary file in the same folder, fsync, rename,
  * fsync of the folder) so that a reader never sees a half-written checkpoint,
- * queue or index, even across a crash or a full disk; and bounded reads of
- * whole files.  Functions return 0 on success, or -errno with a message in
+ * queue or index, even across a crash or a full disk; bounded reads of
+ * whole files; folders made and removed.  Functions return 0 on success, or -errno with a message in
  * `err` naming the path. */
 #ifndef SWAV_COMMON_FILEIO_H
 #define SWAV_COMMON_FILEIO_H
@@ -20,5 +20,9 @@ int swav_file_read_all(const char *path, size_t max_len, void **data, size_t *le
                        size_t errlen);
 /* mkdir -p with mode 0755. */
 int swav_mkdirs(const char *path, char *err, size_t errlen);
+/* rm -rf of a folder we made (a failed data set, a run's socket folder):
+ * links are removed, never followed; a missing path is no error.  Goes on
+ * past an entry it cannot remove and reports the first one. */
+int swav_rm_tree(const char *path, char *err, size_t errlen);
 
 #endif

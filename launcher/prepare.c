@@ -9,13 +9,11 @@
 #include "prepare.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <turbojpeg.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -191,20 +189,6 @@ out:
     return rc;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* Removes our own temporary folder after a failed run. */
-static void rm_tree(const char *path)
-{
-    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 int swav_prepare_main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[0], "fashion-mnist") != 0) {
@@ -256,8 +240,8 @@ int swav_prepare_main(int argc, char **argv)
         }
     }
     tjDestroy(tj);
-    if (rc != 0) {
-        rm_tree(tmp);
+    if (rc != 0 && swav_rm_tree(tmp, err, sizeof err) != 0) {
+        fprintf(stderr, "swav prepare: %s\n", err);
     }
     return rc;
 }

@@ -15,7 +15,6 @@
  * has finished.  dump_path/status.json holds the live state (`swav status`). */
 #include "train.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -391,21 +390,6 @@ static void wait_for_evaluator(struct sup *s, int i_eval, struct tail *t, const 
     }
 }
 
-static void remove_socket_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[PATH_MAX];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 /* ---- main --------------------------------------------------------------------- */
 
 int swav_train_main(int argc, char **argv, const char *self_dir)
@@ -613,7 +597,7 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
     json_decref(st);
     json_decref(p);
     sup_free(&s);
-    remove_socket_dir(sock);
+    if (swav_rm_tree(sock, err, sizeof err) != 0) LOG_WARN("%s", err);
     LOG_INFO("run %s %s (status in %s)", run, state, status_path);
     return rc;
 }

@@ -149,9 +149,42 @@ int main(void)
     rc = swav_mkdirs(under_file, err, sizeof err);
     CHECK(rc == -ENOTDIR && strstr(err, "state.json"), "mkdirs under a file: %d %s", rc, err);
 
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+    /* rm_tree: files, folders, a socket-like leftover and a link out of the
+     * tree (removed, not followed) */
+    char tree[512], outside[512], p2[600];
+    snprintf(tree, sizeof tree, "%s/tree", g_dir);
+    snprintf(outside, sizeof outside, "%s/outside", g_dir);
+    CHECK(swav_file_write_atomic(outside, "keep", 4, err, sizeof err) == 0, "write: %s", err);
+    snprintf(p2, sizeof p2, "%s/x/y/z", tree);
+    CHECK(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
+    snprintf(p2, sizeof p2, "%s/x/y/z/f", tree);
+    CHECK(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
+    snprintf(p2, sizeof p2, "%s/x/f", tree);
+    CHECK(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
+    snprintf(p2, sizeof p2, "%s/x/link", tree);
+    CHECK(symlink(g_dir, p2) == 0, "symlink: %s", strerror(errno));
+    CHECK(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree: %s", err);
+    CHECK(lstat(tree, &st) != 0 && errno == ENOENT, "the tree is gone");
+    CHECK(read_is(outside, "keep"), "the link's target is untouched");
+    CHECK(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree of a missing path: %s", err);
+    if (geteuid() != 0) {
+        /* a folder we cannot write: the entry is named, the rest still goes */
+        snprintf(p2, sizeof p2, "%s/ro/sub", tree);
+        CHECK(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
+        snprintf(p2, sizeof p2, "%s/ro/sub/f", tree);
+        CHECK(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
+        snprintf(p2, sizeof p2, "%s/other", tree);
+        CHECK(swav_file_write_atomic(p2, "o", 1, err, sizeof err) == 0, "write: %s", err);
+        snprintf(p2, sizeof p2, "%s/ro/sub", tree);
+        chmod(p2, 0555);
+        rc = swav_rm_tree(tree, err, sizeof err);
+        CHECK(rc == -EACCES && strstr(err, "ro/sub/f"), "read-only folder: %d %s", rc, err);
+        snprintf(p2, sizeof p2, "%s/other", tree);
+        CHECK(access(p2, F_OK) != 0, "the other entries are removed");
+        snprintf(p2, sizeof p2, "%s/ro/sub", tree);
+        chmod(p2, 0755);
+    }
+    CHECK(swav_rm_tree(g_dir, err, sizeof err) == 0, "rm_tree of the test folder: %s", err);
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }

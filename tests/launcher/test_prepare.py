@@ -3,8 +3,9 @@
 
 Runs `swav prepare fashion-mnist OUT --limit N`, then checks with PIL that every
 image decodes to the IDX pixels (JPEG q95: mean absolute error <= 3 levels) and
-sits in the folder of its label; that a second run leaves the folder alone; and
-that a bad flag and a missing source fail with a message naming them."""
+sits in the folder of its label; that a second run leaves the folder alone;
+that a bad flag and a missing source fail with a message naming them; and
+that a failure after the train split leaves no temporary folder behind."""
 import gzip, os, subprocess, sys, tempfile
 import numpy as np
 from PIL import Image
@@ -61,4 +62,15 @@ with tempfile.TemporaryDirectory() as tmp:
                        capture_output=True, text=True)
     check(r.returncode != 0 and "none" in r.stderr and not os.path.exists(out + "3"),
           "missing source: " + r.stderr)
+    # the test split missing: the train split was written to the temporary
+    # folder, which goes again (swav_rm_tree)
+    half = os.path.join(tmp, "half")
+    os.mkdir(half)
+    for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        os.symlink(f"{src}/{f}", os.path.join(half, f))
+    r = subprocess.run([swav, "prepare", "fashion-mnist", out + "4", "--source", half,
+                        "--limit", "20"], capture_output=True, text=True)
+    left = [f for f in os.listdir(tmp) if f.startswith("fm4")]
+    check(r.returncode != 0 and "t10k-images" in r.stderr and "train: 20 images" in r.stderr
+          and not left, f"missing test split: {r.stderr} left: {left}")
 sys.exit(1 if fails else 0)
