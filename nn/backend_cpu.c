@@ -684,16 +684,24 @@ data:
 struct cpu_bn {
     unsigned flags;
     int64_t channels;
+    /* fwd: normalization with given statistics (train mode: the ones
+     * cpu_bn_stats computed, in double); fwd_hint: the batch-statistics
+     * forward, only the hint the backward is created from */
     struct cpu_prim fwd, inf, bwd;
+    dnnl_primitive_desc_t fwd_hint;
     size_t ws_bytes;
     dnnl_memory_t src, dst, scale, shift, mean, var, ws, dsrc, ddst, dscale, dshift;
     float *tmp; /* (2C): diff scale, diff shift before they are added */
+    double *mean_d, *m2_d; /* (C): batch statistics of the last train forward */
 };
 
 static void cpu_bn_free(void *op)
 {
     struct cpu_bn *n = op;
     cpu_prim_free(&n->fwd);
+    if (n->fwd_hint) {
+        dnnl_primitive_desc_destroy(n->fwd_hint);
+    }
     cpu_prim_free(&n->inf);
     cpu_prim_free(&n->bwd);
     dnnl_memory_t *ms[] = {&n->src, &n->dst, &n->scale, &n->shift, &n->mean, &n->var,
@@ -702,16 +710,19 @@ static void cpu_bn_free(void *op)
         cpu_mem_free(ms[i]);
     }
     free(n->tmp);
+    free(n->mean_d);
+    free(n->m2_d);
     free(n);
 }
 
-static unsigned cpu_bn_dnnl_flags(unsigned flags, int with_relu)
+/* global: the primitive reads mean and variance instead of computing them */
+static unsigned cpu_bn_dnnl_flags(unsigned flags, int global)
 {
     unsigned f = dnnl_use_scale | dnnl_use_shift;
-    if (!(flags & NN_BN_TRAIN)) {
+    if (global) {
         f |= dnnl_use_global_stats;
     }
-    if (with_relu && (flags & NN_BN_RELU)) {
+    if (flags & NN_BN_RELU) {
         f |= dnnl_fuse_norm_relu;
     }
     return f;
@@ -736,6 +747,13 @@ static struct cpu_bn *cpu_bn_get(struct cpu_backend *b, const struct nn_tensor *
     dnnl_memory_desc_t md = cpu_md(inp), cmd = cpu_md_1d(inp->shape[1]);
     dnnl_batch_normalization_desc_t d;
     dnnl_primitive_attr_t attr = cpu_attr();
+    int train = (flags & NN_BN_TRAIN) != 0;
+    /* Train mode: oneDNN 2.6 accumulates the batch statistics in fp32, which
+     * costs precision where the conv output's mean is large against its
+     * spread; cpu_bn_stats computes them in double and the forward runs
+     * with them as given statistics (dnnl_use_global_stats).  The backward
+     * still wants the batch-statistics forward as its hint: its workspace
+     * (the ReLU mask) is checked to be the same. */
     DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_training, &md, eps,
                                                           cpu_bn_dnnl_flags(flags, 1)));
     cpu_prim_create(b, &n->fwd, &d, attr, NULL);
@@ -744,12 +762,22 @@ static struct cpu_bn *cpu_bn_get(struct cpu_backend *b, const struct nn_tensor *
     if (n->ws_bytes) {
         n->ws = cpu_mem(b, wsmd);
     }
+    const_dnnl_primitive_desc_t hint = n->fwd.pd;
+    if (train) {
+        DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_training, &md, eps,
+                                                              cpu_bn_dnnl_flags(flags, 0)));
+        DNNL_CHECK(dnnl_primitive_desc_create(&n->fwd_hint, &d, attr, b->eng, NULL));
+        const dnnl_memory_desc_t *hws = dnnl_primitive_desc_query_md(n->fwd_hint, dnnl_query_workspace_md, 0);
+        SWAV_ASSERT((hws ? dnnl_memory_desc_get_size(hws) : 0) == n->ws_bytes);
+        SWAV_ASSERT(!n->ws_bytes || dnnl_memory_desc_equal(hws, wsmd));
+        hint = n->fwd_hint;
+    }
     DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_inference, &md, eps,
                                                           cpu_bn_dnnl_flags(flags, 1)));
     cpu_prim_create(b, &n->inf, &d, attr, NULL);
     DNNL_CHECK(dnnl_batch_normalization_backward_desc_init(&d, dnnl_backward, &md, &md, eps,
-                                                           cpu_bn_dnnl_flags(flags, 1)));
-    cpu_prim_create(b, &n->bwd, &d, attr, n->fwd.pd);
+                                                           cpu_bn_dnnl_flags(flags, !train)));
+    cpu_prim_create(b, &n->bwd, &d, attr, hint);
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
     n->src = cpu_mem(b, &md);
     n->dst = cpu_mem(b, &md);
@@ -762,10 +790,153 @@ static struct cpu_bn *cpu_bn_get(struct cpu_backend *b, const struct nn_tensor *
     n->dscale = cpu_mem(b, &cmd);
     n->dshift = cpu_mem(b, &cmd);
     n->tmp = swav_xcalloc((size_t)(2 * n->channels), sizeof(float));
+    n->mean_d = swav_xcalloc((size_t)n->channels, sizeof(double));
+    n->m2_d = swav_xcalloc((size_t)n->channels, sizeof(double));
     cpu_mem_set(n->dscale, n->tmp);
     cpu_mem_set(n->dshift, n->tmp + n->channels);
     cpu_cache_put(b, key, n, cpu_bn_free);
     return n;
+}
+
+/* Per-channel batch statistics of a BN input, to double precision: sums of
+ * d = x - k_c, k_c the channel's first value (a shift that keeps the one
+ * pass exact enough however large the mean is against the spread), over
+ * (N, H, W).  Runs of CPU_BN_RUN values per channel are summed in float
+ * (where they lose nothing measurable: they are short and shifted), the
+ * runs in double.  One task per block of 8 channels and a fixed order inside
+ * it: the same bits for any thread count.  Writes the mean and
+ * M2 = sum (x - mean)^2. */
+#define CPU_BN_RUN 64
+
+/* A block of `lanes` (<= 8) channels: element (o, i, l) at
+ * x[o * ostride + i * istride + l]. */
+static void cpu_bn_stats_lanes(const float *x, int lanes, int64_t outer, int64_t ostride,
+                               int64_t inner, int64_t istride, double *mean, double *m2)
+{
+    float k[8] = {0}, f1[8] = {0}, f2[8] = {0};
+    double s1[8] = {0}, s2[8] = {0};
+    for (int l = 0; l < lanes; l++) {
+        k[l] = x[l];
+    }
+    int run = 0;
+    for (int64_t o = 0; o < outer; o++) {
+        const float *p = x + o * ostride;
+        for (int64_t i = 0; i < inner; i++) {
+            const float *q = p + i * istride;
+            for (int l = 0; l < lanes; l++) {
+                float d = q[l] - k[l];
+                f1[l] += d;
+                f2[l] += d * d;
+            }
+            if (++run == CPU_BN_RUN) {
+                for (int l = 0; l < 8; l++) {
+                    s1[l] += f1[l];
+                    s2[l] += f2[l];
+                    f1[l] = f2[l] = 0;
+                }
+                run = 0;
+            }
+        }
+    }
+    double n = (double)(outer * inner);
+    for (int l = 0; l < lanes; l++) {
+        s1[l] += f1[l];
+        s2[l] += f2[l];
+        mean[l] = k[l] + s1[l] / n;
+        double v = s2[l] - s1[l] * s1[l] / n;
+        m2[l] = v > 0 ? v : 0;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CPU_HAVE_AVX2_PATH 1
+/* The same sums over 8 full lanes with AVX2 (same run length, so the same
+ * grouping of the float sums; FMA rounding differs in the last bit). */
+__attribute__((target("avx2,fma"))) static void
+cpu_bn_stats_lanes8_avx2(const float *x, int64_t outer, int64_t ostride, int64_t inner,
+                         int64_t istride, double *mean, double *m2)
+{
+    __m256 k = _mm256_loadu_ps(x), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps();
+    __m256d s1lo = _mm256_setzero_pd(), s1hi = s1lo, s2lo = s1lo, s2hi = s1lo;
+    int run = 0;
+    for (int64_t o = 0; o < outer; o++) {
+        const float *p = x + o * ostride;
+        for (int64_t i = 0; i < inner; i++) {
+            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(p + i * istride), k);
+            f1 = _mm256_add_ps(f1, d);
+            f2 = _mm256_fmadd_ps(d, d, f2);
+            if (++run == CPU_BN_RUN) {
+                s1lo = _mm256_add_pd(s1lo, _mm256_cvtps_pd(_mm256_castps256_ps128(f1)));
+                s1hi = _mm256_add_pd(s1hi, _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1)));
+                s2lo = _mm256_add_pd(s2lo, _mm256_cvtps_pd(_mm256_castps256_ps128(f2)));
+                s2hi = _mm256_add_pd(s2hi, _mm256_cvtps_pd(_mm256_extractf128_ps(f2, 1)));
+                f1 = f2 = _mm256_setzero_ps();
+                run = 0;
+            }
+        }
+    }
+    s1lo = _mm256_add_pd(s1lo, _mm256_cvtps_pd(_mm256_castps256_ps128(f1)));
+    s1hi = _mm256_add_pd(s1hi, _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1)));
+    s2lo = _mm256_add_pd(s2lo, _mm256_cvtps_pd(_mm256_castps256_ps128(f2)));
+    s2hi = _mm256_add_pd(s2hi, _mm256_cvtps_pd(_mm256_extractf128_ps(f2, 1)));
+    double s1[8], s2[8];
+    float kk[8];
+    _mm256_storeu_pd(s1, s1lo);
+    _mm256_storeu_pd(s1 + 4, s1hi);
+    _mm256_storeu_pd(s2, s2lo);
+    _mm256_storeu_pd(s2 + 4, s2hi);
+    _mm256_storeu_ps(kk, k);
+    double n = (double)(outer * inner);
+    for (int l = 0; l < 8; l++) {
+        mean[l] = kk[l] + s1[l] / n;
+        double v = s2[l] - s1[l] * s1[l] / n;
+        m2[l] = v > 0 ? v : 0;
+    }
+}
+#endif
+
+static void cpu_bn_stats_block(const float *x, int lanes, int64_t outer, int64_t ostride,
+                               int64_t inner, int64_t istride, double *mean, double *m2)
+{
+#ifdef CPU_HAVE_AVX2_PATH
+    static int avx2 = -1;
+    if (avx2 < 0) {
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    if (avx2 && lanes == 8) {
+        cpu_bn_stats_lanes8_avx2(x, outer, ostride, inner, istride, mean, m2);
+        return;
+    }
+#endif
+    cpu_bn_stats_lanes(x, lanes, outer, ostride, inner, istride, mean, m2);
+}
+
+static void cpu_bn_stats(const struct nn_tensor *t, double *mean, double *m2)
+{
+    int64_t N = t->shape[0], C = t->shape[1];
+    int64_t HW = t->ndim == 4 ? t->shape[2] * t->shape[3] : 1;
+    const float *x = t->data;
+    if (t->ndim == 4 && t->layout == NN_LAYOUT_NCHW) {
+#pragma omp parallel for schedule(static) if (N * C * HW > 32768)
+        for (int64_t c = 0; c < C; c++) {
+            cpu_bn_stats_lanes(x + c * HW, 1, N, C * HW, HW, 1, mean + c, m2 + c);
+        }
+        return;
+    }
+    int64_t CB = (C + 7) / 8;
+    int blocked = t->ndim == 4; /* nChw8c, else (N, C) row-major */
+    SWAV_ASSERT(!blocked || t->layout == NN_LAYOUT_NCHW8C);
+#pragma omp parallel for schedule(static) if (N * C * HW > 32768)
+    for (int64_t cb = 0; cb < CB; cb++) {
+        int lanes = (int)(C - cb * 8 < 8 ? C - cb * 8 : 8);
+        if (blocked) {
+            cpu_bn_stats_block(x + cb * HW * 8, lanes, N, CB * HW * 8, HW, 8, mean + cb * 8,
+                               m2 + cb * 8);
+        } else {
+            cpu_bn_stats_block(x + cb * 8, lanes, N, C, 1, 0, mean + cb * 8, m2 + cb * 8);
+        }
+    }
 }
 
 static size_t cpu_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
@@ -784,6 +955,14 @@ static void cpu_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out,
     SWAV_ASSERT(out->layout == inp->layout && out->ndim == inp->ndim);
     struct cpu_bn *n = cpu_bn_get(b, inp, flags, eps);
     int train = (flags & NN_BN_TRAIN) != 0;
+    double count = (double)nn_tensor_numel(inp) / (double)inp->shape[1];
+    if (train) {
+        cpu_bn_stats(inp, n->mean_d, n->m2_d);
+        for (int64_t c = 0; c < n->channels; c++) {
+            save_mean[c] = (float)n->mean_d[c];
+            save_var[c] = (float)(n->m2_d[c] / count);
+        }
+    }
     cpu_mem_set(n->src, inp->data);
     cpu_mem_set(n->dst, out->data);
     cpu_mem_set(n->scale, weight);
@@ -805,11 +984,10 @@ static void cpu_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out,
         cpu_exec(b, &n->fwd, nargs, args);
     }
     if (train) {
-        double count = (double)nn_tensor_numel(inp) / (double)inp->shape[1];
-        float unbias = count > 1 ? (float)(count / (count - 1)) : 1.0f;
         for (int64_t c = 0; c < n->channels; c++) {
-            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * save_mean[c];
-            running_var[c] = (1 - momentum) * running_var[c] + momentum * save_var[c] * unbias;
+            double uvar = n->m2_d[c] / (count > 1 ? count - 1 : 1);
+            running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * n->mean_d[c]);
+            running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * uvar);
         }
     }
 }
