@@ -815,6 +815,64 @@ float *nn_model_buffer(struct nn_model *m, const char *name)
     return i < 0 ? NULL : m->buffer_data + m->buffers.p[i].offset;
 }
 
+int nn_model_activation(const struct nn_model *m, int group, const char *name,
+                        struct nn_tensor *out)
+{
+    const struct nn_model_impl *I = m->impl;
+    if (!strncmp(name, "projection_head.", 16)) {
+        if (!I->hidden || m->n_rows < 1) {
+            return -1;
+        }
+        if (!strcmp(name + 16, "0")) {
+            *out = nn_tensor_2d(I->h0, m->n_rows, I->hidden);
+        } else if (!strcmp(name + 16, "1")) {
+            *out = nn_tensor_2d(I->h1, m->n_rows, I->hidden);
+        } else {
+            return -1;
+        }
+        return 0;
+    }
+    if (group < 0 || group >= m->n_groups) {
+        return -1;
+    }
+    const struct rn_group_act *g = &I->g[group];
+    if (!strcmp(name, "conv1")) {
+        *out = g->stem.x;
+        return 0;
+    }
+    if (!strcmp(name, "bn1")) {
+        *out = g->stem.y;
+        return 0;
+    }
+    int counts[4], bottleneck, s, j, used = 0;
+    rn_stage_counts(m->cfg.depth, counts, &bottleneck);
+    if (sscanf(name, "layer%d.%d%n", &s, &j, &used) != 2 || s < 1 || s > 4 || j < 0 ||
+        j >= counts[s - 1]) {
+        return -1;
+    }
+    int bi = j;
+    for (int i = 0; i < s - 1; i++) {
+        bi += counts[i];
+    }
+    const struct rn_block_act *a = &g->blocks[bi];
+    const char *rest = name + used;
+    int k = 0, kused = 0;
+    if (!*rest) {
+        *out = a->out;
+    } else if (I->blocks[bi].has_ds && !strcmp(rest, ".downsample.0")) {
+        *out = a->d.x;
+    } else if (I->blocks[bi].has_ds && !strcmp(rest, ".downsample.1")) {
+        *out = a->d.y;
+    } else if ((sscanf(rest, ".conv%d%n", &k, &kused) == 1 ||
+                sscanf(rest, ".bn%d%n", &k, &kused) == 1) &&
+               !rest[kused] && k >= 1 && k <= (bottleneck ? 3 : 2)) {
+        *out = rest[1] == 'c' ? a->u[k - 1].x : a->u[k - 1].y;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 size_t nn_model_arena_bytes(const struct nn_model *m)
 {
     return m->impl->arena.size;

@@ -106,6 +106,19 @@ float *nn_model_param(struct nn_model *m, const char *name);
 float *nn_model_grad(struct nn_model *m, const char *name);
 float *nn_model_buffer(struct nn_model *m, const char *name);
 
+/* A saved activation of the last forward, by the reference's module name,
+ * for tests and diagnostics (it stays valid until the next forward):
+ * crop group `group`'s "conv1" / "layerS.J.convK" / "layerS.J.downsample.0"
+ * (convolution outputs), "bn1" / "layerS.J.bnK" / "layerS.J.downsample.1"
+ * (batch-norm outputs, after the ReLU where one is fused: the stem's, and
+ * every block's but the last), "layerS.J" (block output, after its ReLU);
+ * the head's "projection_head.0" (Linear) and "projection_head.1" (BN1d +
+ * ReLU), whatever `group`.  Backbone tensors are in the model's layout
+ * (nChw8c or NCHW), head ones (rows, hidden).  Returns 0 and a view in *out,
+ * or -1 for an unknown name or group. */
+int nn_model_activation(const struct nn_model *m, int group, const char *name,
+                        struct nn_tensor *out);
+
 /* Bytes of the activation arena (for logs and docs). */
 size_t nn_model_arena_bytes(const struct nn_model *m);
 
