@@ -8,16 +8,26 @@
  *                           eval_out.bin (eval-mode forward: embedding then
  *                           scores), train_out.bin (train-mode forward),
  *                           and if DIR/q.bin exists: loss.bin, grads.bin
- *                           (flat, table order), buffers_after.bin
+ *                           (flat, table order), buffers_after.bin, and
+ *                           with "lr" in cfg.txt one SGD + LARC step
+ *                           (nn_optim_config_swav(wd, 0), iteration 0):
+ *                           params_after.bin, momentum_after.bin
+ *                           Also relu_masks.bin / relu_masks.txt: for every
+ *                           ReLU of the train-mode forward (per crop group:
+ *                           bn1, each block's inner BN+ReLUs and its output;
+ *                           the head's BN1d+ReLU once), one byte per value
+ *                           in NCHW order, 1 where the output is > 0; the
+ *                           .txt lists "group name count" in file order.
  *
  * cfg.txt: one "key values..." per line: depth, width, small_stem,
  * hidden_mlp, feat_dim, nmb_prototypes, batch, group (n_crops size; repeated),
- * temperature, assign (crop ids), threads. */
+ * temperature, assign (crop ids), threads, plain_layout, lr, wd. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nn/layers.h"
+#include "nn/optim.h"
 #include "nn/resnet.h"
 
 struct tool_cfg {
@@ -26,6 +36,7 @@ struct tool_cfg {
     int n_groups, batch, n_assign, threads;
     int assign[16];
     float temperature;
+    double lr, wd; /* lr 0: no optimizer step */
 };
 
 static int read_cfg(const char *dir, struct tool_cfg *c)
@@ -58,6 +69,8 @@ static int read_cfg(const char *dir, struct tool_cfg *c)
         else if (!strcmp(key, "batch")) c->batch = atoi(v);
         else if (!strcmp(key, "threads")) c->threads = atoi(v);
         else if (!strcmp(key, "temperature")) c->temperature = (float)atof(v);
+        else if (!strcmp(key, "lr")) c->lr = atof(v);
+        else if (!strcmp(key, "wd")) c->wd = atof(v);
         else if (!strcmp(key, "group") && c->n_groups < NN_MAX_GROUPS) {
             sscanf(v, "%d %d", &c->groups[c->n_groups].n_crops, &c->groups[c->n_groups].size);
             c->n_groups++;
@@ -122,6 +135,75 @@ static void write_outputs(const char *dir, const char *name, struct nn_model *m)
     free(buf);
 }
 
+static void write_mask(FILE *bin, FILE *txt, struct nn_model *m, int group, const char *name)
+{
+    struct nn_tensor t;
+    if (nn_model_activation(m, group, name, &t) != 0) {
+        fprintf(stderr, "nn_ref_tool: no activation %s in group %d\n", name, group);
+        exit(1);
+    }
+    size_t n = nn_tensor_numel(&t);
+    float *plain = malloc(n * sizeof(float));
+    unsigned char *mask = malloc(n);
+    if (t.ndim == 4) {
+        struct nn_tensor p = t;
+        p.data = plain;
+        p.layout = NN_LAYOUT_NCHW;
+        nn_tensor_convert(&p, &t);
+    } else {
+        memcpy(plain, t.data, n * sizeof(float));
+    }
+    for (size_t i = 0; i < n; i++) {
+        mask[i] = plain[i] > 0;
+    }
+    if (fwrite(mask, 1, n, bin) != n) {
+        fprintf(stderr, "nn_ref_tool: cannot write relu_masks.bin\n");
+        exit(1);
+    }
+    fprintf(txt, "%d %s %zu\n", group, name, n);
+    free(plain);
+    free(mask);
+}
+
+/* The ReLU masks of the last (train-mode) forward, in the reference's order. */
+static void write_relu_masks(const char *dir, struct nn_model *m)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/relu_masks.bin", dir);
+    FILE *bin = fopen(path, "wb");
+    snprintf(path, sizeof path, "%s/relu_masks.txt", dir);
+    FILE *txt = fopen(path, "w");
+    if (!bin || !txt) {
+        fprintf(stderr, "nn_ref_tool: cannot write %s\n", path);
+        exit(1);
+    }
+    static const int c18[4] = {2, 2, 2, 2}, c34[4] = {3, 4, 6, 3}, c101[4] = {3, 4, 23, 3};
+    int depth = m->cfg.depth;
+    const int *counts = depth == 18 ? c18 : depth == 101 ? c101 : c34;
+    int inner = depth >= 50 ? 2 : 1; /* BN+ReLUs inside a block */
+    char name[64];
+    for (int g = 0; g < m->n_groups; g++) {
+        write_mask(bin, txt, m, g, "bn1");
+        for (int s = 0; s < 4; s++) {
+            for (int j = 0; j < counts[s]; j++) {
+                for (int k = 1; k <= inner; k++) {
+                    snprintf(name, sizeof name, "layer%d.%d.bn%d", s + 1, j, k);
+                    write_mask(bin, txt, m, g, name);
+                }
+                snprintf(name, sizeof name, "layer%d.%d", s + 1, j);
+                write_mask(bin, txt, m, g, name);
+            }
+        }
+    }
+    if (m->cfg.hidden_mlp > 0 && m->cfg.feat_dim > 0) {
+        write_mask(bin, txt, m, -1, "projection_head.1");
+    }
+    if (fclose(bin) != 0 || fclose(txt) != 0) {
+        fprintf(stderr, "nn_ref_tool: cannot write the relu masks\n");
+        exit(1);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -165,6 +247,7 @@ int main(int argc, char **argv)
     write_outputs(dir, "eval_out.bin", m);
     nn_model_forward(m, (const float *const *)inputs, c.batch, NN_MODEL_TRAIN);
     write_outputs(dir, "train_out.bin", m);
+    write_relu_masks(dir, m);
     size_t K = (size_t)c.rc.nmb_prototypes;
     float *q = malloc((size_t)c.n_assign * c.batch * K * sizeof(float));
     if (read_floats(dir, "q.bin", q, (size_t)c.n_assign * c.batch * K) == 0) {
@@ -184,6 +267,15 @@ int main(int argc, char **argv)
         write_floats(dir, "loss.bin", &loss, 1);
         write_floats(dir, "grads.bin", m->grad_data, m->params.total);
         write_floats(dir, "buffers_after.bin", m->buffer_data, m->buffers.total);
+        if (c.lr > 0) {
+            struct nn_optim_config oc = nn_optim_config_swav(c.wd, 0);
+            struct nn_optim o;
+            nn_optim_init(&o, &m->params, &oc);
+            nn_optim_step(&o, m->param_data, m->grad_data, c.lr, 0);
+            write_floats(dir, "params_after.bin", m->param_data, m->params.total);
+            write_floats(dir, "momentum_after.bin", o.momentum, m->params.total);
+            nn_optim_free(&o);
+        }
         free(logp);
         free(dscores);
     }
