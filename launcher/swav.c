@@ -27,6 +27,7 @@ static void usage(FILE *f)
             "                              OUT/train and OUT/test image folders\n"
             "  train [flags]               pretrain with SwAV: main_swav.py's flags, plus\n"
             "                              --nproc W --loaders N --workers M [--eval-data DIR]\n"
+            "                              [--eval_probes knn,linear,semisup] (docs/trainer.md)\n"
             "  status [DUMP_PATH]          live state of a run (default: .)\n"
             "  keygen DIR [NAME...]        CURVE keypairs DIR/NAME.key (0600, secret) and\n"
             "                              DIR/NAME.pub for each NAME (default: assigner\n"

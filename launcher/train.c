@@ -2,17 +2,20 @@
  *
  *   swav train [main_swav.py flags] [swav-trainer flags]
  *              --nproc W --loaders N --workers M [--eval-data DIR]
+ *              [--eval_probes knn,linear,semisup] [--eval_labels_perc 1|10]
  *
  * starts the assigner, N loaders (M decode threads each), W trainer ranks
  * and, with --eval-data (an ImageFolder with train/ and test/ or val/), the
- * evaluator, all talking over ipc:// sockets in a private folder.  Each
- * role's stderr goes to dump_path/logs/<role>.log; the launcher shows one
- * live progress line (from dump_path/train.jsonl) and repeats the roles'
- * warnings and errors.  A crashed loader, assigner or evaluator is restarted;
- * a crashed trainer restarts the whole trainer group, which resumes from the
- * last checkpoint (bounded retries).  SIGINT/SIGTERM: trainers stop first
- * (they write a checkpoint), then the rest.  The run ends when every trainer
- * has finished.  dump_path/status.json holds the live state (`swav status`). */
+ * evaluator (the probes of --eval_probes), all talking over ipc:// sockets
+ * in a private folder.  Each role's stderr goes to dump_path/logs/<role>.log;
+ * the launcher shows one live progress line (from dump_path/train.jsonl)
+ * and repeats the roles' warnings and errors.  A crashed loader, assigner or
+ * evaluator is restarted; a crashed trainer restarts the whole trainer group,
+ * which resumes from the last checkpoint (bounded retries).  SIGINT/SIGTERM:
+ * trainers stop first (they write a checkpoint), then the rest.  The run ends
+ * when every trainer has finished (and the evaluator has the last
+ * checkpoint's results, bounded).  dump_path/status.json holds the live state
+ * (`swav status`). */
 #include "train.h"
 
 #include <errno.h>
@@ -35,7 +38,7 @@
 #include "supervise.h"
 
 #define MAX_PASS 512
-#define EVAL_PROBES 2 /* the evaluator's default --probes knn,linear */
+#define MAX_PROBES 3 /* knn, linear, semisup */
 
 static volatile sig_atomic_t g_signal;
 static void on_signal(int sig) { g_signal = sig; }
@@ -49,6 +52,14 @@ struct train_opts {
     int verbose;
     int eval_size, eval_resize;
     int eval_train_limit, eval_val_limit; /* -1: the evaluator's default */
+    const char *eval_probes;       /* the evaluator's --probes, checked */
+    int eval_semisup;              /* semisup is among them */
+    int eval_labels_perc;          /* semisup: 1 or 10; 0: not given (10) */
+    const char *eval_subset_file;  /* semisup: a SimCLR list; "": a stratified draw */
+    int eval_semisup_epochs;       /* semisup: 0: the evaluator's default */
+    /* the probe names of eval.jsonl records to wait for at the end */
+    char probe_names[MAX_PROBES][16];
+    int n_probes;
     int trainer_retries;
     /* everything else goes to the trainers as it is */
     char *pass[MAX_PASS];
@@ -93,6 +104,46 @@ static void normalize_name(char *dst, size_t len, const char *arg)
     }
 }
 
+/* --eval_probes: a comma list of knn, linear, semisup (the evaluator's
+ * --probes), checked here so that a typo stops the run at once instead of
+ * the evaluator failing at every restart.  Fills the record names to wait
+ * for at the end: semisup's records are semisup1 / semisup10. */
+static void parse_probes(struct train_opts *o)
+{
+    static const char *const known[MAX_PROBES] = {"knn", "linear", "semisup"};
+    const char *p = o->eval_probes;
+    int seen[MAX_PROBES] = {0};
+    for (;;) {
+        size_t n = strcspn(p, ",");
+        int k = 0;
+        while (k < MAX_PROBES && !(strlen(known[k]) == n && !strncmp(p, known[k], n))) k++;
+        if (n == 0) {
+            fprintf(stderr, "swav train: --eval_probes: an empty entry in '%s' (want a comma "
+                    "list of knn, linear, semisup)\n", o->eval_probes);
+            exit(2);
+        }
+        if (k == MAX_PROBES) {
+            fprintf(stderr, "swav train: --eval_probes: '%.*s' is not knn, linear or semisup "
+                    "(in '%s')\n", (int)n, p, o->eval_probes);
+            exit(2);
+        }
+        seen[k] = 1;
+        if (!p[n]) break;
+        p += n + 1;
+    }
+    o->n_probes = 0;
+    for (int k = 0; k < MAX_PROBES; k++) {
+        if (!seen[k]) continue;
+        if (k == 2) {
+            snprintf(o->probe_names[o->n_probes++], sizeof o->probe_names[0], "semisup%d",
+                     o->eval_labels_perc ? o->eval_labels_perc : 10);
+        } else {
+            snprintf(o->probe_names[o->n_probes++], sizeof o->probe_names[0], "%s", known[k]);
+        }
+    }
+    o->eval_semisup = seen[2];
+}
+
 static void parse(struct train_opts *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
@@ -108,6 +159,9 @@ static void parse(struct train_opts *o, int argc, char **argv)
     o->trainer_retries = 3;
     o->eval_train_limit = -1;
     o->eval_val_limit = -1;
+    o->eval_probes = "knn,linear";
+    o->eval_subset_file = "";
+    int probes_given = 0;
     for (int i = 0; i < argc; i++) {
         char name[256];
         normalize_name(name, sizeof name, argv[i]);
@@ -123,13 +177,26 @@ static void parse(struct train_opts *o, int argc, char **argv)
         } else if (take_value(&i, argc, argv, "--eval_data", &v)) {
             o->eval_data = v;
         } else if (take_value(&i, argc, argv, "--eval_size", &v)) {
-            o->eval_size = parse_int_flag("--eval_size", v, 1, 4096);
+            o->eval_size = parse_int_flag("--eval_size", v, 8, 4096);
         } else if (take_value(&i, argc, argv, "--eval_resize", &v)) {
-            o->eval_resize = parse_int_flag("--eval_resize", v, 1, 4096);
+            o->eval_resize = parse_int_flag("--eval_resize", v, 8, 16384);
         } else if (take_value(&i, argc, argv, "--eval_train_limit", &v)) {
             o->eval_train_limit = parse_int_flag("--eval_train_limit", v, 0, 1 << 30);
         } else if (take_value(&i, argc, argv, "--eval_val_limit", &v)) {
             o->eval_val_limit = parse_int_flag("--eval_val_limit", v, 0, 1 << 30);
+        } else if (take_value(&i, argc, argv, "--eval_probes", &v)) {
+            o->eval_probes = v;
+            probes_given = 1;
+        } else if (take_value(&i, argc, argv, "--eval_labels_perc", &v)) {
+            o->eval_labels_perc = parse_int_flag("--eval_labels_perc", v, 1, 10);
+            if (o->eval_labels_perc != 1 && o->eval_labels_perc != 10) {
+                fprintf(stderr, "swav train: --eval_labels_perc: '%s' is not 1 or 10\n", v);
+                exit(2);
+            }
+        } else if (take_value(&i, argc, argv, "--eval_subset_file", &v)) {
+            o->eval_subset_file = v;
+        } else if (take_value(&i, argc, argv, "--eval_semisup_epochs", &v)) {
+            o->eval_semisup_epochs = parse_int_flag("--eval_semisup_epochs", v, 1, 100000);
         } else if (take_value(&i, argc, argv, "--trainer_retries", &v)) {
             o->trainer_retries = parse_int_flag("--trainer_retries", v, 0, 1000);
         } else if (!strcmp(name, "--verbose")) {
@@ -161,6 +228,25 @@ static void parse(struct train_opts *o, int argc, char **argv)
     }
     if (!o->data_path[0]) {
         fprintf(stderr, "swav train: --data_path DIR is required (an image folder)\n");
+        exit(2);
+    }
+    parse_probes(o);
+    int semisup_flags = o->eval_labels_perc || o->eval_subset_file[0] || o->eval_semisup_epochs;
+    if ((probes_given || semisup_flags) && !o->eval_data[0]) {
+        fprintf(stderr, "swav train: --eval_probes, --eval_labels_perc, --eval_subset_file "
+                        "and --eval_semisup_epochs need --eval-data DIR (the evaluator runs "
+                        "only with it)\n");
+        exit(2);
+    }
+    if (semisup_flags && !o->eval_semisup) {
+        fprintf(stderr, "swav train: --eval_labels_perc, --eval_subset_file and "
+                        "--eval_semisup_epochs need semisup in --eval_probes (now '%s')\n",
+                o->eval_probes);
+        exit(2);
+    }
+    if (o->eval_subset_file[0] && access(o->eval_subset_file, R_OK) != 0) {
+        fprintf(stderr, "swav train: --eval_subset_file %s: %s\n", o->eval_subset_file,
+                strerror(errno));
         exit(2);
     }
 }
@@ -344,14 +430,14 @@ static int64_t max_step_in(const char *path, const char *key)
     return best;
 }
 
-/* Distinct probes with a (non-baseline) result for a checkpoint at or after
- * final_step. */
-static int probes_done(const char *path, int64_t final_step)
+/* Which of names[0..n) have a (non-baseline) result for a checkpoint at or
+ * after final_step: bit k for names[k]. */
+static unsigned probes_done(const char *path, int64_t final_step, const char (*names)[16], int n)
 {
     FILE *f = fopen(path, "r");
     if (!f) return 0;
     char line[16384];
-    json_t *seen = json_object();
+    unsigned done = 0;
     while (fgets(line, sizeof line, f)) {
         json_t *o = json_loads(line, 0, NULL);
         if (!o) continue;
@@ -359,34 +445,54 @@ static int probes_done(const char *path, int64_t final_step)
         const char *probe = json_string_value(json_object_get(o, "probe"));
         if (probe && !json_is_true(json_object_get(o, "baseline")) && json_is_integer(st) &&
             json_integer_value(st) >= final_step) {
-            json_object_set_new(seen, probe, json_true());
+            for (int k = 0; k < n; k++) {
+                if (!strcmp(probe, names[k])) done |= 1u << k;
+            }
         }
         json_decref(o);
     }
     fclose(f);
-    int n = (int)json_object_size(seen);
-    json_decref(seen);
-    return n;
+    return done;
 }
 
 /* The evaluator learns of the last checkpoint like of any other: give it
- * time (bounded) to put every probe's result of that checkpoint into
- * eval.jsonl. */
-static void wait_for_evaluator(struct sup *s, int i_eval, struct tail *t, const char *dump,
-                               const char *jsonl)
+ * time (bounded) to put the result of every probe asked for (--eval_probes)
+ * of that checkpoint into eval.jsonl, and say how that ended. */
+static void wait_for_evaluator(struct sup *s, int i_eval, struct tail *t,
+                               const struct train_opts *o, const char *jsonl)
 {
     char evals[PATH_MAX];
-    snprintf(evals, sizeof evals, "%s/eval.jsonl", dump);
+    snprintf(evals, sizeof evals, "%s/eval.jsonl", o->dump_path);
     int64_t final_step = max_step_in(jsonl, "step") + 1;
     LOG_INFO("training done; waiting (at most 10 minutes) for the evaluator's results of the "
              "last checkpoint (step %lld)", (long long)final_step);
+    unsigned all = (1u << o->n_probes) - 1, done = 0;
     int64_t until = swav_now_ms() + 600000;
-    while (swav_now_ms() < until && !g_signal) {
-        if (probes_done(evals, final_step) >= EVAL_PROBES) break;
+    const char *why = "in 10 minutes";
+    for (;;) {
+        done = probes_done(evals, final_step, o->probe_names, o->n_probes);
+        if (done == all || g_signal) break;
+        if (swav_now_ms() >= until) break;
         sup_poll(s);
         tail_errors(t, 0);
-        if (s->child[i_eval].state != SUP_RUNNING && s->child[i_eval].state != SUP_WAITING_RESTART) break;
+        if (s->child[i_eval].state != SUP_RUNNING &&
+            s->child[i_eval].state != SUP_WAITING_RESTART) {
+            why = "before the evaluator stopped";
+            break;
+        }
         swav_sleep_ms(500);
+    }
+    char have[64] = "", missing[64] = "";
+    for (int k = 0; k < o->n_probes; k++) {
+        char *list = done >> k & 1 ? have : missing;
+        size_t n = strlen(list);
+        snprintf(list + n, sizeof have - n, "%s%s", n ? ", " : "", o->probe_names[k]);
+    }
+    if (done == all) {
+        LOG_INFO("evaluator: %s of the last checkpoint in eval.jsonl", have);
+    } else if (!g_signal) {
+        LOG_WARN("evaluator: no %s result of the last checkpoint (step %lld) %s%s%s", missing,
+                 (long long)final_step, why, have[0] ? "; have " : "", have);
     }
 }
 
@@ -496,6 +602,16 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
         if (o.eval_resize) arg(&a, "--resize=%d", o.eval_resize);
         if (o.eval_train_limit >= 0) arg(&a, "--eval_train_limit=%d", o.eval_train_limit);
         if (o.eval_val_limit >= 0) arg(&a, "--eval_val_limit=%d", o.eval_val_limit);
+        arg(&a, "--probes=%s", o.eval_probes);
+        if (o.eval_semisup) {
+            /* the folder the loaders serve as eval_train: its file names give
+             * the stratified labelled subset (saved beside eval.jsonl) and
+             * match --eval_subset_file's names */
+            arg(&a, "--semisup_data=%s", eval_train);
+            arg(&a, "--labels_perc=%d", o.eval_labels_perc ? o.eval_labels_perc : 10);
+            if (o.eval_subset_file[0]) arg(&a, "--subset_file=%s", o.eval_subset_file);
+            if (o.eval_semisup_epochs) arg(&a, "--semisup_epochs=%d", o.eval_semisup_epochs);
+        }
         arg(&a, "--threads=1");
         i_eval = sup_add(&s, "evaluator", a.v, SUP_RESTART_ALWAYS, 0, 1, 100);
         args_free(&a);
@@ -587,7 +703,7 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
         swav_sleep_ms(live ? 250 : 1000);
     }
     if (i_eval >= 0 && !strcmp(state, "done")) {
-        wait_for_evaluator(&s, i_eval, &tails[i_eval], o.dump_path, jsonl);
+        wait_for_evaluator(&s, i_eval, &tails[i_eval], &o, jsonl);
     }
     sup_stop_all(&s, 60000);
     for (int i = 0; i < s.n; i++) tail_errors(&tails[i], 0);
