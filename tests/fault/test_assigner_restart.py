@@ -28,19 +28,13 @@ restarted assigner and sends the step again.
 Every run trains every image exactly once per epoch (--trace_images; for the
 killed trainer, in the last pass over each epoch).
 Usage: test_assigner_restart.py BUILD_DIR"""
-import os, random, re, signal, subprocess, sys, tempfile, time
+import os, random, re, signal, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinyrun as T
 
 bins = T.Bins(sys.argv[1])
-fails = []
-
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        fails.append(what)
-    return cond
+check = T.check
 
 tmp = tempfile.mkdtemp(prefix="swav-asg-restart-")
 LIMIT = 960
@@ -86,9 +80,7 @@ def run(name, killer=None, restarted=False):
     try:
         if killer:
             killer(dump)
-        rc = p.wait(180)
-    except subprocess.TimeoutExpired:
-        rc = None
+        rc = T.exit_code(p, 180)
     finally:
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
@@ -99,14 +91,6 @@ def run(name, killer=None, restarted=False):
     for problem in T.trace_check(dump + ".trace", EPOCHS, n_img):
         check(False, f"{name}: {problem}")
     return rc, dump, T.read(out)
-
-def logs(dump, role):
-    return T.read(os.path.join(dump, "logs", role + ".log"))
-
-def show(text, *keys):
-    for line in text.splitlines():
-        if any(k in line for k in keys):
-            print("    " + line[:240])
 
 rc, ref, _ = run("ref")
 ref_ckpt = os.path.join(ref, "checkpoint.safetensors")
@@ -121,14 +105,14 @@ def kill_epoch0(dump):
 rc, dump, out = run("epoch0", kill_epoch0)
 s = at.get("step", -1)
 print(f"epoch0: assigner killed while step {s} waited for its codes")
-tl, al = logs(dump, "trainer-0"), logs(dump, "assigner")
+tl, al = T.role_log(dump, "trainer-0"), T.role_log(dump, "assigner")
 check("assigner ended: killed by signal 9 (Killed); restarting" in out,
       "epoch0: the launcher did not report the assigner's death:\n" + out[-2000:])
 check(f"iteration {s}: no codes from the assigner: timeout" in tl,
       f"epoch0: the trainer did not name the timeout of step {s}:\n" + tl[-2000:])
 check(al.count("session of 1 ranks established") >= 2,
       "epoch0: the restarted assigner formed no session:\n" + al[-2000:])
-show(tl + al + out, "no codes", "no welcome", "killed by signal", "established", "restored")
+T.show(tl + al + out, "no codes", "no welcome", "killed by signal", "established", "restored")
 if rc == 0:
     worst = T.max_param_diff(ref_ckpt, os.path.join(dump, "checkpoint.safetensors"))
     check(worst <= 1e-5, f"epoch0: final parameters differ from the undisturbed run's by {worst}")
@@ -154,13 +138,13 @@ def kill_epoch2(dump):
 rc, dump, out = run("epoch2", kill_epoch2)
 s = at.get("step", -1)
 print(f"epoch2: assigner killed while step {s} waited for its codes")
-tl, al = logs(dump, "trainer-0"), logs(dump, "assigner")
+tl, al = T.role_log(dump, "trainer-0"), T.role_log(dump, "assigner")
 check(f"iteration {s}: no codes from the assigner: timeout" in tl,
       f"epoch2: the trainer did not name the timeout of step {s}:\n" + tl[-2000:])
 check(re.search(r"queue restored from \S*state-%d\.queue: step %d" % (2 * STEPS, 2 * STEPS - 1),
                 al), "epoch2: the restarted assigner did not restore the epoch-2 queue:\n" +
       al[-2000:])
-show(tl + al, "no codes", "restored")
+T.show(tl + al, "no codes", "restored")
 if rc == 0:
     import numpy as np
     tensors, _ = T.read_safetensors(os.path.join(dump, "checkpoint.safetensors"))
@@ -179,19 +163,15 @@ def kill_trainer(dump):
         at["step"] = T.steps_done(dump)
 rc, dump, out = run("trainer", kill_trainer, restarted=True)
 print(f"trainer: killed after {at.get('step')} steps of epoch 0")
-tl, al = logs(dump, "trainer-0"), logs(dump, "assigner")
+tl, al = T.role_log(dump, "trainer-0"), T.role_log(dump, "assigner")
 check("trainer 0 ended: killed by signal 9 (Killed); restarting" in out,
       "trainer: the launcher did not restart the trainer:\n" + out[-2000:])
 check("step 0 does not follow the live queue" in al and "stale step" not in al,
       "trainer: the assigner did not start the restarted trainer afresh:\n" + al[-2000:])
-show(al + out, "killed by signal", "follow", "stale")
+T.show(al + out, "killed by signal", "follow", "stale")
 if rc == 0:
     worst = T.max_param_diff(ref_ckpt, os.path.join(dump, "checkpoint.safetensors"))
     check(worst <= 1e-5, f"trainer: final parameters differ from the undisturbed run's by {worst}")
     print(f"trainer: final parameters within {worst:.2e} of the undisturbed run's")
 
-if fails:
-    print(f"{len(fails)} checks failed; logs in {tmp}")
-    sys.exit(1)
-subprocess.run(["rm", "-rf", tmp])
-print("test_assigner_restart: ok")
+T.finish("test_assigner_restart", tmp)

@@ -17,13 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinyrun as T
 
 bins = T.Bins(sys.argv[1])
-fails = []
-
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        fails.append(what)
-    return cond
+check = T.check
 
 tmp = tempfile.mkdtemp(prefix="swav-curve-")
 keys = os.path.join(tmp, "keys")
@@ -98,10 +92,7 @@ try:
     good = T.start([*loader_cmd, "--loader_id=good", "--curve_secret", K("loader.key"),
                     "--curve_server_public", K("trainer.pub")], os.path.join(tmp, "good.log"))
     procs.append(good)
-    try:
-        rc = trainer.wait(240)
-    except subprocess.TimeoutExpired:
-        rc = None
+    rc = T.exit_code(trainer, 240)
     check(rc == 0, f"trainer exit {rc}:\n" + T.read(trainer_log)[-3000:])
     for p in T.trace_check(trace, EPOCHS, (160 // T.BS) * T.BS):
         check(False, p)
@@ -109,8 +100,4 @@ try:
 finally:
     T.stop(procs)
 
-if fails:
-    print(f"{len(fails)} checks failed; logs in {tmp}")
-    sys.exit(1)
-subprocess.run(["rm", "-rf", tmp])
-print("test_curve: ok")
+T.finish("test_curve", tmp)

@@ -28,13 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinyrun as T
 
 bins = T.Bins(sys.argv[1])
-fails = []
-
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        fails.append(what)
-    return cond
+check = T.check
 
 def sha(path):
     with open(path, "rb") as f:
@@ -46,11 +40,9 @@ def free_bytes(path):
 
 def run(dump, log, extra=(), trace=None, limit=120):
     p = T.swav_train(bins, train, dump, EPOCHS, log, extra=[*BIG_QUEUE, *extra], trace=trace)
-    try:
-        return p.wait(limit)
-    except subprocess.TimeoutExpired:
-        T.stop([p])
-        return None
+    rc = T.exit_code(p, limit)
+    T.stop([p])
+    return rc
 
 tmp = tempfile.mkdtemp(prefix="swav-diskfull-")
 mnt = os.path.join(tmp, "mnt")
@@ -181,14 +173,10 @@ try:
         print(f"resumed after the disk was freed; final parameters within {worst:.2e} of the "
               f"undisturbed run's")
 finally:
-    if fails and os.path.isdir(os.path.join(mnt, "run", "logs")):
+    if T.fails and os.path.isdir(os.path.join(mnt, "run", "logs")):
         subprocess.run(["cp", "-r", os.path.join(mnt, "run", "logs"), os.path.join(tmp, "logs")])
     subprocess.run(["umount", mnt])
     if subprocess.run(["mountpoint", "-q", mnt]).returncode == 0:
         subprocess.run(["umount", "-l", mnt])
 
-if fails:
-    print(f"{len(fails)} checks failed; logs in {tmp} (the run's logs copied to {tmp}/logs)")
-    sys.exit(1)
-subprocess.run(["rm", "-rf", tmp])
-print("test_disk_full: ok")
+T.finish("test_disk_full", tmp, where=f"{tmp} (the run's logs copied to {tmp}/logs)")

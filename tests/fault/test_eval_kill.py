@@ -29,24 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinyrun as T
 
 bins = T.Bins(sys.argv[1])
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        fails.append(what)
-    return cond
-
-
-def records(dump):
-    out = []
-    for line in T.read(os.path.join(dump, "eval.jsonl")).splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+check, records, status = T.check, T.records, T.status
 
 
 def done_probes(dump, epoch, step):
@@ -67,14 +50,6 @@ def ckpt_epochs(dump):
         except (OSError, ValueError, KeyError, struct.error):
             pass
     return eps
-
-
-def status(dump):
-    try:
-        with open(os.path.join(dump, "status.json")) as f:
-            return {p["name"]: p for p in json.load(f)["processes"]}
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return {}
 
 
 EVALUATING = re.compile(r"evaluating (\S+): .*, epoch (\d+), step (\d+)")
@@ -152,10 +127,7 @@ try:
             check(first[0] >= newest_at_kill,
                   "the restarted evaluator started with epoch %d, older than the newest "
                   "checkpoint at the kill (epoch %d)" % (first[0], newest_at_kill))
-    try:
-        rc = run.wait(600)
-    except subprocess.TimeoutExpired:
-        rc = None
+    rc = T.exit_code(run, 600)
     out = T.read(out_path)
     check(rc == 0, "swav train exit %s:\n%s" % (rc, out[-3000:]))
     st = status(dump)
@@ -187,8 +159,4 @@ try:
 finally:
     T.stop([run], 30)
 
-if fails:
-    print(f"{len(fails)} checks failed; logs in {tmp}")
-    sys.exit(1)
-subprocess.run(["rm", "-rf", tmp])
-print("test_eval_kill: ok")
+T.finish("test_eval_kill", tmp)

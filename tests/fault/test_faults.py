@@ -11,19 +11,13 @@ outcome checked:
 the run finishes, every image is trained on exactly once per epoch
 (--trace_images), and the failures are named in dump_path/logs/trainer-0.log.
 Usage: test_faults.py BUILD_DIR"""
-import json, os, re, signal, subprocess, sys, tempfile, time
+import os, re, signal, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinyrun as T
 
 bins = T.Bins(sys.argv[1])
-fails = []
-
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        fails.append(what)
-    return cond
+check = T.check
 
 tmp = tempfile.mkdtemp(prefix="swav-faults-")
 train = T.prepare(bins, tmp)
@@ -37,16 +31,6 @@ run = T.start([bins.swav, "train", *T.TINY, "--epochs", str(EPOCHS), "--data_pat
                "--workers", "1", "--batch_warn_ms", "1000"], out_path)
 tlog = os.path.join(dump, "logs", "trainer-0.log")
 extra = []
-
-def pid_of(name):
-    try:
-        with open(os.path.join(dump, "status.json")) as f:
-            for p in json.load(f)["processes"]:
-                if p["name"] == name and p["state"] == "running":
-                    return p["pid"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        pass
-    return 0
 
 stopped = 0
 try:
@@ -66,8 +50,8 @@ try:
     print(f"slow loader: stopped at step {T.steps_done(dump)}; " +
           (re.findall(r"no batch for .*", T.read(tlog)) or ["?"])[0])
     # freeze loader 0
-    check(T.wait_for(lambda: pid_of("loader 0"), 30), "no loader 0 in status.json")
-    stopped = pid_of("loader 0")
+    check(T.wait_for(lambda: T.pid_of(dump, "loader 0"), 30), "no loader 0 in status.json")
+    stopped = T.pid_of(dump, "loader 0")
     at = T.steps_done(dump)
     os.kill(stopped, signal.SIGSTOP)
     t0 = time.time()
@@ -80,10 +64,7 @@ try:
     check(T.wait_for(lambda: "loader loader-0 is back" in T.read(tlog)
                      or T.read(tlog).count("loader loader-0 connected") >= 2, 30),
           "loader 0 did not come back after SIGCONT")
-    try:
-        rc = run.wait(180)
-    except subprocess.TimeoutExpired:
-        rc = None
+    rc = T.exit_code(run, 180)
     check(rc == 0, f"swav train exit {rc}:\n" + T.read(out_path)[-3000:])
     for p in T.trace_check(trace, EPOCHS, n_img):
         check(False, p)
@@ -93,8 +74,4 @@ finally:
         os.kill(stopped, signal.SIGCONT)
     T.stop(extra + [run], 30)
 
-if fails:
-    print(f"{len(fails)} checks failed; logs in {tmp}")
-    sys.exit(1)
-subprocess.run(["rm", "-rf", tmp])
-print("test_faults: ok")
+T.finish("test_faults", tmp)

@@ -74,12 +74,7 @@ except RuntimeError as e:
     print(f"SKIP: cannot make network namespaces here: {e}")
     sys.exit(77)
 
-fails = []
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        fails.append(what)
-    return cond
+check = T.check
 
 tmp = tempfile.mkdtemp(prefix="swav-netns-")
 keys = os.path.join(tmp, "keys")
@@ -139,10 +134,7 @@ try:
     check(T.wait_for(lambda: "loader ns0 is back" in T.read(trainer_log)
                      or T.read(trainer_log).count("loader ns0 connected") >= 2, 40),
           "loader 0 did not come back after the link was restored")
-    try:
-        rc = trainer.wait(120)
-    except subprocess.TimeoutExpired:
-        rc = None
+    rc = T.exit_code(trainer, 120)
     check(rc == 0, f"trainer exit {rc}:\n" + T.read(trainer_log)[-3000:])
     for p in T.trace_check(trace, EPOCHS, n_img):
         check(False, p)
@@ -150,8 +142,4 @@ try:
 finally:
     cleanup()
 
-if fails:
-    print(f"{len(fails)} checks failed; logs in {tmp}")
-    sys.exit(1)
-shutil.rmtree(tmp, ignore_errors=True)
-print("test_netns: ok")
+T.finish("test_netns", tmp)

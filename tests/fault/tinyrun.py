@@ -1,9 +1,11 @@
 """Helpers of the fault tests: a tiny SwAV run with the roles started
 directly (no launcher), so a test can put them where it likes (network
-namespaces, CURVE keys, signals).  The flags are those of
+namespaces, CURVE keys, signals), or through `swav train`; and what every
+such test does: checks that are counted and reported at the end, the run's
+logs, status.json and eval.jsonl.  The flags are those of
 tests/integration/test_train.py's tiny run on `swav prepare fashion-mnist
 DIR --limit 160` data."""
-import json, os, socket, struct, subprocess, time
+import json, os, shutil, socket, struct, subprocess, sys, time
 
 BS = 16
 TINY = ["--arch", "resnet18", "--width", "8", "--small_stem", "true",
@@ -14,6 +16,27 @@ TINY = ["--arch", "resnet18", "--width", "8", "--small_stem", "true",
         "--feat_dim", "16", "--hidden_mlp", "32", "--queue_length", "64",
         "--epoch_queue_starts", "1", "--freeze_prototypes_niters", "2",
         "--checkpoint_freq", "1", "--threads", "1"]
+
+
+fails = []
+
+
+def check(cond, what):
+    """A check: a failure is printed at once and counted for finish()."""
+    if not cond:
+        print("FAIL:", what)
+        fails.append(what)
+    return cond
+
+
+def finish(name, tmp, where=None):
+    """The end of a test: exit 1 with the number of failed checks and where
+    the logs are kept (where, default tmp), else remove tmp and say ok."""
+    if fails:
+        print(f"{len(fails)} checks failed; logs in {where or tmp}")
+        sys.exit(1)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{name}: ok")
 
 
 class Bins:
@@ -72,6 +95,26 @@ def read(path):
         return ""
 
 
+def exit_code(proc, limit):
+    """proc's exit code within limit seconds, None if it is still running."""
+    try:
+        return proc.wait(limit)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def role_log(dump, role):
+    """The log of a role of `swav train` ("trainer-0", "assigner")."""
+    return read(os.path.join(dump, "logs", role + ".log"))
+
+
+def show(text, *keys):
+    """Prints the lines of text holding any of keys (what a test looked at)."""
+    for line in text.splitlines():
+        if any(k in line for k in keys):
+            print("    " + line[:240])
+
+
 def trace_check(trace, epochs, n_images, first=0):
     """Every image exactly once in each epoch first..epochs-1; returns a list
     of problems."""
@@ -111,16 +154,30 @@ def swav_train(bins, train, dump, epochs, log, extra=(), trace=None, nproc=1, lo
     return start(cmd, log)
 
 
-def pid_of(dump, name):
-    """The pid of a running role of `swav train` (status.json), or 0."""
+def status(dump):
+    """The processes of `swav train`'s status.json by name ({} when none)."""
     try:
         with open(os.path.join(dump, "status.json")) as f:
-            for p in json.load(f)["processes"]:
-                if p["name"] == name and p["state"] == "running":
-                    return p["pid"]
+            return {p["name"]: p for p in json.load(f)["processes"]}
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        pass
-    return 0
+        return {}
+
+
+def pid_of(dump, name):
+    """The pid of a running role of `swav train` (status.json), or 0."""
+    p = status(dump).get(name, {})
+    return p.get("pid", 0) if p.get("state") == "running" else 0
+
+
+def records(dump):
+    """The records of dump/eval.jsonl (a torn line left out)."""
+    out = []
+    for line in read(os.path.join(dump, "eval.jsonl")).splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
 
 
 def read_safetensors(path):

@@ -23,30 +23,13 @@ must hold those probes and no other:
      --eval_semisup_epochs 1: knn, linear and semisup10 of the last
      checkpoint, semisup10 with n_train 4 and subset "list".
 Usage: test_eval_probes.py BUILD_DIR"""
-import json, os, subprocess, sys, tempfile
+import os, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fault"))
 import tinyrun as T
 
 bins = T.Bins(sys.argv[1])
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        fails.append(what)
-    return cond
-
-
-def records(dump):
-    out = []
-    for line in T.read(os.path.join(dump, "eval.jsonl")).splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+check = T.check
 
 
 tmp = tempfile.mkdtemp(prefix="swav-evalprobes-")
@@ -89,17 +72,13 @@ def run(name, extra, want_probes):
     dump = os.path.join(tmp, name)
     log = os.path.join(tmp, name + ".out")
     p = T.swav_train(bins, train, dump, EPOCHS, log, extra=[*EVAL, *extra], loaders=1)
-    try:
-        rc = p.wait(300)
-    except subprocess.TimeoutExpired:
-        rc = None
-    finally:
-        T.stop([p], 30)
+    rc = T.exit_code(p, 300)
+    T.stop([p], 30)
     out = T.read(log)
     check(rc == 0, "%s: swav train exit %s:\n%s" % (name, rc, out[-3000:]))
     line = "evaluator: %s of the last checkpoint in eval.jsonl" % ", ".join(want_probes)
     check(line in out, "%s: no '%s' in the launcher's output:\n%s" % (name, line, out[-2000:]))
-    recs = records(dump)
+    recs = T.records(dump)
     probes = {r["probe"] for r in recs}
     check(probes == set(want_probes), "%s: probes in eval.jsonl %s, want %s" %
           (name, sorted(probes), sorted(want_probes)))
@@ -139,8 +118,4 @@ for r in recs:
               "semisup10 record: n_train %s subset %s, want 4 and list" %
               (r["n_train"], r.get("config", {}).get("subset")))
 
-if fails:
-    print(f"{len(fails)} checks failed; logs in {tmp}")
-    sys.exit(1)
-subprocess.run(["rm", "-rf", tmp])
-print("test_eval_probes: ok")
+T.finish("test_eval_probes", tmp)
