@@ -61,6 +61,8 @@ struct cpu_backend {
     uint64_t weights_version; /* bumped by nn_backend_weights_updated */
     struct cpu_wslot *wslots;
     int n_wslots;
+    float *coef; /* (2 coef_cap): per-channel factors of batchnorm_backward_elemt */
+    size_t coef_cap;
 };
 
 static struct cpu_backend *cpu(nn_backend_t *be)
@@ -300,6 +302,7 @@ static void cpu_destroy(nn_backend_t *be)
         cpu_mem_free(&b->wslots[i].mem);
     }
     free(b->wslots);
+    free(b->coef);
     free(b->scratch);
     dnnl_stream_destroy(b->stream);
     dnnl_engine_destroy(b->eng);
@@ -939,6 +942,69 @@ static void cpu_bn_stats(const struct nn_tensor *t, double *mean, double *m2)
     }
 }
 
+static void cpu_batchnorm_stats(nn_backend_t *be, double *mean, double *m2,
+                                const struct nn_tensor *inp)
+{
+    cpu_bn_stats(inp, mean, m2);
+}
+
+/* dx -= a_c + b_c (x - mean_c), a = w invstd mean_dy, b = w invstd^2 mean_dy_xhat */
+static void cpu_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
+                                         const struct nn_tensor *inp, const float *weight,
+                                         const float *mean, const float *var,
+                                         const float *mean_dy, const float *mean_dy_xhat,
+                                         float eps)
+{
+    struct cpu_backend *b = cpu(be);
+    SWAV_ASSERT(dinp->layout == inp->layout && dinp->ndim == inp->ndim);
+    int64_t N = inp->shape[0], C = inp->shape[1];
+    int64_t HW = inp->ndim == 4 ? inp->shape[2] * inp->shape[3] : 1;
+    if (b->coef_cap < (size_t)C) {
+        free(b->coef);
+        b->coef = swav_xmalloc((size_t)C * 2 * sizeof(float));
+        b->coef_cap = (size_t)C;
+    }
+    float *A = b->coef, *B = b->coef + C;
+    for (int64_t c = 0; c < C; c++) {
+        double inv = 1.0 / sqrt((double)var[c] + (double)eps);
+        A[c] = (float)(weight[c] * inv * mean_dy[c]);
+        B[c] = (float)(weight[c] * inv * inv * mean_dy_xhat[c]);
+    }
+    const float *x = inp->data;
+    float *dx = dinp->data;
+    if (inp->ndim == 4 && inp->layout == NN_LAYOUT_NCHW8C) {
+        int64_t CB = (C + 7) / 8;
+#pragma omp parallel for schedule(static) if (N * C * HW > 32768)
+        for (int64_t nb = 0; nb < N * CB; nb++) {
+            int64_t c0 = (nb % CB) * 8;
+            int lanes = (int)(C - c0 < 8 ? C - c0 : 8);
+            const float *xp = x + nb * HW * 8;
+            float *dp = dx + nb * HW * 8;
+            for (int64_t i = 0; i < HW; i++) {
+                for (int l = 0; l < lanes; l++) {
+                    dp[i * 8 + l] -= A[c0 + l] + B[c0 + l] * (xp[i * 8 + l] - mean[c0 + l]);
+                }
+            }
+        }
+    } else if (inp->ndim == 4) {
+#pragma omp parallel for schedule(static) if (N * C * HW > 32768)
+        for (int64_t nc = 0; nc < N * C; nc++) {
+            int64_t c = nc % C;
+            const float *xp = x + nc * HW;
+            float *dp = dx + nc * HW;
+            for (int64_t i = 0; i < HW; i++) {
+                dp[i] -= A[c] + B[c] * (xp[i] - mean[c]);
+            }
+        }
+    } else {
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t c = 0; c < C; c++) {
+                dx[n * C + c] -= A[c] + B[c] * (x[n * C + c] - mean[c]);
+            }
+        }
+    }
+}
+
 static size_t cpu_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
                                             unsigned flags)
 {
@@ -1573,6 +1639,8 @@ static const struct nn_backend_iface cpu_iface = {
     .batchnorm_workspace_bytes = cpu_batchnorm_workspace_bytes,
     .batchnorm_forward = cpu_batchnorm_forward,
     .batchnorm_backward = cpu_batchnorm_backward,
+    .batchnorm_stats = cpu_batchnorm_stats,
+    .batchnorm_backward_elemt = cpu_batchnorm_backward_elemt,
     .relu_forward = cpu_relu_forward,
     .relu_backward = cpu_relu_backward,
     .add_forward = cpu_add_forward,

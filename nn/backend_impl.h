@@ -18,6 +18,8 @@ struct nn_backend_iface {
     size_t (*batchnorm_workspace_bytes)(nn_backend_t *be, const struct nn_tensor *inp, unsigned flags);
     void (*batchnorm_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const float *weight, const float *bias, float *running_mean, float *running_var, float *save_mean, float *save_var, void *workspace, unsigned flags, float momentum, float eps);
     void (*batchnorm_backward)(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight, const float *save_mean, const float *save_var, const void *workspace, unsigned flags, float eps);
+    void (*batchnorm_stats)(nn_backend_t *be, double *mean, double *m2, const struct nn_tensor *inp);
+    void (*batchnorm_backward_elemt)(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *inp, const float *weight, const float *mean, const float *var, const float *mean_dy, const float *mean_dy_xhat, float eps);
     void (*relu_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
     void (*relu_backward)(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out);
     void (*add_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a, const struct nn_tensor *b, int relu);

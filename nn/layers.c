@@ -2,6 +2,7 @@
 #include "layers.h"
 
 #include "backend_impl.h"
+#include "common/check.h"
 
 void nn_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad)
 {
@@ -26,6 +27,18 @@ void nn_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out, const struct 
 void nn_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight, const float *save_mean, const float *save_var, const void *workspace, unsigned flags, float eps)
 {
     be->iface->batchnorm_backward(be, dinp, dweight, dbias, dout, inp, weight, save_mean, save_var, workspace, flags, eps);
+}
+
+void nn_batchnorm_stats(nn_backend_t *be, double *mean, double *m2, const struct nn_tensor *inp)
+{
+    SWAV_ASSERT(be->iface->batchnorm_stats != NULL); /* a backend without SyncBN pieces */
+    be->iface->batchnorm_stats(be, mean, m2, inp);
+}
+
+void nn_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *inp, const float *weight, const float *mean, const float *var, const float *mean_dy, const float *mean_dy_xhat, float eps)
+{
+    SWAV_ASSERT(be->iface->batchnorm_backward_elemt != NULL);
+    be->iface->batchnorm_backward_elemt(be, dinp, inp, weight, mean, var, mean_dy, mean_dy_xhat, eps);
 }
 
 void nn_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)

@@ -51,6 +51,24 @@ void nn_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp,
                            const float *weight, const float *save_mean, const float *save_var,
                            const void *workspace, unsigned flags, float eps);
 
+/* Pieces of a batch norm whose statistics span more than this tensor
+ * (SyncBN, nn/syncbn.h puts them together across ranks).  Statistics of this
+ * tensor, to double precision, into host arrays of C: mean, and M2 = the sum
+ * over (N, H, W) of (x - mean)^2. */
+void nn_batchnorm_stats(nn_backend_t *be, double *mean, double *m2, const struct nn_tensor *inp);
+/* Completes a train-mode backward from an eval-mode one: after
+ * nn_batchnorm_backward without NN_BN_TRAIN with the statistics (mean, var)
+ * of a larger batch this tensor is part of, which leaves dinp = weight *
+ * invstd * dy' (dy' = dout through the fused ReLU's mask), this subtracts
+ * weight * invstd * (mean_dy + xhat * mean_dy_xhat), xhat = (x - mean) *
+ * invstd, invstd = 1 / sqrt(var + eps), where mean_dy and mean_dy_xhat (C
+ * each, host) are the larger batch's means of dy' and dy' * xhat.  In place
+ * on dinp (same shape and layout as inp). */
+void nn_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
+                                 const struct nn_tensor *inp, const float *weight,
+                                 const float *mean, const float *var, const float *mean_dy,
+                                 const float *mean_dy_xhat, float eps);
+
 /* ---- relu, residual add ------------------------------------------------- */
 void nn_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
 /* From the output (out > 0). dinp may alias dout. */
