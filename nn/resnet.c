@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "layers.h"
+#include "syncbn.h"
 
 #define RN_BN_EPS 1e-5f
 #define RN_BN_MOMENTUM 0.1f
@@ -50,6 +51,7 @@ struct rn_cbn_act {
     struct nn_tensor x; /* conv output, BN input */
     struct nn_tensor y; /* BN (+ReLU) output */
     float *mean, *var;
+    double count; /* values per channel behind mean/var (SyncBN: all ranks') */
     void *ws;
 };
 
@@ -90,6 +92,9 @@ struct nn_model_impl {
     float *dhead_scratch;
     enum nn_model_mode last_mode;
     int last_batch;
+    /* SyncBN (nn_model_set_sync_bn); NULL: per-rank statistics */
+    nn_syncbn_t *sync;
+    double h1_count;
 };
 
 /* ---- declaration -------------------------------------------------------------- */
@@ -495,6 +500,7 @@ void nn_model_destroy(struct nn_model **mp)
     for (int i = 0; i < m->n_groups; i++) {
         free(I->g[i].blocks);
     }
+    nn_syncbn_destroy(&I->sync);
     free(I->blocks);
     nn_arena_free(&I->arena);
     nn_backend_free(m->be, m->param_data);
@@ -521,26 +527,57 @@ static void rn_rebatch(struct nn_tensor *t, int64_t n)
     t->shape[0] = n;
 }
 
+/* A BatchNorm2d/1d forward: SyncBN in train mode when the model has it. */
+static void rn_bn_forward(struct nn_model *m, struct nn_tensor *y, const struct nn_tensor *x,
+                          const struct rn_bn *bn, float *mean, float *var, double *count, void *ws,
+                          unsigned fl)
+{
+    float *P = m->param_data, *B = m->buffer_data;
+    if ((fl & NN_BN_TRAIN) && m->impl->sync) {
+        nn_syncbn_forward(m->impl->sync, m->be, y, x, P + bn->w, P + bn->b, B + bn->rm,
+                          B + bn->rv, mean, var, count, ws, fl & NN_BN_RELU, RN_BN_MOMENTUM,
+                          RN_BN_EPS);
+    } else {
+        nn_batchnorm_forward(m->be, y, x, P + bn->w, P + bn->b, B + bn->rm, B + bn->rv, mean,
+                             var, ws, fl, RN_BN_MOMENTUM, RN_BN_EPS);
+        *count = (double)nn_tensor_numel(x) / (double)x->shape[1];
+    }
+    if (fl & NN_BN_TRAIN) {
+        B[bn->nbt] += 1.0f;
+    }
+}
+
+/* Its backward (train mode); dinp may alias dout. */
+static void rn_bn_backward(struct nn_model *m, struct nn_tensor *dinp, const struct nn_tensor *dout,
+                           const struct nn_tensor *x, const struct rn_bn *bn, const float *mean,
+                           const float *var, double count, const void *ws, unsigned fl)
+{
+    float *P = m->param_data, *G = m->grad_data;
+    if (m->impl->sync) {
+        nn_syncbn_backward(m->impl->sync, m->be, dinp, G + bn->w, G + bn->b, dout, x, P + bn->w,
+                           mean, var, count, ws, fl & NN_BN_RELU, RN_BN_EPS);
+    } else {
+        nn_batchnorm_backward(m->be, dinp, G + bn->w, G + bn->b, dout, x, P + bn->w, mean, var, ws,
+                              fl, RN_BN_EPS);
+    }
+}
+
 static void rn_cbn_forward(struct nn_model *m, struct rn_cbn_act *a, const struct nn_tensor *in,
                            const struct rn_conv *c, const struct rn_bn *bn, int relu,
                            enum nn_model_mode mode)
 {
-    float *P = m->param_data, *B = m->buffer_data;
+    float *P = m->param_data;
     struct nn_tensor w = rn_weight(m, c, P);
     rn_rebatch(&a->x, in->shape[0]);
     rn_rebatch(&a->y, in->shape[0]);
     nn_conv2d_forward(m->be, &a->x, in, &w, c->stride, c->pad);
     unsigned fl = (mode == NN_MODEL_TRAIN ? NN_BN_TRAIN : 0) | (relu ? NN_BN_RELU : 0);
-    nn_batchnorm_forward(m->be, &a->y, &a->x, P + bn->w, P + bn->b, B + bn->rm, B + bn->rv, a->mean,
-                         a->var, mode == NN_MODEL_TRAIN ? a->ws : NULL, fl, RN_BN_MOMENTUM,
-                         RN_BN_EPS);
-    if (mode == NN_MODEL_TRAIN) {
-        B[bn->nbt] += 1.0f;
-    }
+    rn_bn_forward(m, &a->y, &a->x, bn, a->mean, a->var, &a->count,
+                  mode == NN_MODEL_TRAIN ? a->ws : NULL, fl);
 }
 
-void nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
-                      enum nn_model_mode mode)
+int nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
+                     enum nn_model_mode mode)
 {
     struct nn_model_impl *I = m->impl;
     SWAV_ASSERT(batch >= 1 && batch <= m->batch);
@@ -586,9 +623,9 @@ void nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
     I->last_mode = mode;
     I->last_batch = batch;
     if (!I->has_head) {
-        return;
+        return nn_model_sync_status(m);
     }
-    float *P = m->param_data, *B = m->buffer_data;
+    float *P = m->param_data;
     struct nn_tensor feats = nn_tensor_2d(m->feats, rows, m->feat_channels);
     struct nn_tensor er = nn_tensor_2d(I->emb_raw, rows, m->cfg.feat_dim);
     if (I->hidden) {
@@ -596,13 +633,8 @@ void nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
         struct nn_tensor h1 = nn_tensor_2d(I->h1, rows, I->hidden);
         nn_linear_forward(m->be, &h0, &feats, P + I->head0.w, P + I->head0.b);
         unsigned fl = (mode == NN_MODEL_TRAIN ? NN_BN_TRAIN : 0) | NN_BN_RELU;
-        nn_batchnorm_forward(m->be, &h1, &h0, P + I->head_bn.w, P + I->head_bn.b,
-                             B + I->head_bn.rm, B + I->head_bn.rv, I->h1_mean, I->h1_var,
-                             mode == NN_MODEL_TRAIN ? I->h1_ws : NULL, fl, RN_BN_MOMENTUM,
-                             RN_BN_EPS);
-        if (mode == NN_MODEL_TRAIN) {
-            B[I->head_bn.nbt] += 1.0f;
-        }
+        rn_bn_forward(m, &h1, &h0, &I->head_bn, I->h1_mean, I->h1_var, &I->h1_count,
+                      mode == NN_MODEL_TRAIN ? I->h1_ws : NULL, fl);
         nn_linear_forward(m->be, &er, &h1, P + I->head3.w, P + I->head3.b);
     } else {
         nn_linear_forward(m->be, &er, &feats, P + I->head0.w, P + I->head0.b);
@@ -617,6 +649,7 @@ void nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
         struct nn_tensor sc = nn_tensor_2d(m->scores, rows, m->cfg.nmb_prototypes);
         nn_linear_forward(m->be, &sc, &emb, P + I->protos.w, NULL);
     }
+    return nn_model_sync_status(m);
 }
 
 /* ---- backward --------------------------------------------------------------------- */
@@ -647,14 +680,13 @@ static void rn_cbn_backward(struct nn_model *m, struct nn_tensor *dx, struct nn_
 {
     float *P = m->param_data, *G = m->grad_data;
     unsigned fl = NN_BN_TRAIN | (relu ? NN_BN_RELU : 0);
-    nn_batchnorm_backward(m->be, dy, G + bn->w, G + bn->b, dy, &a->x, P + bn->w, a->mean, a->var,
-                          a->ws, fl, RN_BN_EPS);
+    rn_bn_backward(m, dy, dy, &a->x, bn, a->mean, a->var, a->count, a->ws, fl);
     struct nn_tensor w = rn_weight(m, c, P);
     struct nn_tensor dw = rn_weight(m, c, G);
     nn_conv2d_backward(m->be, dx, &dw, dy, in, &w, c->stride, c->pad);
 }
 
-void nn_model_backward(struct nn_model *m, const float *dout)
+int nn_model_backward(struct nn_model *m, const float *dout)
 {
     struct nn_model_impl *I = m->impl;
     SWAV_ASSERT(I->last_mode == NN_MODEL_TRAIN && I->last_batch > 0);
@@ -686,9 +718,8 @@ void nn_model_backward(struct nn_model *m, const float *dout)
             struct nn_tensor dh0 = nn_tensor_2d(I->dh0, rows, I->hidden);
             nn_linear_backward(m->be, &dh1, G + I->head3.w, G + I->head3.b, &der, &h1,
                                P + I->head3.w);
-            nn_batchnorm_backward(m->be, &dh0, G + I->head_bn.w, G + I->head_bn.b, &dh1, &h0,
-                                  P + I->head_bn.w, I->h1_mean, I->h1_var, I->h1_ws,
-                                  NN_BN_TRAIN | NN_BN_RELU, RN_BN_EPS);
+            rn_bn_backward(m, &dh0, &dh1, &h0, &I->head_bn, I->h1_mean, I->h1_var, I->h1_count,
+                           I->h1_ws, NN_BN_TRAIN | NN_BN_RELU);
             nn_linear_backward(m->be, &dfe, G + I->head0.w, G + I->head0.b, &dh0, &feats,
                                P + I->head0.w);
         } else {
@@ -719,10 +750,9 @@ void nn_model_backward(struct nn_model *m, const float *dout)
             float *t3 = rn_free_buf(I, gcur, t1, t2);
             /* main branch; dcur stays intact for the identity/downsample path */
             struct nn_tensor dy = rn_like(t1, &a->u[nconv - 1].y);
-            nn_batchnorm_backward(m->be, &dy, G + b->bn[nconv - 1].w, G + b->bn[nconv - 1].b,
-                                  &dcur, &a->u[nconv - 1].x, P + b->bn[nconv - 1].w,
-                                  a->u[nconv - 1].mean, a->u[nconv - 1].var, NULL, NN_BN_TRAIN,
-                                  RN_BN_EPS);
+            const struct rn_cbn_act *ul = &a->u[nconv - 1];
+            rn_bn_backward(m, &dy, &dcur, &ul->x, &b->bn[nconv - 1], ul->mean, ul->var, ul->count,
+                           NULL, NN_BN_TRAIN);
             /* dy is now d(conv_last output); walk back through the convs */
             float *bufs[2] = {t1, t2};
             int cur = 0;
@@ -737,9 +767,8 @@ void nn_model_backward(struct nn_model *m, const float *dout)
                     /* BN(+ReLU) of the previous unit, in place */
                     const struct rn_cbn_act *u = &a->u[ci - 1];
                     const struct rn_bn *bn = &b->bn[ci - 1];
-                    nn_batchnorm_backward(m->be, &dxin, G + bn->w, G + bn->b, &dxin, &u->x,
-                                          P + bn->w, u->mean, u->var, u->ws,
-                                          NN_BN_TRAIN | NN_BN_RELU, RN_BN_EPS);
+                    rn_bn_backward(m, &dxin, &dxin, &u->x, bn, u->mean, u->var, u->count, u->ws,
+                                   NN_BN_TRAIN | NN_BN_RELU);
                     cur = 1 - cur;
                     dy = dxin;
                 }
@@ -748,9 +777,8 @@ void nn_model_backward(struct nn_model *m, const float *dout)
             if (b->has_ds) {
                 struct nn_tensor dd = rn_like(t1, &a->d.y);
                 struct nn_tensor dxd = rn_like(t2, in);
-                nn_batchnorm_backward(m->be, &dd, G + b->dsbn.w, G + b->dsbn.b, &dcur, &a->d.x,
-                                      P + b->dsbn.w, a->d.mean, a->d.var, NULL, NN_BN_TRAIN,
-                                      RN_BN_EPS);
+                rn_bn_backward(m, &dd, &dcur, &a->d.x, &b->dsbn, a->d.mean, a->d.var, a->d.count,
+                               NULL, NN_BN_TRAIN);
                 struct nn_tensor wd = rn_weight(m, &b->ds, P);
                 struct nn_tensor dwd = rn_weight(m, &b->ds, G);
                 nn_conv2d_backward(m->be, &dxd, &dwd, &dd, in, &wd, b->ds.stride, b->ds.pad);
@@ -770,6 +798,35 @@ void nn_model_backward(struct nn_model *m, const float *dout)
         }
         rn_cbn_backward(m, NULL, &dstem, &g->stem, &g->input, &I->stem_conv, &I->stem_bn, 1);
     }
+    return nn_model_sync_status(m);
+}
+
+int nn_model_set_sync_bn(struct nn_model *m, struct nn_collective *c, int group_size, char *err,
+                         size_t errlen)
+{
+    struct nn_model_impl *I = m->impl;
+    nn_syncbn_destroy(&I->sync);
+    if (!c || c->world == 1) {
+        return 0;
+    }
+    int max_c = I->hidden;
+    max_c = I->stem_bn.c > max_c ? I->stem_bn.c : max_c;
+    for (int i = 0; i < I->n_blocks; i++) {
+        const struct rn_block *b = &I->blocks[i];
+        for (int k = 0; k < (b->bottleneck ? 3 : 2); k++) {
+            max_c = b->bn[k].c > max_c ? b->bn[k].c : max_c;
+        }
+        if (b->has_ds && b->dsbn.c > max_c) {
+            max_c = b->dsbn.c;
+        }
+    }
+    I->sync = nn_syncbn_new(c, group_size, max_c, err, errlen);
+    return I->sync ? 0 : -1;
+}
+
+int nn_model_sync_status(const struct nn_model *m)
+{
+    return m->impl->sync ? nn_syncbn_status(m->impl->sync) : 0;
 }
 
 void nn_model_zero_grad(struct nn_model *m)

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "collective.h"
 #include "params.h"
 #include "tensor.h"
 
@@ -91,12 +92,28 @@ void nn_model_destroy(struct nn_model **m);
 /* inputs[g]: (groups[g].n_crops * batch, 3, S, S) float NCHW, normalized.
  * batch <= the built batch.  NN_MODEL_EVAL skips nothing but uses running
  * stats; its backward is not supported (the evaluator probes frozen
- * features, or fine-tunes in train mode). */
-void nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
-                      enum nn_model_mode mode);
+ * features, or fine-tunes in train mode).  Returns 0, or with SyncBN the
+ * status of a failed collective (nn_model_sync_status). */
+int nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
+                     enum nn_model_mode mode);
 /* dout: (n_rows, out_dim), the gradient of the loss w.r.t. m->out.  Adds the
- * parameter gradients into grad_data (zero it first: nn_model_zero_grad). */
-void nn_model_backward(struct nn_model *m, const float *dout);
+ * parameter gradients into grad_data (zero it first: nn_model_zero_grad).
+ * Returns as nn_model_forward. */
+int nn_model_backward(struct nn_model *m, const float *dout);
+/* SyncBN (torch.nn.SyncBatchNorm.convert_sync_batchnorm: every BatchNorm2d
+ * of the backbone and the head's BatchNorm1d): in train mode the batch
+ * statistics become those of the batches of the ranks of c together, in
+ * groups of group_size consecutive ranks (apex's process groups; 0: all),
+ * nn/syncbn.h.  Every forward and backward in train mode then is collective:
+ * all ranks call them in the same order with the same shapes.  c NULL or a
+ * world of one: off.  The model borrows c.  -1 with a message when the
+ * group size does not divide the world. */
+int nn_model_set_sync_bn(struct nn_model *m, struct nn_collective *c, int group_size, char *err,
+                         size_t errlen);
+/* 0, or the status of the first SyncBN collective that failed (sticky: the
+ * later BatchNorms of the pass, and of every later pass, use this rank's
+ * statistics; the collective must be rebuilt, i.e. the trainer stops). */
+int nn_model_sync_status(const struct nn_model *m);
 void nn_model_zero_grad(struct nn_model *m);
 /* prototypes.weight rows scaled to unit L2 norm (start of every step). */
 void nn_model_normalize_prototypes(struct nn_model *m);
