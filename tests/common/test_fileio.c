@@ -11,18 +11,8 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "tests/expect.h"
 
-static int failures, checks;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        checks++;                                                \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-        }                                                        \
-    } while (0)
 
 static char g_dir[256];
 
@@ -85,106 +75,106 @@ int main(void)
     int tmps;
     snprintf(path, sizeof path, "%s/state.json", g_dir);
 
-    CHECK(swav_file_write_atomic(path, "first version, long", 19, err, sizeof err) == 0, "write: %s", err);
-    CHECK(read_is(path, "first version, long"), "content after first write");
-    CHECK(count_entries(g_dir, &tmps) == 1 && tmps == 0, "one file, no temporary");
-    CHECK(swav_file_write_atomic(path, "second", 6, err, sizeof err) == 0, "replace: %s", err);
-    CHECK(read_is(path, "second"), "content replaced (and shorter)");
-    CHECK(count_entries(g_dir, &tmps) == 1 && tmps == 0, "still one file, no temporary");
-    CHECK(swav_file_write_atomic(path, "", 0, err, sizeof err) == 0 && read_is(path, ""), "empty file");
+    EXPECT(swav_file_write_atomic(path, "first version, long", 19, err, sizeof err) == 0, "write: %s", err);
+    EXPECT(read_is(path, "first version, long"), "content after first write");
+    EXPECT(count_entries(g_dir, &tmps) == 1 && tmps == 0, "one file, no temporary");
+    EXPECT(swav_file_write_atomic(path, "second", 6, err, sizeof err) == 0, "replace: %s", err);
+    EXPECT(read_is(path, "second"), "content replaced (and shorter)");
+    EXPECT(count_entries(g_dir, &tmps) == 1 && tmps == 0, "still one file, no temporary");
+    EXPECT(swav_file_write_atomic(path, "", 0, err, sizeof err) == 0 && read_is(path, ""), "empty file");
 
     /* writev and the mode */
     char secret[512];
     snprintf(secret, sizeof secret, "%s/key", g_dir);
     struct iovec iov[3] = {{"ab", 2}, {"", 0}, {"cde", 3}};
-    CHECK(swav_file_writev_atomic(secret, iov, 3, 0600, err, sizeof err) == 0, "writev: %s", err);
+    EXPECT(swav_file_writev_atomic(secret, iov, 3, 0600, err, sizeof err) == 0, "writev: %s", err);
     struct stat st;
-    CHECK(stat(secret, &st) == 0 && (st.st_mode & 0777) == 0600, "mode 0600: %o", st.st_mode & 0777);
-    CHECK(read_is(secret, "abcde"), "writev content");
+    EXPECT(stat(secret, &st) == 0 && (st.st_mode & 0777) == 0600, "mode 0600: %o", st.st_mode & 0777);
+    EXPECT(read_is(secret, "abcde"), "writev content");
 
     /* failures leave nothing behind and name the path */
     char nodir[512];
     snprintf(nodir, sizeof nodir, "%s/missing/x", g_dir);
     int rc = swav_file_write_atomic(nodir, "x", 1, err, sizeof err);
-    CHECK(rc == -ENOENT && strstr(err, "missing"), "write into a missing folder: %d %s", rc, err);
+    EXPECT(rc == -ENOENT && strstr(err, "missing"), "write into a missing folder: %d %s", rc, err);
     char sub[512];
     snprintf(sub, sizeof sub, "%s/adir", g_dir);
-    CHECK(mkdir(sub, 0755) == 0, "mkdir");
+    EXPECT(mkdir(sub, 0755) == 0, "mkdir");
     rc = swav_file_write_atomic(sub, "x", 1, err, sizeof err); /* rename onto a folder fails */
-    CHECK(rc < 0 && strstr(err, "adir"), "replace a folder: %d %s", rc, err);
-    CHECK(count_entries(g_dir, &tmps) == 3 && tmps == 0, "no temporary after failures (%d)", tmps);
+    EXPECT(rc < 0 && strstr(err, "adir"), "replace a folder: %d %s", rc, err);
+    EXPECT(count_entries(g_dir, &tmps) == 3 && tmps == 0, "no temporary after failures (%d)", tmps);
 
     /* threads replacing one file at once: every write succeeds, content whole */
     struct writer w[2] = {{path, 'a', 0}, {path, 'b', 0}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, writer_main, &w[i]);
     for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
-    CHECK(w[0].fails == 0 && w[1].fails == 0, "concurrent writers failed %d, %d times", w[0].fails, w[1].fails);
+    EXPECT(w[0].fails == 0 && w[1].fails == 0, "concurrent writers failed %d, %d times", w[0].fails, w[1].fails);
     void *data = NULL;
     size_t len = 0;
-    CHECK(swav_file_read_all(path, 1 << 20, &data, &len, err, sizeof err) == 0 && len == 4096, "read after race");
+    EXPECT(swav_file_read_all(path, 1 << 20, &data, &len, err, sizeof err) == 0 && len == 4096, "read after race");
     int uniform = data != NULL;
     for (size_t i = 1; data && i < len; i++) uniform &= ((char *)data)[i] == ((char *)data)[0];
-    CHECK(uniform, "content of one writer, not a mix");
+    EXPECT(uniform, "content of one writer, not a mix");
     free(data);
-    CHECK(count_entries(g_dir, &tmps) == 3 && tmps == 0, "no temporary after the race (%d)", tmps);
+    EXPECT(count_entries(g_dir, &tmps) == 3 && tmps == 0, "no temporary after the race (%d)", tmps);
 
     /* bounded reads */
     data = NULL;
     rc = swav_file_read_all(path, 100, &data, &len, err, sizeof err);
-    CHECK(rc == -EFBIG && data == NULL && strstr(err, "state.json"), "over the limit: %d %s", rc, err);
+    EXPECT(rc == -EFBIG && data == NULL && strstr(err, "state.json"), "over the limit: %d %s", rc, err);
     rc = swav_file_read_all(sub, 100, &data, &len, err, sizeof err);
-    CHECK(rc == -EINVAL && strstr(err, "adir"), "a folder: %d %s", rc, err);
+    EXPECT(rc == -EINVAL && strstr(err, "adir"), "a folder: %d %s", rc, err);
     rc = swav_file_read_all(nodir, 100, &data, &len, err, sizeof err);
-    CHECK(rc == -ENOENT && strstr(err, "missing"), "missing: %d %s", rc, err);
+    EXPECT(rc == -ENOENT && strstr(err, "missing"), "missing: %d %s", rc, err);
 
     /* mkdirs */
     char deep[512];
     snprintf(deep, sizeof deep, "%s/a/b/c", g_dir);
-    CHECK(swav_mkdirs(deep, err, sizeof err) == 0, "mkdirs: %s", err);
-    CHECK(swav_mkdirs(deep, err, sizeof err) == 0, "mkdirs again: %s", err);
-    CHECK(stat(deep, &st) == 0 && S_ISDIR(st.st_mode), "deep folder exists");
+    EXPECT(swav_mkdirs(deep, err, sizeof err) == 0, "mkdirs: %s", err);
+    EXPECT(swav_mkdirs(deep, err, sizeof err) == 0, "mkdirs again: %s", err);
+    EXPECT(stat(deep, &st) == 0 && S_ISDIR(st.st_mode), "deep folder exists");
     char under_file[512];
     snprintf(under_file, sizeof under_file, "%s/state.json/x", g_dir);
     rc = swav_mkdirs(under_file, err, sizeof err);
-    CHECK(rc == -ENOTDIR && strstr(err, "state.json"), "mkdirs under a file: %d %s", rc, err);
+    EXPECT(rc == -ENOTDIR && strstr(err, "state.json"), "mkdirs under a file: %d %s", rc, err);
 
     /* rm_tree: files, folders, a socket-like leftover and a link out of the
      * tree (removed, not followed) */
     char tree[512], outside[512], p2[600];
     snprintf(tree, sizeof tree, "%s/tree", g_dir);
     snprintf(outside, sizeof outside, "%s/outside", g_dir);
-    CHECK(swav_file_write_atomic(outside, "keep", 4, err, sizeof err) == 0, "write: %s", err);
+    EXPECT(swav_file_write_atomic(outside, "keep", 4, err, sizeof err) == 0, "write: %s", err);
     snprintf(p2, sizeof p2, "%s/x/y/z", tree);
-    CHECK(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
+    EXPECT(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
     snprintf(p2, sizeof p2, "%s/x/y/z/f", tree);
-    CHECK(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
+    EXPECT(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
     snprintf(p2, sizeof p2, "%s/x/f", tree);
-    CHECK(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
+    EXPECT(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
     snprintf(p2, sizeof p2, "%s/x/link", tree);
-    CHECK(symlink(g_dir, p2) == 0, "symlink: %s", strerror(errno));
-    CHECK(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree: %s", err);
-    CHECK(lstat(tree, &st) != 0 && errno == ENOENT, "the tree is gone");
-    CHECK(read_is(outside, "keep"), "the link's target is untouched");
-    CHECK(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree of a missing path: %s", err);
+    EXPECT(symlink(g_dir, p2) == 0, "symlink: %s", strerror(errno));
+    EXPECT(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree: %s", err);
+    EXPECT(lstat(tree, &st) != 0 && errno == ENOENT, "the tree is gone");
+    EXPECT(read_is(outside, "keep"), "the link's target is untouched");
+    EXPECT(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree of a missing path: %s", err);
     if (geteuid() != 0) {
         /* a folder we cannot write: the entry is named, the rest still goes */
         snprintf(p2, sizeof p2, "%s/ro/sub", tree);
-        CHECK(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
+        EXPECT(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
         snprintf(p2, sizeof p2, "%s/ro/sub/f", tree);
-        CHECK(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
+        EXPECT(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
         snprintf(p2, sizeof p2, "%s/other", tree);
-        CHECK(swav_file_write_atomic(p2, "o", 1, err, sizeof err) == 0, "write: %s", err);
+        EXPECT(swav_file_write_atomic(p2, "o", 1, err, sizeof err) == 0, "write: %s", err);
         snprintf(p2, sizeof p2, "%s/ro/sub", tree);
         chmod(p2, 0555);
         rc = swav_rm_tree(tree, err, sizeof err);
-        CHECK(rc == -EACCES && strstr(err, "ro/sub/f"), "read-only folder: %d %s", rc, err);
+        EXPECT(rc == -EACCES && strstr(err, "ro/sub/f"), "read-only folder: %d %s", rc, err);
         snprintf(p2, sizeof p2, "%s/other", tree);
-        CHECK(access(p2, F_OK) != 0, "the other entries are removed");
+        EXPECT(access(p2, F_OK) != 0, "the other entries are removed");
         snprintf(p2, sizeof p2, "%s/ro/sub", tree);
         chmod(p2, 0755);
     }
-    CHECK(swav_rm_tree(g_dir, err, sizeof err) == 0, "rm_tree of the test folder: %s", err);
+    EXPECT(swav_rm_tree(g_dir, err, sizeof err) == 0, "rm_tree of the test folder: %s", err);
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }

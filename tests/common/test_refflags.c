@@ -14,18 +14,8 @@
 
 #include "common/flags.h"
 #include "common/refflags.h"
+#include "tests/expect.h"
 
-static int failures, checks;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        checks++;                                                \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-        }                                                        \
-    } while (0)
 
 /* kind: i int, f float, s str, b bool_flag, I int list (nargs="+"), F float list */
 struct ref_flag {
@@ -180,15 +170,15 @@ static void check_table(const char *what, const struct swav_flag_set *set,
                         const struct ref_flag *ref, size_t nref)
 {
     char err[512];
-    CHECK(set->n == nref, "%s: %zu flags in the table, %zu in the reference", what, set->n, nref);
-    CHECK(parse(set, err, sizeof err, 0, NULL) == 0, "%s: defaults: %s", what, err);
+    EXPECT(set->n == nref, "%s: %zu flags in the table, %zu in the reference", what, set->n, nref);
+    EXPECT(parse(set, err, sizeof err, 0, NULL) == 0, "%s: defaults: %s", what, err);
     for (size_t i = 0; i < nref; i++) {
         const struct swav_flag *f = find_row(set, ref[i].name);
-        CHECK(f != NULL, "%s: no flag --%s", what, ref[i].name);
+        EXPECT(f != NULL, "%s: no flag --%s", what, ref[i].name);
         if (!f) continue;
-        CHECK(f->type == kind_type(ref[i].kind), "%s: --%s has the wrong type", what, ref[i].name);
-        CHECK(field_matches(f, set->cfg, &ref[i]), "%s: --%s default is not %s", what,
-              ref[i].name, ref[i].def);
+        EXPECT(f->type == kind_type(ref[i].kind), "%s: --%s has the wrong type", what, ref[i].name);
+        EXPECT(field_matches(f, set->cfg, &ref[i]), "%s: --%s default is not %s", what,
+               ref[i].name, ref[i].def);
     }
     /* each flag given its default explicitly is accepted and keeps it */
     for (size_t i = 0; i < nref; i++) {
@@ -207,16 +197,16 @@ static void check_table(const char *what, const struct swav_flag_set *set,
             argv[argc++] = vals;
         }
         int rc = parse(set, err, sizeof err, argc, argv);
-        CHECK(rc == 0, "%s: %s %s refused: %s", what, flag, ref[i].def, err);
-        CHECK(rc == 0 && field_matches(f, set->cfg, &ref[i]), "%s: %s %s not stored", what,
-              flag, ref[i].def);
+        EXPECT(rc == 0, "%s: %s %s refused: %s", what, flag, ref[i].def, err);
+        EXPECT(rc == 0 && field_matches(f, set->cfg, &ref[i]), "%s: %s %s not stored", what,
+               flag, ref[i].def);
         /* and in --name=value form for single values */
         if (ref[i].kind != 'I' && ref[i].kind != 'F') {
             char eq[300];
             snprintf(eq, sizeof eq, "--%s=%s", ref[i].name, ref[i].def);
             const char *a1[] = {eq};
-            CHECK(parse(set, err, sizeof err, 1, a1) == 0 && field_matches(f, set->cfg, &ref[i]),
-                  "%s: %s refused: %s", what, eq, err);
+            EXPECT(parse(set, err, sizeof err, 1, a1) == 0 && field_matches(f, set->cfg, &ref[i]),
+                   "%s: %s refused: %s", what, eq, err);
         }
     }
     /* every number flag refuses text, naming itself */
@@ -227,14 +217,14 @@ static void check_table(const char *what, const struct swav_flag_set *set,
         snprintf(flag, sizeof flag, "--%s", f->name);
         snprintf(want, sizeof want, "--%s:", f->name);
         const char *argv[] = {flag, "abc"};
-        CHECK(parse(set, err, sizeof err, 2, argv) == -1 && strstr(err, want),
-              "%s: %s abc: '%s'", what, flag, err);
+        EXPECT(parse(set, err, sizeof err, 2, argv) == -1 && strstr(err, want),
+               "%s: %s abc: '%s'", what, flag, err);
         const char *argv2[] = {flag, "1.5x"};
-        CHECK(parse(set, err, sizeof err, 2, argv2) == -1 && strstr(err, want),
-              "%s: %s 1.5x: '%s'", what, flag, err);
+        EXPECT(parse(set, err, sizeof err, 2, argv2) == -1 && strstr(err, want),
+               "%s: %s 1.5x: '%s'", what, flag, err);
         const char *argv3[] = {flag};
-        CHECK(parse(set, err, sizeof err, 1, argv3) == -1 && strstr(err, want),
-              "%s: %s without value: '%s'", what, flag, err);
+        EXPECT(parse(set, err, sizeof err, 1, argv3) == -1 && strstr(err, want),
+               "%s: %s without value: '%s'", what, flag, err);
     }
     /* every boolean refuses a non-boolean, naming itself */
     for (size_t i = 0; i < set->n; i++) {
@@ -245,27 +235,27 @@ static void check_table(const char *what, const struct swav_flag_set *set,
         snprintf(eq, sizeof eq, "--%s=maybe", f->name);
         snprintf(want, sizeof want, "--%s:", f->name);
         const char *argv[] = {flag, "maybe"};
-        CHECK(parse(set, err, sizeof err, 2, argv) == -1 && strstr(err, want),
-              "%s: %s maybe: '%s'", what, flag, err);
+        EXPECT(parse(set, err, sizeof err, 2, argv) == -1 && strstr(err, want),
+               "%s: %s maybe: '%s'", what, flag, err);
         const char *argv2[] = {eq};
-        CHECK(parse(set, err, sizeof err, 1, argv2) == -1 && strstr(err, want),
-              "%s: %s: '%s'", what, eq, err);
+        EXPECT(parse(set, err, sizeof err, 1, argv2) == -1 && strstr(err, want),
+               "%s: %s: '%s'", what, eq, err);
         const char *argv3[] = {flag, "off"};
-        CHECK(parse(set, err, sizeof err, 2, argv3) == 0 &&
-                  !*(const bool *)((const char *)set->cfg + f->offset),
-              "%s: %s off", what, flag);
+        EXPECT(parse(set, err, sizeof err, 2, argv3) == 0 &&
+                   !*(const bool *)((const char *)set->cfg + f->offset),
+               "%s: %s off", what, flag);
         const char *argv4[] = {flag, "--seed", "1"};
-        CHECK(parse(set, err, sizeof err, 3, argv4) == 0 &&
-                  *(const bool *)((const char *)set->cfg + f->offset),
-              "%s: bare %s means true: %s", what, flag, err);
+        EXPECT(parse(set, err, sizeof err, 3, argv4) == 0 &&
+                   *(const bool *)((const char *)set->cfg + f->offset),
+               "%s: bare %s means true: %s", what, flag, err);
     }
     /* unknown flags name themselves */
     const char *unk[] = {"--nmb_crop", "2"};
-    CHECK(parse(set, err, sizeof err, 2, unk) == -1 && strstr(err, "--nmb_crop "), "%s: unknown: '%s'", what, err);
+    EXPECT(parse(set, err, sizeof err, 2, unk) == -1 && strstr(err, "--nmb_crop "), "%s: unknown: '%s'", what, err);
     const char *pos[] = {"positional"};
-    CHECK(parse(set, err, sizeof err, 1, pos) == -1 && strstr(err, "positional"), "%s: positional: '%s'", what, err);
+    EXPECT(parse(set, err, sizeof err, 1, pos) == -1 && strstr(err, "positional"), "%s: positional: '%s'", what, err);
     const char *help[] = {"--help"};
-    CHECK(parse(set, err, sizeof err, 1, help) == 1, "%s: --help", what);
+    EXPECT(parse(set, err, sizeof err, 1, help) == 1, "%s: --help", what);
     /* usage lists every flag; JSON has every flag */
     char *ubuf = NULL;
     size_t ulen = 0;
@@ -273,16 +263,16 @@ static void check_table(const char *what, const struct swav_flag_set *set,
     swav_flags_usage(mem, "test", set, 1);
     fclose(mem);
     static char json[16384];
-    CHECK(parse(set, err, sizeof err, 0, NULL) == 0, "defaults again");
+    EXPECT(parse(set, err, sizeof err, 0, NULL) == 0, "defaults again");
     int jn = swav_flags_to_json(json, sizeof json, set, 1);
-    CHECK(jn > 0 && (size_t)jn < sizeof json, "%s: json length %d", what, jn);
-    CHECK(swav_flags_to_json(NULL, 0, set, 1) == jn, "%s: json measuring pass", what);
+    EXPECT(jn > 0 && (size_t)jn < sizeof json, "%s: json length %d", what, jn);
+    EXPECT(swav_flags_to_json(NULL, 0, set, 1) == jn, "%s: json measuring pass", what);
     for (size_t i = 0; i < nref; i++) {
         char key[80];
         snprintf(key, sizeof key, "--%s ", ref[i].name);
-        CHECK(strstr(ubuf, key), "%s: usage lacks %s", what, key);
+        EXPECT(strstr(ubuf, key), "%s: usage lacks %s", what, key);
         snprintf(key, sizeof key, "\"%s\":", ref[i].name);
-        CHECK(strstr(json, key), "%s: json lacks %s", what, key);
+        EXPECT(strstr(json, key), "%s: json lacks %s", what, key);
     }
     free(ubuf);
 }
@@ -293,8 +283,8 @@ static void expect_err(const struct swav_flag_set *set, int argc, const char **a
     char err[512] = "";
     int rc = parse(set, err, sizeof err, argc, argv);
     if (rc == 0 && post) rc = post(set->cfg, err, sizeof err);
-    CHECK(rc == -1 && strstr(err, want), "%s %s...: want an error naming '%s', got rc %d '%s'",
-          argv[0], argc > 1 ? argv[1] : "", want, rc, err);
+    EXPECT(rc == -1 && strstr(err, want), "%s %s...: want an error naming '%s', got rc %d '%s'",
+           argv[0], argc > 1 ? argv[1] : "", want, rc, err);
 }
 
 static int main_check(const void *cfg, char *err, size_t len) { return swav_main_args_check(cfg, err, len); }
@@ -351,15 +341,15 @@ int main(int argc, char **argv)
                             "resnet50", "--use_fp16", "true", "--sync_bn", "pytorch",
                             "--dump_path", "/exp/swav"};
     int rc = parse(&ms, err, sizeof err, (int)(sizeof ref400 / sizeof ref400[0]), ref400);
-    CHECK(rc == 0 && swav_main_args_check(&ma, err, sizeof err) == 0, "reference command line: %s", err);
-    CHECK(ma.nmb_crops.n == 2 && ma.nmb_crops.v[1] == 6 && ma.size_crops.v[1] == 96 &&
-              ma.max_scale_crops.v[0] == 1.0 && ma.min_scale_crops.v[1] == 0.05 &&
-              ma.queue_length == 3840 && ma.wd == 1e-6 && ma.final_lr == 0.0006 && ma.use_fp16 &&
-              !strcmp(ma.sync_bn, "pytorch") && !strcmp(ma.dump_path, "/exp/swav"),
-          "reference command line values");
+    EXPECT(rc == 0 && swav_main_args_check(&ma, err, sizeof err) == 0, "reference command line: %s", err);
+    EXPECT(ma.nmb_crops.n == 2 && ma.nmb_crops.v[1] == 6 && ma.size_crops.v[1] == 96 &&
+               ma.max_scale_crops.v[0] == 1.0 && ma.min_scale_crops.v[1] == 0.05 &&
+               ma.queue_length == 3840 && ma.wd == 1e-6 && ma.final_lr == 0.0006 && ma.use_fp16 &&
+               !strcmp(ma.sync_bn, "pytorch") && !strcmp(ma.dump_path, "/exp/swav"),
+           "reference command line values");
     const char *apex[] = {"--sync_bn", "apex", "--use_fp16", "false"};
-    CHECK(parse(&ms, err, sizeof err, 4, apex) == 0 && !strcmp(ma.sync_bn, "apex") && !ma.use_fp16,
-          "--sync_bn apex --use_fp16 false: %s", err);
+    EXPECT(parse(&ms, err, sizeof err, 4, apex) == 0 && !strcmp(ma.sync_bn, "apex") && !ma.use_fp16,
+           "--sync_bn apex --use_fp16 false: %s", err);
 
     /* out of range, naming the flag */
     const char *c1[] = {"--epsilon", "0"};
@@ -407,24 +397,24 @@ int main(int argc, char **argv)
     const char *h2[] = {"--labels_perc", "5"};
     expect_err(&ss, 2, h2, "--labels_perc", NULL);
     const char *h3[] = {"--labels_perc", "1"};
-    CHECK(parse(&ss, err, sizeof err, 2, h3) == 0 && !strcmp(sa.labels_perc, "1"), "--labels_perc 1");
+    EXPECT(parse(&ss, err, sizeof err, 2, h3) == 0 && !strcmp(sa.labels_perc, "1"), "--labels_perc 1");
     const char *h4[] = {"--scheduler_type", "step", "--decay_epochs", "30", "60", "90"};
-    CHECK(parse(&ls, err, sizeof err, 6, h4) == 0 && la.decay_epochs.n == 3 &&
-              !strcmp(la.scheduler_type, "step"),
-          "eval_linear step schedule: %s", err);
+    EXPECT(parse(&ls, err, sizeof err, 6, h4) == 0 && la.decay_epochs.n == 3 &&
+               !strcmp(la.scheduler_type, "step"),
+           "eval_linear step schedule: %s", err);
     /* a negative number is a value, not a flag */
     const char *n1[] = {"--world_size", "-1", "--rank", "0"};
-    CHECK(parse(&ms, err, sizeof err, 4, n1) == 0 && ma.world_size == -1, "negative value: %s", err);
+    EXPECT(parse(&ms, err, sizeof err, 4, n1) == 0 && ma.world_size == -1, "negative value: %s", err);
 
     /* JSON of a string with quotes and control characters */
     const char *q[] = {"--dump_path", "a\"b\\c\n"};
-    CHECK(parse(&ms, err, sizeof err, 2, q) == 0, "dump_path with quotes");
+    EXPECT(parse(&ms, err, sizeof err, 2, q) == 0, "dump_path with quotes");
     static char json[8192];
     swav_flags_to_json(json, sizeof json, &ms, 1);
-    CHECK(strstr(json, "\"dump_path\":\"a\\\"b\\\\c\\u000a\""), "json escaping: %s", json);
+    EXPECT(strstr(json, "\"dump_path\":\"a\\\"b\\\\c\\u000a\""), "json escaping: %s", json);
     char small[16];
     int need = swav_flags_to_json(small, sizeof small, &ms, 1);
-    CHECK(need > (int)sizeof small && small[sizeof small - 1] == '\0', "json truncation");
+    EXPECT(need > (int)sizeof small && small[sizeof small - 1] == '\0', "json truncation");
 
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;

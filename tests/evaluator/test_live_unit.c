@@ -16,17 +16,8 @@
 #include "nn/backend.h"
 #include "nn/checkpoint.h"
 #include "nn/resnet.h"
+#include "tests/expect.h"
 
-static int failures;
-#define EXPECT(cond, ...)                                        \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-            failures++;                                          \
-        }                                                        \
-    } while (0)
 
 static void subset_case(const int *class_sizes, int ncls, int64_t limit)
 {

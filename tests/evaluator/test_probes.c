@@ -16,17 +16,8 @@
 #include "common/rng.h"
 #include "evaluator/knn.h"
 #include "evaluator/linear.h"
+#include "tests/expect.h"
 
-static int failures;
-#define EXPECT(cond, ...)                                             \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fprintf(stderr, "\n");                                    \
-            failures++;                                               \
-        }                                                             \
-    } while (0)
 
 enum { D = 64, C = 10, NT = 4000, NV = 2000 };
 

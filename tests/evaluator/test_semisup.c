@@ -27,17 +27,8 @@
 #include "evaluator/ckpt_scan.h"
 #include "evaluator/results.h"
 #include "evaluator/semisup.h"
+#include "tests/expect.h"
 
-static int failures;
-#define EXPECT(cond, ...)                                        \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-            failures++;                                          \
-        }                                                        \
-    } while (0)
 
 enum { NCLS = 7 };
 

@@ -12,21 +12,9 @@
 
 #include "proto/proto.h"
 #include "samples.h"
+#include "tests/expect.h"
 
-static int failures;
-static int checks;
 static int seen_status[PROTO_STATUS_COUNT];
-
-#define CHECK(cond, ...)                                              \
-    do {                                                              \
-        checks++;                                                     \
-        if (!(cond)) {                                                \
-            failures++;                                               \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fputc('\n', stderr);                                      \
-        }                                                             \
-    } while (0)
 
 /* Room for the decoded struct of any type. */
 static union {
@@ -94,10 +82,10 @@ static void expect(enum proto_type t, const struct proto_frame *f, size_t n,
     if (st >= 0 && st < PROTO_STATUS_COUNT) seen_status[st] = 1;
     char msg[512];
     proto_diag_format(msg, sizeof msg, t, st, &d);
-    CHECK(st == want, "%s (%s): got %s, want %s; %s", what, proto_type_name(t),
-          proto_status_str(st), proto_status_str(want), msg);
+    EXPECT(st == want, "%s (%s): got %s, want %s; %s", what, proto_type_name(t),
+           proto_status_str(st), proto_status_str(want), msg);
     if (st != PROTO_OK) {
-        CHECK(!memcmp(&g_out, &g_guard, sizeof g_out), "%s: output written on failure", what);
+        EXPECT(!memcmp(&g_out, &g_guard, sizeof g_out), "%s: output written on failure", what);
     }
 }
 
@@ -188,7 +176,7 @@ static void expect_mut(enum proto_type t, const char *key, enum op op, enum prot
 {
     struct proto_msg m;
     proto_msg_init(&m);
-    CHECK(sample_encode(t, &m) == PROTO_OK, "sample %s", proto_type_name(t));
+    EXPECT(sample_encode(t, &m) == PROTO_OK, "sample %s", proto_type_name(t));
     msgpack_sbuffer out;
     mutate(&m, key, op, g_val.data, g_val.size, &out);
     struct proto_frame f[PROTO_MAX_FRAMES];
@@ -209,25 +197,25 @@ static void test_round_trip(void)
         proto_msg_init(&m);
         proto_msg_init(&m2);
         enum proto_status st = sample_encode((enum proto_type)t, &m);
-        CHECK(st == PROTO_OK, "encode %s: %s", proto_type_name(t), proto_status_str(st));
+        EXPECT(st == PROTO_OK, "encode %s: %s", proto_type_name(t), proto_status_str(st));
         expect((enum proto_type)t, m.frames, m.nframes, NULL, PROTO_OK, "round trip");
         struct proto_decode_opts o = {.run = SAMPLE_RUN};
         expect((enum proto_type)t, m.frames, m.nframes, &o, PROTO_OK, "round trip, run checked");
         /* re-encode what was decoded: byte-identical header, same tensor frames */
         st = encode_as((enum proto_type)t, &m2, &g_out);
-        CHECK(st == PROTO_OK, "re-encode %s: %s", proto_type_name(t), proto_status_str(st));
-        CHECK(m.hdr_len == m2.hdr_len && !memcmp(m.hdr, m2.hdr, m.hdr_len),
-              "%s: re-encoded header differs", proto_type_name(t));
-        CHECK(m.nframes == m2.nframes, "%s: frame count %zu vs %zu", proto_type_name(t),
-              m.nframes, m2.nframes);
+        EXPECT(st == PROTO_OK, "re-encode %s: %s", proto_type_name(t), proto_status_str(st));
+        EXPECT(m.hdr_len == m2.hdr_len && !memcmp(m.hdr, m2.hdr, m.hdr_len),
+               "%s: re-encoded header differs", proto_type_name(t));
+        EXPECT(m.nframes == m2.nframes, "%s: frame count %zu vs %zu", proto_type_name(t),
+               m.nframes, m2.nframes);
         for (size_t i = 1; i < m.nframes && i < m2.nframes; i++) {
-            CHECK(m.frames[i].len == m2.frames[i].len && m.frames[i].data == m2.frames[i].data,
-                  "%s: tensor frame %zu not referenced in place", proto_type_name(t), i);
+            EXPECT(m.frames[i].len == m2.frames[i].len && m.frames[i].data == m2.frames[i].data,
+                   "%s: tensor frame %zu not referenced in place", proto_type_name(t), i);
         }
         struct proto_header h;
         st = proto_peek_type(m.frames, m.nframes, NULL, &h, NULL);
-        CHECK(st == PROTO_OK && (int)h.type == t && h.v == PROTO_VERSION && !strcmp(h.run, SAMPLE_RUN),
-              "peek %s", proto_type_name(t));
+        EXPECT(st == PROTO_OK && (int)h.type == t && h.v == PROTO_VERSION && !strcmp(h.run, SAMPLE_RUN),
+               "peek %s", proto_type_name(t));
         proto_msg_free(&m);
         proto_msg_free(&m2);
     }
@@ -235,68 +223,68 @@ static void test_round_trip(void)
     struct proto_msg m;
     proto_msg_init(&m);
     sample_encode(PROTO_TYPE_BATCH, &m);
-    CHECK(proto_batch_decode(m.frames, m.nframes, NULL, &g_out.batch, NULL) == PROTO_OK, "batch");
+    EXPECT(proto_batch_decode(m.frames, m.nframes, NULL, &g_out.batch, NULL) == PROTO_OK, "batch");
     const struct proto_batch *sb = sample_struct(PROTO_TYPE_BATCH);
-    CHECK(g_out.batch.ngroups == 2 && g_out.batch.crops[1].shape[1] == 2 &&
-              !memcmp(g_out.batch.crops[0].data, sb->crops[0].data, sb->crops[0].nbytes) &&
-              ((const int32_t *)g_out.batch.labels.data)[1] == -1 &&
-              !strcmp(g_out.batch.notes[0].text, sb->notes[0].text) &&
-              g_out.batch.augment_ms == 30.25,
-          "batch fields");
+    EXPECT(g_out.batch.ngroups == 2 && g_out.batch.crops[1].shape[1] == 2 &&
+               !memcmp(g_out.batch.crops[0].data, sb->crops[0].data, sb->crops[0].nbytes) &&
+               ((const int32_t *)g_out.batch.labels.data)[1] == -1 &&
+               !strcmp(g_out.batch.notes[0].text, sb->notes[0].text) &&
+               g_out.batch.augment_ms == 30.25,
+           "batch fields");
     sample_encode(PROTO_TYPE_HELLO, &m);
-    CHECK(proto_hello_decode(m.frames, m.nframes, NULL, &g_out.hello, NULL) == PROTO_OK, "hello");
-    CHECK(g_out.hello.epsilon == 0.05 && g_out.hello.has_nccl_id && g_out.hello.nccl_id[127] == (uint8_t)(127 * 3 + 1) &&
-              g_out.hello.crops_for_assign[1] == 1 && g_out.hello.n_crops_for_assign == 2,
-          "hello fields");
+    EXPECT(proto_hello_decode(m.frames, m.nframes, NULL, &g_out.hello, NULL) == PROTO_OK, "hello");
+    EXPECT(g_out.hello.epsilon == 0.05 && g_out.hello.has_nccl_id && g_out.hello.nccl_id[127] == (uint8_t)(127 * 3 + 1) &&
+               g_out.hello.crops_for_assign[1] == 1 && g_out.hello.n_crops_for_assign == 2,
+           "hello fields");
     /* optional parts absent */
     struct proto_hello h = *(const struct proto_hello *)sample_struct(PROTO_TYPE_HELLO);
     h.has_nccl_id = false;
     h.resume_path[0] = '\0';
-    CHECK(proto_hello_encode(&m, "r", &h) == PROTO_OK, "hello without nccl id");
-    CHECK(proto_hello_decode(m.frames, m.nframes, NULL, &g_out.hello, NULL) == PROTO_OK &&
-              !g_out.hello.has_nccl_id && g_out.hello.resume_path[0] == '\0',
-          "hello without nccl id decodes");
+    EXPECT(proto_hello_encode(&m, "r", &h) == PROTO_OK, "hello without nccl id");
+    EXPECT(proto_hello_decode(m.frames, m.nframes, NULL, &g_out.hello, NULL) == PROTO_OK &&
+               !g_out.hello.has_nccl_id && g_out.hello.resume_path[0] == '\0',
+           "hello without nccl id decodes");
     struct proto_embed e = *(const struct proto_embed *)sample_struct(PROTO_TYPE_EMBED);
     e.has_prototypes = false;
-    CHECK(proto_embed_encode(&m, "r", &e) == PROTO_OK && m.nframes == 2, "embed without prototypes");
-    CHECK(proto_embed_decode(m.frames, m.nframes, NULL, &g_out.embed, NULL) == PROTO_OK &&
-              !g_out.embed.has_prototypes && g_out.embed.embeddings.shape[2] == 4,
-          "embed without prototypes decodes");
+    EXPECT(proto_embed_encode(&m, "r", &e) == PROTO_OK && m.nframes == 2, "embed without prototypes");
+    EXPECT(proto_embed_decode(m.frames, m.nframes, NULL, &g_out.embed, NULL) == PROTO_OK &&
+               !g_out.embed.has_prototypes && g_out.embed.embeddings.shape[2] == 4,
+           "embed without prototypes decodes");
     /* ready: data set sizes, and without them (a loader that predates the field) */
     sample_encode(PROTO_TYPE_READY, &m);
-    CHECK(proto_ready_decode(m.frames, m.nframes, NULL, &g_out.ready, NULL) == PROTO_OK &&
-              g_out.ready.has_datasets && g_out.ready.n_datasets == 2 &&
-              !strcmp(g_out.ready.datasets[1].name, "eval_val") &&
-              g_out.ready.datasets[0].value == 1281167.0,
-          "ready data sets");
+    EXPECT(proto_ready_decode(m.frames, m.nframes, NULL, &g_out.ready, NULL) == PROTO_OK &&
+               g_out.ready.has_datasets && g_out.ready.n_datasets == 2 &&
+               !strcmp(g_out.ready.datasets[1].name, "eval_val") &&
+               g_out.ready.datasets[0].value == 1281167.0,
+           "ready data sets");
     struct proto_ready rd = *(const struct proto_ready *)sample_struct(PROTO_TYPE_READY);
     rd.has_datasets = false;
-    CHECK(proto_ready_encode(&m, "r", &rd) == PROTO_OK, "ready without data sets");
-    CHECK(proto_ready_decode(m.frames, m.nframes, NULL, &g_out.ready, NULL) == PROTO_OK &&
-              !g_out.ready.has_datasets && g_out.ready.n_datasets == 0,
-          "ready without data sets decodes");
+    EXPECT(proto_ready_encode(&m, "r", &rd) == PROTO_OK, "ready without data sets");
+    EXPECT(proto_ready_decode(m.frames, m.nframes, NULL, &g_out.ready, NULL) == PROTO_OK &&
+               !g_out.ready.has_datasets && g_out.ready.n_datasets == 0,
+           "ready without data sets decodes");
     rd.has_datasets = true;
     rd.datasets[1].value = 2.5;
-    CHECK(proto_ready_encode(&m, "r", &rd) == PROTO_ERR_OUT_OF_RANGE,
-          "encoder refuses 2.5 images");
+    EXPECT(proto_ready_encode(&m, "r", &rd) == PROTO_ERR_OUT_OF_RANGE,
+           "encoder refuses 2.5 images");
     /* status request with no counters; eval orders */
     struct proto_status_msg s = {.rank = 0, .request = true};
     snprintf(s.role, sizeof s.role, "launcher");
-    CHECK(proto_status_msg_encode(&m, "r", &s) == PROTO_OK, "status request");
-    CHECK(proto_status_msg_decode(m.frames, m.nframes, NULL, &g_out.status, NULL) == PROTO_OK &&
-              g_out.status.request && g_out.status.n_counters == 0,
-          "status request decodes");
+    EXPECT(proto_status_msg_encode(&m, "r", &s) == PROTO_OK, "status request");
+    EXPECT(proto_status_msg_decode(m.frames, m.nframes, NULL, &g_out.status, NULL) == PROTO_OK &&
+               g_out.status.request && g_out.status.n_counters == 0,
+           "status request decodes");
     struct proto_order o = *(const struct proto_order *)sample_struct(PROTO_TYPE_ORDER);
     o.mode = PROTO_MODE_EVAL_VAL;
     o.ngroups = 1;
     o.nmb_crops[0] = 1;
     o.resize = 256;
-    CHECK(proto_order_encode(&m, "r", &o) == PROTO_OK, "eval order");
-    CHECK(proto_order_decode(m.frames, m.nframes, NULL, &g_out.order, NULL) == PROTO_OK &&
-              g_out.order.mode == PROTO_MODE_EVAL_VAL && g_out.order.resize == 256,
-          "eval order decodes");
+    EXPECT(proto_order_encode(&m, "r", &o) == PROTO_OK, "eval order");
+    EXPECT(proto_order_decode(m.frames, m.nframes, NULL, &g_out.order, NULL) == PROTO_OK &&
+               g_out.order.mode == PROTO_MODE_EVAL_VAL && g_out.order.resize == 256,
+           "eval order decodes");
     o.resize = 0; /* EVAL_VAL needs resize */
-    CHECK(proto_order_encode(&m, "r", &o) == PROTO_ERR_INCONSISTENT, "encoder refuses a bad order");
+    EXPECT(proto_order_encode(&m, "r", &o) == PROTO_ERR_INCONSISTENT, "encoder refuses a bad order");
     proto_msg_free(&m);
 }
 
@@ -489,9 +477,9 @@ static void test_version_and_run(void)
         o.run = "";
         expect((enum proto_type)t, m.frames, m.nframes, &o, PROTO_OK, "any run");
         struct proto_header h;
-        CHECK(proto_peek_type(m.frames, m.nframes, &(struct proto_decode_opts){.run = "x"}, &h,
-                              NULL) == PROTO_ERR_WRONG_RUN,
-              "peek checks the run");
+        EXPECT(proto_peek_type(m.frames, m.nframes, &(struct proto_decode_opts){.run = "x"}, &h,
+                               NULL) == PROTO_ERR_WRONG_RUN,
+               "peek checks the run");
         proto_msg_free(&m);
     }
 }
@@ -568,7 +556,7 @@ static void test_shape_length(void)
     struct proto_embed e = *(const struct proto_embed *)sample_struct(PROTO_TYPE_EMBED);
     e.prototypes.shape[1] = 2; /* D 2 vs 4 */
     enum proto_status st = proto_embed_encode(&m, "r", &e);
-    CHECK(st == PROTO_ERR_BAD_SHAPE, "encode embed with D mismatch: %s", proto_status_str(st));
+    EXPECT(st == PROTO_ERR_BAD_SHAPE, "encode embed with D mismatch: %s", proto_status_str(st));
     proto_msg_free(&m);
 }
 
@@ -615,13 +603,13 @@ static void test_structure(void)
 
     /* encoder argument checks */
     struct proto_ready r = *(const struct proto_ready *)sample_struct(PROTO_TYPE_READY);
-    CHECK(proto_ready_encode(&m, NULL, &r) == PROTO_ERR_BAD_ARG, "NULL run");
+    EXPECT(proto_ready_encode(&m, NULL, &r) == PROTO_ERR_BAD_ARG, "NULL run");
     char longrun[100];
     memset(longrun, 'r', 99);
     longrun[99] = '\0';
-    CHECK(proto_ready_encode(&m, longrun, &r) == PROTO_ERR_BAD_ARG, "run id too long");
+    EXPECT(proto_ready_encode(&m, longrun, &r) == PROTO_ERR_BAD_ARG, "run id too long");
     memset(r.loader_id, 'x', sizeof r.loader_id); /* unterminated */
-    CHECK(proto_ready_encode(&m, "r", &r) == PROTO_ERR_STRING_TOO_LONG, "unterminated loader_id");
+    EXPECT(proto_ready_encode(&m, "r", &r) == PROTO_ERR_STRING_TOO_LONG, "unterminated loader_id");
     proto_msg_free(&m);
     seen_status[PROTO_ERR_BAD_ARG] = 1;
 }
@@ -630,23 +618,23 @@ static void test_names(void)
 {
     for (int a = 0; a < PROTO_STATUS_COUNT; a++) {
         const char *sa = proto_status_str((enum proto_status)a);
-        CHECK(sa && *sa && strcmp(sa, "unknown status"), "status %d has no text", a);
+        EXPECT(sa && *sa && strcmp(sa, "unknown status"), "status %d has no text", a);
         for (int b = 0; b < a; b++) {
-            CHECK(strcmp(sa, proto_status_str((enum proto_status)b)), "status %d and %d share text", a, b);
+            EXPECT(strcmp(sa, proto_status_str((enum proto_status)b)), "status %d and %d share text", a, b);
         }
     }
     for (int t = 1; t < PROTO_TYPE_COUNT; t++) {
         const char *n = proto_type_name((enum proto_type)t);
-        CHECK(n && (int)proto_type_from_name(n, strlen(n)) == t, "type name %d", t);
+        EXPECT(n && (int)proto_type_from_name(n, strlen(n)) == t, "type name %d", t);
     }
-    CHECK(proto_type_name(PROTO_TYPE_COUNT) == NULL, "type name out of range");
+    EXPECT(proto_type_name(PROTO_TYPE_COUNT) == NULL, "type name out of range");
     for (int c = 1; c < PROTO_ERRC_COUNT; c++) {
-        CHECK(strcmp(proto_errcode_str((enum proto_errcode)c), "unknown error code"), "errcode %d", c);
+        EXPECT(strcmp(proto_errcode_str((enum proto_errcode)c), "unknown error code"), "errcode %d", c);
     }
     char buf[256];
     struct proto_diag d = {"nmb_crops", "9 entries, at most 8"};
     proto_diag_format(buf, sizeof buf, PROTO_TYPE_ORDER, PROTO_ERR_LIST_TOO_LONG, &d);
-    CHECK(strstr(buf, "order") && strstr(buf, "nmb_crops") && strstr(buf, "list too long"), "diag: %s", buf);
+    EXPECT(strstr(buf, "order") && strstr(buf, "nmb_crops") && strstr(buf, "list too long"), "diag: %s", buf);
 }
 
 int main(void)
@@ -662,7 +650,7 @@ int main(void)
     /* every fault a decoder can report was produced by some case above */
     for (int s = 1; s < PROTO_STATUS_COUNT; s++) {
         if (s == PROTO_ERR_AGAIN || s == PROTO_ERR_ZMQ) continue; /* wire only: test_wire */
-        CHECK(seen_status[s], "no test produced %s", proto_status_str((enum proto_status)s));
+        EXPECT(seen_status[s], "no test produced %s", proto_status_str((enum proto_status)s));
     }
     msgpack_sbuffer_destroy(&g_val);
     printf("%d checks, %d failures\n", checks, failures);

@@ -9,18 +9,8 @@
 
 #include "common/rng.h"
 #include "proto/safetensors.h"
+#include "tests/expect.h"
 
-static int failures;
-
-#define EXPECT(cond, ...)                                                  \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, "\n");                                         \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
 
 /* A file from a header text and `data_len` data bytes (0, 1, 2, ...). */
 static uint8_t *make_file(const char *header, size_t data_len, size_t *len)

@@ -13,93 +13,83 @@
 
 #include "proto/wire.h"
 #include "samples.h"
+#include "tests/expect.h"
 
-static int failures, checks;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        checks++;                                                \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-        }                                                        \
-    } while (0)
 
 int main(void)
 {
     void *ctx = zmq_ctx_new();
     void *router = zmq_socket(ctx, ZMQ_ROUTER);
     void *dealer = zmq_socket(ctx, ZMQ_DEALER);
-    CHECK(proto_socket_setup(router, 1 << 20, 1000, 3000) == PROTO_OK, "setup router");
-    CHECK(proto_socket_setup(dealer, 1 << 20, 0, 0) == PROTO_OK, "setup dealer");
+    EXPECT(proto_socket_setup(router, 1 << 20, 1000, 3000) == PROTO_OK, "setup router");
+    EXPECT(proto_socket_setup(dealer, 1 << 20, 0, 0) == PROTO_OK, "setup dealer");
     int64_t mm = 0;
     size_t sz = sizeof mm;
     zmq_getsockopt(router, ZMQ_MAXMSGSIZE, &mm, &sz);
-    CHECK(mm == 1 << 20, "ZMQ_MAXMSGSIZE %lld", (long long)mm);
+    EXPECT(mm == 1 << 20, "ZMQ_MAXMSGSIZE %lld", (long long)mm);
     int ivl = 0;
     sz = sizeof ivl;
     zmq_getsockopt(router, ZMQ_HEARTBEAT_IVL, &ivl, &sz);
-    CHECK(ivl == 1000, "ZMQ_HEARTBEAT_IVL %d", ivl);
+    EXPECT(ivl == 1000, "ZMQ_HEARTBEAT_IVL %d", ivl);
     int timeo = 2000;
     zmq_setsockopt(router, ZMQ_RCVTIMEO, &timeo, sizeof timeo);
     zmq_setsockopt(dealer, ZMQ_RCVTIMEO, &timeo, sizeof timeo);
-    CHECK(zmq_bind(router, "inproc://wire-test") == 0, "bind");
-    CHECK(zmq_connect(dealer, "inproc://wire-test") == 0, "connect");
+    EXPECT(zmq_bind(router, "inproc://wire-test") == 0, "bind");
+    EXPECT(zmq_connect(dealer, "inproc://wire-test") == 0, "connect");
 
     struct proto_msg m;
     proto_msg_init(&m);
     struct proto_rx rx;
     proto_rx_init(&rx);
-    CHECK(proto_recv(router, &rx, true, ZMQ_DONTWAIT) == PROTO_ERR_AGAIN, "nothing waiting");
+    EXPECT(proto_recv(router, &rx, true, ZMQ_DONTWAIT) == PROTO_ERR_AGAIN, "nothing waiting");
 
     /* dealer -> router: a batch */
-    CHECK(sample_encode(PROTO_TYPE_BATCH, &m) == PROTO_OK, "encode batch");
-    CHECK(proto_send(dealer, NULL, 0, &m, 0) == PROTO_OK, "send batch");
+    EXPECT(sample_encode(PROTO_TYPE_BATCH, &m) == PROTO_OK, "encode batch");
+    EXPECT(proto_send(dealer, NULL, 0, &m, 0) == PROTO_OK, "send batch");
     enum proto_status st = proto_recv(router, &rx, true, 0);
-    CHECK(st == PROTO_OK, "recv batch: %s", proto_status_str(st));
-    CHECK(rx.idlen > 0 && rx.nframes == m.nframes, "identity %zu, %zu frames", rx.idlen, rx.nframes);
+    EXPECT(st == PROTO_OK, "recv batch: %s", proto_status_str(st));
+    EXPECT(rx.idlen > 0 && rx.nframes == m.nframes, "identity %zu, %zu frames", rx.idlen, rx.nframes);
     struct proto_batch b;
     struct proto_diag d;
     st = proto_batch_decode(rx.frames, rx.nframes, &(struct proto_decode_opts){.run = SAMPLE_RUN}, &b, &d);
-    CHECK(st == PROTO_OK, "decode received batch: %s %s", proto_status_str(st), d.detail);
+    EXPECT(st == PROTO_OK, "decode received batch: %s %s", proto_status_str(st), d.detail);
     const struct proto_batch *sb = sample_struct(PROTO_TYPE_BATCH);
-    CHECK(st == PROTO_OK && !memcmp(b.crops[0].data, sb->crops[0].data, sb->crops[0].nbytes) &&
-              !memcmp(b.labels.data, sb->labels.data, sb->labels.nbytes),
-          "tensor frames intact");
+    EXPECT(st == PROTO_OK && !memcmp(b.crops[0].data, sb->crops[0].data, sb->crops[0].nbytes) &&
+               !memcmp(b.labels.data, sb->labels.data, sb->labels.nbytes),
+           "tensor frames intact");
 
     /* router -> dealer: an order, addressed by identity */
     uint8_t id[PROTO_MAX_IDENTITY];
     size_t idlen = rx.idlen;
     memcpy(id, rx.identity, idlen);
-    CHECK(sample_encode(PROTO_TYPE_ORDER, &m) == PROTO_OK, "encode order");
-    CHECK(proto_send(router, id, idlen, &m, 0) == PROTO_OK, "send order");
+    EXPECT(sample_encode(PROTO_TYPE_ORDER, &m) == PROTO_OK, "encode order");
+    EXPECT(proto_send(router, id, idlen, &m, 0) == PROTO_OK, "send order");
     st = proto_recv(dealer, &rx, false, 0);
-    CHECK(st == PROTO_OK && rx.idlen == 0 && rx.nframes == 2, "recv order: %s", proto_status_str(st));
+    EXPECT(st == PROTO_OK && rx.idlen == 0 && rx.nframes == 2, "recv order: %s", proto_status_str(st));
     struct proto_order o;
-    CHECK(proto_order_decode(rx.frames, rx.nframes, NULL, &o, NULL) == PROTO_OK && o.n_images == 5 &&
-              ((const uint32_t *)o.indices.data)[3] == 99999,
-          "decode received order");
+    EXPECT(proto_order_decode(rx.frames, rx.nframes, NULL, &o, NULL) == PROTO_OK && o.n_images == 5 &&
+               ((const uint32_t *)o.indices.data)[3] == 99999,
+           "decode received order");
 
     /* too many frames: drained, reported with the identity, next one fine */
     for (int i = 0; i < PROTO_MAX_FRAMES + 3; i++) {
         zmq_send(dealer, "x", 1, i + 1 < PROTO_MAX_FRAMES + 3 ? ZMQ_SNDMORE : 0);
     }
-    CHECK(sample_encode(PROTO_TYPE_READY, &m) == PROTO_OK, "encode ready");
-    CHECK(proto_send(dealer, NULL, 0, &m, 0) == PROTO_OK, "send ready");
+    EXPECT(sample_encode(PROTO_TYPE_READY, &m) == PROTO_OK, "encode ready");
+    EXPECT(proto_send(dealer, NULL, 0, &m, 0) == PROTO_OK, "send ready");
     st = proto_recv(router, &rx, true, 0);
-    CHECK(st == PROTO_ERR_TOO_MANY_FRAMES && rx.idlen == idlen, "19 frames: %s", proto_status_str(st));
+    EXPECT(st == PROTO_ERR_TOO_MANY_FRAMES && rx.idlen == idlen, "19 frames: %s", proto_status_str(st));
     st = proto_recv(router, &rx, true, 0);
     struct proto_ready r;
-    CHECK(st == PROTO_OK && proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_OK &&
-              r.credit == 4,
-          "message after the drained one: %s", proto_status_str(st));
+    EXPECT(st == PROTO_OK && proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_OK &&
+               r.credit == 4,
+           "message after the drained one: %s", proto_status_str(st));
 
     /* identity only (an empty ROUTER message) */
     zmq_send(dealer, "", 0, 0);
     st = proto_recv(router, &rx, true, 0);
-    CHECK(st == PROTO_OK && rx.nframes == 1 && rx.frames[0].len == 0, "one empty frame: %s", proto_status_str(st));
-    CHECK(proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_ERR_NO_FRAMES, "empty header");
+    EXPECT(st == PROTO_OK && rx.nframes == 1 && rx.frames[0].len == 0, "one empty frame: %s", proto_status_str(st));
+    EXPECT(proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_ERR_NO_FRAMES, "empty header");
 
     /* TCP: a frame over ZMQ_MAXMSGSIZE is refused by the receiver */
     void *rt = zmq_socket(ctx, ZMQ_ROUTER);
@@ -108,16 +98,16 @@ int main(void)
     proto_socket_setup(dt, -1, 0, 0);
     int shortto = 500;
     zmq_setsockopt(rt, ZMQ_RCVTIMEO, &shortto, sizeof shortto);
-    CHECK(zmq_bind(rt, "tcp://127.0.0.1:*") == 0, "bind tcp");
+    EXPECT(zmq_bind(rt, "tcp://127.0.0.1:*") == 0, "bind tcp");
     char ep[256];
     sz = sizeof ep;
     zmq_getsockopt(rt, ZMQ_LAST_ENDPOINT, ep, &sz);
-    CHECK(zmq_connect(dt, ep) == 0, "connect tcp");
+    EXPECT(zmq_connect(dt, ep) == 0, "connect tcp");
     static char big[8192];
     struct proto_msg bigm = {.frames = {{big, sizeof big}}, .nframes = 1};
-    CHECK(proto_send(dt, NULL, 0, &bigm, 0) == PROTO_OK, "send big");
+    EXPECT(proto_send(dt, NULL, 0, &bigm, 0) == PROTO_OK, "send big");
     st = proto_recv(rt, &rx, true, 0);
-    CHECK(st == PROTO_ERR_AGAIN, "oversized frame dropped: %s", proto_status_str(st));
+    EXPECT(st == PROTO_ERR_AGAIN, "oversized frame dropped: %s", proto_status_str(st));
 
     zmq_close(rt);
     zmq_close(dt);
@@ -127,7 +117,7 @@ int main(void)
         printf("libzmq without CURVE: CURVE part skipped\n");
     } else {
         char dir[] = "/tmp/swav-test-curve-XXXXXX";
-        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        EXPECT(mkdtemp(dir) != NULL, "mkdtemp");
         char skey[256], spub[256], ckey[256], cpub[256], bad[256];
         snprintf(skey, sizeof skey, "%s/server.key", dir);
         snprintf(spub, sizeof spub, "%s/server.pub", dir);
@@ -135,30 +125,30 @@ int main(void)
         snprintf(cpub, sizeof cpub, "%s/client.pub", dir);
         snprintf(bad, sizeof bad, "%s/bad.pub", dir);
         char err[512] = "";
-        CHECK(proto_curve_keygen(skey, spub, err, sizeof err) == PROTO_OK, "keygen: %s", err);
-        CHECK(proto_curve_keygen(ckey, cpub, err, sizeof err) == PROTO_OK, "keygen: %s", err);
+        EXPECT(proto_curve_keygen(skey, spub, err, sizeof err) == PROTO_OK, "keygen: %s", err);
+        EXPECT(proto_curve_keygen(ckey, cpub, err, sizeof err) == PROTO_OK, "keygen: %s", err);
         struct stat kst;
-        CHECK(stat(skey, &kst) == 0 && (kst.st_mode & 0777) == 0600, "secret key file mode");
+        EXPECT(stat(skey, &kst) == 0 && (kst.st_mode & 0777) == 0600, "secret key file mode");
         char pub[PROTO_Z85_KEY_LEN + 1], sec[PROTO_Z85_KEY_LEN + 1];
-        CHECK(proto_curve_load(ckey, pub, sec, err, sizeof err) == PROTO_OK && strlen(sec) == 40, "load");
-        CHECK(proto_curve_load(spub, pub, sec, err, sizeof err) == PROTO_ERR_BAD_ARG &&
-                  strstr(err, "server.pub"),
-              "a public-key file has no secret: %s", err);
+        EXPECT(proto_curve_load(ckey, pub, sec, err, sizeof err) == PROTO_OK && strlen(sec) == 40, "load");
+        EXPECT(proto_curve_load(spub, pub, sec, err, sizeof err) == PROTO_ERR_BAD_ARG &&
+                   strstr(err, "server.pub"),
+               "a public-key file has no secret: %s", err);
         FILE *fp = fopen(bad, "w");
         fprintf(fp, "# comment\npublic not-a-key\n");
         fclose(fp);
-        CHECK(proto_curve_load(bad, pub, NULL, err, sizeof err) == PROTO_ERR_BAD_ARG &&
-                  strstr(err, "bad.pub:2"),
-              "bad key line named: %s", err);
+        EXPECT(proto_curve_load(bad, pub, NULL, err, sizeof err) == PROTO_ERR_BAD_ARG &&
+                   strstr(err, "bad.pub:2"),
+               "bad key line named: %s", err);
 
         void *cctx = zmq_ctx_new();
         struct proto_zap *zap = proto_zap_new(cctx, cpub, err, sizeof err);
-        CHECK(zap != NULL, "ZAP handler: %s", err);
+        EXPECT(zap != NULL, "ZAP handler: %s", err);
         void *srv = zmq_socket(cctx, ZMQ_ROUTER);
         proto_socket_setup(srv, 1 << 20, 0, 0);
         zmq_setsockopt(srv, ZMQ_RCVTIMEO, &shortto, sizeof shortto);
-        CHECK(proto_socket_curve_server(srv, skey, err, sizeof err) == PROTO_OK, "server: %s", err);
-        CHECK(zmq_bind(srv, "tcp://127.0.0.1:*") == 0, "bind curve");
+        EXPECT(proto_socket_curve_server(srv, skey, err, sizeof err) == PROTO_OK, "server: %s", err);
+        EXPECT(zmq_bind(srv, "tcp://127.0.0.1:*") == 0, "bind curve");
         sz = sizeof ep;
         zmq_getsockopt(srv, ZMQ_LAST_ENDPOINT, ep, &sz);
         void *good = zmq_socket(cctx, ZMQ_DEALER);
@@ -167,32 +157,32 @@ int main(void)
         proto_socket_setup(good, -1, 0, 0);
         proto_socket_setup(stranger, -1, 0, 0);
         proto_socket_setup(plain, -1, 0, 0);
-        CHECK(proto_socket_curve_client(good, spub, ckey, err, sizeof err) == PROTO_OK, "client: %s", err);
-        CHECK(proto_socket_curve_client(stranger, spub, NULL, err, sizeof err) == PROTO_OK, "stranger: %s", err);
+        EXPECT(proto_socket_curve_client(good, spub, ckey, err, sizeof err) == PROTO_OK, "client: %s", err);
+        EXPECT(proto_socket_curve_client(stranger, spub, NULL, err, sizeof err) == PROTO_OK, "stranger: %s", err);
         zmq_connect(stranger, ep);
         zmq_connect(plain, ep);
-        CHECK(sample_encode(PROTO_TYPE_READY, &m) == PROTO_OK, "encode ready");
+        EXPECT(sample_encode(PROTO_TYPE_READY, &m) == PROTO_OK, "encode ready");
         proto_send(stranger, NULL, 0, &m, ZMQ_DONTWAIT);
         proto_send(plain, NULL, 0, &m, ZMQ_DONTWAIT);
         st = proto_recv(srv, &rx, true, 0);
-        CHECK(st == PROTO_ERR_AGAIN, "unlisted and plain clients kept out: %s", proto_status_str(st));
+        EXPECT(st == PROTO_ERR_AGAIN, "unlisted and plain clients kept out: %s", proto_status_str(st));
         zmq_connect(good, ep);
-        CHECK(proto_send(good, NULL, 0, &m, 0) == PROTO_OK, "allowed client sends");
+        EXPECT(proto_send(good, NULL, 0, &m, 0) == PROTO_OK, "allowed client sends");
         int longto = 10000; /* handshake + ZAP on a loaded machine */
         zmq_setsockopt(srv, ZMQ_RCVTIMEO, &longto, sizeof longto);
         st = proto_recv(srv, &rx, true, 0);
-        CHECK(st == PROTO_OK && proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_OK,
-              "allowed client's message arrives: %s", proto_status_str(st));
+        EXPECT(st == PROTO_OK && proto_ready_decode(rx.frames, rx.nframes, NULL, &r, NULL) == PROTO_OK,
+               "allowed client's message arrives: %s", proto_status_str(st));
         uint64_t acc = 0, ref = 0;
         proto_zap_counts(zap, &acc, &ref);
-        CHECK(acc >= 1 && ref >= 1, "ZAP accepted %llu, refused %llu", (unsigned long long)acc,
-              (unsigned long long)ref);
+        EXPECT(acc >= 1 && ref >= 1, "ZAP accepted %llu, refused %llu", (unsigned long long)acc,
+               (unsigned long long)ref);
         zmq_close(good);
         zmq_close(stranger);
         zmq_close(plain);
         zmq_close(srv);
         proto_zap_destroy(&zap);
-        CHECK(zap == NULL, "destroy clears the pointer");
+        EXPECT(zap == NULL, "destroy clears the pointer");
         zmq_ctx_term(cctx);
         char cmd[300];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
