@@ -9,40 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "fuzz_frames.h"
 #include "proto/proto.h"
+#include "tests/proto/samples.h"
 
 #ifndef FUZZ_TYPE
 #error "compile with -DFUZZ_TYPE=PROTO_TYPE_<X>"
 #endif
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FUZZ_REQUIRE(cond)                                                       \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            fprintf(stderr, "fuzz invariant failed: %s (%s:%d)\n", #cond,        \
-                    __FILE__, __LINE__);                                         \
-            abort();                                                             \
-        }                                                                        \
-    } while (0)
-
-union any_msg {
-    struct proto_ready ready;
-    struct proto_order order;
-    struct proto_batch batch;
-    struct proto_hello hello;
-    struct proto_welcome welcome;
-    struct proto_embed embed;
-    struct proto_codes codes;
-    struct proto_save save;
-    struct proto_saved saved;
-    struct proto_error error;
-    struct proto_checkpoint checkpoint;
-    struct proto_status_msg status;
-};
-
-static union any_msg g_out, g_guard, g_out2;
+static union sample_any_msg g_out, g_guard, g_out2;
 
 #define CODEC(T, name, field)                                                                 \
     case T:                                                                                   \
@@ -51,8 +27,8 @@ static union any_msg g_out, g_guard, g_out2;
 
 /* enc == NULL: decode f into out; else encode in into enc. */
 static enum proto_status codec(enum proto_type t, const struct proto_frame *f, size_t n,
-                               union any_msg *out, struct proto_msg *enc,
-                               const union any_msg *in, struct proto_diag *diag)
+                               union sample_any_msg *out, struct proto_msg *enc,
+                               const union sample_any_msg *in, struct proto_diag *diag)
 {
     struct proto_decode_opts opts = {.run = NULL, .max_tensor_bytes = 1u << 26};
     switch (t) {
@@ -87,8 +63,8 @@ static void check_tensor(const struct proto_tensor *t, const struct proto_frame 
     (void)sink;
 }
 
-static void check_tensors(enum proto_type t, const union any_msg *m, const struct proto_frame *f,
-                          size_t n)
+static void check_tensors(enum proto_type t, const union sample_any_msg *m,
+                          const struct proto_frame *f, size_t n)
 {
     switch (t) {
     case PROTO_TYPE_ORDER: check_tensor(&m->order.indices, f, n); break;

@@ -17,20 +17,7 @@
 static int seen_status[PROTO_STATUS_COUNT];
 
 /* Room for the decoded struct of any type. */
-static union {
-    struct proto_ready ready;
-    struct proto_order order;
-    struct proto_batch batch;
-    struct proto_hello hello;
-    struct proto_welcome welcome;
-    struct proto_embed embed;
-    struct proto_codes codes;
-    struct proto_save save;
-    struct proto_saved saved;
-    struct proto_error error;
-    struct proto_checkpoint checkpoint;
-    struct proto_status_msg status;
-} g_out, g_guard;
+static union sample_any_msg g_out, g_guard;
 
 static enum proto_status decode_as(enum proto_type t, const struct proto_frame *f, size_t n,
                                    const struct proto_decode_opts *o, struct proto_diag *d)
