@@ -21,13 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_loader_proc_common as tc  # noqa: E402
 
 LOADER, LOADCOUNT = sys.argv[1], sys.argv[2]
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
+check, fails = tc.check, tc.fails
 
 
 def run(tmp, name, n_loaders, workers):

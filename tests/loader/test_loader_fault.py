@@ -24,13 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_loader_proc_common as tc  # noqa: E402
 
 LOADER, LOADCOUNT = sys.argv[1], sys.argv[2]
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
+check, fails = tc.check, tc.fails
 
 
 ARGS = ["--epochs", "2", "--batch_size", "4", "--window", "4", "--seed", "99",

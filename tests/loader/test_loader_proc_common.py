@@ -1,6 +1,7 @@
 """Shared helpers of the loader process tests (test_determinism.py,
 test_loader_fault.py): tiny JPEG image folders made at test time, starting
-swav-loader / swav-loadcount processes, reading their hash files."""
+swav-loader / swav-loadcount processes, reading their hash files, and the
+counted check."""
 import os
 import random
 import signal
@@ -8,6 +9,17 @@ import subprocess
 import time
 
 from PIL import Image
+
+fails = []
+
+
+def check(cond, what):
+    """A check: a failure is printed at once and kept in fails."""
+    if not cond:
+        fails.append(what)
+        print("FAIL:", what)
+    return cond
+
 
 # Tiny crops keep the tests fast: 2x32 + 2x16.
 CROPS = ["--nmb_crops", "2", "2", "--size_crops", "32", "16",
