@@ -43,7 +43,7 @@ n_img = (LIMIT // T.BS) * T.BS
 STEPS = n_img // T.BS
 EPOCHS = 3
 FLAGS = ["--codes_timeout_ms", "2000", "--hello_timeout_ms", "2000"]
-stopped = []
+stopped = T.stopped
 
 def kill_mid_step(dump):
     """Freeze the assigner, wait until the trainer is blocked on a step's
@@ -65,32 +65,9 @@ def kill_mid_step(dump):
 def wait_restarted(dump, old, limit=30):
     return T.wait_for(lambda: T.pid_of(dump, "assigner") not in (0, old), limit)
 
-def trace_last_pass(trace):
-    """The trace of a run whose trainer restarted from scratch: the lines
-    after the last return to epoch 0 iteration 0."""
-    lines = T.read(trace).splitlines()
-    starts = [i for i, l in enumerate(lines) if l.startswith("0 0 ")]
-    with open(trace, "w") as f:
-        f.write("".join(l + "\n" for l in lines[starts[-1] if starts else 0:]))
-
 def run(name, killer=None, restarted=False):
-    dump = os.path.join(tmp, name)
-    out = dump + ".out"
-    p = T.swav_train(bins, train, dump, EPOCHS, out, extra=FLAGS, trace=dump + ".trace")
-    try:
-        if killer:
-            killer(dump)
-        rc = T.exit_code(p, 180)
-    finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
-        T.stop([p])
-    check(rc == 0, f"{name}: swav train exit {rc}:\n" + T.read(out)[-3000:])
-    if restarted:
-        trace_last_pass(dump + ".trace")
-    for problem in T.trace_check(dump + ".trace", EPOCHS, n_img):
-        check(False, f"{name}: {problem}")
-    return rc, dump, T.read(out)
+    return T.run_checked(bins, train, tmp, name, EPOCHS, n_img, FLAGS, during=killer,
+                         last_pass=restarted)
 
 rc, ref, _ = run("ref")
 ref_ckpt = os.path.join(ref, "checkpoint.safetensors")

@@ -23,7 +23,7 @@ Then:
     (no gap, no restart), the trainer was never restarted, and its log has no
     error line.
 Usage: test_eval_kill.py BUILD_DIR"""
-import json, os, re, signal, struct, subprocess, sys, tempfile, time
+import json, os, re, signal, struct, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinyrun as T
@@ -56,10 +56,7 @@ EVALUATING = re.compile(r"evaluating (\S+): .*, epoch (\d+), step (\d+)")
 
 tmp = tempfile.mkdtemp(prefix="swav-evalkill-")
 train = T.prepare(bins, tmp)
-evdata = os.path.join(tmp, "fmeval")
-r = subprocess.run([bins.swav, "prepare", "fashion-mnist", evdata, "--limit", "1500"],
-                   capture_output=True, text=True)
-check(r.returncode == 0, "prepare the eval data: " + r.stderr)
+evdata = T.prepare_data(bins, tmp, "fmeval", 1500)
 EPOCHS = 24
 steps_per_epoch = 160 // T.BS
 dump = os.path.join(tmp, "run")

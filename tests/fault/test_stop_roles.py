@@ -33,38 +33,27 @@ STEPS = n_img // T.BS
 EPOCHS = 3
 # short assigner deadlines, the same in every run (they change no number)
 FLAGS = ["--codes_timeout_ms", "2000", "--hello_timeout_ms", "2000"]
-stopped = []
+stopped = T.stopped
 
 def run(name, role=None, at=0, seconds=0.0):
     """A run; with role, that process is frozen for `seconds` once `at` steps
     are done.  Returns (exit status, dump, swav output)."""
-    dump = os.path.join(tmp, name)
-    out = dump + ".out"
-    p = T.swav_train(bins, train, dump, EPOCHS, out, extra=FLAGS, trace=dump + ".trace")
-    try:
-        if role:
-            check(T.wait_for(lambda: T.steps_done(dump) >= at, 60),
-                  f"{name}: the run did not reach step {at}")
-            pid = T.pid_of(dump, role)
-            if check(pid, f"{name}: no {role} in status.json"):
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-                s0 = T.steps_done(dump)
-                time.sleep(seconds)
-                s1 = T.steps_done(dump)
-                os.kill(pid, signal.SIGCONT)
-                stopped.remove(pid)
-                print(f"{name}: {role} (pid {pid}) stopped {seconds:.0f} s at step {s0}; "
-                      f"{s1 - s0} steps done meanwhile")
-        rc = T.exit_code(p, 180)
-    finally:
-        for pid in stopped:
+    def freeze(dump):
+        check(T.wait_for(lambda: T.steps_done(dump) >= at, 60),
+              f"{name}: the run did not reach step {at}")
+        pid = T.pid_of(dump, role)
+        if check(pid, f"{name}: no {role} in status.json"):
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+            s0 = T.steps_done(dump)
+            time.sleep(seconds)
+            s1 = T.steps_done(dump)
             os.kill(pid, signal.SIGCONT)
-        T.stop([p])
-    check(rc == 0, f"{name}: swav train exit {rc}:\n" + T.read(out)[-3000:])
-    for problem in T.trace_check(dump + ".trace", EPOCHS, n_img):
-        check(False, f"{name}: {problem}")
-    return rc, dump, T.read(out)
+            stopped.remove(pid)
+            print(f"{name}: {role} (pid {pid}) stopped {seconds:.0f} s at step {s0}; "
+                  f"{s1 - s0} steps done meanwhile")
+    return T.run_checked(bins, train, tmp, name, EPOCHS, n_img, FLAGS,
+                         during=freeze if role else None)
 
 def same_params(name, dump):
     worst = T.max_param_diff(os.path.join(ref, "checkpoint.safetensors"),

@@ -5,7 +5,7 @@ such test does: checks that are counted and reported at the end, the run's
 logs, status.json and eval.jsonl.  The flags are those of
 tests/integration/test_train.py's tiny run on `swav prepare fashion-mnist
 DIR --limit 160` data."""
-import json, os, shutil, socket, struct, subprocess, sys, time
+import json, os, shutil, signal, socket, struct, subprocess, sys, time
 
 BS = 16
 TINY = ["--arch", "resnet18", "--width", "8", "--small_stem", "true",
@@ -55,14 +55,21 @@ def free_port():
     return port
 
 
-def prepare(bins, tmp, limit=160):
-    data = os.path.join(tmp, "fm")
+def prepare_data(bins, tmp, name, limit):
+    """tmp/name with train/ and test/ of `limit` Fashion-MNIST images each
+    (swav prepare; kept when there)."""
+    data = os.path.join(tmp, name)
     if not os.path.isdir(os.path.join(data, "train")):
         r = subprocess.run([bins.swav, "prepare", "fashion-mnist", data, "--limit", str(limit)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError("swav prepare: " + r.stderr)
-    return os.path.join(data, "train")
+    return data
+
+
+def prepare(bins, tmp, limit=160):
+    """The tiny run's training images: tmp/fm/train."""
+    return os.path.join(prepare_data(bins, tmp, "fm", limit), "train")
 
 
 def start(cmd, log, prefix=()):
@@ -161,6 +168,46 @@ def status(dump):
             return {p["name"]: p for p in json.load(f)["processes"]}
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return {}
+
+
+stopped = []  # pids a test froze with SIGSTOP: run_checked sends them SIGCONT
+
+
+def trace_last_pass(trace):
+    """Cuts the trace of a run whose trainer restarted from scratch to the
+    lines after the last return to epoch 0 iteration 0."""
+    lines = read(trace).splitlines()
+    starts = [i for i, l in enumerate(lines) if l.startswith("0 0 ")]
+    with open(trace, "w") as f:
+        f.write("".join(l + "\n" for l in lines[starts[-1] if starts else 0:]))
+
+
+def run_checked(bins, train, tmp, name, epochs, n_img, extra=(), during=None,
+                last_pass=False):
+    """`swav train` of the tiny model in tmp/name with --trace_images, its
+    output in tmp/name.out; during(dump), when given, acts on the run while
+    it goes (a kill, a freeze); the pids in `stopped` get SIGCONT whatever
+    happens.  Checks exit 0 within 180 s and every image once per epoch (with
+    last_pass: after the trainer's last restart from epoch 0).  Returns (exit
+    status, dump, the output)."""
+    dump = os.path.join(tmp, name)
+    out = dump + ".out"
+    p = swav_train(bins, train, dump, epochs, out, extra=extra, trace=dump + ".trace")
+    try:
+        if during:
+            during(dump)
+        rc = exit_code(p, 180)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped.clear()
+        stop([p])
+    check(rc == 0, f"{name}: swav train exit {rc}:\n" + read(out)[-3000:])
+    if last_pass:
+        trace_last_pass(dump + ".trace")
+    for problem in trace_check(dump + ".trace", epochs, n_img):
+        check(False, f"{name}: {problem}")
+    return rc, dump, read(out)
 
 
 def pid_of(dump, name):

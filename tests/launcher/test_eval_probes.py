@@ -34,10 +34,7 @@ check = T.check
 
 tmp = tempfile.mkdtemp(prefix="swav-evalprobes-")
 train = T.prepare(bins, tmp)
-evdata = os.path.join(tmp, "fmeval")
-r = subprocess.run([bins.swav, "prepare", "fashion-mnist", evdata, "--limit", "200"],
-                   capture_output=True, text=True)
-check(r.returncode == 0, "prepare the eval data: " + r.stderr)
+evdata = T.prepare_data(bins, tmp, "fmeval", 200)
 EPOCHS = 2
 EVAL = ["--eval-data", evdata, "--eval_size", "16", "--eval_resize", "16"]
 
