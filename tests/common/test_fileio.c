@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "common/fileio.h"
@@ -41,6 +43,18 @@ static int read_is(const char *path, const char *want)
     int ok = len == strlen(want) && !memcmp(data, want, len) && ((char *)data)[len] == '\0';
     free(data);
     return ok;
+}
+
+/* dir/rel with a one-byte content, its folders made. */
+static void put_file(const char *dir, const char *rel)
+{
+    char path[600], err[256];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    char *slash = strrchr(path, '/');
+    *slash = '\0';
+    EXPECT(swav_mkdirs(path, err, sizeof err) == 0, "mkdirs: %s", err);
+    *slash = '/';
+    EXPECT(swav_file_write_atomic(path, "f", 1, err, sizeof err) == 0, "write: %s", err);
 }
 
 struct writer {
@@ -139,40 +153,38 @@ int main(void)
     rc = swav_mkdirs(under_file, err, sizeof err);
     EXPECT(rc == -ENOTDIR && strstr(err, "state.json"), "mkdirs under a file: %d %s", rc, err);
 
-    /* rm_tree: files, folders, a socket-like leftover and a link out of the
-     * tree (removed, not followed) */
+    /* rm_tree: files, folders, a socket (the launcher's socket folder) and a
+     * link out of the tree (removed, not followed) */
     char tree[512], outside[512], p2[600];
     snprintf(tree, sizeof tree, "%s/tree", g_dir);
     snprintf(outside, sizeof outside, "%s/outside", g_dir);
     EXPECT(swav_file_write_atomic(outside, "keep", 4, err, sizeof err) == 0, "write: %s", err);
-    snprintf(p2, sizeof p2, "%s/x/y/z", tree);
-    EXPECT(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
-    snprintf(p2, sizeof p2, "%s/x/y/z/f", tree);
-    EXPECT(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
-    snprintf(p2, sizeof p2, "%s/x/f", tree);
-    EXPECT(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
+    put_file(tree, "x/y/z/f");
+    put_file(tree, "x/f");
     snprintf(p2, sizeof p2, "%s/x/link", tree);
     EXPECT(symlink(g_dir, p2) == 0, "symlink: %s", strerror(errno));
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int plen = snprintf(sa.sun_path, sizeof sa.sun_path, "%s/x/y/sock", tree);
+    int sfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    EXPECT(plen < (int)sizeof sa.sun_path && sfd >= 0 &&
+               bind(sfd, (struct sockaddr *)&sa, sizeof sa) == 0,
+           "bind %s: %s", sa.sun_path, strerror(errno));
+    if (sfd >= 0) close(sfd);
     EXPECT(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree: %s", err);
     EXPECT(lstat(tree, &st) != 0 && errno == ENOENT, "the tree is gone");
     EXPECT(read_is(outside, "keep"), "the link's target is untouched");
     EXPECT(swav_rm_tree(tree, err, sizeof err) == 0, "rm_tree of a missing path: %s", err);
     if (geteuid() != 0) {
         /* a folder we cannot write: the entry is named, the rest still goes */
-        snprintf(p2, sizeof p2, "%s/ro/sub", tree);
-        EXPECT(swav_mkdirs(p2, err, sizeof err) == 0, "mkdirs: %s", err);
-        snprintf(p2, sizeof p2, "%s/ro/sub/f", tree);
-        EXPECT(swav_file_write_atomic(p2, "f", 1, err, sizeof err) == 0, "write: %s", err);
-        snprintf(p2, sizeof p2, "%s/other", tree);
-        EXPECT(swav_file_write_atomic(p2, "o", 1, err, sizeof err) == 0, "write: %s", err);
+        put_file(tree, "ro/sub/f");
+        put_file(tree, "other");
         snprintf(p2, sizeof p2, "%s/ro/sub", tree);
         chmod(p2, 0555);
         rc = swav_rm_tree(tree, err, sizeof err);
         EXPECT(rc == -EACCES && strstr(err, "ro/sub/f"), "read-only folder: %d %s", rc, err);
+        chmod(p2, 0755);
         snprintf(p2, sizeof p2, "%s/other", tree);
         EXPECT(access(p2, F_OK) != 0, "the other entries are removed");
-        snprintf(p2, sizeof p2, "%s/ro/sub", tree);
-        chmod(p2, 0755);
     }
     EXPECT(swav_rm_tree(g_dir, err, sizeof err) == 0, "rm_tree of the test folder: %s", err);
     printf("%d checks, %d failures\n", checks, failures);
