@@ -3,10 +3,12 @@
  *
  *   per step: order the step's images from the loaders (a window of orders
  *   ahead) -> normalize the uint8 crops -> normalize the prototypes ->
- *   multi-crop forward -> send the assign crops' embeddings (rank 0 adds the
- *   prototypes) to the assigner -> codes -> swapped-prediction loss ->
- *   backward -> all-reduce the gradients (mean over ranks) -> LARC/SGD step at
- *   the schedule's learning rate.
+ *   multi-crop forward (with --sync_bn pytorch/apex every BatchNorm takes its
+ *   statistics over the ranks: one all-reduce per call, each way) -> send
+ *   the assign crops' embeddings (rank 0 adds the prototypes) to the
+ *   assigner -> codes -> swapped-prediction loss -> backward -> all-reduce
+ *   the gradients (mean over ranks) -> LARC/SGD step at the schedule's
+ *   learning rate.
  *
  * The head's BatchNorm1d takes its statistics over all crops together (as
  * the reference's), so the assign crops' embeddings exist only once the
@@ -627,7 +629,11 @@ static int train_step(struct trainer *T, const char *resume_key)
     nn_model_normalize_prototypes(T->model);
     const float *in[NN_MAX_GROUPS];
     for (int g = 0; g < T->ngroups; g++) in[g] = T->inputs[g];
-    nn_model_forward(T->model, in, (int)bs, NN_MODEL_TRAIN);
+    if (nn_model_forward(T->model, in, (int)bs, NN_MODEL_TRAIN) != 0) {
+        LOG_ERROR("iteration %lld: SyncBN all-reduce failed: %s", (long long)T->iteration,
+                  T->coll->err);
+        return -1;
+    }
     double compute = swav_now_s() - t0;
 
     struct proto_codes_stats cs = {0};
@@ -642,7 +648,11 @@ static int train_step(struct trainer *T, const char *resume_key)
     struct nn_tensor dscores = nn_tensor_2d(T->dscores, T->n_crops * bs, K);
     nn_swav_loss_backward(T->be, &dscores, T->logp, T->codes, &lc);
     nn_model_zero_grad(T->model);
-    nn_model_backward(T->model, T->dscores);
+    if (nn_model_backward(T->model, T->dscores) != 0) {
+        LOG_ERROR("iteration %lld: SyncBN all-reduce failed: %s", (long long)T->iteration,
+                  T->coll->err);
+        return -1;
+    }
     if (T->world > 1) {
         if (nn_allreduce_sum(T->coll, T->model->grad_data, T->model->params.total) != 0) {
             LOG_ERROR("iteration %lld: gradient all-reduce failed: %s", (long long)T->iteration,
@@ -788,6 +798,20 @@ int main(int argc, char **argv)
         }
     } else {
         T.coll = nn_collective_single_new();
+    }
+    /* --sync_bn pytorch: nn.SyncBatchNorm over all ranks; apex: over groups of
+     * --syncbn_process_group_size ranks; anything else: per-rank statistics,
+     * as the reference (main_swav.py converts only for those two). */
+    int apex = !strcmp(T.a.sync_bn, "apex");
+    if (T.world > 1 && (apex || !strcmp(T.a.sync_bn, "pytorch"))) {
+        int group = apex ? (int)T.a.syncbn_process_group_size : 0;
+        if (nn_model_set_sync_bn(T.model, T.coll, group, err, sizeof err) != 0) {
+            LOG_ERROR("--sync_bn apex: %s (--syncbn_process_group_size %lld)", err,
+                      (long long)T.a.syncbn_process_group_size);
+            return 2;
+        }
+        LOG_INFO("SyncBN (%s): BatchNorm statistics over %d ranks", T.a.sync_bn,
+                 apex && group < T.world ? group : T.world);
     }
     if (T.rank == 0 && T.t.pub[0]) {
         T.pub = zmq_socket(T.zctx, ZMQ_PUB);
