@@ -157,8 +157,10 @@ __attribute__((target("avx2,fma"))) static void exp_rows_avx2(
                 float *out = e + (size_t)r0 * lde + (size_t)p * PANEL;
                 for (int r = 0; r < mr; r++) {
                     __m256 c0 = _mm256_load_ps(buf[r]), c1 = _mm256_load_ps(buf[r] + 8);
-                    __m256 mx = _mm256_max_ps(_mm256_blendv_ps(ninf, c0, m0),
-                                              _mm256_blendv_ps(ninf, c1, m1));
+                    __m256 mx = nc >= PANEL
+                                    ? _mm256_max_ps(c0, c1)
+                                    : _mm256_max_ps(_mm256_blendv_ps(ninf, c0, m0),
+                                                    _mm256_blendv_ps(ninf, c1, m1));
                     _mm256_store_ps(rmax[r0 + r], _mm256_max_ps(_mm256_load_ps(rmax[r0 + r]), mx));
                     __m256i sh = _mm256_set1_epi32(shift[r0 + r]);
                     __m256 t0 = _mm256_fmadd_ps(c0, vhi, _mm256_mul_ps(c0, vlo));

@@ -175,7 +175,8 @@ struct cpu_impl {
     int *tshift;        /* (threads) bounds pass: max shift */
     int bad;            /* set by a worker on a non-finite value */
     int rebased;        /* fused rows rescaled in this run */
-    float (*dot)(const float *x, const float *y, int k);
+    /* x . y; next: the row the pass reads after x (prefetched), or NULL */
+    float (*dot)(const float *x, const float *y, int k, const float *next);
     void (*axpy_rows)(double *a, const float *const *rows, const double *v, int nr, int k);
 
     /* the pass in flight */
@@ -183,6 +184,8 @@ struct cpu_impl {
     const float *x, *w;
     int ldk;            /* row stride of e: k rounded up to whole kernel panels */
     double wnorm;       /* max_k ||w_k|| */
+    const float *packed_w; /* the w that wp and wnorm were made from */
+    int packed_k, packed_d;
     int shift_max;      /* fused: max_b shift_b */
     double inv_total;   /* iterations == 0: 1 / sum(a) */
     int pass;
@@ -378,8 +381,9 @@ static void pass_exp_fused(struct cpu_impl *c, int share, int nshares)
 
 #define AXPY_ROWS 4
 
-SWAV_HOT static float dot_plain(const float *x, const float *y, int k)
+SWAV_HOT static float dot_plain(const float *x, const float *y, int k, const float *next)
 {
+    (void)next;
     float w = 0.0f;
 #pragma omp simd reduction(+ : w)
     for (int j = 0; j < k; j++) {
@@ -402,12 +406,19 @@ SWAV_HOT static void axpy_rows_plain(double *a, const float *const *rows, const 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2,fma"))) static float dot_avx2(const float *x, const float *y, int k)
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *x, const float *y, int k,
+                                                          const float *next)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     int j = 0;
+    /* the next row streams in while this one is summed (passes alternate
+     * direction: a row jump the hardware prefetchers would first have to
+     * learn) */
+    if (!next) next = x;
     for (; j + 32 <= k; j += 32) {
+        _mm_prefetch((const char *)(next + j), _MM_HINT_T0);
+        _mm_prefetch((const char *)(next + j + 16), _MM_HINT_T0);
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(y + j + 8), s1);
         s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 16), _mm256_loadu_ps(y + j + 16), s2);
@@ -480,7 +491,8 @@ static void pass_iterate(struct cpu_impl *c, int share, int nshares)
     for (int i = lo; i < hi; i++) {
         const int b = down ? lo + hi - 1 - i : i;
         const float *row = c->e + (size_t)b * ldk;
-        float w = c->dot(row, u, k);
+        const float *next = i + 1 < hi ? (down ? row - ldk : row + ldk) : NULL;
+        float w = c->dot(row, u, k, next);
         if (!(w > 0.0f && w < INFINITY)) {
             c->bad = 1;
             continue;
@@ -518,7 +530,9 @@ SWAV_HOT static void pass_write(struct cpu_impl *c, int share, int nshares)
                        : c->codes + (size_t)r * (size_t)k;
         float inv;
         if (p->iterations > 0) {
-            float w = c->dot(row, u, k);
+            const float *next =
+                i + 1 < hi ? (down ? row - ldk : row + ldk) : NULL;
+            float w = c->dot(row, u, k, next);
             if (!(w > 0.0f && w < INFINITY)) {
                 c->bad = 1;
                 w = 1.0f;
@@ -625,16 +639,21 @@ static int cpu_run(void *vimpl, const struct sinkhorn_problem *p, const float *x
     c->rebased = 0;
     bool fused = false;
     if (c->kernel) {
-        assigner_scores_pack(c->wp, w, p->k, p->d);
-        double wn = 0.0;
-        for (int j = 0; j < p->k; j++) {
-            double s = 0.0;
-            for (int t = 0; t < p->d; t++) {
-                s += (double)w[(size_t)j * p->d + t] * w[(size_t)j * p->d + t];
+        if (!(p->w_same && w == c->packed_w && p->k == c->packed_k && p->d == c->packed_d)) {
+            assigner_scores_pack(c->wp, w, p->k, p->d);
+            double wn = 0.0;
+            for (int j = 0; j < p->k; j++) {
+                double s = 0.0;
+                for (int t = 0; t < p->d; t++) {
+                    s += (double)w[(size_t)j * p->d + t] * w[(size_t)j * p->d + t];
+                }
+                wn = s > wn ? s : wn;
             }
-            wn = s > wn ? s : wn;
+            c->wnorm = sqrt(wn);
+            c->packed_w = w;
+            c->packed_k = p->k;
+            c->packed_d = p->d;
         }
-        c->wnorm = sqrt(wn);
         c->pass = PASS_BOUNDS;
         assigner_pool_run(c->pool, pass_dispatch, c);
         fused = true;

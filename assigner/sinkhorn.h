@@ -41,6 +41,10 @@ struct sinkhorn_problem {
     float epsilon;
     int iterations;  /* sinkhorn_iterations, >= 0 */
     int entropy_every; /* entropy of output rows r % entropy_every == 0 only (0, 1: all) */
+    /* The caller's promise that w is the same array with the same values as
+     * in the previous run on this backend (the next assign crop of a step):
+     * what the backend derived from w (packed panels, norms) is reused. */
+    bool w_same;
 };
 
 /* Per-call results besides the codes. */
