@@ -139,6 +139,16 @@ const float *assigner_core_rank_codes(const assigner_core_t *c, int rank)
 
 static int first_nonfinite(const float *x, size_t n, size_t *at)
 {
+    /* x * 0 is NaN exactly for NaN and +-Inf: a vectorised sum over the
+     * whole array first, the element only when there is one */
+    float z = 0.0f;
+#pragma omp simd reduction(+ : z)
+    for (size_t i = 0; i < n; i++) {
+        z += x[i] * 0.0f;
+    }
+    if (z == 0.0f) {
+        return 0;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(x[i])) {
             *at = i;
@@ -205,6 +215,7 @@ int assigner_core_step(assigner_core_t *c, int64_t epoch, int64_t step, const fl
             .epsilon = cfg->epsilon,
             .iterations = cfg->sinkhorn_iterations,
             .entropy_every = ent_every,
+            .w_same = i > 0,
         };
         const float *x = assigner_queue_batch(&c->queue, i, 0) - (size_t)qrows * d;
         float *codes = c->codes + (size_t)i * bs * k;

@@ -71,6 +71,13 @@ static void check_data(const char *what, int n, int d, int k, int row0, int rows
         EXPECT(res.rebased_rows >= min_rebased, "%s: %d rows rebased, expected >= %d", what,
                res.rebased_rows, min_rebased);
     }
+    /* again with w_same (the next crop of a step): the same codes, bit for bit */
+    float *c3 = malloc(sizeof(float) * rows * k);
+    p.w_same = true;
+    EXPECT(b->run(b->impl, &p, x, w, c3, NULL, NULL, NULL) == 0, "run w_same");
+    EXPECT(memcmp(c1, c3, sizeof(float) * rows * k) == 0, "%s: w_same changed the codes", what);
+    p.w_same = false;
+    free(c3);
     sinkhorn_plain(&p, x, w, c2, scratch);
     double worst = 0;
     for (int i = 0; i < rows * k; i++) {
@@ -238,6 +245,15 @@ static void test_core_nonfinite(void)
                       qbytes) == 0 &&
                assigner_core_last_step(c) == 0,
            "state changed by a refused step");
+    /* an infinite prototype likewise */
+    assigner_core_embed_slot(c, 1, 1)[5] = 0.5f;
+    protos[13] = -INFINITY;
+    EXPECT(assigner_core_step(c, 0, 1, protos, &st, err, sizeof err) < 0, "-Inf accepted");
+    printf("core: %s\n", err);
+    EXPECT(assigner_core_last_step(c) == 0, "state changed by a refused step");
+    protos[13] = 0.25f;
+    EXPECT(assigner_core_step(c, 0, 1, protos, &st, err, sizeof err) == 0, "finite step: %s",
+           err);
     free(before);
     assigner_core_destroy(&c);
     sinkhorn_backend_destroy(&b);
