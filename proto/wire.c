@@ -12,6 +12,7 @@
 
 #include "common/check.h"
 #include "common/fileio.h"
+#include "common/log.h"
 
 enum proto_status proto_socket_setup(void *sock, int64_t maxmsgsize, int heartbeat_ivl_ms,
                                      int heartbeat_timeout_ms)
@@ -349,6 +350,8 @@ enum proto_status proto_socket_curve_client(void *sock, const char *server_publi
 struct proto_zap {
     void *sock; /* REP on inproc://zeromq.zap.01, used by the thread only */
     pthread_t thread;
+    char *what;       /* proto_zap_new_logged's link name, or NULL: refusals not logged */
+    char *allow_path; /* likewise, for the log line */
     atomic_int stop;
     atomic_uint_least64_t accepted, refused;
     size_t nkeys;
@@ -372,6 +375,32 @@ static int take_allowed(void *arg, char kind, const char *key)
 static void zap_send(void *sock, const char *text, size_t len, int more)
 {
     zmq_send(sock, text, len, more ? ZMQ_SNDMORE : 0);
+}
+
+/* One warning for a refused ZAP request: the peer's address (frame 3; empty
+ * for ipc://) and, for CURVE, its public key. */
+static void zap_log_refusal(const struct proto_zap *z, zmq_msg_t *part, int nparts)
+{
+    char addr[128] = "", key[PROTO_Z85_KEY_LEN + 1] = "";
+    if (nparts >= 4) {
+        size_t n = zmq_msg_size(&part[3]);
+        if (n >= sizeof addr) n = sizeof addr - 1;
+        memcpy(addr, zmq_msg_data(&part[3]), n);
+        addr[n] = '\0';
+        for (size_t i = 0; i < n; i++) {
+            if (addr[i] < 0x20 || addr[i] > 0x7e) addr[i] = '?';
+        }
+    }
+    bool curve = nparts >= 7 && zmq_msg_size(&part[5]) == 5 &&
+                 !memcmp(zmq_msg_data(&part[5]), "CURVE", 5) && zmq_msg_size(&part[6]) == 32;
+    if (curve) zmq_z85_encode(key, zmq_msg_data(&part[6]), 32);
+    if (curve) {
+        LOG_LIMITED(SWAV_LOG_WARN, "%s: refused a connection from %s: CURVE key %s is not in %s",
+                    z->what, addr[0] ? addr : "a local peer", key, z->allow_path);
+    } else {
+        LOG_LIMITED(SWAV_LOG_WARN, "%s: refused a connection from %s: not a CURVE client",
+                    z->what, addr[0] ? addr : "a local peer");
+    }
 }
 
 static void *zap_main(void *arg)
@@ -410,6 +439,7 @@ static void *zap_main(void *arg)
             }
         }
         atomic_fetch_add(ok ? &z->accepted : &z->refused, 1);
+        if (!ok && z->what) zap_log_refusal(z, part, nparts);
         zap_send(z->sock, "1.0", 3, 1);
         if (nparts >= 2) {
             zmq_send(z->sock, zmq_msg_data(&part[1]), zmq_msg_size(&part[1]), ZMQ_SNDMORE);
@@ -425,8 +455,8 @@ static void *zap_main(void *arg)
     return NULL;
 }
 
-struct proto_zap *proto_zap_new(void *zmq_ctx, const char *allow_list_path, char *err,
-                                size_t errlen)
+struct proto_zap *proto_zap_new_logged(void *zmq_ctx, const char *allow_list_path,
+                                       const char *what, char *err, size_t errlen)
 {
     struct proto_zap *z = swav_xcalloc(1, sizeof *z + ZAP_MAX_KEYS * 32);
     struct allow_list al = {z->keys, 0, ZAP_MAX_KEYS};
@@ -435,6 +465,10 @@ struct proto_zap *proto_zap_new(void *zmq_ctx, const char *allow_list_path, char
         return NULL;
     }
     z->nkeys = al.n;
+    if (what) {
+        z->what = swav_xstrdup(what);
+        z->allow_path = swav_xstrdup(allow_list_path);
+    }
     z->sock = zmq_socket(zmq_ctx, ZMQ_REP);
     int timeo = 100, linger = 0;
     if (!z->sock || zmq_setsockopt(z->sock, ZMQ_RCVTIMEO, &timeo, sizeof timeo) != 0 ||
@@ -442,11 +476,19 @@ struct proto_zap *proto_zap_new(void *zmq_ctx, const char *allow_list_path, char
         zmq_bind(z->sock, "inproc://zeromq.zap.01") != 0) {
         snprintf(err, errlen, "ZAP handler: %s (one per context)", zmq_strerror(zmq_errno()));
         if (z->sock) zmq_close(z->sock);
+        free(z->what);
+        free(z->allow_path);
         free(z);
         return NULL;
     }
     PTHREAD_CHECK(pthread_create(&z->thread, NULL, zap_main, z));
     return z;
+}
+
+struct proto_zap *proto_zap_new(void *zmq_ctx, const char *allow_list_path, char *err,
+                                size_t errlen)
+{
+    return proto_zap_new_logged(zmq_ctx, allow_list_path, NULL, err, errlen);
 }
 
 void proto_zap_counts(const struct proto_zap *zap, uint64_t *accepted, uint64_t *refused)
@@ -462,6 +504,8 @@ void proto_zap_destroy(struct proto_zap **zap)
     atomic_store(&z->stop, 1);
     PTHREAD_CHECK(pthread_join(z->thread, NULL));
     zmq_close(z->sock);
+    free(z->what);
+    free(z->allow_path);
     free(z);
     *zap = NULL;
 }

@@ -98,6 +98,12 @@ enum proto_status proto_socket_curve_client(void *sock, const char *server_publi
 struct proto_zap;
 struct proto_zap *proto_zap_new(void *zmq_ctx, const char *allow_list_path, char *err,
                                 size_t errlen);
+/* The same, and the handler's thread logs every refusal at once (a warning,
+ * rate-limited): "WHAT: refused a connection from ADDRESS: CURVE key <z85>
+ * is not in ALLOW_LIST_PATH", so a link nobody polls still names its
+ * intruders.  what: the link, e.g. "--pub tcp://10.0.0.1:5580" (copied). */
+struct proto_zap *proto_zap_new_logged(void *zmq_ctx, const char *allow_list_path,
+                                       const char *what, char *err, size_t errlen);
 /* Requests answered so far: accepted, refused. */
 void proto_zap_counts(const struct proto_zap *zap, uint64_t *accepted, uint64_t *refused);
 void proto_zap_destroy(struct proto_zap **zap);
