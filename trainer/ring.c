@@ -7,6 +7,7 @@
 #include "ring.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 
 #include "common/check.h"
 #include "common/log.h"
+#include "proto/wire.h"
 
 #define RING_MAGIC 0x52494e47u /* "RING" */
 #define RING_MAX_BYTES ((int64_t)1 << 32)
@@ -34,6 +36,8 @@ struct ring_hdr {
 struct ring {
     struct nn_collective base; /* first: the nn_collective handle */
     void *pull, *push;
+    void *own_ctx;          /* CURVE: the ring's own context, for its ZAP handler */
+    struct proto_zap *zap;  /* CURVE: lets in the run's trainer key only */
     uint64_t run_tag;
     uint64_t call;
     int timeout_ms;
@@ -211,6 +215,8 @@ static void ring_destroy(struct nn_collective *c)
     struct ring *r = (struct ring *)c;
     if (r->pull) zmq_close(r->pull);
     if (r->push) zmq_close(r->push);
+    proto_zap_destroy(&r->zap);
+    if (r->own_ctx) zmq_ctx_term(r->own_ctx);
     free(r);
 }
 
@@ -222,7 +228,8 @@ static const struct nn_collective_ops ring_ops = {
 
 struct nn_collective *trainer_ring_new(void *zmq_ctx, int rank, int world,
                                        const char *const *endpoints, uint64_t run_tag,
-                                       int timeout_ms, char *err, size_t errlen)
+                                       int timeout_ms, const char *curve_keypair, char *err,
+                                       size_t errlen)
 {
     if (world < 1 || rank < 0 || rank >= world) {
         snprintf(err, errlen, "rank %d is not in a world of %d", rank, world);
@@ -237,10 +244,35 @@ struct nn_collective *trainer_ring_new(void *zmq_ctx, int rank, int world,
     if (world == 1) {
         return &r->base;
     }
+    const bool curve = curve_keypair && curve_keypair[0];
+    if (curve) {
+        r->own_ctx = zmq_ctx_new();
+        ZMQ_CHECK_PTR(r->own_ctx);
+        zmq_ctx = r->own_ctx;
+        char what[600];
+        snprintf(what, sizeof what, "gradient ring (rank %d, %s)", rank, endpoints[rank]);
+        char zerr[512];
+        r->zap = proto_zap_new_logged(r->own_ctx, curve_keypair, what, zerr, sizeof zerr);
+        if (!r->zap) {
+            snprintf(err, errlen, "rank %d: CURVE: %s", rank, zerr);
+            ring_destroy(&r->base);
+            return NULL;
+        }
+    }
     r->pull = zmq_socket(zmq_ctx, ZMQ_PULL);
     r->push = zmq_socket(zmq_ctx, ZMQ_PUSH);
     ZMQ_CHECK_PTR(r->pull);
     ZMQ_CHECK_PTR(r->push);
+    if (curve) {
+        char cerr[512];
+        if (proto_socket_curve_server(r->pull, curve_keypair, cerr, sizeof cerr) != PROTO_OK ||
+            proto_socket_curve_client(r->push, curve_keypair, curve_keypair, cerr,
+                                      sizeof cerr) != PROTO_OK) {
+            snprintf(err, errlen, "rank %d: CURVE: %s", rank, cerr);
+            ring_destroy(&r->base);
+            return NULL;
+        }
+    }
     int zero = 0;
     int64_t maxmsg = RING_MAX_BYTES;
     ZMQ_CHECK(zmq_setsockopt(r->pull, ZMQ_LINGER, &zero, sizeof zero));

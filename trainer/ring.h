@@ -16,9 +16,19 @@
 #include "nn/collective.h"
 
 /* endpoints: world entries ("ipc:///run/x/ring-0", "tcp://10.0.0.1:6100").
+ *
+ * curve_keypair: NULL or "": plain ZeroMQ.  Else a keypair file (swav
+ * keygen) that every rank of the run shares: each rank's PULL is a CURVE
+ * server with it, each PUSH a CURVE client with it (the server key it
+ * expects is the same file's public key), and a ZAP handler lets in only
+ * that public key; a refused connection is logged (proto_zap_new_logged).
+ * The ring then has its own ZeroMQ context (a context has one ZAP handler,
+ * and the caller's may hold another link's); zmq_ctx is not used.
+ *
  * Returns NULL with a message in err on failure. */
 struct nn_collective *trainer_ring_new(void *zmq_ctx, int rank, int world,
                                        const char *const *endpoints, uint64_t run_tag,
-                                       int timeout_ms, char *err, size_t errlen);
+                                       int timeout_ms, const char *curve_keypair, char *err,
+                                       size_t errlen);
 
 #endif

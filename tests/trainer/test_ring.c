@@ -39,7 +39,7 @@ static int child(int rank, int world, int fd, int timeout_ms)
     const char *e[MAXW];
     for (int r = 0; r < world; r++) e[r] = eps[r];
     char err[256];
-    struct nn_collective *c = trainer_ring_new(ctx, rank, world, e, 0xabcdef, timeout_ms, err, sizeof err);
+    struct nn_collective *c = trainer_ring_new(ctx, rank, world, e, 0xabcdef, timeout_ms, NULL, err, sizeof err);
     if (!c) {
         fprintf(stderr, "rank %d: %s\n", rank, err);
         return 1;
@@ -133,7 +133,7 @@ static int run_missing_peer(void)
             void *ctx = zmq_ctx_new();
             const char *e[3] = {eps[0], eps[1], eps[2]};
             char err[256];
-            struct nn_collective *c = trainer_ring_new(ctx, r, 3, e, 1, 500, err, sizeof err);
+            struct nn_collective *c = trainer_ring_new(ctx, r, 3, e, 1, 500, NULL, err, sizeof err);
             float buf[10] = {0};
             int rc = nn_allreduce_sum(c, buf, 10);
             int ok = rc == NN_COLLECTIVE_ERR_TIMEOUT && strstr(c->err, "rank ") != NULL;
