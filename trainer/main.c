@@ -82,6 +82,7 @@ struct trainer_args {
     const char *curve_secret;
     const char *curve_allow;
     const char *assigner_public;
+    const char *pub_allow;
 };
 
 #define TOFF(f) offsetof(struct trainer_args, f)
@@ -119,12 +120,16 @@ static const struct swav_flag trainer_flags[] = {
     {"trace_images", SWAV_FLAG_STR, TOFF(trace_images), 0, 0, "",
      "append 'epoch step index...' for every step trained to this file (tests, audits)"},
     {"curve_secret", SWAV_FLAG_STR, TOFF(curve_secret), 0, 0, "",
-     "CURVE keypair file (swav keygen): --loader_bind accepts encrypted loaders only, and "
-     "this rank's key to the assigner"},
+     "CURVE keypair file (swav keygen): --loader_bind accepts encrypted loaders only, this "
+     "rank's key to the assigner, and the gradient ring's key (every rank the same keypair: "
+     "the ring lets in only its public key)"},
     {"curve_allow", SWAV_FLAG_STR, TOFF(curve_allow), 0, 0, "",
      "file of loader public keys let in on --loader_bind (with --curve_secret; empty: any)"},
     {"assigner_public", SWAV_FLAG_STR, TOFF(assigner_public), 0, 0, "",
      "the assigner's public key file: talk CURVE to the assigner"},
+    {"pub_allow", SWAV_FLAG_STR, TOFF(pub_allow), 0, 0, "",
+     "rank 0: file of subscriber (evaluator) public keys let in on --pub, which is then CURVE "
+     "with the --curve_secret keypair; empty: a plain --pub"},
 };
 
 static volatile sig_atomic_t g_stop;
@@ -149,6 +154,8 @@ struct trainer {
     assigner_client_t *assigner;
     struct loader_client *loaders;
     void *pub;
+    void *pub_ctx;              /* --pub_allow: the PUB's own context, for its ZAP handler */
+    struct proto_zap *pub_zap;  /* --pub_allow's handler */
     struct trainer_progress progress;
     FILE *trace;
     /* crop geometry */
@@ -220,6 +227,10 @@ static int setup_flags(struct trainer *T, int argc, char **argv)
     }
     if (!T->t.assigner[0] || !T->t.loader_bind[0]) {
         fprintf(stderr, "swav-trainer: --assigner and --loader_bind are required\n");
+        return -1;
+    }
+    if (T->t.pub_allow[0] && !T->t.curve_secret[0]) {
+        fprintf(stderr, "swav-trainer: --pub_allow needs --curve_secret (the PUB's keypair)\n");
         return -1;
     }
     if (!strcmp(T->a.data_path, "/path/to/imagenet")) {
@@ -392,6 +403,50 @@ static void announce(struct trainer *T, const char *path)
     proto_msg_free(&m);
 }
 
+/* Whether a failed request means the assigner holds no session with this
+ * rank any more: no answer (it died, is restarting or stopped), or "send
+ * hello first" (a restarted assigner, or this rank's connection was
+ * replaced).  A hello re-forms the session. */
+static bool session_lost(struct trainer *T, enum assigner_client_status st)
+{
+    if (st == ASSIGNER_CLIENT_ERR_TIMEOUT) return true;
+    const struct proto_error *e = assigner_client_last_error(T->assigner);
+    return st == ASSIGNER_CLIENT_ERR_REFUSED && e->code == PROTO_ERRC_OUT_OF_ORDER &&
+           !strcmp(e->field, "hello");
+}
+
+/* A queue save failed because the session was lost: one hello (the other
+ * ranks say theirs when their next step's embed is refused), so that the
+ * save can be sent again.  The hello names the checkpoint still on disk:
+ * an assigner that kept its queue (only the session was lost) writes that
+ * live queue, which is at the step of the save; a restarted one restores
+ * the queue of that older checkpoint and then refuses the save (its queue
+ * is not at the step), so this checkpoint is not paired with a queue it
+ * does not match.  One attempt of --hello_timeout_ms, not say_hello's
+ * endless ones: with --sync_bn the other ranks wait for rank 0 in their
+ * next forward and cannot say hello.  Returns whether the session is back. */
+static bool rejoin_for_save(struct trainer *T, enum assigner_client_status st)
+{
+    char key[PATH_MAX], ckpt[PATH_MAX];
+    path_in(ckpt, sizeof ckpt, T->a.dump_path, "checkpoint.safetensors");
+    queue_key(key, sizeof key, T->a.dump_path, T->saved_iteration);
+    const bool have = access(ckpt, F_OK) == 0;
+    LOG_WARN("the assigner did not save its queue for iteration %lld: %s (%s); saying hello "
+             "again to send the save once more", (long long)T->iteration,
+             assigner_client_status_str(st), assigner_client_last_error(T->assigner)->message);
+    struct proto_welcome w;
+    enum assigner_client_status hs = assigner_client_hello(
+        T->assigner, NULL, have ? key : NULL, (uint32_t)T->epoch, (int)T->t.hello_timeout_ms, &w);
+    if (hs != ASSIGNER_CLIENT_OK) {
+        LOG_WARN("no welcome from the assigner at %s within %lld ms (%s)", T->t.assigner,
+                 (long long)T->t.hello_timeout_ms, assigner_client_status_str(hs));
+        return false;
+    }
+    LOG_INFO("assigner: welcome (world %u, queue %u rows, %llu filled)", w.world_size,
+             w.queue_length, (unsigned long long)w.queue_fill);
+    return true;
+}
+
 /* Rank 0: queue first (named after the step), then the checkpoint
  * atomically, then the copies and the announcement.  Returns 0 or -1. */
 static int save_checkpoint(struct trainer *T, bool epoch_end)
@@ -406,6 +461,16 @@ static int save_checkpoint(struct trainer *T, bool epoch_end)
         enum assigner_client_status st = assigner_client_save(
             T->assigner, (uint32_t)T->epoch, (uint64_t)(T->iteration - 1), qkey,
             (int)T->t.codes_timeout_ms, &saved);
+        if (st != ASSIGNER_CLIENT_OK && session_lost(T, st) && !g_stop &&
+            rejoin_for_save(T, st)) {
+            st = assigner_client_save(T->assigner, (uint32_t)T->epoch,
+                                      (uint64_t)(T->iteration - 1), qkey,
+                                      (int)T->t.codes_timeout_ms, &saved);
+            if (st == ASSIGNER_CLIENT_OK) {
+                LOG_INFO("the assigner saved its queue for iteration %lld after the session "
+                         "re-formed", (long long)T->iteration);
+            }
+        }
         if (st != ASSIGNER_CLIENT_OK) {
             LOG_ERROR("the assigner did not save its queue for iteration %lld: %s (%s); the "
                       "checkpoint is written without it", (long long)T->iteration,
@@ -420,7 +485,10 @@ static int save_checkpoint(struct trainer *T, bool epoch_end)
         .config_json = T->config_json, .rng_state = step_s, .extra = extra, .nextra = 2};
     path_in(path, sizeof path, T->a.dump_path, "checkpoint.safetensors");
     /* the current checkpoint becomes the previous one (a hard link, renamed
-     * into place: both names always point to complete files) */
+     * into place: both names always point to complete files).  After a
+     * failed save the two names are already one file, and rename() between
+     * two links of the same file does nothing: prev_tmp is then removed
+     * here (unlinking one of three links of an intact file). */
     char prev[PATH_MAX], prev_tmp[PATH_MAX + 8];
     path_in(prev, sizeof prev, T->a.dump_path, "checkpoint.prev.safetensors");
     snprintf(prev_tmp, sizeof prev_tmp, "%s.tmp", prev);
@@ -428,10 +496,10 @@ static int save_checkpoint(struct trainer *T, bool epoch_end)
     if (link(path, prev_tmp) == 0) {
         if (rename(prev_tmp, prev) != 0) {
             LOG_WARN("cannot rename %s to %s: %s", prev_tmp, prev, strerror(errno));
-            unlink(prev_tmp);
         } else {
             T->prev_iteration = T->saved_iteration;
         }
+        unlink(prev_tmp);
     }
     enum nn_checkpoint_status st = nn_checkpoint_save(
         path, &T->model->params, T->model->param_data, &T->model->buffers, T->model->buffer_data,
@@ -593,7 +661,8 @@ static int get_codes(struct trainer *T, double *waited, struct proto_codes_stats
     }
     const float *protos = T->rank == 0 ? nn_model_param(T->model, "prototypes.weight") : NULL;
     double t0 = swav_now_s();
-    for (int attempt = 0; attempt <= T->t.assigner_retries; attempt++) {
+    const long long tries = (long long)T->t.assigner_retries + 1;
+    for (long long attempt = 1;; attempt++) {
         enum assigner_client_status st = assigner_client_embed(
             T->assigner, (uint32_t)T->epoch, (uint64_t)T->iteration, T->emb_assign, protos);
         if (st == ASSIGNER_CLIENT_OK) {
@@ -605,15 +674,19 @@ static int get_codes(struct trainer *T, double *waited, struct proto_codes_stats
             return 0;
         }
         const struct proto_error *e = assigner_client_last_error(T->assigner);
-        LOG_WARN("iteration %lld: no codes from the assigner: %s (%s); hello again (attempt %d "
+        if (attempt == tries) {
+            LOG_ERROR("iteration %lld: no codes from the assigner: %s (%s) (attempt %lld of "
+                      "%lld); the assigner gave no codes after %lld attempts; stopping",
+                      (long long)T->iteration, assigner_client_status_str(st), e->message,
+                      attempt, tries, tries);
+            return -1;
+        }
+        LOG_WARN("iteration %lld: no codes from the assigner: %s (%s); hello again (attempt %lld "
                  "of %lld)", (long long)T->iteration, assigner_client_status_str(st), e->message,
-                 attempt + 1, (long long)T->t.assigner_retries);
+                 attempt, tries);
         if (g_stop) return -1;
         if (say_hello(T, resume_key) == ASSIGNER_CLIENT_ERR_REFUSED) return -1;
     }
-    LOG_ERROR("iteration %lld: the assigner gave no codes after %lld attempts; stopping",
-              (long long)T->iteration, (long long)T->t.assigner_retries + 1);
-    return -1;
 }
 
 static int train_step(struct trainer *T, const char *resume_key)
@@ -788,8 +861,8 @@ int main(int argc, char **argv)
     if (T.world > 1) {
         char **eps = split_endpoints(T.t.ring_endpoints, T.world);
         T.coll = trainer_ring_new(T.zctx, T.rank, T.world, (const char *const *)eps,
-                                  (uint64_t)T.a.seed ^ 0x5eedull, (int)T.t.ring_timeout_ms, err,
-                                  sizeof err);
+                                  (uint64_t)T.a.seed ^ 0x5eedull, (int)T.t.ring_timeout_ms,
+                                  T.t.curve_secret, err, sizeof err);
         for (int i = 0; i < T.world; i++) free(eps[i]);
         free(eps);
         if (!T.coll) {
@@ -814,9 +887,29 @@ int main(int argc, char **argv)
                  apex && group < T.world ? group : T.world);
     }
     if (T.rank == 0 && T.t.pub[0]) {
-        T.pub = zmq_socket(T.zctx, ZMQ_PUB);
+        /* --pub_allow: a CURVE server letting in the listed subscribers, in
+         * a context of its own (one ZAP handler per context: the loaders'
+         * allow-list has T.zctx's) */
+        void *ctx = T.zctx;
+        if (T.t.pub_allow[0]) {
+            T.pub_ctx = zmq_ctx_new();
+            ctx = T.pub_ctx;
+            char what[PATH_MAX + 16];
+            snprintf(what, sizeof what, "--pub %s", T.t.pub);
+            T.pub_zap = proto_zap_new_logged(T.pub_ctx, T.t.pub_allow, what, err, sizeof err);
+            if (!T.pub_zap) {
+                LOG_ERROR("--pub_allow: %s", err);
+                return 2;
+            }
+        }
+        T.pub = zmq_socket(ctx, ZMQ_PUB);
         int zero = 0;
         zmq_setsockopt(T.pub, ZMQ_LINGER, &zero, sizeof zero);
+        if (T.t.pub_allow[0] &&
+            proto_socket_curve_server(T.pub, T.t.curve_secret, err, sizeof err) != PROTO_OK) {
+            LOG_ERROR("--pub %s: %s", T.t.pub, err);
+            return 2;
+        }
         if (zmq_bind(T.pub, T.t.pub) != 0) {
             LOG_ERROR("cannot bind --pub %s: %s", T.t.pub, zmq_strerror(zmq_errno()));
             return 2;
@@ -877,6 +970,8 @@ int main(int argc, char **argv)
     assigner_client_destroy(&T.assigner);
     nn_collective_destroy(&T.coll);
     if (T.pub) zmq_close(T.pub);
+    proto_zap_destroy(&T.pub_zap);
+    if (T.pub_ctx) zmq_ctx_term(T.pub_ctx);
     zmq_ctx_term(T.zctx);
     nn_optim_free(&T.optim);
     nn_model_destroy(&T.model);
