@@ -26,6 +26,7 @@ const char *nn_checkpoint_status_str(enum nn_checkpoint_status st)
     switch (st) {
     case NN_CHECKPOINT_OK: return "ok";
     case NN_CHECKPOINT_ERR_FILE: return "unreadable checkpoint file";
+    case NN_CHECKPOINT_ERR_WRITE: return "checkpoint write failed";
     case NN_CHECKPOINT_ERR_MISSING: return "missing tensors";
     case NN_CHECKPOINT_ERR_UNEXPECTED: return "unexpected tensors";
     case NN_CHECKPOINT_ERR_SHAPE: return "tensors of the wrong shape";
@@ -164,7 +165,7 @@ enum nn_checkpoint_status nn_checkpoint_save(const char *path,
     char werr[512] = "";
     if (safetensors_writer_write(&w, path, werr, sizeof werr) != SAFETENSORS_OK) {
         errf(err, errlen, "%s", werr);
-        rc = NN_CHECKPOINT_ERR_FILE;
+        rc = NN_CHECKPOINT_ERR_WRITE;
     }
 out:
     safetensors_writer_free(&w);

@@ -30,11 +30,12 @@
 
 enum nn_checkpoint_status {
     NN_CHECKPOINT_OK = 0,
-    NN_CHECKPOINT_ERR_FILE,       /* cannot read/write, or not a valid safetensors file */
+    NN_CHECKPOINT_ERR_FILE,       /* cannot read, or not a valid safetensors file */
     NN_CHECKPOINT_ERR_MISSING,    /* strict: a table entry absent from the file */
     NN_CHECKPOINT_ERR_UNEXPECTED, /* strict: a file tensor the tables do not have */
     NN_CHECKPOINT_ERR_SHAPE,      /* strict: a tensor of another shape */
     NN_CHECKPOINT_ERR_META,       /* metadata present but malformed (epoch not a number, newer format) */
+    NN_CHECKPOINT_ERR_WRITE,      /* save: the file could not be written (full disk, permissions) */
 };
 
 const char *nn_checkpoint_status_str(enum nn_checkpoint_status st);

@@ -116,13 +116,15 @@ try:
     leftovers = [f for f in os.listdir(dump) if ".tmp." in f or f == "state-20.queue"]
     check(not leftovers, f"left behind on the full disk: {leftovers}")
     # checkpoint.prev.safetensors.tmp is the trainer's hard link of the current
-    # checkpoint, made before each save; after a failed save both names are
-    # one file and rename(2) leaves the link in place (trainer/main.c,
-    # save_checkpoint).  It is a complete file, never a partial one.
+    # checkpoint, made before each save and renamed onto .prev; after a failed
+    # save both names are one file, rename(2) between them does nothing, and
+    # the trainer must remove the link itself (trainer/main.c, save_checkpoint)
     prev_tmp = ckpt.replace("checkpoint.safetensors", "checkpoint.prev.safetensors.tmp")
-    if os.path.exists(prev_tmp):
-        check(os.path.samefile(prev_tmp, ckpt), f"{prev_tmp} is not a link of the checkpoint")
-        print(f"note: {os.path.basename(prev_tmp)} left as a hard link of the checkpoint")
+    check(not os.path.exists(prev_tmp),
+          f"{os.path.basename(prev_tmp)} left behind after the second failed save")
+    check(m and log.count("(checkpoint write failed); the previous one stays") == 2,
+          "the failed checkpoint writes are not reported as 'checkpoint write failed':\n" +
+          log[-3000:])
     for line in re.findall(r".*(?:checkpoint not written|did not save its queue).*", log)[:2]:
         print("  " + line)
 
