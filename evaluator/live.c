@@ -117,7 +117,9 @@ struct live {
     volatile sig_atomic_t *stop;
     void *zctx;
     struct loader_client *client;
+    struct proto_zap *zap;  /* --curve_allow's handler (logs refusals) */
     void *sub;
+    void *sub_monitor;      /* CURVE --sub: PAIR receiving its handshake events */
     struct proto_rx rx;
     nn_backend_t *be;
     struct nn_model *model;
@@ -1120,8 +1122,49 @@ static void scan(struct live *L, struct cand *pending)
     }
 }
 
+static bool set(const char *s) { return s && s[0]; }
+
+/* The CURVE --sub link's handshake events (two frames: u16 event + u32
+ * value, then the address): a refusal by the trainer's --pub_allow is logged
+ * here, libzmq keeps retrying. */
+static void drain_sub_monitor(struct live *L)
+{
+    if (!L->sub_monitor) return;
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, L->sub_monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return;
+        }
+        uint16_t ev = 0;
+        uint32_t val = 0;
+        if (zmq_msg_size(&m) >= 2) memcpy(&ev, zmq_msg_data(&m), 2);
+        if (zmq_msg_size(&m) >= 6) memcpy(&val, (const char *)zmq_msg_data(&m) + 2, 4);
+        int more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+        while (more) {
+            zmq_msg_init(&m);
+            more = zmq_msg_recv(&m, L->sub_monitor, 0) >= 0 && zmq_msg_more(&m);
+            zmq_msg_close(&m);
+        }
+        if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            LOG_INFO("--sub %s: CURVE handshake done", L->o->sub);
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+            LOG_LIMITED(SWAV_LOG_ERROR, "--sub %s refused this evaluator's CURVE key (status "
+                        "%u): is its public key in the trainer's --pub_allow list? (retrying)",
+                        L->o->sub, (unsigned)val);
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+            LOG_LIMITED(SWAV_LOG_ERROR, "handshake with --sub %s failed (ZMTP error %#x): "
+                        "CURVE on one side only, or the wrong --sub_public? (retrying)",
+                        L->o->sub, (unsigned)val);
+        }
+    }
+}
+
 static void drain_sub(struct live *L, struct cand *pending)
 {
+    drain_sub_monitor(L);
     if (!L->sub) return;
     for (;;) {
         enum proto_status ps = proto_recv(L->sub, &L->rx, false, ZMQ_DONTWAIT);
@@ -1166,16 +1209,51 @@ static int setup(struct live *L, char *err, size_t errlen)
     /* One refusal fails an order: the evaluator's refusals are deterministic
      * (an index past the data set, an unknown tag, a crop spec), and BUSY
      * ones are re-issued without counting. */
+    /* CURVE: the allow-list's ZAP handler is ours, not the loader client's
+     * (which would only count refusals, and log them when it next polls):
+     * refusals are logged at once, also while no evaluation runs. */
+    if (set(L->o->curve_allow)) {
+        char what[1100], zerr[512];
+        snprintf(what, sizeof what, "--loader_bind %s", L->o->loader_bind);
+        L->zap = proto_zap_new_logged(L->zctx, L->o->curve_allow, what, zerr, sizeof zerr);
+        if (!L->zap) {
+            snprintf(err, errlen, "--curve_allow: %s", zerr);
+            return -1;
+        }
+    }
     struct loader_client_opts co = {.bind = L->o->loader_bind, .run = L->o->run,
                                     .zmq_ctx = L->zctx, .deadline_ms = 600000,
-                                    .max_attempts = 1};
+                                    .max_attempts = 1, .curve_secret = L->o->curve_secret};
     if (loader_client_new(&L->client, &co, err, errlen) != 0) return -1;
-    LOG_INFO("loaders connect to %s", loader_client_endpoint(L->client));
+    LOG_INFO("loaders connect to %s%s", loader_client_endpoint(L->client),
+             set(L->o->curve_secret) ? " (CURVE)" : "");
     if (L->o->sub[0]) {
         L->sub = zmq_socket(L->zctx, ZMQ_SUB);
         SWAV_ASSERT(L->sub);
         proto_socket_setup(L->sub, 1 << 16, 1000, 5000);
         zmq_setsockopt(L->sub, ZMQ_SUBSCRIBE, "", 0);
+        if (set(L->o->sub_public)) {
+            char cerr[512];
+            if (proto_socket_curve_client(L->sub, L->o->sub_public,
+                                          set(L->o->curve_secret) ? L->o->curve_secret : NULL,
+                                          cerr, sizeof cerr) != PROTO_OK) {
+                snprintf(err, errlen, "--sub %s: %s", L->o->sub, cerr);
+                return -1;
+            }
+            static unsigned generation;
+            char mon[64];
+            snprintf(mon, sizeof mon, "inproc://eval-sub-monitor-%u", ++generation);
+            if (zmq_socket_monitor(L->sub, mon,
+                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                                       ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0 ||
+                !(L->sub_monitor = zmq_socket(L->zctx, ZMQ_PAIR)) ||
+                zmq_connect(L->sub_monitor, mon) != 0) {
+                snprintf(err, errlen, "--sub %s: monitor: %s", L->o->sub,
+                         zmq_strerror(zmq_errno()));
+                return -1;
+            }
+        }
         if (zmq_connect(L->sub, L->o->sub) != 0) {
             snprintf(err, errlen, "--sub %s: %s", L->o->sub, zmq_strerror(zmq_errno()));
             return -1;
@@ -1201,8 +1279,13 @@ static void teardown(struct live *L)
     free(L->done);
     free(L->run_config);
     proto_rx_free(&L->rx);
+    if (L->sub_monitor) {
+        zmq_socket_monitor(L->sub, NULL, 0);
+        zmq_close(L->sub_monitor);
+    }
     if (L->sub) zmq_close(L->sub);
     loader_client_destroy(&L->client);
+    proto_zap_destroy(&L->zap);
     if (L->zctx) zmq_ctx_term(L->zctx);
 }
 

@@ -64,6 +64,12 @@ struct eval_live_opts {
     const char *dump_path;   /* run folder: checkpoints, eval.jsonl, report.html */
     const char *sub;         /* trainer's PUB endpoint; "" none */
     const char *loader_bind; /* ROUTER the loaders connect to */
+    /* CURVE (docs/security.md), each NULL or "" for none: the keypair file
+     * that makes loader_bind a CURVE server and is this evaluator's client
+     * key on sub; the loader public keys let in on loader_bind (a ZAP handler
+     * that logs each refusal); the trainer's public key, making sub a CURVE
+     * client. */
+    const char *curve_secret, *curve_allow, *sub_public;
     const char *run;         /* run id of messages */
     const char *eval_train, *eval_val; /* data set tags */
     int64_t train_limit, val_limit;    /* <= 0: all */

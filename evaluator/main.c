@@ -53,6 +53,7 @@ struct cli {
     /* live mode */
     const char *sub, *loader_bind, *run, *eval_train, *eval_val, *probes, *pretrained;
     const char *linear_mode;
+    const char *curve_secret, *curve_allow, *sub_public;
     /* semisup */
     int64_t labels_perc, semisup_epochs, semisup_batch_size;
     double semisup_lr, lr_last_layer, semisup_wd, semisup_gamma;
@@ -95,6 +96,9 @@ static const struct swav_flag cli_flags[] = {
     F("sub", SWAV_FLAG_STR, sub, 0, 0, "", "live: the trainer's PUB endpoint (checkpoint announcements)"),
     F("loader_bind", SWAV_FLAG_STR, loader_bind, 0, 0, "", "live: ROUTER endpoint swav-loader processes connect to"),
     F("run", SWAV_FLAG_STR, run, 0, 0, "swav", "live: run id of the messages"),
+    F("curve_secret", SWAV_FLAG_STR, curve_secret, 0, 0, "", "live: CURVE keypair file (swav keygen): --loader_bind accepts encrypted loaders only (their --curve_server_public is its public key: the trainers' keypair when the loaders serve both), and this evaluator's key on --sub"),
+    F("curve_allow", SWAV_FLAG_STR, curve_allow, 0, 0, "", "live: file of loader public keys let in on --loader_bind (with --curve_secret; empty: any)"),
+    F("sub_public", SWAV_FLAG_STR, sub_public, 0, 0, "", "live: the trainer's public key file: --sub talks CURVE (the trainer's --pub_allow must list this evaluator's key)"),
     F("eval_train", SWAV_FLAG_STR, eval_train, 0, 0, "eval_train", "live: data set tag of the probes' training set"),
     F("eval_val", SWAV_FLAG_STR, eval_val, 0, 0, "eval_val", "live: data set tag of the probes' validation set"),
     F("eval_train_limit", SWAV_FLAG_INT, eval_train_limit, 0, 1 << 30, "10000", "live: stratified subset of the training set (0: all)"),
@@ -162,6 +166,15 @@ static int live_main(struct cli *c, const struct swav_flag_set *set)
                 (long long)c->resize, (long long)c->size);
         return 2;
     }
+    if (c->curve_allow[0] && !c->curve_secret[0]) {
+        fprintf(stderr, "swav-evaluator: --curve_allow needs --curve_secret (the keypair of "
+                        "--loader_bind)\n");
+        return 2;
+    }
+    if (c->sub_public[0] && !c->sub[0]) {
+        fprintf(stderr, "swav-evaluator: --sub_public without --sub\n");
+        return 2;
+    }
     struct eval_live_opts o = {
         .dump_path = c->dump_path, .sub = c->sub, .loader_bind = c->loader_bind,
         .run = c->run, .eval_train = c->eval_train, .eval_val = c->eval_val,
@@ -171,6 +184,8 @@ static int live_main(struct cli *c, const struct swav_flag_set *set)
         .once = c->once,
         .baseline = c->random_init_baseline, .pretrained = c->pretrained,
         .config_path = c->config, .wait_s = c->wait_s, .rescan_s = c->rescan_s,
+        .curve_secret = c->curve_secret, .curve_allow = c->curve_allow,
+        .sub_public = c->sub_public,
     };
     char list[256];
     snprintf(list, sizeof list, "%s", c->probes);
