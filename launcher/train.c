@@ -3,11 +3,13 @@
  *   swav train [main_swav.py flags] [swav-trainer flags]
  *              --nproc W --loaders N --workers M [--eval-data DIR]
  *              [--eval_probes knn,linear,semisup] [--eval_labels_perc 1|10]
+ *              [--curve_keys KEYS]
  *
  * starts the assigner, N loaders (M decode threads each), W trainer ranks
  * and, with --eval-data (an ImageFolder with train/ and test/ or val/), the
  * evaluator (the probes of --eval_probes), all talking over ipc:// sockets
- * in a private folder.  Each role's stderr goes to dump_path/logs/<role>.log;
+ * in a private folder (with --curve_keys, every link CURVE-encrypted and
+ * authenticated with the keys of `swav keygen KEYS`: docs/security.md).  Each role's stderr goes to dump_path/logs/<role>.log;
  * the launcher shows one live progress line (from dump_path/train.jsonl)
  * and repeats the roles' warnings and errors.  A crashed loader, assigner or
  * evaluator is restarted; a crashed trainer restarts the whole trainer group,
@@ -61,6 +63,11 @@ struct train_opts {
     char probe_names[MAX_PROBES][16];
     int n_probes;
     int trainer_retries;
+    /* --curve_keys: absolute paths of KEYS/{assigner,trainer,loader}.{key,pub},
+     * or all "" */
+    char k_assigner[PATH_MAX], k_assigner_pub[PATH_MAX];
+    char k_trainer[PATH_MAX], k_trainer_pub[PATH_MAX];
+    char k_loader[PATH_MAX], k_loader_pub[PATH_MAX];
     /* everything else goes to the trainers as it is */
     char *pass[MAX_PASS];
     int npass;
@@ -144,6 +151,39 @@ static void parse_probes(struct train_opts *o)
     o->eval_semisup = seen[2];
 }
 
+/* --curve_keys KEYS: the keypairs of `swav keygen KEYS` (assigner, trainer,
+ * loader), checked readable now so that a missing key stops the run at once
+ * rather than every role at every restart. */
+static void curve_keys(struct train_opts *o, const char *dir)
+{
+    char abs[PATH_MAX];
+    if (!realpath(dir, abs)) {
+        fprintf(stderr, "swav train: --curve_keys %s: %s (make the keys with `swav keygen %s`)\n",
+                dir, strerror(errno), dir);
+        exit(2);
+    }
+    struct {
+        char *key, *pub;
+        const char *name;
+    } k[3] = {{o->k_assigner, o->k_assigner_pub, "assigner"},
+              {o->k_trainer, o->k_trainer_pub, "trainer"},
+              {o->k_loader, o->k_loader_pub, "loader"}};
+    for (int i = 0; i < 3; i++) {
+        if (snprintf(k[i].key, PATH_MAX, "%s/%s.key", abs, k[i].name) >= PATH_MAX ||
+            snprintf(k[i].pub, PATH_MAX, "%s/%s.pub", abs, k[i].name) >= PATH_MAX) {
+            fprintf(stderr, "swav train: --curve_keys %s: path too long\n", dir);
+            exit(2);
+        }
+        const char *bad = access(k[i].key, R_OK) != 0 ? k[i].key
+                          : access(k[i].pub, R_OK) != 0 ? k[i].pub : NULL;
+        if (bad) {
+            fprintf(stderr, "swav train: --curve_keys: %s: %s (`swav keygen %s` makes "
+                    "assigner, trainer and loader keys)\n", bad, strerror(errno), dir);
+            exit(2);
+        }
+    }
+}
+
 static void parse(struct train_opts *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
@@ -199,6 +239,8 @@ static void parse(struct train_opts *o, int argc, char **argv)
             o->eval_semisup_epochs = parse_int_flag("--eval_semisup_epochs", v, 1, 100000);
         } else if (take_value(&i, argc, argv, "--trainer_retries", &v)) {
             o->trainer_retries = parse_int_flag("--trainer_retries", v, 0, 1000);
+        } else if (take_value(&i, argc, argv, "--curve_keys", &v)) {
+            curve_keys(o, v);
         } else if (!strcmp(name, "--verbose")) {
             o->verbose = 1;
         } else {
@@ -536,6 +578,11 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
     arg(&a, "--threads=1");
     /* a restarted trainer may take over its dead predecessor's rank after 5 s */
     arg(&a, "--stale_peer_ms=5000");
+    const int curve = o.k_trainer[0] != '\0';
+    if (curve) {
+        arg(&a, "--curve_secret=%s", o.k_assigner);
+        arg(&a, "--curve_allow=%s", o.k_trainer_pub);
+    }
     int i_assigner = sup_add(&s, "assigner", a.v, SUP_RESTART_ALWAYS, 0, 2, 20);
     args_free(&a);
 
@@ -555,6 +602,15 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
         arg(&a, "--loader_bind=ipc://%s/loader-%d", sock, r);
         if (o.nproc > 1) arg(&a, "--ring_endpoints=%s", ring);
         if (r == 0) arg(&a, "--pub=ipc://%s/checkpoints", sock);
+        if (curve) {
+            /* the trainer keypair: server key for the loaders, client key to
+             * the assigner, the ring's key (all ranks), the --pub server key,
+             * whose one subscriber, the evaluator, holds the same keypair */
+            arg(&a, "--curve_secret=%s", o.k_trainer);
+            arg(&a, "--curve_allow=%s", o.k_loader_pub);
+            arg(&a, "--assigner_public=%s", o.k_assigner_pub);
+            if (r == 0) arg(&a, "--pub_allow=%s", o.k_trainer_pub);
+        }
         char name[48];
         snprintf(name, sizeof name, "trainer %d", r);
         sup_add(&s, name, a.v, SUP_RESTART_GROUP, 1, 0, o.trainer_retries);
@@ -584,6 +640,10 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
         arg(&a, "--run=%s", run);
         arg(&a, "--workers=%d", o.workers);
         arg(&a, "--loader_id=loader-%d", k);
+        if (curve) {
+            arg(&a, "--curve_secret=%s", o.k_loader);
+            arg(&a, "--curve_server_public=%s", o.k_trainer_pub);
+        }
         char name[48];
         snprintf(name, sizeof name, "loader %d", k);
         sup_add(&s, name, a.v, SUP_RESTART_ALWAYS, 0, 1, 100);
@@ -603,6 +663,13 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
         if (o.eval_train_limit >= 0) arg(&a, "--eval_train_limit=%d", o.eval_train_limit);
         if (o.eval_val_limit >= 0) arg(&a, "--eval_val_limit=%d", o.eval_val_limit);
         arg(&a, "--probes=%s", o.eval_probes);
+        if (curve) {
+            /* a consumer of the same loaders as the trainers: their keypair
+             * (the loaders know one server key), which --pub_allow lets in */
+            arg(&a, "--curve_secret=%s", o.k_trainer);
+            arg(&a, "--curve_allow=%s", o.k_loader_pub);
+            arg(&a, "--sub_public=%s", o.k_trainer_pub);
+        }
         if (o.eval_semisup) {
             /* the folder the loaders serve as eval_train: its file names give
              * the stratified labelled subset (saved beside eval.jsonl) and
@@ -646,9 +713,10 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
      * than a 1-thread one).  An explicit setting in the environment wins. */
     setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
 
-    LOG_INFO("run %s: %d trainer%s, %d loader%s x %d workers%s; logs in %s, sockets in %s", run,
+    LOG_INFO("run %s: %d trainer%s, %d loader%s x %d workers%s; logs in %s, sockets in %s%s", run,
              o.nproc, o.nproc > 1 ? "s" : "", o.loaders, o.loaders == 1 ? "" : "s", o.workers,
-             o.eval_data[0] ? ", live evaluation" : "", logs, sock);
+             o.eval_data[0] ? ", live evaluation" : "", logs, sock,
+             curve ? ", CURVE on every link" : "");
     if (sup_start_all(&s) != 0) {
         sup_stop_all(&s, 5000);
         return 1;
