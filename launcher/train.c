@@ -9,9 +9,10 @@
  * and, with --eval-data (an ImageFolder with train/ and test/ or val/), the
  * evaluator (the probes of --eval_probes), all talking over ipc:// sockets
  * in a private folder (with --curve_keys, every link CURVE-encrypted and
- * authenticated with the keys of `swav keygen KEYS`: docs/security.md).  Each role's stderr goes to dump_path/logs/<role>.log;
- * the launcher shows one live progress line (from dump_path/train.jsonl)
- * and repeats the roles' warnings and errors.  A crashed loader, assigner or
+ * authenticated with the keys of `swav keygen KEYS`: docs/security.md).
+ * Each role's stderr goes to dump_path/logs/<role>.log; the launcher shows
+ * one live progress line (from dump_path/train.jsonl) and repeats the
+ * roles' warnings and errors.  A crashed loader, assigner or
  * evaluator is restarted; a crashed trainer restarts the whole trainer group,
  * which resumes from the last checkpoint (bounded retries).  SIGINT/SIGTERM:
  * trainers stop first (they write a checkpoint), then the rest.  The run ends
