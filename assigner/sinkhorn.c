@@ -19,7 +19,8 @@
  *    maximum, computed from the scores while the chunk is in cache, the
  *    initial v_b = exp(m_b - M) accumulated online (as in an online softmax).
  * Successive passes visit each thread's rows in alternate directions, so
- * each starts on the rows the previous one left in the caches. */
+ * each starts on the rows the previous one read last (a gain where the
+ * cache keeps them). */
 #include "sinkhorn.h"
 
 #include <cblas.h>
