@@ -2,8 +2,9 @@
  *
  * Wire format of one ring frame pair (internal to the ranks of one run, so a
  * fixed little header rather than msgpack): frame 0 = struct ring_hdr, frame
- * 1 = the chunk's bytes.  The receiver checks magic, run tag, call number,
- * kind, chunk and byte count before touching its buffer. */
+ * 1 = the chunk's bytes.  The receiver checks magic, run tag, sender rank,
+ * call number, kind, chunk and byte count before touching its buffer, and
+ * drops (with a warning) whatever does not match. */
 #include "ring.h"
 
 #include <errno.h>
@@ -16,6 +17,7 @@
 
 #include "common/check.h"
 #include "common/log.h"
+#include "common/timeutil.h"
 #include "proto/wire.h"
 
 #define RING_MAGIC 0x52494e47u /* "RING" */
@@ -29,7 +31,7 @@ struct ring_hdr {
     uint64_t run_tag;
     uint64_t call;
     uint32_t chunk;
-    uint32_t pad;
+    uint32_t from; /* the sender's rank */
     uint64_t bytes;
 };
 
@@ -65,7 +67,7 @@ static int ring_fail(struct ring *r, int status, const char *fmt, ...)
 static int ring_send(struct ring *r, enum ring_kind kind, uint32_t chunk, const void *data,
                      size_t bytes)
 {
-    struct ring_hdr h = {RING_MAGIC, kind, r->run_tag, r->call, chunk, 0, bytes};
+    struct ring_hdr h = {RING_MAGIC, kind, r->run_tag, r->call, chunk, (uint32_t)r->base.rank, bytes};
     int next = (r->base.rank + 1) % r->base.world;
     if (zmq_send(r->push, &h, sizeof h, ZMQ_SNDMORE) < 0 ||
         zmq_send(r->push, data, bytes, 0) < 0) {
@@ -80,75 +82,87 @@ static int ring_send(struct ring *r, enum ring_kind kind, uint32_t chunk, const 
     return 0;
 }
 
-/* Receives the next frame pair from the previous rank into msg (data frame);
- * checks it is (kind, chunk, bytes) of the current call. */
+/* Reads one whole message from the PULL: its first frame into h (*hlen
+ * bytes of it), its second into msg (initialised here, closed by the
+ * caller); returns the number of frames, or -1 when the receive failed. */
+static int ring_read(struct ring *r, struct ring_hdr *h, int *hlen, zmq_msg_t *msg)
+{
+    zmq_msg_init(msg);
+    int n = zmq_recv(r->pull, h, sizeof *h, 0);
+    if (n < 0) return -1;
+    *hlen = n;
+    int frames = 1, more = 0;
+    size_t more_len = sizeof more;
+    zmq_getsockopt(r->pull, ZMQ_RCVMORE, &more, &more_len);
+    while (more) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, r->pull, 0) < 0) {
+            zmq_msg_close(&part);
+            return -1;
+        }
+        more = zmq_msg_more(&part);
+        if (++frames == 2) {
+            zmq_msg_move(msg, &part);
+        }
+        zmq_msg_close(&part);
+    }
+    return frames;
+}
+
+/* Receives the next frame pair from the previous rank into msg (data frame):
+ * (kind, chunk, bytes) of the current call, from rank prev, of this run.
+ * Anything else on the PULL (ZeroMQ cannot tell who sent it: without CURVE
+ * anyone who can reach the endpoint may connect) is dropped with a
+ * rate-limited warning, and the wait goes on for the expected frame until
+ * timeout_ms after the call began to wait. */
 static int ring_recv(struct ring *r, enum ring_kind kind, uint32_t chunk, size_t bytes,
                      zmq_msg_t *msg)
 {
     int prev = (r->base.rank + r->base.world - 1) % r->base.world;
-    zmq_pollitem_t item = {r->pull, 0, ZMQ_POLLIN, 0};
-    int rc;
-    do {
-        rc = zmq_poll(&item, 1, r->timeout_ms);
-    } while (rc < 0 && zmq_errno() == EINTR);
-    if (rc == 0) {
-        return ring_fail(r, NN_COLLECTIVE_ERR_TIMEOUT,
-                         "rank %d got nothing from rank %d within %d ms (dead or stopped?)",
-                         r->base.rank, prev, r->timeout_ms);
-    }
-    struct ring_hdr h;
-    int n = zmq_recv(r->pull, &h, sizeof h, 0);
-    int more = 0;
-    size_t more_len = sizeof more;
-    zmq_getsockopt(r->pull, ZMQ_RCVMORE, &more, &more_len);
-    if (n != (int)sizeof h || !more) {
-        while (more) { /* drain the rest of a malformed message */
-            zmq_msg_t junk;
-            zmq_msg_init(&junk);
-            zmq_msg_recv(&junk, r->pull, 0);
-            more = zmq_msg_more(&junk);
-            zmq_msg_close(&junk);
+    int64_t until = swav_now_ms() + r->timeout_ms;
+    unsigned dropped = 0;
+    for (;;) {
+        zmq_pollitem_t item = {r->pull, 0, ZMQ_POLLIN, 0};
+        int64_t left = until - swav_now_ms();
+        int rc = left > 0 ? zmq_poll(&item, 1, (long)left) : 0;
+        if (rc < 0 && zmq_errno() == EINTR) continue;
+        if (rc == 0) {
+            return ring_fail(r, NN_COLLECTIVE_ERR_TIMEOUT,
+                             "rank %d got nothing from rank %d within %d ms (dead or stopped?)%s",
+                             r->base.rank, prev, r->timeout_ms,
+                             dropped ? "; frames that were not its were dropped" : "");
         }
-        return ring_fail(r, NN_COLLECTIVE_ERR_PROTOCOL,
-                         "rank %d: malformed ring frame from rank %d (%d header bytes)",
-                         r->base.rank, prev, n);
-    }
-    zmq_msg_init(msg);
-    if (zmq_msg_recv(msg, r->pull, 0) < 0) {
-        zmq_msg_close(msg);
-        return ring_fail(r, NN_COLLECTIVE_ERR_TRANSPORT, "rank %d: receive failed: %s",
-                         r->base.rank, zmq_strerror(zmq_errno()));
-    }
-    while (zmq_msg_more(msg)) { /* extra frames: drain, then refuse */
-        zmq_msg_t junk;
-        zmq_msg_init(&junk);
-        zmq_msg_recv(&junk, r->pull, 0);
-        int m = zmq_msg_more(&junk);
-        zmq_msg_close(&junk);
-        if (!m) {
+        struct ring_hdr h;
+        int hlen = 0;
+        int frames = ring_read(r, &h, &hlen, msg);
+        if (frames < 0) {
             zmq_msg_close(msg);
-            return ring_fail(r, NN_COLLECTIVE_ERR_PROTOCOL,
-                             "rank %d: ring message from rank %d has extra frames", r->base.rank,
-                             prev);
+            return ring_fail(r, NN_COLLECTIVE_ERR_TRANSPORT, "rank %d: receive failed: %s",
+                             r->base.rank, zmq_strerror(zmq_errno()));
         }
-    }
-    if (h.magic != RING_MAGIC || h.run_tag != r->run_tag) {
+        char why[200];
+        if (frames != 2 || hlen != (int)sizeof h) {
+            snprintf(why, sizeof why, "a malformed message (%d frame%s, %d header bytes)", frames,
+                     frames == 1 ? "" : "s", hlen);
+        } else if (h.magic != RING_MAGIC || h.run_tag != r->run_tag) {
+            snprintf(why, sizeof why, "a frame not of this run (magic %08x, tag %016llx)", h.magic,
+                     (unsigned long long)h.run_tag);
+        } else if (h.from != (uint32_t)prev || h.call != r->call || h.kind != (uint32_t)kind ||
+                   h.chunk != chunk || h.bytes != bytes || zmq_msg_size(msg) != bytes) {
+            snprintf(why, sizeof why,
+                     "an out-of-sequence frame: from rank %u call %llu kind %u chunk %u bytes "
+                     "%llu (%zu sent), expected from rank %d call %llu kind %u chunk %u bytes %zu",
+                     h.from, (unsigned long long)h.call, h.kind, h.chunk,
+                     (unsigned long long)h.bytes, zmq_msg_size(msg), prev,
+                     (unsigned long long)r->call, (unsigned)kind, chunk, bytes);
+        } else {
+            return 0;
+        }
         zmq_msg_close(msg);
-        return ring_fail(r, NN_COLLECTIVE_ERR_PROTOCOL,
-                         "rank %d: frame from rank %d is not of this run (magic %08x, tag %016llx)",
-                         r->base.rank, prev, h.magic, (unsigned long long)h.run_tag);
+        dropped++;
+        LOG_LIMITED(SWAV_LOG_WARN, "gradient ring (rank %d): dropped %s", r->base.rank, why);
     }
-    if (h.call != r->call || h.kind != (uint32_t)kind || h.chunk != chunk || h.bytes != bytes ||
-        zmq_msg_size(msg) != bytes) {
-        zmq_msg_close(msg);
-        return ring_fail(r, NN_COLLECTIVE_ERR_PROTOCOL,
-                         "rank %d: out-of-sequence frame from rank %d: call %llu kind %u chunk %u "
-                         "bytes %llu, expected call %llu kind %u chunk %u bytes %zu",
-                         r->base.rank, prev, (unsigned long long)h.call, h.kind, h.chunk,
-                         (unsigned long long)h.bytes, (unsigned long long)r->call, (unsigned)kind,
-                         chunk, bytes);
-    }
-    return 0;
 }
 
 static int ring_allreduce(struct nn_collective *c, float *buf, size_t n)

@@ -5,8 +5,11 @@
  * All-reduce is the bandwidth-optimal ring (reduce-scatter then all-gather,
  * 2(W-1)/W of the buffer sent per rank); each chunk is summed in one fixed
  * order and then copied to every rank, so all ranks end with identical bits
- * and a run is deterministic.  Every frame carries the run tag, the call
- * number and the chunk, checked on receipt; a missing peer is reported by
+ * and a run is deterministic.  Every frame carries the run tag, the sender's
+ * rank, the call number and the chunk, checked on receipt: a message that is
+ * not the expected next chunk from the previous rank (garbage from a
+ * stranger that connected to the PULL, another run's frame) is dropped with
+ * a rate-limited warning and the wait goes on; a missing peer is reported by
  * rank after timeout_ms.  After a failed call the ring must be rebuilt. */
 #ifndef SWAV_TRAINER_RING_H
 #define SWAV_TRAINER_RING_H

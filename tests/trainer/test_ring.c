@@ -32,6 +32,57 @@ static uint64_t fnv(const void *p, size_t n)
     return h;
 }
 
+/* trainer/ring.c's frame header, for the garbage a stranger sends */
+struct ring_hdr {
+    uint32_t magic, kind;
+    uint64_t run_tag, call;
+    uint32_t chunk, from;
+    uint64_t bytes;
+};
+
+static int with_garbage; /* run_world: a stranger pushes garbage to every rank */
+
+/* A stranger's PUSH per endpoint: random bytes, a three-frame message, a
+ * header of another run, headers of this run's tag (0xabcdef) for the first
+ * call's chunks as if from the wrong rank, of the wrong size, of a later
+ * call.  Every rank must drop them all and still sum right. */
+static void send_garbage(void *ctx, int world, void **socks)
+{
+    static unsigned char junk[4096];
+    for (size_t i = 0; i < sizeof junk; i++) junk[i] = (unsigned char)(i * 131 + 7);
+    for (int r = 0; r < world; r++) {
+        void *s = socks[r] = zmq_socket(ctx, ZMQ_PUSH);
+        int linger = 5000;
+        zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_connect(s, eps[r]);
+        zmq_send(s, junk, 200, 0);
+        zmq_send(s, junk, 48, ZMQ_SNDMORE);
+        zmq_send(s, junk, 4, ZMQ_SNDMORE);
+        zmq_send(s, junk, 4, 0);
+        struct ring_hdr h = {0x52494e47u, 1, 0x1234, 1, 0, 0, 4};
+        zmq_send(s, &h, sizeof h, ZMQ_SNDMORE);
+        zmq_send(s, junk, 4, 0);
+        h.run_tag = 0xabcdef;
+        for (uint32_t c = 0; c < (uint32_t)world; c++) { /* call 1 is n = 1: chunk sizes 0/1 */
+            h.chunk = c;
+            h.from = (uint32_t)r; /* never the previous rank (from it, they would be a
+                                     forgery that only CURVE keeps out) */
+            h.bytes = c + 1 == (uint32_t)world ? 4 : 0;
+            zmq_send(s, &h, sizeof h, ZMQ_SNDMORE);
+            zmq_send(s, junk, h.bytes, 0);
+        }
+        h.from = (uint32_t)((r + world - 1) % world);
+        h.chunk = 0;
+        h.bytes = 4096; /* the right sender, the wrong size */
+        zmq_send(s, &h, sizeof h, ZMQ_SNDMORE);
+        zmq_send(s, junk, 4096, 0);
+        h.call = 99;
+        h.bytes = 4;
+        zmq_send(s, &h, sizeof h, ZMQ_SNDMORE);
+        zmq_send(s, junk, 4, 0);
+    }
+}
+
 /* Child body: returns 0 on success; writes the result hash to fd. */
 static int child(int rank, int world, int fd, int timeout_ms)
 {
@@ -45,6 +96,7 @@ static int child(int rank, int world, int fd, int timeout_ms)
         return 1;
     }
     static const size_t sizes[] = {1, 3, 4, 1000, 100003};
+    if (with_garbage) usleep(500 * 1000); /* the stranger's frames come first */
     uint64_t h = 0;
     int bad = 0;
     for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
@@ -99,6 +151,11 @@ static int run_world(int world)
         }
     }
     close(pfd[1]);
+    void *gctx = NULL, *gsocks[MAXW];
+    if (with_garbage) {
+        gctx = zmq_ctx_new();
+        send_garbage(gctx, world, gsocks);
+    }
     int fails = 0;
     for (int r = 0; r < world; r++) {
         int st;
@@ -109,6 +166,10 @@ static int run_world(int world)
     int got = 0;
     while (got < world && read(pfd[0], &h[got], sizeof h[0]) == sizeof h[0]) got++;
     close(pfd[0]);
+    if (gctx) {
+        for (int r = 0; r < world; r++) zmq_close(gsocks[r]);
+        zmq_ctx_term(gctx);
+    }
     if (got != world) fails++;
     for (int r = 1; r < got; r++) {
         if (h[r] != h[0]) {
@@ -116,7 +177,8 @@ static int run_world(int world)
             fails++;
         }
     }
-    printf("world %d: %s\n", world, fails ? "FAIL" : "ok (sums match, identical bits on all ranks)");
+    printf("world %d%s: %s\n", world, with_garbage ? " with a stranger's garbage" : "",
+           fails ? "FAIL" : "ok (sums match, identical bits on all ranks)");
     return fails;
 }
 
@@ -157,6 +219,10 @@ int main(void)
     alarm(120); /* a hang is a failure, not a stuck CI */
     int fails = 0;
     for (int w = 2; w <= MAXW; w++) fails += run_world(w);
+    with_garbage = 1;
+    fails += run_world(2);
+    fails += run_world(3);
+    with_garbage = 0;
     fails += run_missing_peer();
     return fails ? 1 : 0;
 }
