@@ -11,6 +11,11 @@ run (issue 9), each against an undisturbed run of the same flags:
            (2 s here): the trainer names the timeout, says hello again and
            resends the same step; the thawed assigner keeps its live queue and
            answers the repeated step with the same codes.
+  evaluator (--eval-data) frozen 8 s in epoch 1, longer than the loaders'
+           heartbeat timeout (5 s), then thawed: the trainer never notices
+           (no warning or error but the tiny model's COLLAPSE? notes,
+           train.jsonl complete), the evaluator gets its loaders back and the
+           run ends with the last checkpoint's knn and linear records.
 Each disturbed run finishes (exit 0), trains every image exactly once per
 epoch (--trace_images), names what happened in its logs, and ends with the
 undisturbed run's parameters (max abs difference <= 1e-5; the CPU backend is
@@ -35,7 +40,7 @@ EPOCHS = 3
 FLAGS = ["--codes_timeout_ms", "2000", "--hello_timeout_ms", "2000"]
 stopped = T.stopped
 
-def run(name, role=None, at=0, seconds=0.0):
+def run(name, role=None, at=0, seconds=0.0, extra=()):
     """A run; with role, that process is frozen for `seconds` once `at` steps
     are done.  Returns (exit status, dump, swav output)."""
     def freeze(dump):
@@ -52,7 +57,7 @@ def run(name, role=None, at=0, seconds=0.0):
             stopped.remove(pid)
             print(f"{name}: {role} (pid {pid}) stopped {seconds:.0f} s at step {s0}; "
                   f"{s1 - s0} steps done meanwhile")
-    return T.run_checked(bins, train, tmp, name, EPOCHS, n_img, FLAGS,
+    return T.run_checked(bins, train, tmp, name, EPOCHS, n_img, FLAGS + list(extra),
                          during=freeze if role else None)
 
 def same_params(name, dump):
@@ -87,5 +92,26 @@ check("follows the live queue" in al and "does not follow" not in al,
 T.show(tl + al, "no codes", "no welcome", "follows", "again, the same", "peer")
 if rc == 0:
     same_params("assigner", dump)
+
+# the evaluator, frozen (its eval data: the test/ images beside train/)
+data = os.path.dirname(train)
+rc, dump, out = run("evaluator", "evaluator", STEPS + 10, 8,
+                    ["--eval-data", data, "--eval_size", "16", "--eval_resize", "16"])
+tl, el = T.role_log(dump, "trainer-0"), T.role_log(dump, "evaluator")
+noticed = [l for l in tl.splitlines()
+           if (" WARN " in l or " ERROR " in l) and "COLLAPSE?" not in l]
+check(not noticed, f"the trainer noticed the frozen evaluator: {noticed[:3]}")
+check(T.steps_done(dump) == EPOCHS * STEPS,
+      f"{T.steps_done(dump)} steps in train.jsonl, want {EPOCHS * STEPS}")
+probes = {r["probe"] for r in T.records(dump)
+          if not r["baseline"] and r["step"] == EPOCHS * STEPS}
+check({"knn", "linear"} <= probes,
+      f"eval.jsonl records of the last checkpoint after the freeze: {sorted(probes)}\n" + el[-2000:])
+ll = T.role_log(dump, "loader-0") + T.role_log(dump, "loader-1")
+check("eval-loader (reconnecting)" in ll,
+      "the loaders did not notice the frozen evaluator (the freeze was too short?):\n" + ll[-2000:])
+T.show(el + ll, "eval-loader", "connected", "unreachable", "silent", "announced")
+if rc == 0:
+    same_params("evaluator", dump)
 
 T.finish("test_stop_roles", tmp)
