@@ -178,6 +178,21 @@ struct eval_batch_source eval_linear_source_features(struct eval_feature_source 
     return (struct eval_batch_source){.ctx = fs, .n = fs->n, .fill = feature_fill};
 }
 
+void eval_linear_result_epoch(struct eval_linear_result *r, int epoch,
+                              const struct eval_acc *acc, double val_loss, double loss_sum,
+                              int64_t nb)
+{
+    r->last_top1 = eval_acc_top1(acc);
+    r->last_top5 = eval_acc_top5(acc);
+    r->last_val_loss = val_loss;
+    r->last_train_loss = nb ? loss_sum / (double)nb : 0.0;
+    if (r->last_top1 > r->best_top1) {
+        r->best_top1 = r->last_top1;
+        r->best_top5 = r->last_top5;
+        r->best_epoch = epoch;
+    }
+}
+
 void eval_linear_epoch_order(uint64_t seed, int epoch, uint32_t *perm, int64_t n)
 {
     SWAV_ASSERT(n >= 0 && n <= UINT32_MAX);
@@ -250,15 +265,7 @@ enum eval_linear_status eval_linear_run(struct eval_linear *m, const struct eval
         struct eval_acc acc;
         double vloss;
         eval_linear_evaluate(m, val_x, val_y, n_val, &acc, &vloss);
-        r.last_top1 = eval_acc_top1(&acc);
-        r.last_top5 = eval_acc_top5(&acc);
-        r.last_val_loss = vloss;
-        r.last_train_loss = nb ? sum / (double)nb : 0.0;
-        if (r.last_top1 > r.best_top1) {
-            r.best_top1 = r.last_top1;
-            r.best_top5 = r.last_top5;
-            r.best_epoch = epoch;
-        }
+        eval_linear_result_epoch(&r, epoch, &acc, vloss, sum, nb);
         LOG_DEBUG("linear probe epoch %d: lr %.5g train loss %.4f val loss %.4f top1 %.2f "
                   "top5 %.2f", epoch, lr, r.last_train_loss, vloss, r.last_top1, r.last_top5);
     }

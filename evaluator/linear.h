@@ -130,6 +130,16 @@ struct eval_linear_result {
     int64_t steps;
 };
 
+/* The end of a probe epoch: the validation accuracy and loss become the
+ * last ones, the mean of the epoch's `nb` batch losses (summing to
+ * `loss_sum`) the last training loss, and the epoch the best when its top-1
+ * beats the best so far.  Shared by the linear probe and semi-supervised
+ * fine-tuning. */
+struct eval_acc;
+void eval_linear_result_epoch(struct eval_linear_result *r, int epoch,
+                              const struct eval_acc *acc, double val_loss, double loss_sum,
+                              int64_t nb);
+
 /* Called after every step (may be NULL). */
 typedef void (*eval_linear_step_fn)(void *ctx, int epoch, int64_t step, float loss, double lr);
 

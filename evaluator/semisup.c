@@ -478,15 +478,7 @@ enum eval_semisup_status eval_semisup_run(struct eval_semisup *s,
         double vloss;
         st = eval_semisup_evaluate(s, val, epoch, &acc, &vloss);
         if (st != EVAL_SEMISUP_OK) break;
-        r.last_top1 = eval_acc_top1(&acc);
-        r.last_top5 = eval_acc_top5(&acc);
-        r.last_val_loss = vloss;
-        r.last_train_loss = nb ? sum / (double)nb : 0.0;
-        if (r.last_top1 > r.best_top1) {
-            r.best_top1 = r.last_top1;
-            r.best_top5 = r.last_top5;
-            r.best_epoch = epoch;
-        }
+        eval_linear_result_epoch(&r, epoch, &acc, vloss, sum, nb);
         LOG_INFO("semisup epoch %d: lr %.5g / %.5g, train loss %.4f, val loss %.4f, top1 %.2f "
                  "top5 %.2f (best %.2f)", epoch, lr_trunk, lr_head, r.last_train_loss, vloss,
                  r.last_top1, r.last_top5, r.best_top1);
