@@ -17,28 +17,7 @@
 #include "evaluator/semisup.h"
 #include "nn/backend.h"
 #include "nn/resnet.h"
-
-static void *read_exact(const char *dir, const char *name, size_t bytes)
-{
-    char path[4096], err[512];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    float *x;
-    int64_t rows;
-    if (eval_read_features(path, 1, bytes + 1, &x, &rows, err, sizeof(err)) != 0 ||
-        (size_t)rows * 4 != bytes) {
-        fprintf(stderr, "%s: cannot read %zu bytes (%s)\n", path, bytes, err);
-        exit(1);
-    }
-    return x;
-}
-
-static void write_file(const char *dir, const char *name, const void *p, size_t bytes)
-{
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    SWAV_ASSERT(f && fwrite(p, 1, bytes, f) == bytes && fclose(f) == 0);
-}
+#include "tests/evaluator/ref_io.h"
 
 static void write_table(FILE *f, const struct nn_param_table *t)
 {
