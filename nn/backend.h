@@ -9,6 +9,7 @@
 #define SWAV_NN_BACKEND_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct nn_backend nn_backend_t;
 
@@ -30,5 +31,33 @@ void nn_backend_sync(nn_backend_t *be);
 void nn_backend_weights_updated(nn_backend_t *be);
 /* Number of cached primitives (tests: a step after warm-up creates none). */
 int nn_backend_cache_size(const nn_backend_t *be);
+
+/* ---- memory operations, ordered with the layers ---------------------------
+ * On the CPU backend these run at once; on the CUDA one they are queued on
+ * its stream like every layer, so model memory is only touched in order.
+ * Host code that reads or writes model memory itself (checkpoints, the
+ * evaluator's copies, tests) calls nn_backend_sync first. */
+
+/* bytes from src to dst, each host memory or this backend's.  When dst is
+ * host memory the bytes are there when the call returns; when src is host
+ * memory it may be reused when the call returns. */
+void nn_backend_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes);
+/* bytes of p (this backend's memory) set to zero. */
+void nn_backend_zero(nn_backend_t *be, void *p, size_t bytes);
+/* x[0..n) *= s (this backend's memory). */
+void nn_backend_scale(nn_backend_t *be, float *x, size_t n, float s);
+/* base[offsets[i]] += value for i < n; base is this backend's memory,
+ * offsets host memory (BatchNorm's num_batches_tracked). */
+void nn_backend_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value);
+/* A loader's crops of one resolution into the model's input, normalized as
+ * nn_normalize_u8 (tensor.h) does: src (batch, n_crops, h, w, 3) uint8,
+ * image-major as the loader sends them, in host memory (reusable when the
+ * call returns); dst (n_crops * batch, 3, h, w) float, crop-major (row
+ * c * batch + i is crop c of image i), this backend's memory. */
+void nn_backend_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
+                                int n_crops, int h, int w);
+/* Rows of w (rows, cols), this backend's memory, scaled to unit L2 norm
+ * (nn_prototypes_normalize of tensor.h). */
+void nn_backend_normalize_rows(nn_backend_t *be, float *w, int64_t rows, int64_t cols);
 
 #endif

@@ -285,6 +285,55 @@ static void cpu_weights_updated(nn_backend_t *be)
     cpu(be)->weights_version++;
 }
 
+/* ---- memory operations: host memory, done at once ---------------------------- */
+
+static void cpu_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    memmove(dst, src, bytes);
+}
+
+static void cpu_zero(nn_backend_t *be, void *p, size_t bytes)
+{
+    (void)be;
+    memset(p, 0, bytes);
+}
+
+static void cpu_scale(nn_backend_t *be, float *x, size_t n, float s)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        x[i] *= s;
+    }
+}
+
+static void cpu_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value)
+{
+    (void)be;
+    for (int i = 0; i < n; i++) {
+        base[offsets[i]] += value;
+    }
+}
+
+static void cpu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
+                                int n_crops, int h, int w)
+{
+    (void)be;
+    size_t img = (size_t)h * (size_t)w * 3;
+    for (int i = 0; i < batch; i++) {
+        for (int c = 0; c < n_crops; c++) {
+            nn_normalize_u8(dst + ((size_t)c * batch + i) * img,
+                            src + ((size_t)i * n_crops + c) * img, 1, h, w);
+        }
+    }
+}
+
+static void cpu_normalize_rows(nn_backend_t *be, float *w, int64_t rows, int64_t cols)
+{
+    (void)be;
+    nn_prototypes_normalize(w, rows, cols);
+}
+
 static int cpu_cache_size(const nn_backend_t *be)
 {
     return ((const struct cpu_backend *)be)->n_entries;
@@ -1634,6 +1683,12 @@ static const struct nn_backend_iface cpu_iface = {
     .sync = cpu_sync,
     .cache_size = cpu_cache_size,
     .weights_updated = cpu_weights_updated,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .scale = cpu_scale,
+    .add_at = cpu_add_at,
+    .normalize_crops = cpu_normalize_crops,
+    .normalize_rows = cpu_normalize_rows,
     .conv2d_forward = cpu_conv2d_forward,
     .conv2d_backward = cpu_conv2d_backward,
     .batchnorm_workspace_bytes = cpu_batchnorm_workspace_bytes,

@@ -4,6 +4,7 @@
 #define SWAV_NN_BACKEND_IMPL_H
 
 #include "layers.h"
+#include "optim.h"
 
 struct nn_backend_iface {
     const char *name;
@@ -13,6 +14,22 @@ struct nn_backend_iface {
     void (*sync)(nn_backend_t *be);
     int (*cache_size)(const nn_backend_t *be);
     void (*weights_updated)(nn_backend_t *be);
+    void (*copy)(nn_backend_t *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(nn_backend_t *be, void *p, size_t bytes);
+    void (*scale)(nn_backend_t *be, float *x, size_t n, float s);
+    void (*add_at)(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value);
+    void (*normalize_crops)(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
+                            int n_crops, int h, int w);
+    void (*normalize_rows)(nn_backend_t *be, float *w, int64_t rows, int64_t cols);
+    /* An optimizer whose state lives on the backend (NULL: optim.c's host
+     * one serves).  Same semantics as nn/optim.h. */
+    void *(*optim_new)(nn_backend_t *be, const struct nn_param_table *table,
+                       const struct nn_optim_config *cfg);
+    void (*optim_destroy)(void *o);
+    void (*optim_set_group)(void *o, int index, int group);
+    void (*optim_step_groups)(void *o, float *params, const float *grads, const double *group_lr,
+                              int64_t iteration);
+    float *(*optim_momentum)(void *o);
     void (*conv2d_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
     void (*conv2d_backward)(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight, const struct nn_tensor *dout, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
     size_t (*batchnorm_workspace_bytes)(nn_backend_t *be, const struct nn_tensor *inp, unsigned flags);

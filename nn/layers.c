@@ -184,3 +184,46 @@ void nn_backend_weights_updated(nn_backend_t *be)
 {
     be->iface->weights_updated(be);
 }
+
+void nn_backend_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    if (bytes) {
+        be->iface->copy(be, dst, src, bytes);
+    }
+}
+
+void nn_backend_zero(nn_backend_t *be, void *p, size_t bytes)
+{
+    if (bytes) {
+        be->iface->zero(be, p, bytes);
+    }
+}
+
+void nn_backend_scale(nn_backend_t *be, float *x, size_t n, float s)
+{
+    if (n) {
+        be->iface->scale(be, x, n, s);
+    }
+}
+
+void nn_backend_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value)
+{
+    if (n > 0) {
+        be->iface->add_at(be, base, offsets, n, value);
+    }
+}
+
+void nn_backend_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
+                                int n_crops, int h, int w)
+{
+    if (batch > 0 && n_crops > 0) {
+        be->iface->normalize_crops(be, dst, src, batch, n_crops, h, w);
+    }
+}
+
+void nn_backend_normalize_rows(nn_backend_t *be, float *w, int64_t rows, int64_t cols)
+{
+    if (rows > 0) {
+        be->iface->normalize_rows(be, w, rows, cols);
+    }
+}

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_impl.h"
 #include "common/check.h"
 
 #define NN_OPTIM_CHUNK 16384 /* elements per norm chunk */
@@ -280,8 +281,28 @@ void nn_optim_init(struct nn_optim *o, const struct nn_param_table *table,
     }
 }
 
+void nn_optim_init_on(struct nn_optim *o, struct nn_backend *be,
+                      const struct nn_param_table *table, const struct nn_optim_config *cfg)
+{
+    if (!be || !be->iface->optim_new) {
+        nn_optim_init(o, table, cfg);
+        return;
+    }
+    memset(o, 0, sizeof *o);
+    o->cfg = *cfg;
+    o->table = table;
+    o->dev_iface = be->iface;
+    o->dev = be->iface->optim_new(be, table, cfg);
+    o->momentum = be->iface->optim_momentum(o->dev);
+}
+
 void nn_optim_free(struct nn_optim *o)
 {
+    if (o->dev) {
+        o->dev_iface->optim_destroy(o->dev);
+        memset(o, 0, sizeof *o);
+        return;
+    }
     struct nn_optim_pool *pool = o->pool;
     if (pool) {
         if (pool->nthreads > 1) {
@@ -310,12 +331,20 @@ void nn_optim_set_group(struct nn_optim *o, int index, int group)
 {
     SWAV_ASSERT(index >= 0 && index < o->table->n);
     SWAV_ASSERT(group >= 0 && group < NN_OPTIM_MAX_GROUPS);
+    if (o->dev) {
+        o->dev_iface->optim_set_group(o->dev, index, group);
+        return;
+    }
     o->group[index] = group;
 }
 
 void nn_optim_step_groups(struct nn_optim *o, float *params, const float *grads,
                           const double *group_lr, int64_t iteration)
 {
+    if (o->dev) {
+        o->dev_iface->optim_step_groups(o->dev, params, grads, group_lr, iteration);
+        return;
+    }
     struct nn_optim_pool *pool = o->pool;
     struct nn_optim_job job = {params, grads, group_lr, iteration};
     if (pool->nthreads == 1) {
@@ -343,24 +372,6 @@ void nn_optim_step(struct nn_optim *o, float *params, const float *grads, double
         lrs[g] = lr;
     }
     nn_optim_step_groups(o, params, grads, lrs, iteration);
-}
-
-void nn_prototypes_normalize(float *w, int64_t rows, int64_t cols)
-{
-    for (int64_t r = 0; r < rows; r++) {
-        float *x = w + r * cols;
-        double s = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            s += (double)x[c] * x[c];
-        }
-        float n = (float)sqrt(s);
-        if (n < 1e-12f) {
-            n = 1e-12f;
-        }
-        for (int64_t c = 0; c < cols; c++) {
-            x[c] = x[c] / n;
-        }
-    }
 }
 
 void nn_optim_normalize_prototypes(const struct nn_param_table *table, float *params)

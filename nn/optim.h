@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "nn/params.h"
+#include "nn/tensor.h" /* nn_prototypes_normalize */
 
 #define NN_OPTIM_MAX_GROUPS 8
 
@@ -66,12 +67,23 @@ struct nn_optim {
     int nchunks;
     double *partial;  /* (nchunks, 2): sum p^2, sum g^2 */
     struct nn_optim_pool *pool;
+    /* set by nn_optim_init_on for a backend with its own optimizer (CUDA):
+     * then momentum is that backend's memory and the step runs there */
+    void *dev;
+    const struct nn_backend_iface *dev_iface;
 };
 
 /* Allocates the momentum buffer (zeros) and the scratch; starts
  * cfg.nthreads - 1 worker threads. */
 void nn_optim_init(struct nn_optim *o, const struct nn_param_table *table,
                    const struct nn_optim_config *cfg);
+/* The same, on a backend: where the backend has its own optimizer (CUDA) the
+ * momentum buffer and the step live there, and params/grads handed to the
+ * steps are that backend's memory; elsewhere (CPU, or be NULL) this is
+ * nn_optim_init. */
+struct nn_backend;
+void nn_optim_init_on(struct nn_optim *o, struct nn_backend *be,
+                      const struct nn_param_table *table, const struct nn_optim_config *cfg);
 void nn_optim_free(struct nn_optim *o);
 
 /* Puts tensor `index` of the table in parameter group `group` (< NN_OPTIM_MAX_GROUPS),
@@ -86,11 +98,8 @@ void nn_optim_step(struct nn_optim *o, float *params, const float *grads, double
 void nn_optim_step_groups(struct nn_optim *o, float *params, const float *grads,
                           const double *group_lr, int64_t iteration);
 
-/* Rows of the prototypes (K, D) matrix L2-normalized in place, as
- * F.normalize(w, dim=1, p=2) (norm clamped below at 1e-12); the reference
- * does it at the start of every step. */
-void nn_prototypes_normalize(float *w, int64_t rows, int64_t cols);
-/* The same for every table entry flagged NN_PARAM_PROTOTYPES (2-d). */
+/* nn_prototypes_normalize (tensor.h) of every table entry flagged
+ * NN_PARAM_PROTOTYPES (2-d). */
 void nn_optim_normalize_prototypes(const struct nn_param_table *table, float *params);
 
 #endif

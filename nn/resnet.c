@@ -95,6 +95,10 @@ struct nn_model_impl {
     /* SyncBN (nn_model_set_sync_bn); NULL: per-rank statistics */
     nn_syncbn_t *sync;
     double h1_count;
+    /* num_batches_tracked of the backbone's BatchNorms (buffer offsets):
+     * a train-mode forward adds one per crop group, in one backend call */
+    int64_t *nbt;
+    int n_nbt;
 };
 
 /* ---- declaration -------------------------------------------------------------- */
@@ -454,15 +458,19 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
     uint32_t tag = 0;
     rn_init_conv(m, &I->stem_conv, tag++);
     rn_init_bn(m, &I->stem_bn);
+    I->nbt = swav_xcalloc(1 + 4 * (size_t)I->n_blocks, sizeof(int64_t));
+    I->nbt[I->n_nbt++] = (int64_t)I->stem_bn.nbt;
     for (int i = 0; i < I->n_blocks; i++) {
         struct rn_block *b = &I->blocks[i];
         for (int c = 0; c < (b->bottleneck ? 3 : 2); c++) {
             rn_init_conv(m, &b->conv[c], tag++);
             rn_init_bn(m, &b->bn[c]);
+            I->nbt[I->n_nbt++] = (int64_t)b->bn[c].nbt;
         }
         if (b->has_ds) {
             rn_init_conv(m, &b->ds, tag++);
             rn_init_bn(m, &b->dsbn);
+            I->nbt[I->n_nbt++] = (int64_t)b->dsbn.nbt;
         }
     }
     if (I->has_head) {
@@ -480,7 +488,7 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
     for (int i = 0; i < n_groups; i++) {
         I->g[i].blocks = swav_xcalloc((size_t)I->n_blocks, sizeof(struct rn_block_act));
     }
-    nn_arena_init(&I->arena);
+    nn_arena_init(&I->arena, be);
     rn_plan(m);
     nn_arena_commit(&I->arena);
     rn_plan(m);
@@ -502,6 +510,7 @@ void nn_model_destroy(struct nn_model **mp)
     }
     nn_syncbn_destroy(&I->sync);
     free(I->blocks);
+    free(I->nbt);
     nn_arena_free(&I->arena);
     nn_backend_free(m->be, m->param_data);
     nn_backend_free(m->be, m->grad_data);
@@ -541,9 +550,6 @@ static void rn_bn_forward(struct nn_model *m, struct nn_tensor *y, const struct 
         nn_batchnorm_forward(m->be, y, x, P + bn->w, P + bn->b, B + bn->rm, B + bn->rv, mean,
                              var, ws, fl, RN_BN_MOMENTUM, RN_BN_EPS);
         *count = (double)nn_tensor_numel(x) / (double)x->shape[1];
-    }
-    if (fl & NN_BN_TRAIN) {
-        B[bn->nbt] += 1.0f;
     }
 }
 
@@ -622,6 +628,9 @@ int nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
     m->n_rows = rows;
     I->last_mode = mode;
     I->last_batch = batch;
+    if (mode == NN_MODEL_TRAIN) {
+        nn_backend_add_at(m->be, m->buffer_data, I->nbt, I->n_nbt, (float)m->n_groups);
+    }
     if (!I->has_head) {
         return nn_model_sync_status(m);
     }
@@ -635,13 +644,18 @@ int nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
         unsigned fl = (mode == NN_MODEL_TRAIN ? NN_BN_TRAIN : 0) | NN_BN_RELU;
         rn_bn_forward(m, &h1, &h0, &I->head_bn, I->h1_mean, I->h1_var, &I->h1_count,
                       mode == NN_MODEL_TRAIN ? I->h1_ws : NULL, fl);
+        if (mode == NN_MODEL_TRAIN) {
+            int64_t off = (int64_t)I->head_bn.nbt;
+            nn_backend_add_at(m->be, m->buffer_data, &off, 1, 1.0f);
+        }
         nn_linear_forward(m->be, &er, &h1, P + I->head3.w, P + I->head3.b);
     } else {
         nn_linear_forward(m->be, &er, &feats, P + I->head0.w, P + I->head0.b);
     }
     struct nn_tensor emb = nn_tensor_2d(m->embedding, rows, m->cfg.feat_dim);
     if (m->cfg.no_l2norm) {
-        memcpy(m->embedding, I->emb_raw, (size_t)rows * m->cfg.feat_dim * sizeof(float));
+        nn_backend_copy(m->be, m->embedding, I->emb_raw,
+                        (size_t)rows * m->cfg.feat_dim * sizeof(float));
     } else {
         nn_l2_normalize_forward(m->be, &emb, &er, I->norms);
     }
@@ -701,11 +715,11 @@ int nn_model_backward(struct nn_model *m, const float *dout)
             struct nn_tensor dsc = nn_tensor_2d((float *)dout, rows, m->cfg.nmb_prototypes);
             nn_linear_backward(m->be, &demb, G + I->protos.w, NULL, &dsc, &emb, P + I->protos.w);
         } else {
-            memcpy(I->demb, dout, (size_t)rows * fd * sizeof(float));
+            nn_backend_copy(m->be, I->demb, dout, (size_t)rows * fd * sizeof(float));
         }
         struct nn_tensor der = nn_tensor_2d(I->demb_raw, rows, fd);
         if (m->cfg.no_l2norm) {
-            memcpy(I->demb_raw, I->demb, (size_t)rows * fd * sizeof(float));
+            nn_backend_copy(m->be, I->demb_raw, I->demb, (size_t)rows * fd * sizeof(float));
         } else {
             nn_l2_normalize_backward(m->be, &der, &demb, &emb, I->norms);
         }
@@ -831,7 +845,7 @@ int nn_model_sync_status(const struct nn_model *m)
 
 void nn_model_zero_grad(struct nn_model *m)
 {
-    memset(m->grad_data, 0, m->params.total * sizeof(float));
+    nn_backend_zero(m->be, m->grad_data, m->params.total * sizeof(float));
 }
 
 void nn_model_normalize_prototypes(struct nn_model *m)
@@ -840,18 +854,8 @@ void nn_model_normalize_prototypes(struct nn_model *m)
     if (!m->scores) {
         return;
     }
-    float *w = m->param_data + I->protos.w;
-    int K = m->cfg.nmb_prototypes, D = m->cfg.feat_dim;
-    for (int k = 0; k < K; k++) {
-        double s = 0;
-        for (int d = 0; d < D; d++) {
-            s += (double)w[k * D + d] * w[k * D + d];
-        }
-        float inv = 1.0f / fmaxf((float)sqrt(s), 1e-12f);
-        for (int d = 0; d < D; d++) {
-            w[k * D + d] *= inv;
-        }
-    }
+    nn_backend_normalize_rows(m->be, m->param_data + I->protos.w, m->cfg.nmb_prototypes,
+                              m->cfg.feat_dim);
 }
 
 float *nn_model_param(struct nn_model *m, const char *name)

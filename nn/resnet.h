@@ -89,14 +89,20 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
                               const struct nn_crop_group *groups, int n_groups, int batch);
 void nn_model_destroy(struct nn_model **m);
 
-/* inputs[g]: (groups[g].n_crops * batch, 3, S, S) float NCHW, normalized.
+/* inputs[g]: (groups[g].n_crops * batch, 3, S, S) float NCHW, normalized,
+ * in the backend's memory (nn_backend_alloc; nn_backend_normalize_crops
+ * fills it from a loader's batch).  Like every layer call, the forward is
+ * queued on the backend: host code reading the outputs (feats, embedding,
+ * scores) or any model buffer calls nn_backend_sync first, or copies them
+ * out with nn_backend_copy.
  * batch <= the built batch.  NN_MODEL_EVAL skips nothing but uses running
  * stats; its backward is not supported (the evaluator probes frozen
  * features, or fine-tunes in train mode).  Returns 0, or with SyncBN the
  * status of a failed collective (nn_model_sync_status). */
 int nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
                      enum nn_model_mode mode);
-/* dout: (n_rows, out_dim), the gradient of the loss w.r.t. m->out.  Adds the
+/* dout: (n_rows, out_dim), the gradient of the loss w.r.t. m->out, in the
+ * backend's memory.  Adds the
  * parameter gradients into grad_data (zero it first: nn_model_zero_grad).
  * Returns as nn_model_forward. */
 int nn_model_backward(struct nn_model *m, const float *dout);

@@ -2,6 +2,7 @@
  * see tensor.h. */
 #include "tensor.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,9 +111,10 @@ void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src)
 
 #define NN_ARENA_ALIGN 64
 
-void nn_arena_init(struct nn_arena *a)
+void nn_arena_init(struct nn_arena *a, nn_backend_t *be)
 {
     memset(a, 0, sizeof *a);
+    a->be = be;
 }
 
 void *nn_arena_alloc(struct nn_arena *a, size_t bytes)
@@ -133,10 +135,15 @@ void nn_arena_commit(struct nn_arena *a)
 {
     SWAV_ASSERT(a->base == NULL);
     a->size = a->high ? a->high : NN_ARENA_ALIGN;
-    a->base = aligned_alloc(NN_ARENA_ALIGN, (a->size + NN_ARENA_ALIGN - 1) / NN_ARENA_ALIGN *
-                                                NN_ARENA_ALIGN);
-    SWAV_ASSERT(a->base != NULL);
-    memset(a->base, 0, a->size); /* touch every page once, here and not in the step */
+    size_t bytes = (a->size + NN_ARENA_ALIGN - 1) / NN_ARENA_ALIGN * NN_ARENA_ALIGN;
+    if (a->be) {
+        a->base = nn_backend_alloc(a->be, bytes); /* zeroed, aligned to >= 64 */
+    } else {
+        a->base = aligned_alloc(NN_ARENA_ALIGN, bytes);
+        SWAV_ASSERT(a->base != NULL);
+        memset(a->base, 0, a->size); /* touch every page once, here and not in the step */
+    }
+    SWAV_ASSERT(a->base != NULL && (uintptr_t)a->base % NN_ARENA_ALIGN == 0);
     a->used = 0;
 }
 
@@ -147,7 +154,11 @@ void nn_arena_rewind(struct nn_arena *a)
 
 void nn_arena_free(struct nn_arena *a)
 {
-    free(a->base);
+    if (a->be) {
+        nn_backend_free(a->be, a->base);
+    } else {
+        free(a->base);
+    }
     memset(a, 0, sizeof *a);
 }
 
@@ -168,6 +179,24 @@ void nn_normalize_u8(float *dst, const uint8_t *src, int n, int h, int w)
             d[p] = (float)s[3 * p] * scale[0] + shift[0];
             d[plane + p] = (float)s[3 * p + 1] * scale[1] + shift[1];
             d[2 * plane + p] = (float)s[3 * p + 2] * scale[2] + shift[2];
+        }
+    }
+}
+
+void nn_prototypes_normalize(float *w, int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *x = w + r * cols;
+        double s = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            s += (double)x[c] * x[c];
+        }
+        float n = (float)sqrt(s);
+        if (n < 1e-12f) {
+            n = 1e-12f;
+        }
+        for (int64_t c = 0; c < cols; c++) {
+            x[c] = x[c] / n;
         }
     }
 }

@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
+
 #define NN_MAX_DIMS 4
 
 enum nn_dtype {
@@ -63,13 +65,16 @@ float *nn_tensor_f32(const struct nn_tensor *t);
 /* ---- arena ---------------------------------------------------------------- */
 
 struct nn_arena {
+    nn_backend_t *be;    /* whose memory (NULL: host) */
     unsigned char *base; /* NULL while measuring */
     size_t size;         /* bytes allocated (after nn_arena_commit) */
     size_t used;         /* bytes handed out in the current pass */
     size_t high;         /* largest `used` seen in any pass */
 };
 
-void nn_arena_init(struct nn_arena *a);
+/* be: the backend whose memory the arena hands out (nn_backend_alloc), so
+ * that its layers can address it; NULL: host memory. */
+void nn_arena_init(struct nn_arena *a, nn_backend_t *be);
 /* Hands out `bytes` aligned to 64.  While measuring returns a fake non-NULL
  * pointer that must not be dereferenced. */
 void *nn_arena_alloc(struct nn_arena *a, size_t bytes);
@@ -83,5 +88,10 @@ void nn_arena_free(struct nn_arena *a);
  * reference's mean [0.485,0.456,0.406] and std [0.228,0.224,0.225].
  * src: (n, h, w, 3) uint8; dst: (n, 3, h, w) float. */
 void nn_normalize_u8(float *dst, const uint8_t *src, int n, int h, int w);
+
+/* Rows of the prototypes (K, D) matrix L2-normalized in place, as
+ * F.normalize(w, dim=1, p=2) (norm clamped below at 1e-12); the reference
+ * does it at the start of every step. */
+void nn_prototypes_normalize(float *w, int64_t rows, int64_t cols);
 
 #endif

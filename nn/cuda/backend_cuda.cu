@@ -175,6 +175,7 @@ static void cu_destroy(nn_backend_t *be)
         b->entries[i].op_free(b->entries[i].op);
     }
     free(b->entries);
+    cu_step_free(b);
     cudaFree(b->ws);
     cudaFree(b->tmp);
     cudaFree(b->red);
@@ -1090,15 +1091,6 @@ static void cu_cross_entropy_backward(nn_backend_t *be, struct nn_tensor *dlogit
 
 static struct nn_backend_iface cu_iface;
 
-/* weights_updated joined the table while this file was written: set it when
- * the table has it, so the file builds against either version. */
-template <typename T>
-static auto cu_set_weights_updated(T *t, int) -> decltype(t->weights_updated = cu_weights_updated, void())
-{
-    t->weights_updated = cu_weights_updated;
-}
-template <typename T> static void cu_set_weights_updated(T *, long) {}
-
 static void cu_iface_fill(void)
 {
     struct nn_backend_iface *t = &cu_iface;
@@ -1108,7 +1100,8 @@ static void cu_iface_fill(void)
     t->free = cu_free;
     t->sync = cu_sync;
     t->cache_size = cu_cache_size;
-    cu_set_weights_updated(t, 0);
+    t->weights_updated = cu_weights_updated;
+    cu_iface_fill_step(t);
     t->conv2d_forward = cu_conv2d_forward;
     t->conv2d_backward = cu_conv2d_backward;
     t->batchnorm_workspace_bytes = cu_batchnorm_workspace_bytes;

@@ -70,6 +70,10 @@ struct cuda_backend {
     double *red; /* device partial sums (losses, norms) */
     size_t red_n;
     double *host_red; /* pinned: results read back */
+    unsigned char *stage; /* device: a loader's uint8 crops (normalize_crops) */
+    size_t stage_bytes;
+    int64_t *idx; /* device: add_at's offsets */
+    size_t idx_n;
     struct cu_entry *entries;
     int n_entries, cap_entries;
 };
@@ -78,6 +82,11 @@ static inline struct cuda_backend *cu_be(nn_backend_t *be)
 {
     return (struct cuda_backend *)be;
 }
+
+/* step_cuda.cu: the table's memory operations and optimizer entries, and
+ * the buffers they own (freed by cu_step_free). */
+void cu_iface_fill_step(struct nn_backend_iface *t);
+void cu_step_free(struct cuda_backend *b);
 
 /* Grows the scratch buffers (first sight of a shape only: warm-up). */
 void cu_tmp_reserve(struct cuda_backend *b, size_t bytes);

@@ -63,6 +63,171 @@ extern "C" void nn_cuda_normalize_u8(nn_backend_t *be, float *dst, const uint8_t
     CUDA_LAUNCH_CHECK();
 }
 
+/* A loader's batch of one resolution: src (batch, n_crops, h, w, 3) image-
+ * major -> dst (n_crops * batch, 3, h, w) crop-major, one thread per pixel
+ * of dst's rows.  Same formula as k_normalize_u8. */
+__global__ void k_normalize_crops(float *dst, const uint8_t *src, int64_t batch, int64_t n_crops,
+                                  int64_t plane)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* over rows * plane */
+    if (i >= batch * n_crops * plane) {
+        return;
+    }
+    const float mean[3] = {0.485f, 0.456f, 0.406f};
+    const float stdv[3] = {0.228f, 0.224f, 0.225f};
+    int64_t row = i / plane, p = i % plane;
+    int64_t c = row / batch, img = row % batch; /* dst row = crop c of image img */
+    const uint8_t *s = src + ((img * n_crops + c) * plane + p) * 3;
+    float *d = dst + row * plane * 3 + p;
+    for (int k = 0; k < 3; k++) {
+        float scale = 1.0f / (255.0f * stdv[k]), shift = -mean[k] / stdv[k];
+        d[k * plane] = (float)s[k] * scale + shift;
+    }
+}
+
+/* ---- the table's memory operations ------------------------------------------------ */
+
+static int cu_is_host(const void *p)
+{
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return 1; /* older runtimes: unregistered host memory is an error here */
+    }
+    return a.type == cudaMemoryTypeUnregistered || a.type == cudaMemoryTypeHost;
+}
+
+static void cu_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    struct cuda_backend *b = cu_be(be);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, b->stream));
+    if (cu_is_host(dst)) {
+        CUDA_CHECK(cudaStreamSynchronize(b->stream)); /* the bytes are there on return */
+    }
+}
+
+static void cu_zero(nn_backend_t *be, void *p, size_t bytes)
+{
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cu_be(be)->stream));
+}
+
+__global__ void k_scale(float *x, size_t n, float s)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        x[i] *= s;
+    }
+}
+
+static void cu_scale(nn_backend_t *be, float *x, size_t n, float s)
+{
+    k_scale<<<cu_blocks(n), TPB, 0, cu_be(be)->stream>>>(x, n, s);
+    CUDA_LAUNCH_CHECK();
+}
+
+__global__ void k_add_at(float *base, const int64_t *off, int n, float v)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        base[off[i]] += v; /* the offsets of one call are distinct */
+    }
+}
+
+static void cu_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value)
+{
+    struct cuda_backend *b = cu_be(be);
+    if ((size_t)n > b->idx_n) {
+        CUDA_CHECK(cudaStreamSynchronize(b->stream)); /* the old buffer may still be read */
+        CUDA_CHECK(cudaFree(b->idx));
+        CUDA_CHECK(cudaMalloc((void **)&b->idx, (size_t)n * sizeof(int64_t)));
+        b->idx_n = (size_t)n;
+    }
+    /* pageable source: staged before the call returns; ordered on the stream
+     * after the previous kernel that read b->idx */
+    CUDA_CHECK(cudaMemcpyAsync(b->idx, offsets, (size_t)n * sizeof(int64_t), cudaMemcpyDefault,
+                               b->stream));
+    k_add_at<<<cu_blocks((size_t)n), TPB, 0, b->stream>>>(base, b->idx, n, value);
+    CUDA_LAUNCH_CHECK();
+}
+
+static void cu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
+                               int n_crops, int h, int w)
+{
+    struct cuda_backend *b = cu_be(be);
+    int64_t plane = (int64_t)h * w, rows = (int64_t)batch * n_crops;
+    size_t bytes = (size_t)(rows * plane * 3);
+    const uint8_t *dsrc = src;
+    if (cu_is_host(src)) {
+        if (bytes > b->stage_bytes) {
+            CUDA_CHECK(cudaStreamSynchronize(b->stream));
+            CUDA_CHECK(cudaFree(b->stage));
+            CUDA_CHECK(cudaMalloc((void **)&b->stage, bytes));
+            b->stage_bytes = bytes;
+        }
+        CUDA_CHECK(cudaMemcpyAsync(b->stage, src, bytes, cudaMemcpyDefault, b->stream));
+        dsrc = b->stage;
+    }
+    k_normalize_crops<<<cu_blocks((size_t)(rows * plane)), TPB, 0, b->stream>>>(
+        dst, dsrc, batch, n_crops, plane);
+    CUDA_LAUNCH_CHECK();
+}
+
+static void cu_normalize_rows(nn_backend_t *be, float *w, int64_t rows, int64_t cols)
+{
+    nn_cuda_prototypes_normalize(be, w, rows, cols);
+}
+
+static void *cu_optim_new(nn_backend_t *be, const struct nn_param_table *table,
+                          const struct nn_optim_config *cfg)
+{
+    return nn_cuda_optim_new(be, table, cfg);
+}
+
+static void cu_optim_destroy(void *o)
+{
+    struct nn_cuda_optim *p = (struct nn_cuda_optim *)o;
+    nn_cuda_optim_destroy(&p);
+}
+
+static void cu_optim_set_group(void *o, int index, int group)
+{
+    nn_cuda_optim_set_group((struct nn_cuda_optim *)o, index, group);
+}
+
+static void cu_optim_step_groups(void *o, float *params, const float *grads,
+                                 const double *group_lr, int64_t iteration)
+{
+    nn_cuda_optim_step_groups((struct nn_cuda_optim *)o, params, grads, group_lr, iteration);
+}
+
+static float *cu_optim_momentum(void *o)
+{
+    return nn_cuda_optim_momentum((struct nn_cuda_optim *)o);
+}
+
+void cu_iface_fill_step(struct nn_backend_iface *t)
+{
+    t->copy = cu_copy;
+    t->zero = cu_zero;
+    t->scale = cu_scale;
+    t->add_at = cu_add_at;
+    t->normalize_crops = cu_normalize_crops;
+    t->normalize_rows = cu_normalize_rows;
+    t->optim_new = cu_optim_new;
+    t->optim_destroy = cu_optim_destroy;
+    t->optim_set_group = cu_optim_set_group;
+    t->optim_step_groups = cu_optim_step_groups;
+    t->optim_momentum = cu_optim_momentum;
+}
+
+void cu_step_free(struct cuda_backend *b)
+{
+    cudaFree(b->stage);
+    cudaFree(b->idx);
+    b->stage = NULL;
+    b->idx = NULL;
+}
+
 /* ---- prototypes: rows L2-normalized in place ------------------------------------ */
 
 __global__ void k_rows_normalize(float *w, int64_t cols)
@@ -74,9 +239,11 @@ __global__ void k_rows_normalize(float *w, int64_t cols)
         s += (double)r[d] * r[d];
     }
     s = cu_block_sum(s, sh);
-    float inv = 1.0f / fmaxf((float)sqrt(s), 1e-12f);
+    /* nn_prototypes_normalize's formula: x / max(||x||, 1e-12), a division
+     * as F.normalize does */
+    float nrm = fmaxf((float)sqrt(s), 1e-12f);
     for (int64_t d = threadIdx.x; d < cols; d += blockDim.x) {
-        r[d] = r[d] * inv;
+        r[d] = r[d] / nrm;
     }
 }
 

@@ -1,16 +1,19 @@
-/* End to end: one SwAV forward + loss + backward of the same model (ResNet-18,
- * width 16, head 64 -> 16, 30 prototypes, crops 2x32 + 2x16, batch 4; same
- * seed, so the same weights) on the CPU backend and on the CUDA backend,
- * same inputs and codes.  The CPU model has its own PyTorch parity test
- * (tests/nn), so agreement here carries that parity to the GPU.
+/* End to end: two SwAV steps of the same model (ResNet-18, width 16, head
+ * 64 -> 16, 30 prototypes, crops 2x48 + 2x32, batch 4; same seed, so the
+ * same weights) on the CPU backend and on the CUDA backend, from the same
+ * uint8 crops (host memory, as a loader's batch) and codes: crops
+ * normalized by the backend (nn_backend_normalize_crops), prototypes
+ * normalized, forward, loss, backward, SGD + LARC (nn_optim_init_on: the
+ * CUDA backend's own optimizer).  The CPU model has its own PyTorch parity
+ * test (tests/nn), so agreement here carries that parity to the GPU.
  *
- * Tolerances (max |cuda - cpu| / max |cpu| over the whole output): loss
- * 1e-4, scores 1e-3, BN running statistics 1e-3, parameter gradients 2e-3
- * (fp32 through 20 layers with batch norm, different summation orders).
+ * Tolerances (max |cuda - cpu| / max |cpu| over the whole output): inputs
+ * 1e-6, loss 1e-4, scores 1e-3, BN running statistics 1e-3, parameter
+ * gradients 2e-3 (fp32 through 20 layers with batch norm, different
+ * summation orders), parameters and momentum after two steps 2e-3,
+ * num_batches_tracked exact.
  *
- * Exit 77 without a device, or when the model's activations live in host
- * memory the GPU cannot address (the arena hook of docs/cuda.md not there
- * yet and no HMM). */
+ * Exit 77 without a device. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,7 +64,7 @@ int main(void)
     cfg.nmb_prototypes = 30;
     cfg.plain_layout = 1;
     cfg.seed = 7;
-    const struct nn_crop_group groups[2] = {{2, 32}, {2, 16}};
+    const struct nn_crop_group groups[2] = {{2, 48}, {2, 32}};
     const int batch = 4, n_crops = 4, K = cfg.nmb_prototypes;
     nn_backend_t *cpu = nn_backend_cpu_new(0), *gpu = nn_backend_cuda_new(0);
     if (!gpu) {
@@ -74,27 +77,25 @@ int main(void)
         printf("FAIL: nn_model_new\n");
         return 1;
     }
-    int usable = nn_cuda_pointer_usable(mg->scores);
-    if (!usable) {
-        printf("SKIP: the model's activations are host memory this GPU cannot address "
-               "(arena not allocated through the backend yet: docs/cuda.md)\n");
-        return 77;
-    }
-    if (usable == 2) {
-        printf("note: activations in host memory reached through HMM/ATS\n");
+    if (nn_cuda_pointer_usable(mg->scores) != 1 || nn_cuda_pointer_usable(mg->param_data) != 1) {
+        printf("FAIL: the model's memory is not the backend's (arena or parameters)\n");
+        return 1;
     }
     check("initial parameters (same seed)", mg->param_data, mc->param_data, mc->params.total, 0);
 
     struct swav_rng r;
     swav_rng_init(&r, 21, 0, 0, 0);
+    uint8_t *raw[2];
     float *in_c[2], *in_g[2];
+    size_t n_in[2];
     for (int g = 0; g < 2; g++) {
-        size_t n = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
-        in_c[g] = malloc(n * sizeof(float));
-        in_g[g] = nn_backend_alloc(gpu, n * sizeof(float));
-        for (size_t i = 0; i < n; i++) {
-            in_c[g][i] = in_g[g][i] = (float)swav_rng_normal(&r);
+        n_in[g] = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
+        raw[g] = malloc(n_in[g]); /* host memory, as a loader's batch */
+        for (size_t i = 0; i < n_in[g]; i++) {
+            raw[g][i] = (uint8_t)swav_rng_below(&r, 256);
         }
+        in_c[g] = nn_backend_alloc(cpu, n_in[g] * sizeof(float));
+        in_g[g] = nn_backend_alloc(gpu, n_in[g] * sizeof(float));
     }
     /* codes: fixed rows of a softmax, the same on both sides */
     size_t nq = (size_t)2 * batch * K, ns = (size_t)n_crops * batch * K;
@@ -105,44 +106,81 @@ int main(void)
             s += q_c[row * K + k] = (float)exp(swav_rng_normal(&r));
         }
         for (int k = 0; k < K; k++) {
-            q_c[row * K + k] = q_g[row * K + k] = (float)(q_c[row * K + k] / s);
+            q_c[row * K + k] = (float)(q_c[row * K + k] / s);
         }
     }
+    nn_backend_copy(gpu, q_g, q_c, nq * sizeof(float)); /* host -> device */
     float *lp_c = malloc(ns * sizeof(float)), *ds_c = malloc(ns * sizeof(float));
     float *lp_g = nn_backend_alloc(gpu, ns * sizeof(float)), *ds_g = nn_backend_alloc(gpu, ns * sizeof(float));
     static const int assign[2] = {0, 1};
     struct nn_swav_loss_cfg lc = {n_crops, batch, 2, assign, 0.1f};
+    struct nn_optim_config oc = nn_optim_config_swav(1e-6, 0);
+    struct nn_optim opt_c, opt_g;
+    nn_optim_init_on(&opt_c, cpu, &mc->params, &oc);
+    nn_optim_init_on(&opt_g, gpu, &mg->params, &oc);
+    if (!opt_g.dev) {
+        printf("FAIL: the CUDA backend has no optimizer of its own\n");
+        return 1;
+    }
 
-    float loss[2];
-    for (int side = 0; side < 2; side++) {
-        struct nn_model *m = side ? mg : mc;
-        nn_backend_t *be = side ? gpu : cpu;
-        nn_model_normalize_prototypes(m);
-        nn_model_forward(m, (const float *const *)(side ? in_g : in_c), batch, NN_MODEL_TRAIN);
-        struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, K);
-        struct nn_tensor dsc = nn_tensor_2d(side ? ds_g : ds_c, m->n_rows, K);
-        loss[side] = nn_swav_loss_forward(be, side ? lp_g : lp_c, &sc, side ? q_g : q_c, &lc);
-        nn_swav_loss_backward(be, &dsc, side ? lp_g : lp_c, side ? q_g : q_c, &lc);
-        nn_model_zero_grad(m);
-        nn_model_backward(m, side ? ds_g : ds_c);
-        nn_backend_sync(be);
-    }
-    double le = fabs(loss[1] - loss[0]) / fabs(loss[0]);
-    printf("%-36s rel err %.3g (tol 1e-04) %s  (cuda %.6f cpu %.6f)\n", "swav loss", le,
-           le <= 1e-4 ? "ok" : "FAIL", loss[1], loss[0]);
-    failures += !(le <= 1e-4);
-    check("scores", mg->scores, mc->scores, ns, 1e-3);
-    check("BN running stats (buffers)", mg->buffer_data, mc->buffer_data, mc->buffers.total, 1e-3);
-    check("all parameter gradients", mg->grad_data, mc->grad_data, mc->params.total, 2e-3);
-    for (int i = 0; i < mc->params.n; i++) {
-        const struct nn_param *p = &mc->params.p[i];
-        if (i == 0 || i == mc->params.n - 1 || strstr(p->name, "layer4.1.conv2") ||
-            strstr(p->name, "projection_head.0")) {
-            char name[160];
-            snprintf(name, sizeof name, "grad %s", p->name);
-            check(name, mg->grad_data + p->offset, mc->grad_data + p->offset, p->numel, 2e-3);
+    for (int step = 0; step < 2; step++) {
+        float loss[2];
+        for (int side = 0; side < 2; side++) {
+            struct nn_model *m = side ? mg : mc;
+            nn_backend_t *be = side ? gpu : cpu;
+            float **in = side ? in_g : in_c;
+            for (int g = 0; g < 2; g++) {
+                nn_backend_normalize_crops(be, in[g], raw[g], batch, groups[g].n_crops,
+                                           groups[g].size, groups[g].size);
+            }
+            nn_model_normalize_prototypes(m);
+            nn_model_forward(m, (const float *const *)in, batch, NN_MODEL_TRAIN);
+            struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, K);
+            struct nn_tensor dsc = nn_tensor_2d(side ? ds_g : ds_c, m->n_rows, K);
+            loss[side] = nn_swav_loss_forward(be, side ? lp_g : lp_c, &sc, side ? q_g : q_c, &lc);
+            nn_swav_loss_backward(be, &dsc, side ? lp_g : lp_c, side ? q_g : q_c, &lc);
+            nn_model_zero_grad(m);
+            nn_model_backward(m, side ? ds_g : ds_c);
+            nn_backend_sync(be);
         }
+        printf("-- step %d\n", step);
+        if (step == 0) {
+            check("normalized crops (group 0)", in_g[0], in_c[0], n_in[0], 1e-6);
+            check("normalized crops (group 1)", in_g[1], in_c[1], n_in[1], 1e-6);
+        }
+        double le = fabs(loss[1] - loss[0]) / fabs(loss[0]);
+        printf("%-36s rel err %.3g (tol 1e-04) %s  (cuda %.6f cpu %.6f)\n", "swav loss", le,
+               le <= 1e-4 ? "ok" : "FAIL", loss[1], loss[0]);
+        failures += !(le <= 1e-4);
+        check("scores", mg->scores, mc->scores, ns, 1e-3);
+        check("all parameter gradients", mg->grad_data, mc->grad_data, mc->params.total, 2e-3);
+        for (int i = 0; i < mc->params.n; i++) {
+            const struct nn_param *p = &mc->params.p[i];
+            if (i == 0 || i == mc->params.n - 1 || strstr(p->name, "layer4.1.conv2") ||
+                strstr(p->name, "projection_head.0")) {
+                char name[160];
+                snprintf(name, sizeof name, "grad %s", p->name);
+                check(name, mg->grad_data + p->offset, mc->grad_data + p->offset, p->numel, 2e-3);
+            }
+        }
+        for (int side = 0; side < 2; side++) {
+            struct nn_model *m = side ? mg : mc;
+            nn_optim_step(side ? &opt_g : &opt_c, m->param_data, m->grad_data, 4.8, step);
+            nn_backend_sync(side ? gpu : cpu);
+        }
+        check("parameters after the step", mg->param_data, mc->param_data, mc->params.total, 2e-3);
+        check("momentum after the step", opt_g.momentum, opt_c.momentum, mc->params.total, 2e-3);
     }
+    check("BN running stats and num_batches_tracked", mg->buffer_data, mc->buffer_data,
+          mc->buffers.total, 1e-3);
+    const float *nbt_g = nn_model_buffer(mg, "layer1.0.bn1.num_batches_tracked");
+    const float *nbt_c = nn_model_buffer(mc, "layer1.0.bn1.num_batches_tracked");
+    const float *hnbt_g = nn_model_buffer(mg, "projection_head.1.num_batches_tracked");
+    printf("%-36s cuda %g cpu %g head %g (want 4, 4, 2) %s\n", "num_batches_tracked", *nbt_g, *nbt_c,
+           *hnbt_g, *nbt_g == 4 && *nbt_c == 4 && *hnbt_g == 2 ? "ok" : "FAIL");
+    failures += !(*nbt_g == 4 && *nbt_c == 4 && *hnbt_g == 2);
+    nn_optim_free(&opt_g);
+    nn_optim_free(&opt_c);
     nn_model_destroy(&mg);
     nn_model_destroy(&mc);
     nn_backend_destroy(&gpu);

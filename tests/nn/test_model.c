@@ -179,7 +179,7 @@ static void test_tensor(void)
     nn_tensor_convert(&tc, &tb);
     EXPECT(!memcmp(a, c, sizeof a), "layout round trip");
     struct nn_arena ar;
-    nn_arena_init(&ar);
+    nn_arena_init(&ar, NULL);
     void *p1 = nn_arena_alloc(&ar, 10), *p2 = nn_arena_alloc(&ar, 100);
     nn_arena_commit(&ar);
     void *q1 = nn_arena_alloc(&ar, 10), *q2 = nn_arena_alloc(&ar, 100);
