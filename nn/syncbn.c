@@ -16,6 +16,7 @@ struct nn_syncbn {
     float *gather;             /* (world, 1 + 3 max_c) forward slots */
     float *red;                /* (world, 2 max_c) backward slots; (2 max_c) whole world */
     float *dw, *db;            /* (max_c) this rank's weight / bias gradient sums */
+    nn_backend_t *dw_be;       /* whose memory dw, db are: the layer backward writes them */
     float *mean_dy, *mean_dyx; /* (max_c) the group's means */
 };
 
@@ -41,8 +42,6 @@ nn_syncbn_t *nn_syncbn_new(struct nn_collective *c, int group_size, int max_chan
     s->m2 = swav_xcalloc(C, sizeof(double));
     s->gather = swav_xcalloc(W * (1 + 3 * C), sizeof(float));
     s->red = swav_xcalloc(W * 2 * C, sizeof(float));
-    s->dw = swav_xcalloc(C, sizeof(float));
-    s->db = swav_xcalloc(C, sizeof(float));
     s->mean_dy = swav_xcalloc(C, sizeof(float));
     s->mean_dyx = swav_xcalloc(C, sizeof(float));
     return s;
@@ -58,8 +57,10 @@ void nn_syncbn_destroy(nn_syncbn_t **sp)
     free(s->m2);
     free(s->gather);
     free(s->red);
-    free(s->dw);
-    free(s->db);
+    if (s->dw_be) {
+        nn_backend_free(s->dw_be, s->dw);
+        nn_backend_free(s->dw_be, s->db);
+    }
     free(s->mean_dy);
     free(s->mean_dyx);
     free(s);
@@ -151,11 +152,21 @@ int nn_syncbn_backward(nn_syncbn_t *s, nn_backend_t *be, struct nn_tensor *dinp,
     int64_t C = inp->shape[1];
     SWAV_ASSERT(C <= s->max_c);
     unsigned relu = flags & NN_BN_RELU;
+    if (s->dw_be != be) { /* backend memory: a GPU backend's kernel writes them */
+        if (s->dw_be) {
+            nn_backend_free(s->dw_be, s->dw);
+            nn_backend_free(s->dw_be, s->db);
+        }
+        s->dw = nn_backend_alloc(be, (size_t)s->max_c * sizeof(float));
+        s->db = nn_backend_alloc(be, (size_t)s->max_c * sizeof(float));
+        s->dw_be = be;
+    }
     memset(s->dw, 0, (size_t)C * sizeof(float));
     memset(s->db, 0, (size_t)C * sizeof(float));
     /* statistics as constants: dinp = weight invstd dy', dw = sum dy' xhat, db = sum dy' */
     nn_batchnorm_backward(be, dinp, s->dw, s->db, dout, inp, weight, save_mean, save_var,
                           relu ? workspace : NULL, relu, eps);
+    nn_backend_sync(be); /* dw, db are read below */
     float *red = s->red;
     size_t W = (size_t)s->c->world, two = 2 * (size_t)C;
     int st = s->status;

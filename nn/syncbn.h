@@ -44,6 +44,8 @@ typedef struct nn_syncbn nn_syncbn_t;
  * err when the group size does not divide the world. */
 nn_syncbn_t *nn_syncbn_new(struct nn_collective *c, int group_size, int max_channels, char *err,
                            size_t errlen);
+/* Before the backend its backward ran on (two small buffers are that
+ * backend's memory). */
 void nn_syncbn_destroy(nn_syncbn_t **s);
 /* The first failure's status (0: none). */
 int nn_syncbn_status(const nn_syncbn_t *s);
