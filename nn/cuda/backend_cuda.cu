@@ -1107,6 +1107,8 @@ static void cu_iface_fill(void)
     t->batchnorm_workspace_bytes = cu_batchnorm_workspace_bytes;
     t->batchnorm_forward = cu_batchnorm_forward;
     t->batchnorm_backward = cu_batchnorm_backward;
+    t->batchnorm_stats = cu_batchnorm_stats;
+    t->batchnorm_backward_elemt = cu_batchnorm_backward_elemt;
     t->relu_forward = cu_relu_forward;
     t->relu_backward = cu_relu_backward;
     t->add_forward = cu_add_forward;

@@ -88,6 +88,13 @@ static inline struct cuda_backend *cu_be(nn_backend_t *be)
 void cu_iface_fill_step(struct nn_backend_iface *t);
 void cu_step_free(struct cuda_backend *b);
 
+/* syncbn_cuda.cu: the table's two SyncBN pieces (nn/layers.h). */
+void cu_batchnorm_stats(nn_backend_t *be, double *mean, double *m2, const struct nn_tensor *inp);
+void cu_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
+                                 const struct nn_tensor *inp, const float *weight,
+                                 const float *mean, const float *var, const float *mean_dy,
+                                 const float *mean_dy_xhat, float eps);
+
 /* Grows the scratch buffers (first sight of a shape only: warm-up). */
 void cu_tmp_reserve(struct cuda_backend *b, size_t bytes);
 void cu_red_reserve(struct cuda_backend *b, size_t n);
