@@ -7,7 +7,8 @@
  * Tolerances (stated per check below): 1e-4 for convolutions and linear
  * layers (different summation orders over up to ~600 terms), 1e-4 for batch
  * norm, 1e-5 for element-wise and row-wise ops, 1e-3 for the running
- * variance (cuDNN's unbiasing in float).
+ * variance (cuDNN's unbiasing in float); the SyncBN pieces state theirs
+ * (test_bn_stats, test_bn_elemt, test_syncbn_single).
  *
  * Exit 77 (skipped) when no CUDA device is present. */
 #include <math.h>
@@ -15,10 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/check.h"
 #include "common/rng.h"
+#include "nn/collective.h"
 #include "nn/cuda/backend_cuda.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
+#include "nn/syncbn.h"
 #include "tests/nn/bench_step.h"
 
 static nn_backend_t *cpu, *gpu;
@@ -162,6 +166,242 @@ static void test_bn(int ndim, unsigned flags)
     BN_CHECK("dbias (+=)", db, 1e-4);
     nn_backend_free(cpu, wc);
     nn_backend_free(gpu, wg);
+    struct pair *ps[] = {&x, &y, &dy, &dx, &w, &bsh, &rm, &rv, &sm, &sv, &dw, &db};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        pair_free(ps[i]);
+    }
+}
+
+/* ---- SyncBN pieces (nn_batchnorm_stats, nn_batchnorm_backward_elemt) ------
+ * Inputs of odd channel counts and spatial sizes that are no multiple of the
+ * kernels' 256-thread blocks, with channel means from -3 to 100 against
+ * spreads from 0.01 to 5 (a mean far from zero against its spread is where a
+ * one-pass variance loses digits). */
+static void fill_channels(struct pair *x, int64_t N, int64_t C, int64_t HW)
+{
+    for (int64_t c = 0; c < C; c++) {
+        double mu = c % 3 == 0 ? 100.0 - (double)c : -3.0 + 0.5 * (double)c;
+        double sd = 0.01 + 0.37 * (double)(c % 14);
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t i = 0; i < HW; i++) {
+                size_t o = (size_t)((n * C + c) * HW + i);
+                x->c[o] = x->g[o] = (float)(mu + sd * swav_rng_normal(&rng));
+            }
+        }
+    }
+}
+
+/* Exact statistics of the float inputs: two passes in long double. */
+static void stats_ref(const float *x, int64_t N, int64_t C, int64_t HW, long double *mean,
+                      long double *m2)
+{
+    long double M = (long double)(N * HW);
+    for (int64_t c = 0; c < C; c++) {
+        long double s = 0, q = 0;
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t i = 0; i < HW; i++) {
+                s += x[(n * C + c) * HW + i];
+            }
+        }
+        mean[c] = s / M;
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t i = 0; i < HW; i++) {
+                long double d = x[(n * C + c) * HW + i] - mean[c];
+                q += d * d;
+            }
+        }
+        m2[c] = q;
+    }
+}
+
+/* max over channels of |mean - ref| / (|ref mean| + ref std) and of
+ * |m2 - ref| / ref m2 */
+static void stats_err(const double *mean, const double *m2, const long double *rmean,
+                      const long double *rm2, int64_t C, double M, double *em, double *e2)
+{
+    *em = *e2 = 0;
+    for (int64_t c = 0; c < C; c++) {
+        double scale = fabs((double)rmean[c]) + sqrt((double)rm2[c] / M);
+        double a = fabs((double)((long double)mean[c] - rmean[c])) / scale;
+        double b = fabs((double)((long double)m2[c] - rm2[c])) / (double)rm2[c];
+        *em = a > *em || a != a ? a : *em; /* NaN propagates */
+        *e2 = b > *e2 || b != b ? b : *e2;
+    }
+}
+
+static void check_err(const char *name, double e, double tol)
+{
+    int ok = e <= tol;
+    printf("%-34s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
+    failures += !ok;
+}
+
+static struct nn_tensor bn_view(float *data, int ndim, int64_t N, int64_t C, int64_t H, int64_t W)
+{
+    return ndim == 4 ? nn_tensor_4d(data, NN_LAYOUT_NCHW, N, C, H, W) : nn_tensor_2d(data, N, C);
+}
+
+/* Tolerances: the CUDA statistics sum in double (16 values a thread, block
+ * trees, at most 1024 chunk sums in order), so against the exact (long
+ * double) statistics 1e-12: rounding of order 1e-15 times the cancellation
+ * in s2 - s1^2/M (below ~20 here: the shift is a channel's first value,
+ * within a few standard deviations of its mean); the CUDA reduction order
+ * emulated on the host gave at most 3e-15 on these inputs.  Against the CPU
+ * backend 1e-5: the CPU sums runs of up to 64 shifted values in float
+ * (nn/backend_cpu.c), which measured (against long double) up to 3e-7 on the
+ * mean and 2.4e-6 on M2 on these and the SyncBN checks' inputs, so 1e-9
+ * would fail on the CPU's side.
+ * Two CUDA runs on the same input must agree to the bit (fixed reduction
+ * order, no atomics). */
+static void test_bn_stats(int ndim, int64_t N, int64_t C, int64_t H, int64_t W)
+{
+    int64_t HW = ndim == 4 ? H * W : 1;
+    double M = (double)(N * HW);
+    struct pair x = pair_new((size_t)(N * C * HW), 0);
+    fill_channels(&x, N, C, HW);
+    struct nn_tensor xc = bn_view(x.c, ndim, N, C, H, W), xg = bn_view(x.g, ndim, N, C, H, W);
+    double *mc = calloc((size_t)C * 6, sizeof(double));
+    double *m2c = mc + C, *mg = mc + 2 * C, *m2g = mc + 3 * C, *mg2 = mc + 4 * C, *m2g2 = mc + 5 * C;
+    long double *rm = calloc((size_t)C * 2, sizeof(long double)), *rm2 = rm + C;
+    stats_ref(x.c, N, C, HW, rm, rm2);
+    nn_batchnorm_stats(cpu, mc, m2c, &xc);
+    /* host arrays filled and the stream synchronized when the call returns */
+    nn_batchnorm_stats(gpu, mg, m2g, &xg);
+    nn_batchnorm_stats(gpu, mg2, m2g2, &xg);
+    char name[64];
+    const char *tag = ndim == 4 ? "bn stats NCHW" : "bn stats NC";
+    double em, e2;
+    stats_err(mg, m2g, rm, rm2, C, M, &em, &e2);
+    snprintf(name, sizeof name, "%s mean vs exact", tag);
+    check_err(name, em, 1e-12);
+    snprintf(name, sizeof name, "%s m2 vs exact", tag);
+    check_err(name, e2, 1e-12);
+    stats_err(mc, m2c, rm, rm2, C, M, &em, &e2);
+    printf("%-34s rel err %.3g / %.3g (CPU backend, for scale)\n", "  cpu mean / m2 vs exact", em, e2);
+    for (int64_t c = 0; c < C; c++) {
+        rm[c] = mc[c];
+        rm2[c] = m2c[c];
+    }
+    stats_err(mg, m2g, rm, rm2, C, M, &em, &e2);
+    snprintf(name, sizeof name, "%s mean vs cpu", tag);
+    check_err(name, em, 1e-5);
+    snprintf(name, sizeof name, "%s m2 vs cpu", tag);
+    check_err(name, e2, 1e-5);
+    int same = !memcmp(mg, mg2, (size_t)C * sizeof(double)) &&
+               !memcmp(m2g, m2g2, (size_t)C * sizeof(double));
+    printf("%-34s %s\n", ndim == 4 ? "bn stats NCHW deterministic" : "bn stats NC deterministic",
+           same ? "ok" : "FAIL");
+    failures += !same;
+    free(mc);
+    free(rm);
+    pair_free(&x);
+}
+
+/* Same float operations in the same order on both sides (A, B in double,
+ * the update without FMA): 1e-6 leaves room for nothing but a last bit. */
+static void test_bn_elemt(int ndim, int64_t N, int64_t C, int64_t H, int64_t W)
+{
+    int64_t HW = ndim == 4 ? H * W : 1;
+    size_t n = (size_t)(N * C * HW);
+    struct pair x = pair_new(n, 0), dx = pair_new(n, 1), w = pair_new((size_t)C, 1);
+    struct pair mean = pair_new((size_t)C, 0), var = pair_new((size_t)C, 0);
+    fill_channels(&x, N, C, HW);
+    for (int64_t c = 0; c < C; c++) { /* the channel's mean, as SyncBN passes */
+        double s = 0;
+        for (int64_t i = 0; i < N * HW; i++) {
+            s += x.c[(i / HW * C + c) * HW + i % HW];
+        }
+        mean.c[c] = mean.g[c] = (float)(s / (double)(N * HW));
+    }
+    float *mdy = malloc((size_t)C * sizeof(float)), *mdyx = malloc((size_t)C * sizeof(float));
+    for (int64_t c = 0; c < C; c++) {
+        var.c[c] = var.g[c] = (float)(0.05 + 2.0 * swav_rng_uniform(&rng));
+        mdy[c] = (float)(0.1 * swav_rng_normal(&rng));
+        mdyx[c] = (float)(0.1 * swav_rng_normal(&rng));
+    }
+    struct nn_tensor xc = bn_view(x.c, ndim, N, C, H, W), xg = bn_view(x.g, ndim, N, C, H, W);
+    struct nn_tensor dxc = bn_view(dx.c, ndim, N, C, H, W), dxg = bn_view(dx.g, ndim, N, C, H, W);
+    nn_batchnorm_backward_elemt(cpu, &dxc, &xc, w.c, mean.c, var.c, mdy, mdyx, 1e-5f);
+    nn_batchnorm_backward_elemt(gpu, &dxg, &xg, w.g, mean.g, var.g, mdy, mdyx, 1e-5f);
+    /* layers.h: mean_dy, mean_dy_xhat are host arrays the caller may reuse
+     * when the call returns (nn/syncbn.c does): spoil them before the sync */
+    for (int64_t c = 0; c < C; c++) {
+        mdy[c] = mdyx[c] = NAN;
+    }
+    check(ndim == 4 ? "bn backward_elemt NCHW dinp" : "bn backward_elemt NC dinp", &dx, 1e-6);
+    free(mdy);
+    free(mdyx);
+    pair_free(&x), pair_free(&dx), pair_free(&w), pair_free(&mean), pair_free(&var);
+}
+
+/* nn_syncbn_forward/backward with a world of one (nn_collective_single_new:
+ * every collective the identity) on both backends: the whole SyncBN path
+ * (stats, merge, eval-mode normalize, eval-mode backward, backward_elemt).
+ * Tolerances: statistics 1e-5 (the CPU's float runs: up to 2.4e-6 on M2,
+ * see test_bn_stats), outputs and gradients 1e-4 as the batch norm checks
+ * above. */
+static void test_syncbn_single(int ndim, unsigned relu)
+{
+    int64_t N = ndim == 4 ? 3 : 40, C = ndim == 4 ? 13 : 45, H = 9, W = 11;
+    int64_t HW = ndim == 4 ? H * W : 1;
+    size_t n = (size_t)(N * C * HW);
+    struct pair x = pair_new(n, 1), y = pair_new(n, 0), dy = pair_new(n, 1), dx = pair_new(n, 0);
+    struct pair w = pair_new((size_t)C, 1), bsh = pair_new((size_t)C, 1);
+    struct pair rm = pair_new((size_t)C, 0.1), rv = pair_new((size_t)C, 0);
+    struct pair sm = pair_new((size_t)C, 0), sv = pair_new((size_t)C, 0);
+    struct pair dw = pair_new((size_t)C, 1), db = pair_new((size_t)C, 1);
+    for (size_t i = 0; i < n; i++) {
+        x.c[i] += 0.5f;
+        x.g[i] += 0.5f;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        rv.c[c] = rv.g[c] = 1.0f + 0.1f * (float)c;
+    }
+    struct nn_tensor xc = bn_view(x.c, ndim, N, C, H, W), xg = bn_view(x.g, ndim, N, C, H, W);
+    struct nn_tensor yc = bn_view(y.c, ndim, N, C, H, W), yg = bn_view(y.g, ndim, N, C, H, W);
+    struct nn_tensor dyc = bn_view(dy.c, ndim, N, C, H, W), dyg = bn_view(dy.g, ndim, N, C, H, W);
+    struct nn_tensor dxc = bn_view(dx.c, ndim, N, C, H, W), dxg = bn_view(dx.g, ndim, N, C, H, W);
+    struct nn_collective *coll = nn_collective_single_new();
+    char err[256];
+    nn_syncbn_t *sc = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
+    nn_syncbn_t *sg = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
+    SWAV_ASSERT(sc && sg);
+    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, NN_BN_TRAIN | relu);
+    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, NN_BN_TRAIN | relu);
+    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
+    double cnt_c = 0, cnt_g = 0;
+    int st = nn_syncbn_forward(sc, cpu, &yc, &xc, w.c, bsh.c, rm.c, rv.c, sm.c, sv.c, &cnt_c, wc,
+                               relu, 0.1f, 1e-5f);
+    st |= nn_syncbn_forward(sg, gpu, &yg, &xg, w.g, bsh.g, rm.g, rv.g, sm.g, sv.g, &cnt_g, wg, relu,
+                            0.1f, 1e-5f);
+    st |= nn_syncbn_backward(sc, cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, sm.c, sv.c, cnt_c, wc, relu,
+                             1e-5f);
+    st |= nn_syncbn_backward(sg, gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, sm.g, sv.g, cnt_g, wg, relu,
+                             1e-5f);
+    char name[64];
+    const char *tag = ndim == 4 ? "syncbn(1) 2d" : "syncbn(1) 1d";
+    const char *rl = relu ? "+relu" : "";
+    int ok = st == 0 && cnt_c == (double)(N * HW) && cnt_g == cnt_c;
+    printf("%s%s status %d, count cuda %g cpu %g %s\n", tag, rl, st, cnt_g, cnt_c,
+           ok ? "ok" : "FAIL");
+    failures += !ok;
+#define SB_CHECK(what, buf, tol)                                        \
+    snprintf(name, sizeof name, "%s%s %s", tag, rl, what);              \
+    check(name, &buf, tol)
+    SB_CHECK("out", y, 1e-4);
+    SB_CHECK("save_mean", sm, 1e-5);
+    SB_CHECK("save_var (biased)", sv, 1e-5);
+    SB_CHECK("running_mean", rm, 1e-5);
+    SB_CHECK("running_var (unbiased)", rv, 1e-5);
+    SB_CHECK("dinp", dx, 1e-4);
+    SB_CHECK("dweight (+=)", dw, 1e-4);
+    SB_CHECK("dbias (+=)", db, 1e-4);
+#undef SB_CHECK
+    nn_backend_free(cpu, wc);
+    nn_backend_free(gpu, wg);
+    nn_syncbn_destroy(&sc);
+    nn_syncbn_destroy(&sg);
+    nn_collective_destroy(&coll);
     struct pair *ps[] = {&x, &y, &dy, &dx, &w, &bsh, &rm, &rv, &sm, &sv, &dw, &db};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
         pair_free(ps[i]);
@@ -424,6 +664,14 @@ int main(void)
     test_bn(4, NN_BN_RELU);
     test_bn(2, NN_BN_TRAIN);
     test_bn(2, 0);
+    test_bn_stats(4, 5, 13, 37, 41);    /* 1517 a plane, 7585 a channel: 2 chunks */
+    test_bn_stats(2, 150, 45, 1, 1);    /* channel groups 32 + 13, 3 row chunks of 50 */
+    test_bn_stats(4, 336, 3, 112, 112); /* 4.2M a channel: the 1024-chunk cap */
+    test_bn_elemt(4, 5, 13, 37, 41);
+    test_bn_elemt(2, 150, 45, 1, 1);
+    test_syncbn_single(4, NN_BN_RELU);
+    test_syncbn_single(4, 0);
+    test_syncbn_single(2, 0);
     test_eltwise();
     test_pool();
     test_linear();
