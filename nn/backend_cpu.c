@@ -1677,6 +1677,7 @@ static void cpu_cross_entropy_backward(nn_backend_t *be, struct nn_tensor *dlogi
 
 static const struct nn_backend_iface cpu_iface = {
     .name = "cpu",
+    .blocked_layout = 1,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,

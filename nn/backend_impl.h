@@ -8,6 +8,7 @@
 
 struct nn_backend_iface {
     const char *name;
+    int blocked_layout; /* 1: its layers take NN_LAYOUT_NCHW8C (the CPU's oneDNN) */
     void (*destroy)(nn_backend_t *be);
     void *(*alloc)(nn_backend_t *be, size_t bytes);
     void (*free)(nn_backend_t *be, void *p);

@@ -17,6 +17,7 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "common/rng.h"
+#include "backend_impl.h"
 #include "layers.h"
 #include "syncbn.h"
 
@@ -371,7 +372,9 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
     for (int i = 0; i < n_groups; i++) {
         m->n_rows += groups[i].n_crops * batch;
     }
-    I->layout = (!cfg->plain_layout && cfg->width % 8 == 0) ? NN_LAYOUT_NCHW8C : NN_LAYOUT_NCHW;
+    I->layout = (!cfg->plain_layout && cfg->width % 8 == 0 && be->iface->blocked_layout)
+                    ? NN_LAYOUT_NCHW8C
+                    : NN_LAYOUT_NCHW;
     nn_param_table_init(&m->params);
     nn_param_table_init(&m->buffers);
 

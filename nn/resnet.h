@@ -36,7 +36,8 @@ struct nn_resnet_cfg {
     int feat_dim;           /* embedding size; 0: no head, the model ends at the backbone */
     int nmb_prototypes;     /* K; 0: no prototypes */
     int no_l2norm;          /* 1: skip the L2 normalization of the embedding */
-    int plain_layout;       /* 1: NCHW inside the backbone (else nChw8c when width % 8 == 0) */
+    int plain_layout;       /* 1: NCHW inside the backbone (else nChw8c when width % 8 == 0
+                             * and the backend has it: the CPU one) */
     uint64_t seed;          /* initialization (common/rng.h streams) */
 };
 

@@ -1,0 +1,86 @@
+/* --device names to backends: see device.h. */
+#include "device.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef SWAV_HAVE_CUDA
+#include "cuda/backend_cuda.h"
+#endif
+
+int nn_device_have_cuda(void)
+{
+#ifdef SWAV_HAVE_CUDA
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* 0 for "cpu", 1 for "cuda"/"cuda:N" (index in *index), -1 otherwise. */
+static int device_parse(const char *device, int *index)
+{
+    *index = 0;
+    if (!strcmp(device, "cpu")) {
+        return 0;
+    }
+    if (!strcmp(device, "cuda")) {
+        return 1;
+    }
+    if (!strncmp(device, "cuda:", 5) && device[5]) {
+        char *end = NULL;
+        long v = strtol(device + 5, &end, 10);
+        if (*end == '\0' && v >= 0 && v < 1024) {
+            *index = (int)v;
+            return 1;
+        }
+    }
+    return -1;
+}
+
+int nn_device_check(const char *device, char *err, size_t errlen)
+{
+    int index;
+    if (device_parse(device, &index) < 0) {
+        snprintf(err, errlen, "--device %s: not one of cpu, cuda, cuda:N", device);
+        return -1;
+    }
+    return 0;
+}
+
+nn_backend_t *nn_device_open(const char *device, int cpu_threads, char *err, size_t errlen)
+{
+    int index;
+    int kind = device_parse(device, &index);
+    if (kind < 0) {
+        nn_device_check(device, err, errlen);
+        return NULL;
+    }
+    if (kind == 0) {
+        return nn_backend_cpu_new(cpu_threads);
+    }
+#ifdef SWAV_HAVE_CUDA
+    int n = nn_cuda_device_count();
+    if (n == 0) {
+        snprintf(err, errlen, "--device %s: no usable CUDA device (%s)", device,
+                 nn_cuda_count_error());
+        return NULL;
+    }
+    if (index >= n) {
+        snprintf(err, errlen, "--device %s: this machine has %d CUDA device%s (cuda:0%s)", device,
+                 n, n == 1 ? "" : "s", n == 1 ? "" : " and up");
+        return NULL;
+    }
+    nn_backend_t *be = nn_backend_cuda_new(index);
+    if (!be) {
+        snprintf(err, errlen, "--device %s: the CUDA backend could not start (see the log)",
+                 device);
+    }
+    return be;
+#else
+    snprintf(err, errlen, "--device %s: this build has no CUDA backend (nvcc, cuDNN, cuBLAS or "
+             "NCCL was not found under /usr/local/cuda when it was configured)", device);
+    return NULL;
+#endif
+}
