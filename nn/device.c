@@ -84,3 +84,20 @@ nn_backend_t *nn_device_open(const char *device, int cpu_threads, char *err, siz
     return NULL;
 #endif
 }
+
+struct nn_collective *nn_device_collective_new(nn_backend_t *be, struct nn_collective *bootstrap,
+                                               int timeout_ms, char *err, size_t errlen)
+{
+    err[0] = '\0';
+    if (!strcmp(nn_backend_name(be), "cpu")) {
+        return NULL;
+    }
+#ifdef SWAV_HAVE_CUDA
+    return nn_collective_nccl_new(be, bootstrap, timeout_ms, err, errlen);
+#else
+    (void)bootstrap;
+    (void)timeout_ms;
+    snprintf(err, errlen, "no collective for the %s backend in this build", nn_backend_name(be));
+    return NULL;
+#endif
+}

@@ -19,4 +19,12 @@ int nn_device_check(const char *device, char *err, size_t errlen);
  * past the GPUs present. */
 nn_backend_t *nn_device_open(const char *device, int cpu_threads, char *err, size_t errlen);
 
+/* The collective for gradients and SyncBN on this backend, for the ranks of
+ * `bootstrap` (the trainer's ZeroMQ ring, which carries the NCCL id): NCCL
+ * on the CUDA backend; NULL with err "" on the CPU backend, where the
+ * bootstrap itself serves.  NULL with a message when NCCL fails to form. */
+struct nn_collective;
+struct nn_collective *nn_device_collective_new(nn_backend_t *be, struct nn_collective *bootstrap,
+                                               int timeout_ms, char *err, size_t errlen);
+
 #endif

@@ -155,6 +155,7 @@ struct trainer {
     struct nn_optim optim;
     struct nn_sched_swav sched;
     struct nn_collective *coll;
+    struct nn_collective *ring; /* with NCCL (--device cuda): the ZeroMQ ring that bootstrapped it */
     assigner_client_t *assigner;
     struct loader_client *loaders;
     void *pub;
@@ -752,8 +753,9 @@ static int train_step(struct trainer *T, const char *resume_key)
         return -1;
     }
     if (T->world > 1) {
-        /* the ring reads and writes the gradients from the host */
-        nn_backend_sync(T->be);
+        /* the ZeroMQ ring reads and writes the gradients from the host (NCCL
+         * runs on the backend's stream, after the backward) */
+        if (!T->ring) nn_backend_sync(T->be);
         if (nn_allreduce_sum(T->coll, T->model->grad_data, T->model->params.total) != 0) {
             LOG_ERROR("iteration %lld: gradient all-reduce failed: %s", (long long)T->iteration,
                       T->coll->err);
@@ -896,6 +898,16 @@ int main(int argc, char **argv)
             LOG_ERROR("gradient ring: %s", err);
             return 2;
         }
+        /* --device cuda: NCCL for gradients and SyncBN, its id sent over the ring */
+        struct nn_collective *dc = nn_device_collective_new(T.be, T.coll, (int)T.t.ring_timeout_ms,
+                                                            err, sizeof err);
+        if (dc) {
+            T.ring = T.coll;
+            T.coll = dc;
+        } else if (err[0]) {
+            LOG_ERROR("NCCL: %s", err);
+            return 2;
+        }
     } else {
         T.coll = nn_collective_single_new();
     }
@@ -996,6 +1008,7 @@ int main(int argc, char **argv)
     loader_client_destroy(&T.loaders);
     assigner_client_destroy(&T.assigner);
     nn_collective_destroy(&T.coll);
+    nn_collective_destroy(&T.ring);
     if (T.pub) zmq_close(T.pub);
     proto_zap_destroy(&T.pub_zap);
     if (T.pub_ctx) zmq_ctx_term(T.pub_ctx);

@@ -65,6 +65,16 @@ void nn_cuda_optim_step_groups(struct nn_cuda_optim *o, float *params, const flo
 /* The momentum buffer (table->total floats, managed memory). */
 float *nn_cuda_optim_momentum(struct nn_cuda_optim *o);
 
+/* A collective over NCCL for the ranks of `bootstrap` (the trainer's ZeroMQ
+ * ring: it carries rank 0's NCCL id to the others), on this backend's GPU
+ * and stream; buffers may be device or host memory.  Every call waits at
+ * most timeout_ms, then aborts the communicator and fails (nn/collective.h's
+ * statuses).  The bootstrap stays the caller's.  NULL with a message in err
+ * when the communicator cannot be formed.  nccl_collective.cu. */
+struct nn_collective;
+struct nn_collective *nn_collective_nccl_new(nn_backend_t *be, struct nn_collective *bootstrap,
+                                             int timeout_ms, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,261 @@
+/* The collective interface (nn/collective.h) over NCCL, on the CUDA
+ * backend's stream: the trainer's gradient all-reduce and SyncBN with
+ * --device cuda and more than one rank.
+ *
+ * Bootstrap: rank 0 makes the NCCL unique id and the ranks' existing
+ * collective (the trainer's ZeroMQ ring) broadcasts it; every rank then joins
+ * the communicator.  The communicator is non-blocking (ncclConfig_t
+ * blocking = 0), so that no call can hang: every operation is queued on the
+ * stream and then waited for with a deadline, polling the stream and NCCL's
+ * asynchronous error; past the deadline, or on an NCCL error, the
+ * communicator is aborted and the call returns a status and a message, as
+ * the ring does (the trainer then stops, and the supervisor restarts it).
+ *
+ * Buffers may be device (or managed) memory, used in place, or host memory
+ * (SyncBN's statistics, the trainer's loss and stop flag), staged through a
+ * device buffer.  Sums are NCCL's: the same bits on every rank (each chunk is
+ * reduced once and then broadcast), but not the ring's bits.
+ *
+ * NEVER RUN ON A GPU when written: see docs/cuda.md. */
+#include <nccl.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cuda_internal.h"
+
+extern "C" {
+#include "common/timeutil.h"
+#include "nn/collective.h"
+}
+
+struct nccl_coll {
+    struct nn_collective base; /* first: the interface's view */
+    struct cuda_backend *b;
+    ncclComm_t comm;
+    int timeout_ms;
+    int broken; /* aborted: every later call fails at once */
+    void *stage; /* device staging for host buffers */
+    size_t stage_bytes;
+};
+
+static const char *nccl_why(ncclResult_t st)
+{
+    return ncclGetErrorString(st);
+}
+
+/* Waits for the communicator to leave ncclInProgress (a non-blocking
+ * init or enqueue).  0, or a status with a message. */
+static int nccl_settle(struct nccl_coll *c, ncclResult_t st, const char *what, double deadline)
+{
+    while (st == ncclInProgress) {
+        if (swav_now_s() > deadline) {
+            snprintf(c->base.err, sizeof c->base.err,
+                     "NCCL %s did not complete within %d ms (a peer missing?)", what,
+                     c->timeout_ms);
+            return NN_COLLECTIVE_ERR_TIMEOUT;
+        }
+        usleep(50);
+        ncclResult_t ast = ncclSuccess;
+        ncclResult_t qst = ncclCommGetAsyncError(c->comm, &ast);
+        st = qst != ncclSuccess ? qst : ast;
+    }
+    if (st != ncclSuccess) {
+        snprintf(c->base.err, sizeof c->base.err, "NCCL %s: %s (%s)", what, nccl_why(st),
+                 ncclGetLastError(c->comm));
+        return NN_COLLECTIVE_ERR_TRANSPORT;
+    }
+    return 0;
+}
+
+/* Waits for the stream (the collective and what precedes it) with the
+ * deadline, watching NCCL's asynchronous error. */
+static int nccl_wait(struct nccl_coll *c, const char *what, double deadline)
+{
+    for (unsigned spin = 0;; spin++) {
+        cudaError_t q = cudaStreamQuery(c->b->stream);
+        if (q == cudaSuccess) {
+            return 0;
+        }
+        if (q != cudaErrorNotReady) {
+            snprintf(c->base.err, sizeof c->base.err, "NCCL %s: CUDA %s", what,
+                     cudaGetErrorString(q));
+            return NN_COLLECTIVE_ERR_TRANSPORT;
+        }
+        ncclResult_t ast = ncclSuccess;
+        if (ncclCommGetAsyncError(c->comm, &ast) == ncclSuccess && ast != ncclSuccess &&
+            ast != ncclInProgress) {
+            snprintf(c->base.err, sizeof c->base.err, "NCCL %s: %s (%s)", what, nccl_why(ast),
+                     ncclGetLastError(c->comm));
+            return NN_COLLECTIVE_ERR_TRANSPORT;
+        }
+        if (swav_now_s() > deadline) {
+            snprintf(c->base.err, sizeof c->base.err,
+                     "NCCL %s did not complete within %d ms (a peer missing or stopped?)", what,
+                     c->timeout_ms);
+            return NN_COLLECTIVE_ERR_TIMEOUT;
+        }
+        if (spin > 64) {
+            usleep(20);
+        }
+    }
+}
+
+/* After a failure the communicator cannot be trusted: abort it (this also
+ * frees the stream from a collective that will never complete). */
+static int nccl_fail(struct nccl_coll *c, int st)
+{
+    if (!c->broken) {
+        c->broken = 1;
+        ncclCommAbort(c->comm);
+        c->comm = NULL;
+        LOG_ERROR("rank %d: %s; the NCCL communicator is aborted", c->base.rank, c->base.err);
+    }
+    return st;
+}
+
+static int nccl_is_host(const void *p)
+{
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return 1;
+    }
+    return a.type == cudaMemoryTypeUnregistered || a.type == cudaMemoryTypeHost;
+}
+
+/* A device pointer for buf: buf itself, or the staging buffer holding a
+ * copy of it (queued on the stream). */
+static void *nccl_device_view(struct nccl_coll *c, void *buf, size_t bytes, int *staged)
+{
+    *staged = nccl_is_host(buf);
+    if (!*staged) {
+        return buf;
+    }
+    if (bytes > c->stage_bytes) {
+        CUDA_CHECK(cudaStreamSynchronize(c->b->stream));
+        CUDA_CHECK(cudaFree(c->stage));
+        CUDA_CHECK(cudaMalloc(&c->stage, bytes));
+        c->stage_bytes = bytes;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(c->stage, buf, bytes, cudaMemcpyDefault, c->b->stream));
+    return c->stage;
+}
+
+static int nccl_finish(struct nccl_coll *c, void *buf, void *dev, size_t bytes, int staged,
+                       const char *what, double deadline)
+{
+    if (staged) {
+        CUDA_CHECK(cudaMemcpyAsync(buf, dev, bytes, cudaMemcpyDefault, c->b->stream));
+    }
+    int st = nccl_wait(c, what, deadline);
+    return st ? nccl_fail(c, st) : 0;
+}
+
+static int nccl_allreduce(struct nn_collective *base, float *buf, size_t n)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    if (c->broken) {
+        return NN_COLLECTIVE_ERR_TRANSPORT;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    double deadline = swav_now_s() + c->timeout_ms / 1000.0;
+    int staged;
+    size_t bytes = n * sizeof(float);
+    void *dev = nccl_device_view(c, buf, bytes, &staged);
+    int st = nccl_settle(c, ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->b->stream),
+                         "all-reduce", deadline);
+    if (st) {
+        return nccl_fail(c, st);
+    }
+    return nccl_finish(c, buf, dev, bytes, staged, "all-reduce", deadline);
+}
+
+static int nccl_broadcast(struct nn_collective *base, void *buf, size_t bytes, int root)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    if (c->broken) {
+        return NN_COLLECTIVE_ERR_TRANSPORT;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    double deadline = swav_now_s() + c->timeout_ms / 1000.0;
+    int staged;
+    void *dev = nccl_device_view(c, buf, bytes, &staged);
+    int st = nccl_settle(c, ncclBroadcast(dev, dev, bytes, ncclUint8, root, c->comm, c->b->stream),
+                         "broadcast", deadline);
+    if (st) {
+        return nccl_fail(c, st);
+    }
+    return nccl_finish(c, buf, dev, bytes, staged, "broadcast", deadline);
+}
+
+static void nccl_destroy(struct nn_collective *base)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    cudaStreamSynchronize(c->b->stream);
+    if (c->comm) {
+        ncclCommAbort(c->comm); /* no pending work: releases at once, never waits for peers */
+    }
+    cudaFree(c->stage);
+    free(c);
+}
+
+static const struct nn_collective_ops nccl_ops = {
+    nccl_allreduce,
+    nccl_broadcast,
+    nccl_destroy,
+};
+
+extern "C" struct nn_collective *nn_collective_nccl_new(nn_backend_t *be,
+                                                        struct nn_collective *bootstrap,
+                                                        int timeout_ms, char *err, size_t errlen)
+{
+    struct cuda_backend *b = cu_be(be);
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (bootstrap->rank == 0) {
+        ncclResult_t st = ncclGetUniqueId(&id);
+        if (st != ncclSuccess) {
+            snprintf(err, errlen, "ncclGetUniqueId: %s", nccl_why(st));
+            /* the others wait in the broadcast: send them the zero id, which
+             * fails their init with a message rather than a hang */
+        }
+    }
+    if (nn_broadcast(bootstrap, &id, sizeof id, 0) != 0) {
+        snprintf(err, errlen, "sending the NCCL id over the ring: %s", bootstrap->err);
+        return NULL;
+    }
+    struct nccl_coll *c = (struct nccl_coll *)swav_xcalloc(1, sizeof *c);
+    c->base.ops = &nccl_ops;
+    c->base.rank = bootstrap->rank;
+    c->base.world = bootstrap->world;
+    c->b = b;
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 120000;
+    CUDA_CHECK(cudaSetDevice(b->device));
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    double deadline = swav_now_s() + c->timeout_ms / 1000.0;
+    ncclResult_t st = ncclCommInitRankConfig(&c->comm, c->base.world, id, c->base.rank, &cfg);
+    int rc = c->comm ? nccl_settle(c, st, "communicator init", deadline)
+                     : (snprintf(c->base.err, sizeof c->base.err, "ncclCommInitRankConfig: %s",
+                                 nccl_why(st)),
+                        NN_COLLECTIVE_ERR_TRANSPORT);
+    if (rc) {
+        snprintf(err, errlen, "%s", c->base.err);
+        if (c->comm) {
+            ncclCommAbort(c->comm);
+        }
+        free(c);
+        return NULL;
+    }
+    int nver = 0;
+    ncclGetVersion(&nver);
+    LOG_INFO("NCCL %d.%d.%d: rank %d of %d on GPU %d", nver / 10000, nver / 100 % 100, nver % 100,
+             c->base.rank, c->base.world, b->device);
+    return &c->base;
+}
