@@ -1,5 +1,8 @@
 /* The C side of the PyTorch parity test (test_parity.py drives it).
  *
+ *   nn_ref_tool device DEV  opens the backend DEV (nn/device.h: cpu, cuda,
+ *                           cuda:N) and prints its name; exit 77 with
+ *                           "SKIP: ..." when it cannot be used here
  *   nn_ref_tool names DIR   prints the parameter and buffer tables of the
  *                           model DIR/cfg.txt describes ("P name d0 d1 ..",
  *                           "B name ..."), in flat-buffer order
@@ -19,6 +22,11 @@
  *                           in NCHW order, 1 where the output is > 0; the
  *                           .txt lists "group name count" in file order.
  *
+ * names and run take an optional last argument DEV (default cpu): the
+ * model then lives on that backend (the CUDA backend for the GPU parity of
+ * scripts/gpu-check); files are read into host memory and copied to the
+ * backend, results copied back, so the same code serves both.
+ *
  * cfg.txt: one "key values..." per line: depth, width, small_stem,
  * hidden_mlp, feat_dim, nmb_prototypes, batch, group (n_crops size; repeated),
  * temperature, assign (crop ids), threads, plain_layout, lr, wd. */
@@ -26,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/device.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "nn/resnet.h"
@@ -125,12 +134,42 @@ static void print_table(const char *tag, const struct nn_param_table *t)
     }
 }
 
+/* n floats of backend memory src into a new host buffer. */
+static float *to_host(nn_backend_t *be, const float *src, size_t n)
+{
+    float *h = malloc(n * sizeof(float));
+    nn_backend_copy(be, h, src, n * sizeof(float));
+    return h;
+}
+
+/* n floats of backend memory to DIR/name. */
+static void write_backend_floats(nn_backend_t *be, const char *dir, const char *name,
+                                 const float *src, size_t n)
+{
+    float *h = to_host(be, src, n);
+    write_floats(dir, name, h, n);
+    free(h);
+}
+
+/* DIR/name (n floats) into backend memory dst; -1 when the file is absent. */
+static int read_backend_floats(nn_backend_t *be, const char *dir, const char *name, float *dst,
+                               size_t n)
+{
+    float *h = malloc(n * sizeof(float));
+    int rc = read_floats(dir, name, h, n);
+    if (rc == 0) {
+        nn_backend_copy(be, dst, h, n * sizeof(float));
+    }
+    free(h);
+    return rc;
+}
+
 static void write_outputs(const char *dir, const char *name, struct nn_model *m)
 {
     size_t ne = (size_t)m->n_rows * m->cfg.feat_dim, ns = (size_t)m->n_rows * m->cfg.nmb_prototypes;
     float *buf = malloc((ne + ns) * sizeof(float));
-    memcpy(buf, m->embedding, ne * sizeof(float));
-    memcpy(buf + ne, m->scores, ns * sizeof(float));
+    nn_backend_copy(m->be, buf, m->embedding, ne * sizeof(float));
+    nn_backend_copy(m->be, buf + ne, m->scores, ns * sizeof(float));
     write_floats(dir, name, buf, ne + ns);
     free(buf);
 }
@@ -143,15 +182,17 @@ static void write_mask(FILE *bin, FILE *txt, struct nn_model *m, int group, cons
         exit(1);
     }
     size_t n = nn_tensor_numel(&t);
-    float *plain = malloc(n * sizeof(float));
+    /* its storage as the backend holds it (padded channels in a blocked layout) */
+    float *plain = to_host(m->be, t.data, nn_tensor_bytes(&t) / sizeof(float));
     unsigned char *mask = malloc(n);
-    if (t.ndim == 4) {
-        struct nn_tensor p = t;
-        p.data = plain;
+    if (t.ndim == 4 && t.layout != NN_LAYOUT_NCHW) { /* the CPU backend's blocked layout */
+        struct nn_tensor host = t, p = t;
+        host.data = plain;
+        p.data = malloc(n * sizeof(float));
         p.layout = NN_LAYOUT_NCHW;
-        nn_tensor_convert(&p, &t);
-    } else {
-        memcpy(plain, t.data, n * sizeof(float));
+        nn_tensor_convert(&p, &host);
+        free(plain);
+        plain = p.data;
     }
     for (size_t i = 0; i < n; i++) {
         mask[i] = plain[i] > 0;
@@ -204,10 +245,33 @@ static void write_relu_masks(const char *dir, struct nn_model *m)
     }
 }
 
+/* The backend DEV, or exit 77 (a skip) with the reason when it cannot be used here. */
+static nn_backend_t *open_backend(const char *dev, int threads)
+{
+    char err[512];
+    if (nn_device_check(dev, err, sizeof err) != 0) {
+        fprintf(stderr, "nn_ref_tool: %s\n", err);
+        exit(2);
+    }
+    nn_backend_t *be = nn_device_open(dev, threads, err, sizeof err);
+    if (!be) {
+        printf("SKIP: %s\n", err);
+        fflush(stdout);
+        exit(77);
+    }
+    return be;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: nn_ref_tool names|run DIR\n");
+    if (argc == 3 && !strcmp(argv[1], "device")) {
+        nn_backend_t *be = open_backend(argv[2], 1);
+        printf("%s\n", nn_backend_name(be));
+        nn_backend_destroy(&be);
+        return 0;
+    }
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: nn_ref_tool names|run DIR [DEVICE]  |  nn_ref_tool device DEVICE\n");
         return 2;
     }
     const char *dir = argv[2];
@@ -215,7 +279,7 @@ int main(int argc, char **argv)
     if (read_cfg(dir, &c) != 0) {
         return 2;
     }
-    nn_backend_t *be = nn_backend_cpu_new(c.threads);
+    nn_backend_t *be = open_backend(argc == 4 ? argv[3] : "cpu", c.threads);
     struct nn_model *m = nn_model_new(be, &c.rc, c.groups, c.n_groups, c.batch);
     if (!m) {
         return 2;
@@ -227,18 +291,19 @@ int main(int argc, char **argv)
         nn_backend_destroy(&be);
         return 0;
     }
-    if (read_floats(dir, "params.bin", m->param_data, m->params.total) != 0 ||
-        read_floats(dir, "buffers.bin", m->buffer_data, m->buffers.total) != 0) {
+    if (read_backend_floats(be, dir, "params.bin", m->param_data, m->params.total) != 0 ||
+        read_backend_floats(be, dir, "buffers.bin", m->buffer_data, m->buffers.total) != 0) {
         fprintf(stderr, "nn_ref_tool: missing params.bin / buffers.bin in %s\n", dir);
         return 2;
     }
+    nn_backend_weights_updated(be);
     float *inputs[NN_MAX_GROUPS];
     for (int g = 0; g < c.n_groups; g++) {
         size_t n = (size_t)c.groups[g].n_crops * c.batch * 3 * c.groups[g].size * c.groups[g].size;
-        inputs[g] = malloc(n * sizeof(float));
+        inputs[g] = nn_backend_alloc(be, n * sizeof(float));
         char name[64];
         snprintf(name, sizeof name, "input%d.bin", g);
-        if (read_floats(dir, name, inputs[g], n) != 0) {
+        if (read_backend_floats(be, dir, name, inputs[g], n) != 0) {
             fprintf(stderr, "nn_ref_tool: missing %s\n", name);
             return 2;
         }
@@ -248,16 +313,16 @@ int main(int argc, char **argv)
     nn_model_forward(m, (const float *const *)inputs, c.batch, NN_MODEL_TRAIN);
     write_outputs(dir, "train_out.bin", m);
     write_relu_masks(dir, m);
-    size_t K = (size_t)c.rc.nmb_prototypes;
-    float *q = malloc((size_t)c.n_assign * c.batch * K * sizeof(float));
-    if (read_floats(dir, "q.bin", q, (size_t)c.n_assign * c.batch * K) == 0) {
+    size_t K = (size_t)c.rc.nmb_prototypes, nq = (size_t)c.n_assign * c.batch * K;
+    float *q = nn_backend_alloc(be, nq * sizeof(float));
+    if (read_backend_floats(be, dir, "q.bin", q, nq) == 0) {
         int n_crops = 0;
         for (int g = 0; g < c.n_groups; g++) {
             n_crops += c.groups[g].n_crops;
         }
         struct nn_swav_loss_cfg lc = {n_crops, c.batch, c.n_assign, c.assign, c.temperature};
-        float *logp = malloc((size_t)m->n_rows * K * sizeof(float));
-        float *dscores = malloc((size_t)m->n_rows * K * sizeof(float));
+        float *logp = nn_backend_alloc(be, (size_t)m->n_rows * K * sizeof(float));
+        float *dscores = nn_backend_alloc(be, (size_t)m->n_rows * K * sizeof(float));
         struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, (int64_t)K);
         struct nn_tensor dsc = nn_tensor_2d(dscores, m->n_rows, (int64_t)K);
         float loss = nn_swav_loss_forward(be, logp, &sc, q, &lc);
@@ -265,23 +330,24 @@ int main(int argc, char **argv)
         nn_model_zero_grad(m);
         nn_model_backward(m, dscores);
         write_floats(dir, "loss.bin", &loss, 1);
-        write_floats(dir, "grads.bin", m->grad_data, m->params.total);
-        write_floats(dir, "buffers_after.bin", m->buffer_data, m->buffers.total);
+        write_backend_floats(be, dir, "grads.bin", m->grad_data, m->params.total);
+        write_backend_floats(be, dir, "buffers_after.bin", m->buffer_data, m->buffers.total);
         if (c.lr > 0) {
+            /* the backend's own optimizer where it has one (CUDA), as the trainer */
             struct nn_optim_config oc = nn_optim_config_swav(c.wd, 0);
             struct nn_optim o;
-            nn_optim_init(&o, &m->params, &oc);
+            nn_optim_init_on(&o, be, &m->params, &oc);
             nn_optim_step(&o, m->param_data, m->grad_data, c.lr, 0);
-            write_floats(dir, "params_after.bin", m->param_data, m->params.total);
-            write_floats(dir, "momentum_after.bin", o.momentum, m->params.total);
+            write_backend_floats(be, dir, "params_after.bin", m->param_data, m->params.total);
+            write_backend_floats(be, dir, "momentum_after.bin", o.momentum, m->params.total);
             nn_optim_free(&o);
         }
-        free(logp);
-        free(dscores);
+        nn_backend_free(be, logp);
+        nn_backend_free(be, dscores);
     }
-    free(q);
+    nn_backend_free(be, q);
     for (int g = 0; g < c.n_groups; g++) {
-        free(inputs[g]);
+        nn_backend_free(be, inputs[g]);
     }
     nn_model_destroy(&m);
     nn_backend_destroy(&be);
