@@ -143,14 +143,22 @@ static void *nccl_device_view(struct nccl_coll *c, void *buf, size_t bytes, int 
     return c->stage;
 }
 
+/* The collective is waited for (with the deadline) BEFORE a staged result is
+ * copied back: a device-to-pageable-host cudaMemcpyAsync returns only once
+ * the copy is done, i.e. once the stream has run the collective, so queued
+ * first it would block without a deadline on a missing peer. */
 static int nccl_finish(struct nccl_coll *c, void *buf, void *dev, size_t bytes, int staged,
                        const char *what, double deadline)
 {
+    int st = nccl_wait(c, what, deadline);
+    if (st) {
+        return nccl_fail(c, st);
+    }
     if (staged) {
         CUDA_CHECK(cudaMemcpyAsync(buf, dev, bytes, cudaMemcpyDefault, c->b->stream));
+        CUDA_CHECK(cudaStreamSynchronize(c->b->stream)); /* pinned host memory: async */
     }
-    int st = nccl_wait(c, what, deadline);
-    return st ? nccl_fail(c, st) : 0;
+    return 0;
 }
 
 static int nccl_allreduce(struct nn_collective *base, float *buf, size_t n)
