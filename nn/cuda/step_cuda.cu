@@ -493,12 +493,16 @@ __global__ void k_opt_update(float *p, const float *g, float *buf, const struct 
     }
 }
 
-template <typename T> static T *opt_upload(const T *host, size_t n)
+/* On the backend's stream, then waited for: the stream is non-blocking, so
+ * a plain cudaMemcpy (legacy default stream, which returns once a pageable
+ * source is staged, not copied) would not be ordered with its kernels. */
+template <typename T> static T *opt_upload(cudaStream_t s, const T *host, size_t n)
 {
     T *d = NULL;
     CUDA_CHECK(cudaMalloc((void **)&d, (n ? n : 1) * sizeof(T)));
     if (n) {
-        CUDA_CHECK(cudaMemcpy(d, host, n * sizeof(T), cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpyAsync(d, host, n * sizeof(T), cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaStreamSynchronize(s));
     }
     return d;
 }
@@ -534,14 +538,14 @@ extern "C" struct nn_cuda_optim *nn_cuda_optim_new(nn_backend_t *be, const struc
     }
     first[table->n] = c;
     o->group_host = (int *)swav_xcalloc((size_t)table->n + 1, sizeof(int));
-    o->chunks = opt_upload(ch, (size_t)nchunks);
-    o->first_chunk = opt_upload(first, (size_t)table->n + 1);
-    o->group = opt_upload(o->group_host, (size_t)table->n + 1);
+    o->chunks = opt_upload(o->b->stream, ch, (size_t)nchunks);
+    o->first_chunk = opt_upload(o->b->stream, first, (size_t)table->n + 1);
+    o->group = opt_upload(o->b->stream, o->group_host, (size_t)table->n + 1);
     /* frozen_kind holds the flag; the per-step mask (kind && iteration <
      * freeze) lives in the second half */
     unsigned char *fk2 = (unsigned char *)swav_xcalloc(2 * ((size_t)table->n + 1), 1);
     memcpy(fk2, fk, (size_t)table->n + 1);
-    o->frozen_kind = opt_upload(fk2, 2 * ((size_t)table->n + 1));
+    o->frozen_kind = opt_upload(o->b->stream, fk2, 2 * ((size_t)table->n + 1));
     CUDA_CHECK(cudaMalloc((void **)&o->partial, (2 * (size_t)nchunks + 2) * sizeof(double)));
     CUDA_CHECK(cudaMalloc((void **)&o->coef, (2 * (size_t)table->n + 2) * sizeof(float)));
     free(ch);
@@ -573,8 +577,10 @@ extern "C" void nn_cuda_optim_set_group(struct nn_cuda_optim *o, int index, int 
 {
     SWAV_ASSERT(index >= 0 && index < o->n && group >= 0 && group < OPT_MAX_GROUPS);
     o->group_host[index] = group;
-    CUDA_CHECK(cudaMemcpy(o->group, o->group_host, (size_t)o->n * sizeof(int),
-                          cudaMemcpyHostToDevice));
+    /* ordered after the steps already queued (they read o->group) */
+    CUDA_CHECK(cudaMemcpyAsync(o->group, o->group_host, (size_t)o->n * sizeof(int),
+                               cudaMemcpyHostToDevice, o->b->stream));
+    CUDA_CHECK(cudaStreamSynchronize(o->b->stream));
 }
 
 extern "C" float *nn_cuda_optim_momentum(struct nn_cuda_optim *o)
