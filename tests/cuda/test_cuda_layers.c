@@ -614,6 +614,16 @@ static void test_step_pieces(void)
     nn_cuda_sinkhorn(gpu, q.g, s.g, B, K, 0.05f, 3);
     check("sinkhorn 300x64 (eps .05, 3 it)", &q, 1e-5);
     pair_free(&s), pair_free(&q);
+    /* K over one block of threads (2 column blocks, rows strided), 8 row chunks */
+    B = 1000, K = 300;
+    s = pair_new((size_t)B * K, 0.3), q = pair_new(s.n, 0);
+    rows = malloc(sizeof(double) * K), cols = malloc(sizeof(double) * B);
+    bench_sinkhorn_ref(q.c, s.c, B, K, 0.05f, 3, rows, cols);
+    free(rows);
+    free(cols);
+    nn_cuda_sinkhorn(gpu, q.g, s.g, B, K, 0.05f, 3);
+    check("sinkhorn 1000x300 (eps .05, 3 it)", &q, 1e-5);
+    pair_free(&s), pair_free(&q);
     /* SGD + LARC: three tensors, prototypes frozen for the first step */
     struct nn_param_table t;
     nn_param_table_init(&t);
@@ -637,6 +647,142 @@ static void test_step_pieces(void)
     nn_cuda_optim_destroy(&og);
     nn_optim_free(&oc_cpu);
     pair_free(&p), pair_free(&g);
+    nn_param_table_free(&t);
+}
+
+/* The table's memory operations (nn/backend.h) on both backends, with the
+ * contract's timing: a host source may be reused when the call returns (it
+ * is spoiled right after), a copy into host memory is complete when the
+ * call returns (read before any sync, behind a queued kernel).  Exact (tol
+ * 0): copies, zero, add_at, scale (one float multiply each side).  1e-6:
+ * normalize_crops (the GPU may fuse the multiply-add) and normalize_rows. */
+static void check_nosync(const char *name, const float *g, const float *c, size_t n, double tol)
+{
+    double e = rel_err(g, c, n);
+    int ok = e <= tol;
+    printf("%-34s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
+    failures += !ok;
+}
+
+static void test_mem_ops(void)
+{
+    size_t n = 1000;
+    struct pair a = pair_new(n, 1), b = pair_new(n, 0);
+    float *host = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float));
+    memcpy(host, a.c, n * sizeof(float));
+    nn_backend_copy(cpu, b.c, host, n * sizeof(float));
+    nn_backend_copy(gpu, b.g, host, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        host[i] = NAN;
+    }
+    check("copy host -> backend", &b, 0);
+    nn_backend_copy(cpu, b.c + 10, a.c + 500, 300 * sizeof(float));
+    nn_backend_copy(gpu, b.g + 10, a.g + 500, 300 * sizeof(float));
+    check("copy backend -> backend", &b, 0);
+    nn_backend_zero(cpu, b.c + 100, 200 * sizeof(float));
+    nn_backend_zero(gpu, b.g + 100, 200 * sizeof(float));
+    check("zero", &b, 0);
+    nn_backend_scale(cpu, b.c, n, 0.37f);
+    nn_backend_scale(gpu, b.g, n, 0.37f);
+    check("scale", &b, 0);
+    int64_t off[4] = {3, 17, 999, 500};
+    nn_backend_add_at(cpu, b.c, off, 4, 2.5f);
+    nn_backend_add_at(gpu, b.g, off, 4, 2.5f);
+    off[0] = off[1] = off[2] = off[3] = 0;
+    check("add_at (host offsets)", &b, 0);
+    /* behind a queued kernel, into host memory: there on return */
+    nn_backend_scale(cpu, b.c, n, -1.5f);
+    nn_backend_scale(gpu, b.g, n, -1.5f);
+    nn_backend_copy(gpu, out, b.g, n * sizeof(float));
+    check_nosync("copy backend -> host (no sync)", out, b.c, n, 0);
+    free(host);
+    free(out);
+    pair_free(&a), pair_free(&b);
+
+    /* crops: (batch, n_crops, h, w, 3) image-major -> (n_crops * batch, 3,
+     * h, w) crop-major; host (staged) and backend (read in place) sources */
+    int batch = 3, nc = 2, h = 5, w = 7;
+    size_t nb = (size_t)batch * nc * h * w * 3;
+    uint8_t *src = malloc(nb), *usrc = nn_backend_alloc(gpu, nb);
+    for (size_t i = 0; i < nb; i++) {
+        src[i] = usrc[i] = (uint8_t)swav_rng_below(&rng, 256);
+    }
+    struct pair f = pair_new(nb, 0);
+    nn_backend_normalize_crops(cpu, f.c, src, batch, nc, h, w);
+    nn_backend_normalize_crops(gpu, f.g, src, batch, nc, h, w);
+    memset(src, 0x5a, nb);
+    check("normalize_crops (host batch)", &f, 1e-6);
+    nn_backend_zero(gpu, f.g, nb * sizeof(float));
+    nn_backend_normalize_crops(gpu, f.g, usrc, batch, nc, h, w);
+    check("normalize_crops (backend batch)", &f, 1e-6);
+    free(src);
+    nn_backend_free(gpu, usrc);
+    pair_free(&f);
+    struct pair pr = pair_new(7 * 33, 1);
+    nn_backend_normalize_rows(cpu, pr.c, 7, 33);
+    nn_backend_normalize_rows(gpu, pr.g, 7, 33);
+    check("normalize_rows", &pr, 1e-6);
+    pair_free(&pr);
+}
+
+/* The optimizer through nn_optim_init_on (the CUDA backend's own) against
+ * the CPU's on the paths test_step_pieces does not take: three parameter
+ * groups with their own learning rates (set_group, step_groups), plain SGD
+ * with momentum and weight decay, Nesterov, no momentum, LARC with clip.
+ * Three steps each; tolerances as the SGD+LARC check there (params 1e-6,
+ * momentum 1e-5: the GPU may fuse multiply-adds). */
+static void test_optim_paths(void)
+{
+    struct nn_param_table t;
+    nn_param_table_init(&t);
+    int64_t s1[2] = {300, 7}, s2[1] = {33}, s3[2] = {10, 8};
+    nn_param_table_add(&t, "a.weight", 2, s1, 0);
+    nn_param_table_add(&t, "b.bias", 1, s2, 0);
+    nn_param_table_add(&t, "c.weight", 2, s3, 0);
+    static const struct {
+        const char *name;
+        double momentum;
+        bool nesterov, larc, clip;
+    } cases[] = {
+        {"sgd momentum+wd, groups", 0.9, false, false, false},
+        {"sgd nesterov, groups", 0.9, true, false, false},
+        {"sgd no momentum, groups", 0.0, false, false, false},
+        {"larc clip, groups", 0.9, false, true, true},
+    };
+    double lrs[NN_OPTIM_MAX_GROUPS] = {0.3, 0.05, 1.7};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        struct nn_optim_config oc = nn_optim_config_swav(1e-4, 0);
+        oc.momentum = cases[k].momentum;
+        oc.nesterov = cases[k].nesterov;
+        oc.larc = cases[k].larc;
+        oc.clip = cases[k].clip;
+        oc.nthreads = 1;
+        struct pair p = pair_new(t.total, 1), g = pair_new(t.total, 0.01);
+        struct nn_optim o_c, o_g;
+        nn_optim_init(&o_c, &t, &oc);
+        nn_optim_init_on(&o_g, gpu, &t, &oc);
+        if (!o_g.dev) {
+            printf("%-34s FAIL: the CUDA backend has no optimizer of its own\n", cases[k].name);
+            failures++;
+        }
+        for (int i = 1; i < 3; i++) {
+            nn_optim_set_group(&o_c, i, i);
+            nn_optim_set_group(&o_g, i, i);
+        }
+        for (int it = 0; it < 3; it++) {
+            nn_optim_step_groups(&o_c, p.c, g.c, lrs, it);
+            nn_optim_step_groups(&o_g, p.g, g.g, lrs, it);
+        }
+        char name[80];
+        snprintf(name, sizeof name, "%s params", cases[k].name);
+        check(name, &p, 1e-6);
+        struct pair mom = {o_c.momentum, o_g.momentum, t.total};
+        snprintf(name, sizeof name, "%s momentum", cases[k].name);
+        check(name, &mom, 1e-5);
+        nn_optim_free(&o_g);
+        nn_optim_free(&o_c);
+        pair_free(&p), pair_free(&g);
+    }
     nn_param_table_free(&t);
 }
 
@@ -678,6 +824,8 @@ int main(void)
     test_rows();
     test_losses();
     test_step_pieces();
+    test_mem_ops();
+    test_optim_paths();
     printf("cache entries %d\n", nn_backend_cache_size(gpu));
     nn_backend_destroy(&gpu);
     nn_backend_destroy(&cpu);
