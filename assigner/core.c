@@ -27,6 +27,7 @@ struct assigner_core {
     uint64_t collapse_warnings;
     uint64_t collapse_run; /* consecutive flagged steps */
     float *codes;            /* (world, ncrops, bs, K): per rank contiguous */
+    bool codes_backend;      /* codes from backend->host_alloc (else malloc) */
     float *entropy;          /* (ncrops, world*bs) */
     int32_t *argmax;         /* (ncrops, world*bs) */
     uint8_t *seen;           /* (K) */
@@ -74,7 +75,13 @@ assigner_core_t *assigner_core_new(const struct assigner_config *cfg,
     c->queue_length = cfg->queue_length - cfg->queue_length % (bs * w);
     assigner_queue_init(&c->queue, cfg->ncrops_assign, w, c->queue_length / w, cfg->feat_dim, bs);
     size_t rows = (size_t)w * bs;
-    c->codes = swav_xmalloc((size_t)cfg->ncrops_assign * rows * k * sizeof(float));
+    size_t codes_bytes = (size_t)cfg->ncrops_assign * rows * k * sizeof(float);
+    /* a GPU backend copies the codes back fastest into its own (page-locked) memory */
+    c->codes = backend->host_alloc ? backend->host_alloc(backend->impl, codes_bytes) : NULL;
+    c->codes_backend = c->codes != NULL;
+    if (!c->codes) {
+        c->codes = swav_xmalloc(codes_bytes);
+    }
     c->entropy = swav_xmalloc((size_t)cfg->ncrops_assign * rows * sizeof(float));
     c->argmax = swav_xmalloc((size_t)cfg->ncrops_assign * rows * sizeof(int32_t));
     c->seen = swav_xmalloc((size_t)k);
@@ -82,7 +89,9 @@ assigner_core_t *assigner_core_new(const struct assigner_config *cfg,
     c->last_epoch = -1;
     c->flag_epoch = -1;
     if (backend->reserve(backend->impl, c->queue_length + w * bs, k, cfg->feat_dim) < 0) {
-        snprintf(err, errlen, "out of memory for %d x %d scores", c->queue_length + w * bs, k);
+        const char *why = backend->error ? backend->error(backend->impl) : "";
+        snprintf(err, errlen, "%s backend: cannot make room for %d x %d scores: %s",
+                 backend->name, c->queue_length + w * bs, k, why[0] ? why : "out of memory");
         assigner_core_destroy(&c);
         return NULL;
     }
@@ -96,7 +105,11 @@ void assigner_core_destroy(assigner_core_t **pc)
         return;
     }
     assigner_queue_free(&c->queue);
-    free(c->codes);
+    if (c->codes_backend) {
+        c->backend->host_free(c->backend->impl, c->codes);
+    } else {
+        free(c->codes);
+    }
     free(c->entropy);
     free(c->argmax);
     free(c->seen);
@@ -232,6 +245,7 @@ int assigner_core_step(assigner_core_t *c, int64_t epoch, int64_t step, const fl
         }
         res_sum.ms_scores += res.ms_scores;
         res_sum.ms_sinkhorn += res.ms_sinkhorn;
+        res_sum.ms_copy += res.ms_copy;
         used_any |= use;
         for (int r = 0; r < rows; r++) {
             if (r % ent_every == 0) {
@@ -260,6 +274,7 @@ int assigner_core_step(assigner_core_t *c, int64_t epoch, int64_t step, const fl
     s.prototypes_used = used;
     s.ms_scores = res_sum.ms_scores;
     s.ms_sinkhorn = res_sum.ms_sinkhorn;
+    s.ms_copy = res_sum.ms_copy;
     s.queue_used = used_any;
     int total = rows * cfg->ncrops_assign;
     int min_used = cfg->collapse_min_used;

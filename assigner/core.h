@@ -48,6 +48,7 @@ struct assigner_stats {
     int prototypes_used;     /* distinct argmax over the step's rows */
     double ms_scores;        /* scores and exp (fused) */
     double ms_sinkhorn;      /* the iterations and writing the codes */
+    double ms_copy;          /* GPU backend: copies to and from the device (0 on the CPU) */
     bool queue_used;
     bool collapse_uniform;   /* entropy near ln K */
     bool collapse_few;       /* prototypes used collapsed */

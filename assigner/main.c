@@ -10,12 +10,16 @@
 #include "common/flags.h"
 #include "common/log.h"
 #include "server.h"
+#ifdef SWAV_HAVE_CUDA
+#include "sinkhorn_cuda.h"
+#endif
 
 struct cli {
     const char *endpoint;
     const char *run;
     const char *resume;
     int64_t threads;
+    const char *device;
     int64_t embed_timeout_ms;
     int64_t hello_timeout_ms;
     int64_t stale_peer_ms;
@@ -36,7 +40,9 @@ static const struct swav_flag cli_flags[] = {
     F("run", SWAV_FLAG_STR, run, 0, 0, "", "run id to serve (empty: the first hello's)"),
     F("resume", SWAV_FLAG_STR, resume, 0, 0, "",
       "checkpoint whose queue (<checkpoint>.queue) to restore when the session forms"),
-    F("threads", SWAV_FLAG_INT, threads, 1, 64, "2", "Sinkhorn and BLAS threads"),
+    F("threads", SWAV_FLAG_INT, threads, 1, 64, "2", "Sinkhorn and BLAS threads (--device cpu)"),
+    F("device", SWAV_FLAG_STR, device, 0, 0, "cpu",
+      "where scores and Sinkhorn run: cpu, or cuda (GPU 0; builds with the CUDA toolkit)"),
     F("embed_timeout_ms", SWAV_FLAG_INT, embed_timeout_ms, 1, 86400000, "60000",
       "a rank this late with its embed gets the others an error naming it"),
     F("hello_timeout_ms", SWAV_FLAG_INT, hello_timeout_ms, 1, 86400000, "120000",
@@ -83,11 +89,30 @@ int main(int argc, char **argv)
         swav_flags_usage(stderr, "swav-assigner", &set, 1);
         return 2;
     }
+    if (strcmp(cli.device, "cpu") != 0 && strcmp(cli.device, "cuda") != 0) {
+        fprintf(stderr, "swav-assigner: --device %s: expected cpu or cuda\n", cli.device);
+        swav_flags_usage(stderr, "swav-assigner", &set, 1);
+        return 2;
+    }
+    if (strcmp(cli.device, "cuda") == 0) {
+#ifdef SWAV_HAVE_CUDA
+        char why[256];
+        if (sinkhorn_cuda_device_count(why, sizeof why) == 0) {
+            LOG_ERROR("--device cuda: no usable CUDA device (%s)", why);
+            return 2;
+        }
+#else
+        LOG_ERROR("--device cuda: swav-assigner was built without CUDA (nvcc/cuDNN/NCCL not "
+                  "found at build time)");
+        return 2;
+#endif
+    }
     struct assigner_server_opts o = {
         .endpoint = cli.endpoint,
         .run = cli.run,
         .resume = cli.resume,
         .threads = (int)cli.threads,
+        .device = cli.device,
         .embed_timeout_ms = (int)cli.embed_timeout_ms,
         .hello_timeout_ms = (int)cli.hello_timeout_ms,
         .stale_peer_ms = (int)cli.stale_peer_ms,

@@ -25,6 +25,9 @@
 #include "proto/proto.h"
 #include "proto/wire.h"
 #include "sinkhorn.h"
+#ifdef SWAV_HAVE_CUDA
+#include "sinkhorn_cuda.h"
+#endif
 
 #define QUEUE_SUFFIX ".queue"
 
@@ -501,7 +504,8 @@ static void run_step(assigner_server_t *s)
     m.step = s->g_step;
     m.stats.entropy = st.entropy_mean;
     m.stats.prototypes_used = (uint32_t)st.prototypes_used;
-    m.stats.sinkhorn_ms = st.ms_scores + st.ms_sinkhorn; /* the whole assignment */
+    /* the whole assignment (GPU: with the copies to and from the device) */
+    m.stats.sinkhorn_ms = st.ms_scores + st.ms_sinkhorn + st.ms_copy;
     m.stats.queue_used = st.queue_used;
     m.stats.queue_fill = (uint64_t)assigner_core_queue_fill(s->core);
     m.stats.collapse_warnings = (uint32_t)st.collapse_warnings;
@@ -512,10 +516,14 @@ static void run_step(assigner_server_t *s)
     s->steps_done++;
     if (s->o.log_every > 0 && (s->steps_done % (uint64_t)s->o.log_every == 0 ||
                                st.collapse_uniform || st.collapse_few)) {
+        char copies[48] = "";
+        if (st.ms_copy > 0.0) {
+            snprintf(copies, sizeof copies, ", device copies %.2f ms", st.ms_copy);
+        }
         LOG_INFO("step %llu epoch %u: entropy %.4f (ln K %.4f), %d prototypes used, scores "
-                 "%.2f ms, sinkhorn %.2f ms, queue %s (%llu rows), collapse warnings %llu",
+                 "%.2f ms, sinkhorn %.2f ms%s, queue %s (%llu rows), collapse warnings %llu",
                  (unsigned long long)s->g_step, s->g_epoch, st.entropy_mean,
-                 st.entropy_uniform, st.prototypes_used, st.ms_scores, st.ms_sinkhorn,
+                 st.entropy_uniform, st.prototypes_used, st.ms_scores, st.ms_sinkhorn, copies,
                  st.queue_used ? "used" : "not used", (unsigned long long)m.stats.queue_fill,
                  (unsigned long long)st.collapse_warnings);
     }
@@ -863,7 +871,25 @@ assigner_server_t *assigner_server_new(const struct assigner_server_opts *opts, 
         free(s);
         return NULL;
     }
-    s->backend = sinkhorn_backend_cpu_new(opts->threads);
+    if (opts->device && strcmp(opts->device, "cuda") == 0) {
+#ifdef SWAV_HAVE_CUDA
+        s->backend = sinkhorn_backend_cuda_new(0, cerr, sizeof cerr);
+#else
+        snprintf(cerr, sizeof cerr, "swav-assigner was built without CUDA (nvcc/cuDNN/NCCL "
+                 "not found at build time)");
+#endif
+        if (!s->backend) {
+            snprintf(err, errlen, "--device cuda: %s", cerr);
+            zmq_close(s->sock);
+            proto_zap_destroy(&s->zap);
+            zmq_ctx_term(s->ctx);
+            free(s);
+            return NULL;
+        }
+    } else {
+        SWAV_ASSERT(!opts->device || !opts->device[0] || strcmp(opts->device, "cpu") == 0);
+        s->backend = sinkhorn_backend_cpu_new(opts->threads);
+    }
     proto_rx_init(&s->rx);
     proto_msg_init(&s->msg);
     return s;
@@ -876,8 +902,9 @@ void assigner_server_stop(assigner_server_t *s)
 
 int assigner_server_run(assigner_server_t *s)
 {
-    LOG_INFO("listening on %s (run %s, %d threads, embed timeout %d ms)", s->endpoint,
-             s->run[0] ? s->run : "<first hello>", s->o.threads, s->o.embed_timeout_ms);
+    LOG_INFO("listening on %s (run %s, %s backend, %d threads, embed timeout %d ms)",
+             s->endpoint, s->run[0] ? s->run : "<first hello>", s->backend->name, s->o.threads,
+             s->o.embed_timeout_ms);
     while (!s->stop) {
         int64_t now = swav_now_ms();
         int64_t wait = 200;

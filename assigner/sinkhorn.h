@@ -20,7 +20,8 @@
  * only for the rows asked for, once, at the end.
  *
  * A backend is a table of functions behind an opaque handle (ggml style); the
- * CUDA one (a later issue) plugs in with the same signature. */
+ * CUDA one (sinkhorn_cuda.h, built where the toolkit is) plugs in with the
+ * same signature. */
 #ifndef SWAV_ASSIGNER_SINKHORN_H
 #define SWAV_ASSIGNER_SINKHORN_H
 
@@ -51,6 +52,8 @@ struct sinkhorn_problem {
 struct sinkhorn_result {
     double ms_scores;     /* x w^T and exp (one fused pass on the CPU) */
     double ms_sinkhorn;   /* iterations, writing Q */
+    double ms_copy;       /* GPU: the rest of the call (copies to and from the device,
+                             launches, waiting); 0 on the CPU */
     bool fused;           /* CPU: exp fused into the score kernel (else the row-maximum path) */
     int rebased_rows;     /* CPU, fused: rows rescaled for a maximum below 2^-60 */
 };
@@ -69,6 +72,13 @@ struct sinkhorn_backend {
     int (*run)(void *impl, const struct sinkhorn_problem *p, const float *x, const float *w,
                float *codes, float *entropy, int32_t *argmax, struct sinkhorn_result *res);
     void (*free_impl)(void *impl);
+    /* Optional (NULL on the CPU backend).  Why the last reserve failed. */
+    const char *(*error)(void *impl);
+    /* Optional: host memory for the codes that the backend copies into
+     * fastest (page-locked), or NULL (then the caller mallocs); released
+     * with host_free while the backend still exists. */
+    void *(*host_alloc)(void *impl, size_t bytes);
+    void (*host_free)(void *impl, void *p);
 };
 
 /* The CPU backend: `threads` worker threads, each calling OpenBLAS sgemm
