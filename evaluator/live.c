@@ -23,6 +23,7 @@
 #include "loader/index.h"
 #include "nn/backend.h"
 #include "nn/checkpoint.h"
+#include "nn/device.h"
 #include "nn/resnet.h"
 #include "nn/tensor.h"
 #include "proto/wire.h"
@@ -124,7 +125,7 @@ struct live {
     nn_backend_t *be;
     struct nn_model *model;
     struct eval_arch model_arch;
-    float *input; /* (batch, 3, S, S) */
+    float *input; /* (batch, 3, S, S), the backend's memory: the backbone's input */
     uint64_t next_step;
     /* data sets */
     int64_t n_train_all, n_val_all;
@@ -415,19 +416,39 @@ static int stream_next(struct live *L, struct crop_stream *s, const struct proto
     }
 }
 
-/* Backbone features (eval mode) of n u8 NHWC crops into feats (n, D), in
- * forwards of at most the model's batch. */
-static void forward_features(struct live *L, const uint8_t *crops, int64_t n, float *feats)
+void eval_backbone_features(struct nn_model *m, float *input, const uint8_t *crops, int64_t n,
+                            float *feats)
 {
-    struct nn_model *m = L->model;
-    const int64_t D = m->feat_channels, S = L->o->size;
+    const int64_t D = m->feat_channels, S = m->groups[0].size;
     for (int64_t i0 = 0; i0 < n; i0 += m->batch) {
         int64_t b = n - i0 < m->batch ? n - i0 : m->batch;
-        nn_normalize_u8(L->input, crops + i0 * S * S * 3, (int)b, (int)S, (int)S);
-        const float *in[1] = {L->input};
+        nn_backend_normalize_crops(m->be, input, crops + i0 * S * S * 3, (int)b, 1, (int)S,
+                                   (int)S);
+        const float *in[1] = {input};
         nn_model_forward(m, in, (int)b, NN_MODEL_EVAL);
-        memcpy(feats + i0 * D, m->feats, (size_t)(b * D) * sizeof(float));
+        /* to host memory: waits for the forward */
+        nn_backend_copy(m->be, feats + i0 * D, m->feats, (size_t)(b * D) * sizeof(float));
     }
+}
+
+enum nn_checkpoint_status eval_backbone_load(struct nn_model *m, const char *path,
+                                             struct nn_checkpoint_info *info, char *err,
+                                             size_t errlen)
+{
+    nn_backend_sync(m->be); /* the host writes the model's memory */
+    struct nn_checkpoint_load_opts lo = {.strict = false, .quiet = true};
+    enum nn_checkpoint_status cs = nn_checkpoint_load(path, &m->params, m->param_data,
+                                                      &m->buffers, m->buffer_data, NULL, &lo,
+                                                      info, err, errlen);
+    nn_backend_weights_updated(m->be);
+    return cs;
+}
+
+/* Backbone features (eval mode) of n u8 NHWC crops into feats (n, D), host
+ * memory. */
+static void forward_features(struct live *L, const uint8_t *crops, int64_t n, float *feats)
+{
+    eval_backbone_features(L->model, L->input, crops, n, feats);
 }
 
 /* Backbone features of the center crops of images idx[0..n) of `tag` into
@@ -758,7 +779,10 @@ static int semi_begin(void *ctx, int epoch, const uint32_t *order, int64_t n, in
     return f->rc;
 }
 
-static int semi_fill(void *ctx, int epoch, const uint32_t *idx, int64_t b, float *x, int32_t *y)
+/* The loader's uint8 crops as they are: eval_semisup has the backend
+ * normalize them into the model's input. */
+static int semi_fill(void *ctx, int epoch, const uint32_t *idx, int64_t b, const uint8_t **crops,
+                     int32_t *y)
 {
     struct semi_source *f = ctx;
     const struct proto_batch *bt;
@@ -770,7 +794,7 @@ static int semi_fill(void *ctx, int epoch, const uint32_t *idx, int64_t b, float
         f->rc = -1;
         return 1;
     }
-    nn_normalize_u8(x, bt->crops[0].data, (int)b, f->L->o->size, f->L->o->size);
+    *crops = bt->crops[0].data;
     memcpy(y, bt->labels.data, (size_t)b * sizeof(int32_t));
     return 0;
 }
@@ -814,29 +838,18 @@ static int run_semisup(struct live *L, const struct target *t, const struct eval
     rc_cfg.no_l2norm = 1;
     rc_cfg.seed = cfg->seed;
     struct nn_crop_group g = {.n_crops = 1, .size = L->o->size};
+    /* the new model's initialization writes its (backend) memory from the host */
+    nn_backend_sync(L->be);
     struct nn_model *m = nn_model_new(L->be, &rc_cfg, &g, 1, cfg->batch_size);
     if (!m) {
         LOG_ERROR("semisup: cannot build %s with a %d-class head for %d-pixel crops", a->name,
                   L->semi_ncls, L->o->size);
         return -1;
     }
-    /* the backbone as loaded (or at random init for the baseline); the head stays
-     * at its init: the pretrained projection head is not a classifier */
-    const struct nn_model *src = L->model;
-    for (int i = 0; i < src->params.n; i++) {
-        const struct nn_param *p = &src->params.p[i];
-        int j = nn_param_table_find(&m->params, p->name);
-        SWAV_ASSERT(j >= 0 && m->params.p[j].numel == p->numel);
-        memcpy(m->param_data + m->params.p[j].offset, src->param_data + p->offset,
-               p->numel * sizeof(float));
-    }
-    for (int i = 0; i < src->buffers.n; i++) {
-        const struct nn_param *p = &src->buffers.p[i];
-        int j = nn_param_table_find(&m->buffers, p->name);
-        SWAV_ASSERT(j >= 0 && m->buffers.p[j].numel == p->numel);
-        memcpy(m->buffer_data + m->buffers.p[j].offset, src->buffer_data + p->offset,
-               p->numel * sizeof(float));
-    }
+    /* the backbone as loaded (or at random init for the baseline), copied on
+     * the backend; the head stays at its init: the pretrained projection head
+     * is not a classifier */
+    eval_semisup_copy_backbone(m, L->model);
     struct eval_semisup fs;
     int rc = eval_semisup_init(&fs, m, cfg, L->o->threads, err, sizeof err);
     if (rc != 0) {
@@ -847,8 +860,10 @@ static int run_semisup(struct live *L, const struct target *t, const struct eval
     struct semi_source ts = {.L = L, .train = true}, vs = {.L = L, .train = false};
     ts.order_idx = swav_xmalloc((size_t)L->n_semi * sizeof(uint32_t));
     vs.order_idx = swav_xmalloc((size_t)L->n_val * sizeof(uint32_t));
-    struct eval_image_source train = {&ts, L->n_semi, semi_begin, semi_fill};
-    struct eval_image_source val = {&vs, L->n_val, semi_begin, semi_fill};
+    struct eval_image_source train = {.ctx = &ts, .n = L->n_semi, .begin = semi_begin,
+                                      .fill_u8 = semi_fill};
+    struct eval_image_source val = {.ctx = &vs, .n = L->n_val, .begin = semi_begin,
+                                    .fill_u8 = semi_fill};
     LOG_INFO("semisup: fine-tuning %s on %lld images (%d%%), %d classes, %d epochs, validation "
              "on %lld images", what, (long long)L->n_semi, cfg->labels_perc, L->semi_ncls,
              cfg->epochs, (long long)L->n_val);
@@ -996,12 +1011,8 @@ static int eval_checkpoint(struct live *L, const char *path)
         close(fd);
         return -1;
     }
-    struct nn_model *m = L->model;
-    struct nn_checkpoint_load_opts lo = {.strict = false, .quiet = true};
     struct nn_checkpoint_info info;
-    enum nn_checkpoint_status cs = nn_checkpoint_load(fdpath, &m->params, m->param_data,
-                                                      &m->buffers, m->buffer_data, NULL, &lo,
-                                                      &info, err, sizeof err);
+    enum nn_checkpoint_status cs = eval_backbone_load(L->model, fdpath, &info, err, sizeof err);
     close(fd);
     if (cs != NN_CHECKPOINT_OK) {
         LOG_ERROR("checkpoint %s: %s", path, err);
@@ -1261,9 +1272,16 @@ static int setup(struct live *L, char *err, size_t errlen)
     }
     proto_rx_init(&L->rx);
     snprintf(L->semi_probe, sizeof L->semi_probe, "semisup%d", L->o->semi_cfg.labels_perc);
-    L->be = nn_backend_cpu_new(L->o->threads);
+    char derr[512];
+    L->be = nn_device_open(set(L->o->device) ? L->o->device : "cpu", L->o->threads, derr,
+                           sizeof derr);
+    if (!L->be) {
+        snprintf(err, errlen, "%s", derr);
+        return -2;
+    }
+    LOG_INFO("backbone features and fine-tuning on the %s backend", nn_backend_name(L->be));
     size_t S = (size_t)L->o->size;
-    L->input = swav_xmalloc((size_t)L->o->batch_size * 3 * S * S * sizeof(float));
+    L->input = nn_backend_alloc(L->be, (size_t)L->o->batch_size * 3 * S * S * sizeof(float));
     L->next_step = 1;
     return 0;
 }
@@ -1271,8 +1289,10 @@ static int setup(struct live *L, char *err, size_t errlen)
 static void teardown(struct live *L)
 {
     nn_model_destroy(&L->model);
-    if (L->be) nn_backend_destroy(&L->be);
-    free(L->input);
+    if (L->be) {
+        nn_backend_free(L->be, L->input);
+        nn_backend_destroy(&L->be);
+    }
     free(L->train_idx);
     free(L->val_idx);
     free(L->semi_idx);
@@ -1296,9 +1316,10 @@ int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop)
     L->stop = stop;
     char err[1024];
     int ret = 0;
-    if (setup(L, err, sizeof err) != 0) {
+    int src = setup(L, err, sizeof err);
+    if (src != 0) {
         LOG_ERROR("%s", err);
-        ret = 1;
+        ret = src == -2 ? 2 : 1; /* -2: --device could not be opened */
         goto out;
     }
     if (o->pretrained[0]) {

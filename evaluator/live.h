@@ -24,6 +24,13 @@
  * converted by scripts/torch-to-safetensors) and the init seed from the
  * config JSON in the metadata ("seed"; 31 without one).
  *
+ * Device (opts.device, nn/device.h): the backbone's features and the
+ * semi-supervised fine-tuning run on that backend (the GPU's with cuda):
+ * the loaders' uint8 crops normalized by the backend into its memory,
+ * features and logits read back with nn_backend_copy, checkpoints loaded
+ * after nn_backend_sync.  kNN and the linear probe run on the host, on the
+ * extracted features (knn.h, linear.h: BLAS on their own buffers).
+ *
  * The data set's size is learnt from the loaders (the `datasets` map of
  * their `ready` messages), so the evaluator needs only the tags.  The training subset (eval_train_limit) is N evenly spaced
  * indices, which over ImageFolder order (classes contiguous, in class
@@ -40,6 +47,7 @@
 #include "evaluator/knn.h"
 #include "evaluator/linear.h"
 #include "evaluator/semisup.h"
+#include "nn/checkpoint.h"
 #include "proto/safetensors.h"
 
 struct eval_arch {
@@ -60,6 +68,23 @@ int eval_arch_from_file(const struct safetensors_file *f, struct eval_arch *a, c
  * i < limit (all of [0, n) when limit <= 0 or >= n).  Returns the count. */
 int64_t eval_subset_even(uint32_t *out, int64_t n, int64_t limit);
 
+struct nn_model;
+/* Backbone features, eval mode, of n crops (n, S, S, 3) uint8 RGB in host
+ * memory (a loader's batch; S = the model's crop size) into feats (n,
+ * m->feat_channels), host memory, in forwards of at most m->batch rows:
+ * each batch normalized by the model's backend into `input` ((m->batch, 3,
+ * S, S) floats of that backend's memory: nn_backend_alloc), the features
+ * copied out with nn_backend_copy (in feats when this returns). */
+void eval_backbone_features(struct nn_model *m, float *input, const uint8_t *crops, int64_t n,
+                            float *feats);
+/* A checkpoint file into the model, as eval_linear.py loads pretrained
+ * weights (nn_checkpoint_load, strict = false, quiet: head and prototypes
+ * ignored, missing tensors counted in info), after waiting for the
+ * backend's queued work (the host writes the model's memory). */
+enum nn_checkpoint_status eval_backbone_load(struct nn_model *m, const char *path,
+                                             struct nn_checkpoint_info *info, char *err,
+                                             size_t errlen);
+
 struct eval_live_opts {
     const char *dump_path;   /* run folder: checkpoints, eval.jsonl, report.html */
     const char *sub;         /* trainer's PUB endpoint; "" none */
@@ -71,6 +96,8 @@ struct eval_live_opts {
      * client. */
     const char *curve_secret, *curve_allow, *sub_public;
     const char *run;         /* run id of messages */
+    const char *device;      /* backend of the backbone and the fine-tuning (nn/device.h:
+                                "cpu", "cuda", "cuda:N"); NULL or "": cpu */
     const char *eval_train, *eval_val; /* data set tags */
     int64_t train_limit, val_limit;    /* <= 0: all */
     int size, resize;
@@ -99,7 +126,8 @@ struct eval_live_opts {
 
 /* Runs watch or standalone mode until done (--once, --pretrained) or *stop.
  * 0: done or stopped; 1: a failure (standalone: the evaluation; --once: an
- * evaluation; always: setup, e.g. the endpoint could not be bound).  A
+ * evaluation; always: setup, e.g. the endpoint could not be bound); 2: the
+ * device could not be opened (no CUDA in this build, no usable GPU).  A
  * watching process logs a failed evaluation and goes on (that checkpoint is
  * not retried until a restart). */
 int eval_live_run(const struct eval_live_opts *o, volatile sig_atomic_t *stop);

@@ -14,8 +14,11 @@
  *                  --labels_val L --dim D --probe knn|linear --dump_path D
  *   swav-evaluator --report D        (regenerate D/report.html only)
  *
+ * --device cpu|cuda|cuda:N (live mode): the backend of the backbone and the
+ * fine-tuning; kNN and the linear probe run on the host either way.
+ *
  * Exit status: 0 done (or stopped by SIGTERM / SIGINT), 1 a probe, file or
- * setup failed, 2 bad flags. */
+ * setup failed, 2 bad flags or a --device that cannot be opened. */
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -32,6 +35,7 @@
 #include "evaluator/live.h"
 #include "evaluator/report.h"
 #include "evaluator/results.h"
+#include "nn/device.h"
 
 struct cli {
     const char *features_train, *labels_train, *features_val, *labels_val;
@@ -43,6 +47,7 @@ struct cli {
     int64_t knn_k;
     double knn_temperature;
     int64_t threads;
+    const char *device;
     int64_t epochs, batch_size;
     double lr, wd;
     bool nesterov;
@@ -83,6 +88,7 @@ static const struct swav_flag cli_flags[] = {
     F("knn_k", SWAV_FLAG_INT, knn_k, 1, EVAL_KNN_MAX_K, "20", "kNN neighbours"),
     F("knn_temperature", SWAV_FLAG_FLOAT, knn_temperature, 1e-6, 1e6, "0.07", "kNN vote temperature"),
     F("threads", SWAV_FLAG_INT, threads, 1, 256, "1", "kNN worker threads (live: backbone threads too)"),
+    F("device", SWAV_FLAG_STR, device, 0, 0, "cpu", "live: where the backbone's features and the fine-tuning run: cpu, cuda (GPU 0) or cuda:N (kNN and the linear probe stay on the host; docs/cuda.md)"),
     F("epochs", SWAV_FLAG_INT, epochs, 1, 100000, "100", "linear: epochs"),
     F("batch_size", SWAV_FLAG_INT, batch_size, 1, 1 << 20, "32", "linear: batch size (live: also images per loader order and forward, unless --feature_batch)"),
     F("lr", SWAV_FLAG_FLOAT, lr, 0, 1e6, "0.3", "linear: initial learning rate"),
@@ -177,7 +183,8 @@ static int live_main(struct cli *c, const struct swav_flag_set *set)
     }
     struct eval_live_opts o = {
         .dump_path = c->dump_path, .sub = c->sub, .loader_bind = c->loader_bind,
-        .run = c->run, .eval_train = c->eval_train, .eval_val = c->eval_val,
+        .run = c->run, .device = c->device, .eval_train = c->eval_train,
+        .eval_val = c->eval_val,
         .train_limit = c->eval_train_limit, .val_limit = c->eval_val_limit,
         .size = (int)c->size, .resize = (int)c->resize, .threads = (int)c->threads,
         .batch_size = (int)(c->feature_batch ? c->feature_batch : c->batch_size),
@@ -292,6 +299,10 @@ int main(int argc, char **argv)
         return 0;
     }
     if (pr != 0) {
+        fprintf(stderr, "swav-evaluator: %s\n", err);
+        return 2;
+    }
+    if (nn_device_check(c.device, err, sizeof(err)) != 0) {
         fprintf(stderr, "swav-evaluator: %s\n", err);
         return 2;
     }

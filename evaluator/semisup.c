@@ -13,6 +13,7 @@
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/rng.h"
+#include "nn/backend.h"
 #include "nn/resnet.h"
 #include "nn/schedule.h"
 
@@ -343,7 +344,9 @@ int eval_semisup_init(struct eval_semisup *s, struct nn_model *m,
     s->size = m->groups[0].size;
     struct nn_optim_config oc = {.momentum = cfg->momentum, .weight_decay = cfg->wd,
                                  .nthreads = threads > 0 ? threads : 1};
-    nn_optim_init(&s->optim, &m->params, &oc);
+    /* the CUDA backend's own optimizer where there is one (parameters,
+     * gradients and momentum in its memory); nn_optim_init elsewhere */
+    nn_optim_init_on(&s->optim, m->be, &m->params, &oc);
     int nhead = 0;
     for (int i = 0; i < m->params.n; i++) {
         if (strstr(m->params.p[i].name, "head")) { /* eval_semisup.py: 'head' in name */
@@ -353,20 +356,53 @@ int eval_semisup_init(struct eval_semisup *s, struct nn_model *m,
     }
     SWAV_ASSERT(nhead > 0);
     size_t S = (size_t)s->size;
-    s->x = swav_xmalloc((size_t)s->batch * 3 * S * S * sizeof(float));
+    s->input = nn_backend_alloc(m->be, (size_t)s->batch * 3 * S * S * sizeof(float));
     s->y = swav_xmalloc((size_t)s->batch * sizeof(int32_t));
-    s->dlogits = swav_xmalloc((size_t)(s->batch * s->n_classes) * sizeof(float));
+    s->logits = swav_xmalloc((size_t)(s->batch * s->n_classes) * sizeof(float));
+    s->dlogits = nn_backend_alloc(m->be, (size_t)(s->batch * s->n_classes) * sizeof(float));
     return 0;
 }
 
 void eval_semisup_free(struct eval_semisup *s)
 {
-    if (s->m) nn_optim_free(&s->optim);
+    if (s->m) {
+        nn_optim_free(&s->optim);
+        nn_backend_free(s->m->be, s->input);
+        nn_backend_free(s->m->be, s->dlogits);
+    }
     free(s->x);
     free(s->y);
-    free(s->dlogits);
+    free(s->logits);
     free(s->perm);
     memset(s, 0, sizeof *s);
+}
+
+void eval_semisup_copy_backbone(struct nn_model *dst, const struct nn_model *src)
+{
+    SWAV_ASSERT(dst->be == src->be);
+    for (int i = 0; i < src->params.n; i++) {
+        const struct nn_param *p = &src->params.p[i];
+        int j = nn_param_table_find(&dst->params, p->name);
+        SWAV_ASSERT(j >= 0 && dst->params.p[j].numel == p->numel);
+        nn_backend_copy(dst->be, dst->param_data + dst->params.p[j].offset,
+                        src->param_data + p->offset, p->numel * sizeof(float));
+    }
+    for (int i = 0; i < src->buffers.n; i++) {
+        const struct nn_param *p = &src->buffers.p[i];
+        int j = nn_param_table_find(&dst->buffers, p->name);
+        SWAV_ASSERT(j >= 0 && dst->buffers.p[j].numel == p->numel);
+        nn_backend_copy(dst->be, dst->buffer_data + dst->buffers.p[j].offset,
+                        src->buffer_data + p->offset, p->numel * sizeof(float));
+    }
+    nn_backend_weights_updated(dst->be);
+}
+
+/* The model's logits of the last forward (b rows) into s->logits (host):
+ * nn_backend_copy to host memory waits for the forward. */
+static void read_logits(struct eval_semisup *s, int64_t b)
+{
+    nn_backend_copy(s->m->be, s->logits, s->m->out,
+                    (size_t)(b * s->n_classes) * sizeof(float));
 }
 
 float eval_semisup_step(struct eval_semisup *s, const float *x, const int32_t *y, int64_t b,
@@ -378,15 +414,37 @@ float eval_semisup_step(struct eval_semisup *s, const float *x, const int32_t *y
     nn_model_zero_grad(m);
     const float *in[1] = {x};
     nn_model_forward(m, in, (int)b, NN_MODEL_TRAIN);
-    memcpy(s->dlogits, m->out, (size_t)(b * C) * sizeof(float));
+    read_logits(s, b);
     double loss = 0.0;
     float scale = 1.0f / (float)b; /* nn.CrossEntropyLoss: mean over the batch */
     for (int64_t i = 0; i < b; i++)
-        loss += eval_ce_row_backward(s->dlogits + i * C, C, y[i], scale);
+        loss += eval_ce_row_backward(s->logits + i * C, C, y[i], scale);
+    nn_backend_copy(m->be, s->dlogits, s->logits, (size_t)(b * C) * sizeof(float));
     nn_model_backward(m, s->dlogits);
-    double lrs[2] = {lr_trunk, lr_head};
+    /* every group's rate: the CUDA optimizer reads all NN_OPTIM_MAX_GROUPS */
+    double lrs[NN_OPTIM_MAX_GROUPS] = {lr_trunk, lr_head};
     nn_optim_step_groups(&s->optim, m->param_data, m->grad_data, lrs, 0);
     return (float)(loss / (double)b);
+}
+
+/* Batch idx[0..b) of a source into the model's input (s->input, backend
+ * memory) and s->y (host).  0, or nonzero when the source failed. */
+static int load_batch(struct eval_semisup *s, const struct eval_image_source *src, int epoch,
+                      const uint32_t *idx, int64_t b)
+{
+    nn_backend_t *be = s->m->be;
+    const int S = (int)s->size;
+    if (src->fill_u8) {
+        const uint8_t *crops = NULL;
+        if (src->fill_u8(src->ctx, epoch, idx, b, &crops, s->y) != 0) return 1;
+        nn_backend_normalize_crops(be, s->input, crops, (int)b, 1, S, S);
+        return 0;
+    }
+    const size_t bytes = (size_t)b * 3 * (size_t)S * (size_t)S * sizeof(float);
+    if (!s->x) s->x = swav_xmalloc((size_t)s->batch * 3 * (size_t)S * (size_t)S * sizeof(float));
+    if (src->fill(src->ctx, epoch, idx, b, s->x, s->y) != 0) return 1;
+    nn_backend_copy(be, s->input, s->x, bytes);
+    return 0;
 }
 
 static bool grow_perm(struct eval_semisup *s, int64_t n)
@@ -413,15 +471,14 @@ enum eval_semisup_status eval_semisup_evaluate(struct eval_semisup *s,
     double loss = 0.0;
     for (int64_t i0 = 0; i0 < src->n; i0 += s->batch) {
         int64_t b = src->n - i0 < s->batch ? src->n - i0 : s->batch;
-        if (src->fill(src->ctx, epoch, s->perm + i0, b, s->x, s->y) != 0)
-            return EVAL_SEMISUP_ERR_SOURCE;
+        if (load_batch(s, src, epoch, s->perm + i0, b) != 0) return EVAL_SEMISUP_ERR_SOURCE;
         for (int64_t i = 0; i < b; i++)
             if (s->y[i] < 0 || s->y[i] >= C) return EVAL_SEMISUP_ERR_LABEL;
-        const float *in[1] = {s->x};
+        const float *in[1] = {s->input};
         nn_model_forward(s->m, in, (int)b, NN_MODEL_EVAL);
-        memcpy(s->dlogits, s->m->out, (size_t)(b * C) * sizeof(float));
+        read_logits(s, b);
         for (int64_t i = 0; i < b; i++) {
-            float *z = s->dlogits + i * C;
+            float *z = s->logits + i * C;
             eval_acc_add(&a, eval_label_rank(z, C, s->y[i]));
             loss += eval_ce_row_backward(z, C, s->y[i], 1.0f);
         }
@@ -460,14 +517,14 @@ enum eval_semisup_status eval_semisup_run(struct eval_semisup *s,
         int64_t nb = 0;
         for (int64_t i0 = 0; i0 < train->n; i0 += cfg->batch_size) {
             int64_t b = train->n - i0 < cfg->batch_size ? train->n - i0 : cfg->batch_size;
-            if (train->fill(train->ctx, epoch, order + i0, b, s->x, s->y) != 0) {
+            if (load_batch(s, train, epoch, order + i0, b) != 0) {
                 st = EVAL_SEMISUP_ERR_SOURCE;
                 break;
             }
             for (int64_t i = 0; i < b; i++)
                 if (s->y[i] < 0 || s->y[i] >= C) st = EVAL_SEMISUP_ERR_LABEL;
             if (st != EVAL_SEMISUP_OK) break;
-            float loss = eval_semisup_step(s, s->x, s->y, b, lr_trunk, lr_head);
+            float loss = eval_semisup_step(s, s->input, s->y, b, lr_trunk, lr_head);
             sum += loss;
             nb++;
             if (on_step) on_step(step_ctx, epoch, step, loss, lr_trunk, lr_head);

@@ -98,7 +98,10 @@ const char *eval_basename(const char *path);
 
 /* ---- fine-tuning ------------------------------------------------------------ */
 
-/* Images of one pass, normalized float NCHW crops (b, 3, S, S). */
+/* Images of one pass: either uint8 crops the model's backend normalizes
+ * (fill_u8: a loader's batch, as the live evaluator gets them) or
+ * normalized float NCHW crops (fill: generated or PyTorch's images), in host
+ * memory either way; eval_semisup copies them into the backend's memory. */
 struct eval_image_source {
     void *ctx;
     int64_t n; /* examples per pass */
@@ -107,19 +110,32 @@ struct eval_image_source {
      * so that a source can fetch ahead.  May be NULL.  0, or nonzero to
      * abort the run (the source has logged why). */
     int (*begin)(void *ctx, int epoch, const uint32_t *order, int64_t n, int64_t batch);
-    /* x (b, 3, S, S) and labels y (b) of examples idx[0..b) in `epoch`. */
+    /* x (b, 3, S, S) and labels y (b) of examples idx[0..b) in `epoch`
+     * (used when fill_u8 is NULL). */
     int (*fill)(void *ctx, int epoch, const uint32_t *idx, int64_t b, float *x, int32_t *y);
+    /* Or: *crops (b, S, S, 3) uint8 RGB, host memory valid until the next
+     * call, normalized as nn_normalize_u8 by the backend
+     * (nn_backend_normalize_crops), and labels y (b).  May be NULL. */
+    int (*fill_u8)(void *ctx, int epoch, const uint32_t *idx, int64_t b, const uint8_t **crops,
+                   int32_t *y);
 };
 
 struct nn_model;
 
+/* Memory: the model's input, the logits' gradient and the optimizer's
+ * momentum are the model's backend's (the GPU's with --device cuda); the
+ * labels, the logits read back and a float source's crops are host memory. */
 struct eval_semisup {
     struct nn_model *m;       /* borrowed */
     int64_t n_classes, batch, size;
-    struct nn_optim optim;    /* group 0 trunk, group 1 the "head" names */
-    float *x;                 /* (batch, 3, S, S) */
-    int32_t *y;               /* (batch) */
-    float *dlogits;           /* (batch, n_classes) */
+    struct nn_optim optim;    /* on the model's backend; group 0 trunk, group 1 "head" names */
+    float *input;             /* (batch, 3, S, S) backend: the forward's input */
+    float *x;                 /* (batch, 3, S, S) host: a float source's crops (allocated
+                                 at its first fill) */
+    int32_t *y;               /* (batch) host */
+    float *logits;            /* (batch, n_classes) host: logits read back, turned into
+                                 their gradient by the cross-entropy */
+    float *dlogits;           /* (batch, n_classes) backend: that gradient, for the backward */
     uint32_t *perm;           /* (max examples of a pass) */
     int64_t perm_cap;
 };
@@ -133,12 +149,22 @@ int eval_semisup_init(struct eval_semisup *s, struct nn_model *m,
                       size_t errlen);
 void eval_semisup_free(struct eval_semisup *s);
 
-/* One step on b <= batch examples x (b, 3, S, S), labels y in [0, C)
- * (checked by the caller): zero grads, train-mode forward, mean
- * cross-entropy, backward, SGD with lr_trunk / lr_head.  Returns the loss
- * before the step. */
+/* One step on b <= batch examples x (b, 3, S, S) in the model's backend's
+ * memory (s->input, or any nn_backend_alloc'd buffer), labels y in [0, C)
+ * in host memory (checked by the caller): zero grads, train-mode forward,
+ * the logits copied to the host, mean cross-entropy there (double, as
+ * eval_ce_row_backward), its gradient copied back, backward, SGD with
+ * lr_trunk / lr_head on the backend.  Returns the loss before the step. */
 float eval_semisup_step(struct eval_semisup *s, const float *x, const int32_t *y, int64_t b,
                         double lr_trunk, double lr_head);
+
+/* The fine-tuning network's start (eval_semisup.py loads the pretrained
+ * trunk into a fresh network): every parameter and buffer (BN statistics,
+ * num_batches_tracked) of src copied by name into dst, with
+ * nn_backend_copy on their backend (both models on the same one), ordered
+ * with its queued work; the rest of dst (the head) stays as it is.  Every
+ * tensor of src must exist in dst with the same size. */
+void eval_semisup_copy_backbone(struct nn_model *dst, const struct nn_model *src);
 
 enum eval_semisup_status {
     EVAL_SEMISUP_OK = 0,
