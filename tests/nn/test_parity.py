@@ -445,13 +445,27 @@ def set_device(tool, device):
               (torch.__version__, device, r.stdout.strip()))
         sys.exit(77)
     os.environ.pop("SWAV_CUDA_TF32", None)  # nn_ref_tool: fp32 FMA math (nn/cuda)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    # TF32 off: the fp32_precision API where torch has it (2.9+: mixing it with the
+    # legacy allow_tf32 flags is refused), the legacy flags before
+    try:
+        new_api = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+    except AssertionError:  # older torch: an unknown attribute asserts
+        new_api = False
+    if new_api:
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        tf32 = "matmul %s, cudnn conv %s" % (torch.backends.cuda.matmul.fp32_precision,
+                                             torch.backends.cudnn.conv.fp32_precision)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        tf32 = "allow_tf32 matmul %s, cudnn %s" % (torch.backends.cuda.matmul.allow_tf32,
+                                                   torch.backends.cudnn.allow_tf32)
     ACC_SLACK = 4.0
     RSTAT_TOL = 1e-3
-    print("device %s: nn_ref_tool backend %s; torch %s on %s (cuDNN %s), TF32 off" %
+    print("device %s: nn_ref_tool backend %s; torch %s on %s (cuDNN %s), fp32 precision: %s" %
           (device, r.stdout.strip(), torch.__version__, torch.cuda.get_device_name(),
-           torch.backends.cudnn.version()))
+           torch.backends.cudnn.version(), tf32))
 
 
 def main():
