@@ -29,6 +29,9 @@ void nn_backend_sync(nn_backend_t *be);
  * and reuse that copy for every crop group and for the backward;
  * nn_model_forward calls this itself. */
 void nn_backend_weights_updated(nn_backend_t *be);
+/* 1 when the backend runs a bf16 NHWC backbone (the CUDA backend): a model
+ * may be built with cfg.bf16 (resnet.h); 0 on the CPU backend. */
+int nn_backend_has_bf16(const nn_backend_t *be);
 /* Number of cached primitives (tests: a step after warm-up creates none). */
 int nn_backend_cache_size(const nn_backend_t *be);
 

@@ -9,6 +9,13 @@
 struct nn_backend_iface {
     const char *name;
     int blocked_layout; /* 1: its layers take NN_LAYOUT_NCHW8C (the CPU's oneDNN) */
+    /* 1: the backbone's layers (conv2d, batch norm and its SyncBN pieces, relu,
+     * add, accumulate, max pooling, average pooling's input and dinp) also
+     * take NN_DTYPE_BF16 tensors in NN_LAYOUT_NHWC, with fp32 weights and
+     * per-channel arrays, and `convert` is set (the CUDA backend; cfg.bf16 of
+     * resnet.h).  A bf16 convolution's input may have more channels than its
+     * weight (zeros: the stem's input padded to NN_BF16_STEM_CHANNELS). */
+    int bf16_nhwc;
     void (*destroy)(nn_backend_t *be);
     void *(*alloc)(nn_backend_t *be, size_t bytes);
     void (*free)(nn_backend_t *be, void *p);
@@ -31,6 +38,7 @@ struct nn_backend_iface {
     void (*optim_step_groups)(void *o, float *params, const float *grads, const double *group_lr,
                               int64_t iteration);
     float *(*optim_momentum)(void *o);
+    void (*convert)(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src);
     void (*conv2d_forward)(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
     void (*conv2d_backward)(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight, const struct nn_tensor *dout, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad);
     size_t (*batchnorm_workspace_bytes)(nn_backend_t *be, const struct nn_tensor *inp, unsigned flags);

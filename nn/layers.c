@@ -4,6 +4,12 @@
 #include "backend_impl.h"
 #include "common/check.h"
 
+void nn_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src)
+{
+    SWAV_ASSERT(be->iface->convert != NULL); /* a backend without bf16 */
+    be->iface->convert(be, dst, src);
+}
+
 void nn_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad)
 {
     be->iface->conv2d_forward(be, out, inp, weight, stride, pad);
@@ -178,6 +184,11 @@ void nn_backend_sync(nn_backend_t *be)
 int nn_backend_cache_size(const nn_backend_t *be)
 {
     return be->iface->cache_size(be);
+}
+
+int nn_backend_has_bf16(const nn_backend_t *be)
+{
+    return be->iface->bf16_nhwc && be->iface->convert != NULL;
 }
 
 void nn_backend_weights_updated(nn_backend_t *be)

@@ -56,20 +56,32 @@ size_t nn_tensor_numel(const struct nn_tensor *t)
     return n;
 }
 
-size_t nn_layout_bytes(enum nn_layout layout, int64_t n, int64_t c, int64_t h, int64_t w)
+size_t nn_dtype_bytes(enum nn_dtype dtype)
+{
+    return dtype == NN_DTYPE_BF16 ? 2 : 4;
+}
+
+size_t nn_layout_bytes_dt(enum nn_dtype dtype, enum nn_layout layout, int64_t n, int64_t c,
+                          int64_t h, int64_t w)
 {
     if (layout == NN_LAYOUT_NCHW8C) {
         c = (c + 7) / 8 * 8;
     }
-    return (size_t)(n * c * h * w) * sizeof(float);
+    return (size_t)(n * c * h * w) * nn_dtype_bytes(dtype);
+}
+
+size_t nn_layout_bytes(enum nn_layout layout, int64_t n, int64_t c, int64_t h, int64_t w)
+{
+    return nn_layout_bytes_dt(NN_DTYPE_F32, layout, n, c, h, w);
 }
 
 size_t nn_tensor_bytes(const struct nn_tensor *t)
 {
     if (t->ndim == 4) {
-        return nn_layout_bytes(t->layout, t->shape[0], t->shape[1], t->shape[2], t->shape[3]);
+        return nn_layout_bytes_dt(t->dtype, t->layout, t->shape[0], t->shape[1], t->shape[2],
+                                  t->shape[3]);
     }
-    return nn_tensor_numel(t) * 4;
+    return nn_tensor_numel(t) * nn_dtype_bytes(t->dtype);
 }
 
 float *nn_tensor_f32(const struct nn_tensor *t)
@@ -86,7 +98,44 @@ static size_t nn_offset4(const struct nn_tensor *t, int64_t n, int64_t c, int64_
         int64_t cb = (C + 7) / 8;
         return (size_t)((((n * cb + c / 8) * H + h) * W + w) * 8 + c % 8);
     }
+    if (t->layout == NN_LAYOUT_NHWC) {
+        return (size_t)(((n * H + h) * W + w) * C + c);
+    }
     return (size_t)(((n * C + c) * H + h) * W + w);
+}
+
+uint16_t nn_bf16_from_f32(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return 0x7fffu; /* NaN: the canonical one, as CUDA's conversion */
+    }
+    u += 0x7fffu + ((u >> 16) & 1u); /* ties to even; overflow rounds to inf */
+    return (uint16_t)(u >> 16);
+}
+
+float nn_f32_from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static float nn_get(const struct nn_tensor *t, size_t o)
+{
+    return t->dtype == NN_DTYPE_BF16 ? nn_f32_from_bf16(((const uint16_t *)t->data)[o])
+                                     : ((const float *)t->data)[o];
+}
+
+static void nn_put(struct nn_tensor *t, size_t o, float v)
+{
+    if (t->dtype == NN_DTYPE_BF16) {
+        ((uint16_t *)t->data)[o] = nn_bf16_from_f32(v);
+    } else {
+        ((float *)t->data)[o] = v;
+    }
 }
 
 void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src)
@@ -94,6 +143,20 @@ void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src)
     SWAV_ASSERT(dst->ndim == 4 && src->ndim == 4);
     for (int i = 0; i < 4; i++) {
         SWAV_ASSERT(dst->shape[i] == src->shape[i]);
+    }
+    if (dst->dtype != NN_DTYPE_F32 || src->dtype != NN_DTYPE_F32) {
+        SWAV_ASSERT(dst->dtype == NN_DTYPE_F32 || dst->dtype == NN_DTYPE_BF16);
+        SWAV_ASSERT(src->dtype == NN_DTYPE_F32 || src->dtype == NN_DTYPE_BF16);
+        if (dst->layout == NN_LAYOUT_NCHW8C) {
+            memset(dst->data, 0, nn_tensor_bytes(dst));
+        }
+        for (int64_t n = 0; n < src->shape[0]; n++)
+            for (int64_t c = 0; c < src->shape[1]; c++)
+                for (int64_t h = 0; h < src->shape[2]; h++)
+                    for (int64_t w = 0; w < src->shape[3]; w++)
+                        nn_put(dst, nn_offset4(dst, n, c, h, w),
+                               nn_get(src, nn_offset4(src, n, c, h, w)));
+        return;
     }
     float *d = nn_tensor_f32(dst);
     const float *s = nn_tensor_f32(src);

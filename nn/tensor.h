@@ -11,7 +11,12 @@
  * Layouts (docs/nn.md): NCHW is PyTorch's; NCHW8C is oneDNN's nChw8c (channel
  * blocks of 8 innermost, channels padded up to a multiple of 8: what the
  * AVX2 convolutions want), used inside the backbone; NC is a row-major
- * matrix (batch, features). */
+ * matrix (batch, features); NHWC is channels_last (the CUDA backend's bf16
+ * backbone, docs/cuda.md).
+ *
+ * dtypes: F32 everywhere but the bf16 backbone (cfg.bf16 of resnet.h), whose
+ * activations and their gradients are BF16 (bfloat16: float's upper 16
+ * bits, 8-bit mantissa), stored as uint16_t. */
 #ifndef SWAV_NN_TENSOR_H
 #define SWAV_NN_TENSOR_H
 
@@ -25,12 +30,14 @@
 enum nn_dtype {
     NN_DTYPE_F32 = 0,
     NN_DTYPE_I32,
+    NN_DTYPE_BF16, /* 2 bytes; only on a backend with bf16_nhwc (backend_impl.h) */
 };
 
 enum nn_layout {
     NN_LAYOUT_NCHW = 0, /* (N, C, H, W) plain, also used for 1-D/2-D plain */
     NN_LAYOUT_NCHW8C,   /* oneDNN nChw8c: (N, ceil(C/8), H, W, 8) */
     NN_LAYOUT_NC,       /* (N, C) row-major */
+    NN_LAYOUT_NHWC,     /* (N, H, W, C): channels innermost, no padding */
 };
 
 enum nn_device {
@@ -54,13 +61,25 @@ struct nn_tensor nn_tensor_2d(float *data, int64_t n, int64_t c);
 struct nn_tensor nn_tensor_1d(float *data, int64_t n);
 /* Logical element count (product of shape). */
 size_t nn_tensor_numel(const struct nn_tensor *t);
-/* Bytes the layout occupies (nChw8c pads C up to a multiple of 8). */
+/* Bytes of one element of the dtype (4, or 2 for BF16). */
+size_t nn_dtype_bytes(enum nn_dtype dtype);
+/* Bytes the layout occupies (nChw8c pads C up to a multiple of 8), in the
+ * tensor's dtype. */
 size_t nn_tensor_bytes(const struct nn_tensor *t);
+/* Same for float elements; nn_layout_bytes_dt for any dtype. */
 size_t nn_layout_bytes(enum nn_layout layout, int64_t n, int64_t c, int64_t h, int64_t w);
-/* Converts between any two 4-D layouts of the same logical shape (plain C,
- * used at boundaries and in tests; not in the hot path). */
+size_t nn_layout_bytes_dt(enum nn_dtype dtype, enum nn_layout layout, int64_t n, int64_t c,
+                          int64_t h, int64_t w);
+/* Converts between any two 4-D layouts of the same logical shape, and
+ * between F32 and BF16 (host memory: plain C, used at boundaries and in
+ * tests; not in the hot path).  F32 -> BF16 rounds to nearest even. */
 void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src);
 float *nn_tensor_f32(const struct nn_tensor *t);
+
+/* bfloat16 on the host: round to nearest even (NaN stays a quiet NaN), as
+ * CUDA's __float2bfloat16_rn; and back (exact). */
+uint16_t nn_bf16_from_f32(float f);
+float nn_f32_from_bf16(uint16_t h);
 
 /* ---- arena ---------------------------------------------------------------- */
 
