@@ -64,6 +64,7 @@ struct rn_block_act {
 
 struct rn_group_act {
     struct nn_tensor input; /* user memory, set per forward */
+    struct nn_tensor in_bf; /* cfg.bf16: input converted, (n, stem_cin, S, S) BF16 NHWC */
     struct rn_cbn_act stem;
     struct nn_tensor pool;
     void *pool_ws;
@@ -74,6 +75,8 @@ struct rn_group_act {
 
 struct nn_model_impl {
     enum nn_layout layout;
+    enum nn_dtype dtype; /* of the backbone's activations: F32, or BF16 (cfg.bf16) */
+    int stem_cin;        /* channels of the stem's input: 3, NN_BF16_STEM_CHANNELS in bf16 */
     struct rn_conv stem_conv;
     struct rn_bn stem_bn;
     int n_blocks;
@@ -207,11 +210,13 @@ static void rn_init_linear(struct nn_model *m, const struct rn_linear *l, uint32
 static struct nn_tensor rn_act(struct nn_model_impl *I, size_t *max_bytes, int64_t n, int64_t c,
                                int64_t h, int64_t w)
 {
-    size_t bytes = nn_layout_bytes(I->layout, n, c, h, w);
+    size_t bytes = nn_layout_bytes_dt(I->dtype, I->layout, n, c, h, w);
     if (bytes > *max_bytes) {
         *max_bytes = bytes;
     }
-    return nn_tensor_4d(nn_arena_alloc(&I->arena, bytes), I->layout, n, c, h, w);
+    struct nn_tensor t = nn_tensor_4d(nn_arena_alloc(&I->arena, bytes), I->layout, n, c, h, w);
+    t.dtype = I->dtype;
+    return t;
 }
 
 static void rn_cbn_plan(struct nn_model *m, struct rn_cbn_act *a, const struct rn_bn *bn,
@@ -249,6 +254,11 @@ static void rn_plan(struct nn_model *m)
         g->batch = m->batch;
         rows += (int)n;
         const struct rn_conv *sc = &I->stem_conv;
+        if (I->dtype == NN_DTYPE_BF16) {
+            size_t b = nn_layout_bytes_dt(I->dtype, I->layout, n, I->stem_cin, s, s);
+            g->in_bf = nn_tensor_4d(nn_arena_alloc(&I->arena, b), I->layout, n, I->stem_cin, s, s);
+            g->in_bf.dtype = I->dtype;
+        }
         int h = rn_out_size(s, sc->k, sc->stride, sc->pad);
         rn_cbn_plan(m, &g->stem, &I->stem_bn, n, h, h, 1, &maxb);
         const struct nn_tensor *prev = &g->stem.y;
@@ -360,6 +370,11 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
         LOG_ERROR("nn: prototypes need a projection head (feat_dim > 0)");
         return NULL;
     }
+    if (cfg->bf16 && !nn_backend_has_bf16(be)) {
+        LOG_ERROR("nn: a bf16 backbone (cfg.bf16, --use_fp16) needs a backend that has one"
+                  " (cuda); the %s backend computes in fp32 only", nn_backend_name(be));
+        return NULL;
+    }
     struct nn_model *m = swav_xcalloc(1, sizeof *m);
     struct nn_model_impl *I = swav_xcalloc(1, sizeof *I);
     m->impl = I;
@@ -375,6 +390,13 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
     I->layout = (!cfg->plain_layout && cfg->width % 8 == 0 && be->iface->blocked_layout)
                     ? NN_LAYOUT_NCHW8C
                     : NN_LAYOUT_NCHW;
+    I->dtype = NN_DTYPE_F32;
+    I->stem_cin = 3;
+    if (cfg->bf16) {
+        I->layout = NN_LAYOUT_NHWC;
+        I->dtype = NN_DTYPE_BF16;
+        I->stem_cin = NN_BF16_STEM_CHANNELS;
+    }
     nn_param_table_init(&m->params);
     nn_param_table_init(&m->buffers);
 
@@ -599,7 +621,13 @@ int nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
         g->rows0 = rows;
         rows += (int)n;
         g->input = nn_tensor_4d((float *)inputs[gi], NN_LAYOUT_NCHW, n, 3, s, s);
-        rn_cbn_forward(m, &g->stem, &g->input, &I->stem_conv, &I->stem_bn, 1, mode);
+        const struct nn_tensor *stem_in = &g->input;
+        if (I->dtype == NN_DTYPE_BF16) {
+            rn_rebatch(&g->in_bf, n);
+            nn_convert(m->be, &g->in_bf, &g->input);
+            stem_in = &g->in_bf;
+        }
+        rn_cbn_forward(m, &g->stem, stem_in, &I->stem_conv, &I->stem_bn, 1, mode);
         const struct nn_tensor *prev = &g->stem.y;
         if (!m->cfg.small_stem) {
             rn_rebatch(&g->pool, n);
@@ -813,7 +841,8 @@ int nn_model_backward(struct nn_model *m, const float *dout)
         } else {
             dstem = dcur;
         }
-        rn_cbn_backward(m, NULL, &dstem, &g->stem, &g->input, &I->stem_conv, &I->stem_bn, 1);
+        const struct nn_tensor *stem_in = I->dtype == NN_DTYPE_BF16 ? &g->in_bf : &g->input;
+        rn_cbn_backward(m, NULL, &dstem, &g->stem, stem_in, &I->stem_conv, &I->stem_bn, 1);
     }
     return nn_model_sync_status(m);
 }

@@ -1,0 +1,161 @@
+/* The host side of the bf16 backbone (suite 'unit'; the device side is
+ * tests/cuda/test_cuda_bf16.c):
+ * - nn_bf16_from_f32 rounds to nearest even (ties, carries into the
+ *   exponent, overflow to inf, subnormals, signed zero, NaN) and
+ *   nn_f32_from_bf16 inverts it on all 65536 encodings;
+ * - byte counts of BF16 tensors and layouts (2 bytes an element; F32 and
+ *   I32 unchanged);
+ * - nn_tensor_convert between float NCHW and bf16 NHWC: NHWC offsets, the
+ *   rounding, an exact round trip of bf16-representable values;
+ * - a model with cfg.bf16 is refused on the CPU backend, which has no bf16. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/layers.h"
+#include "nn/resnet.h"
+
+static int failures;
+
+#define EXPECT(cond, ...)                                                     \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fprintf(stderr, "\n");                                            \
+            failures++;                                                       \
+        }                                                                     \
+    } while (0)
+
+static float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void test_rounding(void)
+{
+    static const struct {
+        uint32_t f;
+        uint16_t want;
+    } cases[] = {
+        {0x3f800000u, 0x3f80u}, /* 1 */
+        {0x3f808000u, 0x3f80u}, /* 1 + 2^-8: a tie, to even (down) */
+        {0x3f818000u, 0x3f82u}, /* 1 + 3 2^-8: a tie, to even (up) */
+        {0x3f808001u, 0x3f81u}, /* just above the tie */
+        {0x3f807fffu, 0x3f80u}, /* just below it */
+        {0x3fffffffu, 0x4000u}, /* the carry goes into the exponent */
+        {0x7f7fffffu, 0x7f80u}, /* FLT_MAX rounds to inf */
+        {0x7f800000u, 0x7f80u}, /* inf */
+        {0xff800000u, 0xff80u}, /* -inf */
+        {0x80000000u, 0x8000u}, /* -0 */
+        {0x00000001u, 0x0000u}, /* the smallest subnormal rounds to 0 */
+        {0x00018000u, 0x0002u}, /* a subnormal tie, to even (up) */
+        {0x00008000u, 0x0000u}, /* a subnormal tie, to even (down) */
+        {0xbfc0c000u, 0xbfc1u}, /* -1.5059: a negative value, above the tie */
+        {0x7fc00000u, 0x7fffu}, /* NaN: the canonical one */
+        {0xffa00001u, 0x7fffu}, /* a signalling NaN too */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint16_t got = nn_bf16_from_f32(from_bits(cases[i].f));
+        EXPECT(got == cases[i].want, "bf16(%08x) = %04x, want %04x", cases[i].f, got, cases[i].want);
+    }
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = nn_f32_from_bf16((uint16_t)h);
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        if (u != h << 16 || (!isnan(f) && nn_bf16_from_f32(f) != h)) {
+            bad++;
+        }
+    }
+    EXPECT(bad == 0, "%d of the 65536 bf16 values do not survive f32 and back", bad);
+}
+
+static void test_bytes(void)
+{
+    EXPECT(nn_dtype_bytes(NN_DTYPE_BF16) == 2 && nn_dtype_bytes(NN_DTYPE_F32) == 4 &&
+               nn_dtype_bytes(NN_DTYPE_I32) == 4,
+           "dtype bytes");
+    EXPECT(nn_layout_bytes_dt(NN_DTYPE_BF16, NN_LAYOUT_NHWC, 2, 3, 5, 7) == 2 * 3 * 5 * 7 * 2,
+           "bf16 NHWC bytes");
+    EXPECT(nn_layout_bytes(NN_LAYOUT_NCHW8C, 2, 3, 5, 7) == 2 * 8 * 5 * 7 * 4, "float nChw8c bytes");
+    EXPECT(nn_layout_bytes_dt(NN_DTYPE_F32, NN_LAYOUT_NHWC, 2, 3, 5, 7) == 2 * 3 * 5 * 7 * 4,
+           "float NHWC bytes");
+    struct nn_tensor t = nn_tensor_4d(NULL, NN_LAYOUT_NHWC, 4, 6, 3, 3);
+    t.dtype = NN_DTYPE_BF16;
+    EXPECT(nn_tensor_bytes(&t) == 4 * 6 * 3 * 3 * 2, "bf16 tensor bytes %zu", nn_tensor_bytes(&t));
+    struct nn_tensor v = nn_tensor_2d(NULL, 5, 7);
+    v.dtype = NN_DTYPE_BF16;
+    EXPECT(nn_tensor_bytes(&v) == 5 * 7 * 2, "bf16 2-D bytes %zu", nn_tensor_bytes(&v));
+    v.dtype = NN_DTYPE_F32;
+    EXPECT(nn_tensor_bytes(&v) == 5 * 7 * 4, "float 2-D bytes %zu", nn_tensor_bytes(&v));
+}
+
+static void test_convert(void)
+{
+    enum { N = 2, C = 5, H = 3, W = 4, NE = N * C * H * W };
+    float a[NE], back[NE];
+    uint16_t h[NE];
+    for (int i = 0; i < NE; i++) {
+        a[i] = (float)(i - 37) * 0.3f + 1e-3f; /* not bf16-representable: rounding shows */
+    }
+    struct nn_tensor ta = nn_tensor_4d(a, NN_LAYOUT_NCHW, N, C, H, W);
+    struct nn_tensor th = nn_tensor_4d((float *)h, NN_LAYOUT_NHWC, N, C, H, W);
+    th.dtype = NN_DTYPE_BF16;
+    struct nn_tensor tb = nn_tensor_4d(back, NN_LAYOUT_NCHW, N, C, H, W);
+    nn_tensor_convert(&th, &ta);
+    int bad = 0;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    float v = a[((n * C + c) * H + y) * W + x];
+                    if (h[((n * H + y) * W + x) * C + c] != nn_bf16_from_f32(v)) {
+                        bad++;
+                    }
+                }
+    EXPECT(bad == 0, "%d elements of the NHWC bf16 copy are not at ((n H + h) W + w) C + c", bad);
+    nn_tensor_convert(&tb, &th);
+    double maxrel = 0;
+    for (int i = 0; i < NE; i++) {
+        double r = fabs((double)back[i] - a[i]) / fabs(a[i]);
+        maxrel = r > maxrel ? r : maxrel;
+    }
+    /* one rounding to 8 significant bits: at most half an ulp, 2^-8 relative */
+    EXPECT(maxrel <= 1.0 / 256 && maxrel > 0, "round trip rel err %g (want (0, 2^-8])", maxrel);
+    float again[NE];
+    struct nn_tensor tg = nn_tensor_4d(again, NN_LAYOUT_NCHW, N, C, H, W);
+    nn_tensor_convert(&th, &tb); /* bf16-representable now: exact both ways */
+    nn_tensor_convert(&tg, &th);
+    EXPECT(!memcmp(again, back, sizeof back), "bf16-representable values change on a round trip");
+}
+
+static void test_model_refused(void)
+{
+    nn_backend_t *be = nn_backend_cpu_new(1);
+    EXPECT(!nn_backend_has_bf16(be), "the CPU backend claims bf16");
+    struct nn_resnet_cfg cfg;
+    nn_resnet_cfg_default(&cfg);
+    cfg.depth = 18;
+    cfg.width = 8;
+    cfg.bf16 = 1;
+    const struct nn_crop_group g = {2, 32};
+    fprintf(stderr, "(an error about bf16 on the cpu backend is expected next)\n");
+    struct nn_model *m = nn_model_new(be, &cfg, &g, 1, 2);
+    EXPECT(m == NULL, "nn_model_new built a bf16 model on the CPU backend");
+    nn_model_destroy(&m);
+    nn_backend_destroy(&be);
+}
+
+int main(void)
+{
+    test_rounding();
+    test_bytes();
+    test_convert();
+    test_model_refused();
+    printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
+}
