@@ -76,6 +76,7 @@ struct cuda_backend {
     size_t idx_n;
     struct cu_entry *entries;
     int n_entries, cap_entries;
+    struct cu_bf16 *bf16; /* bf16_cuda.cu's state (weight copies, scratch); NULL until used */
 };
 
 static inline struct cuda_backend *cu_be(nn_backend_t *be)
@@ -98,6 +99,57 @@ void cu_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
 /* Grows the scratch buffers (first sight of a shape only: warm-up). */
 void cu_tmp_reserve(struct cuda_backend *b, size_t bytes);
 void cu_red_reserve(struct cuda_backend *b, size_t n);
+/* The cuDNN workspace, grown likewise; the cache of per-shape descriptor
+ * sets (key: CU_KEY_MAX ints, the first a kind). */
+void cu_ws_reserve(struct cuda_backend *b, size_t bytes);
+void *cu_cache_find(struct cuda_backend *b, const int *key);
+void cu_cache_put(struct cuda_backend *b, const int *key, void *op, void (*op_free)(void *));
+
+/* bf16_cuda.cu: the bf16 NHWC backbone (backend_impl.h's bf16_nhwc).  The
+ * table's layer entries call these when their tensor is NN_DTYPE_BF16 (same
+ * contracts as nn/layers.h); convert is the table's own. */
+void cu_bf16_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src);
+void cu_bf16_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                            const struct nn_tensor *weight, int stride, int pad);
+void cu_bf16_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
+                             const struct nn_tensor *dout, const struct nn_tensor *inp,
+                             const struct nn_tensor *weight, int stride, int pad);
+size_t cu_bf16_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
+                                         unsigned flags);
+void cu_bf16_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                               const float *weight, const float *bias, float *running_mean,
+                               float *running_var, float *save_mean, float *save_var,
+                               void *workspace, unsigned flags, float momentum, float eps);
+void cu_bf16_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight,
+                                float *dbias, const struct nn_tensor *dout,
+                                const struct nn_tensor *inp, const float *weight,
+                                const float *save_mean, const float *save_var,
+                                const void *workspace, unsigned flags, float eps);
+void cu_bf16_batchnorm_stats(nn_backend_t *be, double *mean, double *m2,
+                             const struct nn_tensor *inp);
+void cu_bf16_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
+                                      const struct nn_tensor *inp, const float *weight,
+                                      const float *mean, const float *var, const float *mean_dy,
+                                      const float *mean_dy_xhat, float eps);
+void cu_bf16_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
+void cu_bf16_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout,
+                           const struct nn_tensor *out);
+void cu_bf16_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a,
+                         const struct nn_tensor *bb, int relu);
+void cu_bf16_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x);
+size_t cu_bf16_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out,
+                                         const struct nn_tensor *inp, int k, int stride, int pad);
+void cu_bf16_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                               void *workspace, int k, int stride, int pad);
+void cu_bf16_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
+                                const struct nn_tensor *dout, const void *workspace, int k,
+                                int stride, int pad);
+void cu_bf16_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
+void cu_bf16_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout);
+/* Weights changed (and every free: a freed weight's address may come back
+ * as another's): the bf16 copies are stale.  cu_bf16_free at destroy. */
+void cu_bf16_weights_updated(struct cuda_backend *b);
+void cu_bf16_free(struct cuda_backend *b);
 
 #define TPB 256
 

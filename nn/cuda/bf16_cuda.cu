@@ -1,0 +1,733 @@
+/* The CUDA backend's bf16 channels_last backbone (backend_impl.h's
+ * bf16_nhwc; cfg.bf16 of nn/resnet.h, the trainer's --use_fp16): the table's
+ * layer entries in backend_cuda.cu and syncbn_cuda.cu hand every BF16 tensor
+ * to the functions here (a one-line dispatch at the top of each), so the
+ * float path is untouched.  Kernels: bf16_kernels.cuh.
+ *
+ * What is bf16 and what stays float: activations and their gradients are
+ * bf16 NHWC; weights stay the model's float OIHW parameters (master
+ * weights), of which the backend keeps a bf16 KRSC copy per convolution,
+ * refreshed once per nn_backend_weights_updated (version counter, as the CPU
+ * backend's reordered weights); weight gradients, BatchNorm parameters and
+ * their gradients, running and saved statistics, and the average pool's
+ * (N, C) output and its gradient are float.
+ *
+ * Convolutions: cuDNN's legacy API on bf16 NHWC tensors and KRSC filters,
+ * float compute (PSEUDO_BFLOAT16_CONFIG) with tensor-op math; descriptors and
+ * algorithms (cudnnFind*, the fastest whose workspace fits
+ * SWAV_CUDA_WS_MAX_MB, each direction's descriptor set to the math type its
+ * algorithm was found with) made once per shape and kept in the backend's
+ * cache.  The filter gradient goes to a bf16 KRSC scratch (beta 0), then a
+ * kernel adds it into the float OIHW gradient (layers.h's +=).  An input
+ * with more channels than the weight (the stem's, widened to
+ * NN_BF16_STEM_CHANNELS with zeros) meets a copy whose extra channels are 0.
+ *
+ * BatchNorm: our kernels, not cuDNN's (two-level per-channel sums in double,
+ * fixed order, no atomics; see bf16_kernels.cuh).  The fused ReLU keeps no
+ * mask: the layer's workspace holds the forward's per-channel scale and
+ * shift (2 C floats), from which the backward recomputes x scale + shift > 0
+ * with the forward's own expression.
+ *
+ * Buffers (weight copies, the filter-gradient scratch, BatchNorm partial
+ * sums and per-channel scratch) grow at the first sight of a shape, with a
+ * stream synchronization before a buffer is replaced; a steady-state step
+ * allocates nothing.  Everything runs on the backend's stream.
+ *
+ * NEVER RUN ON A GPU when written: see docs/cuda.md. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+#include "bf16_kernels.cuh"
+
+/* A convolution weight's bf16 KRSC copy: (src, cp) identify it. */
+struct cu_bf16_wslot {
+    const void *src; /* the float OIHW parameter */
+    int o, i, k, cp; /* its shape; cp >= i channels in the copy */
+    bf16 *buf;       /* (o, k, k, cp) */
+    uint64_t version;
+};
+
+struct cu_bf16 {
+    uint64_t version; /* bumped by weights_updated and by every free */
+    struct cu_bf16_wslot *w;
+    int n_w, cap_w;
+    bf16 *dw; /* the filter gradient, KRSC */
+    size_t dw_bytes;
+    double *part; /* BatchNorm partial sums: 2 C a row chunk */
+    size_t part_bytes;
+    float *chan; /* per-channel scratch: 8 segments of bf16_cpad(C) floats */
+    size_t chan_bytes;
+    double *stat; /* batchnorm_stats: mean and M2 (2 C) before the copy out */
+    size_t stat_bytes;
+};
+
+static struct cu_bf16 *bf16_state(struct cuda_backend *b)
+{
+    if (!b->bf16) {
+        b->bf16 = (struct cu_bf16 *)swav_xcalloc(1, sizeof *b->bf16);
+        b->bf16->version = 1; /* slots start at 0: converted at first use */
+    }
+    return b->bf16;
+}
+
+void cu_bf16_weights_updated(struct cuda_backend *b)
+{
+    if (b->bf16) {
+        b->bf16->version++;
+    }
+}
+
+void cu_bf16_free(struct cuda_backend *b)
+{
+    struct cu_bf16 *s = b->bf16;
+    if (!s) {
+        return;
+    }
+    for (int i = 0; i < s->n_w; i++) {
+        cudaFree(s->w[i].buf);
+    }
+    free(s->w);
+    cudaFree(s->dw);
+    cudaFree(s->part);
+    cudaFree(s->chan);
+    cudaFree(s->stat);
+    free(s);
+    b->bf16 = NULL;
+}
+
+/* Grows a device buffer to at least `want` bytes; the old one may still be
+ * read by queued kernels, hence the synchronization (first sight of a shape
+ * only). */
+static void bf16_grow(struct cuda_backend *b, void **p, size_t *have, size_t want)
+{
+    if (want <= *have) {
+        return;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+    CUDA_CHECK(cudaFree(*p));
+    *p = NULL;
+    CUDA_CHECK(cudaMalloc(p, want));
+    *have = want;
+}
+
+/* A backbone tensor of this path: BF16, NHWC, 4-D, fewer than 2^31 elements
+ * (the kernels' 32-bit element indexes; cuDNN's legacy API has the same
+ * bound). */
+static void bf16_check(const struct nn_tensor *t)
+{
+    SWAV_ASSERT(t->dtype == NN_DTYPE_BF16 && t->layout == NN_LAYOUT_NHWC && t->ndim == 4);
+    SWAV_ASSERT(t->shape[0] > 0 && t->shape[1] > 0 && t->shape[2] > 0 && t->shape[3] > 0);
+    SWAV_ASSERT(nn_tensor_numel(t) <= (size_t)INT32_MAX);
+}
+
+static int bf16_same(const struct nn_tensor *a, const struct nn_tensor *b)
+{
+    return a->shape[0] == b->shape[0] && a->shape[1] == b->shape[1] &&
+           a->shape[2] == b->shape[2] && a->shape[3] == b->shape[3];
+}
+
+static int bf16_al4(const void *p)
+{
+    return ((uintptr_t)p & 3u) == 0;
+}
+
+/* per-channel scratch segment length: C rounded up to 32 floats */
+static size_t bf16_cpad(unsigned C)
+{
+    return ((size_t)C + 31) / 32 * 32;
+}
+
+/* ---- conversions ------------------------------------------------------------------- */
+
+void cu_bf16_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src)
+{
+    struct cuda_backend *b = cu_be(be);
+    SWAV_ASSERT(dst->ndim == 4 && src->ndim == 4 && dst->data != src->data);
+    SWAV_ASSERT(dst->shape[0] == src->shape[0] && dst->shape[2] == src->shape[2] &&
+                dst->shape[3] == src->shape[3]);
+    unsigned HW = (unsigned)(src->shape[2] * src->shape[3]);
+    if (src->dtype == NN_DTYPE_F32) {
+        SWAV_ASSERT(src->layout == NN_LAYOUT_NCHW && src->shape[1] > 0);
+        bf16_check(dst);
+        SWAV_ASSERT(dst->shape[1] >= src->shape[1]);
+        unsigned npix = (unsigned)src->shape[0] * HW;
+        BF16_LAUNCH(k_bf16_from_nchw, bf16_blocks(npix), BF16_TPB, b->stream)(
+            (bf16 *)dst->data, (const float *)src->data, npix, HW, (unsigned)src->shape[1],
+            (unsigned)dst->shape[1]);
+    } else {
+        bf16_check(src);
+        SWAV_ASSERT(dst->dtype == NN_DTYPE_F32 && dst->layout == NN_LAYOUT_NCHW &&
+                    dst->shape[1] == src->shape[1]);
+        unsigned n = (unsigned)nn_tensor_numel(src);
+        BF16_LAUNCH(k_bf16_to_nchw, bf16_blocks(n), BF16_TPB, b->stream)(
+            (float *)dst->data, (const bf16 *)src->data, n, (unsigned)src->shape[1], HW);
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+/* ---- convolutions (cuDNN) -------------------------------------------------------------- */
+
+/* cache kinds, apart from backend_cuda.cu's (1, 2, 3) */
+enum { BF16_CONV_FWD = 0x62660001, BF16_CONV_BWD = 0x62660002 };
+
+struct cu_bf16_conv {
+    cudnnTensorDescriptor_t x, y;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;      /* forward, or backward filter */
+    cudnnConvolutionDescriptor_t conv_data; /* backward data (NULL: not asked for) */
+    cudnnConvolutionFwdAlgo_t fwd_algo;
+    cudnnConvolutionBwdFilterAlgo_t filter_algo;
+    cudnnConvolutionBwdDataAlgo_t data_algo;
+};
+
+static void bf16_conv_free(void *op)
+{
+    struct cu_bf16_conv *c = (struct cu_bf16_conv *)op;
+    cudnnDestroyTensorDescriptor(c->x);
+    cudnnDestroyTensorDescriptor(c->y);
+    cudnnDestroyFilterDescriptor(c->w);
+    cudnnDestroyConvolutionDescriptor(c->conv);
+    if (c->conv_data) {
+        cudnnDestroyConvolutionDescriptor(c->conv_data);
+    }
+    free(c);
+}
+
+/* Index of the fastest successful result (cudnnFind sorts by time) whose
+ * workspace fits SWAV_CUDA_WS_MAX_MB (default 1024), else the fastest
+ * successful one: backend_cuda.cu's rule for the float convolutions. */
+template <typename P> static int bf16_pick(const P *perf, int n, size_t *mem, const char *what)
+{
+    const char *env = getenv("SWAV_CUDA_WS_MAX_MB");
+    size_t cap = (size_t)(env ? atol(env) : 1024) << 20;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            if (perf[i].status == CUDNN_STATUS_SUCCESS && (pass == 1 || perf[i].memory <= cap)) {
+                if (pass == 1) {
+                    LOG_WARN("cuda: bf16 %s: every algorithm wants more than %zu MiB of"
+                             " workspace; algo %d takes %zu MiB", what, cap >> 20,
+                             (int)perf[i].algo, perf[i].memory >> 20);
+                }
+                *mem = perf[i].memory;
+                return i;
+            }
+        }
+    }
+    LOG_ERROR("cuda: bf16 %s: cudnnFind returned no usable algorithm (bf16 NHWC, KRSC filter,"
+              " float compute)", what);
+    abort();
+}
+
+static void bf16_tensor_desc(cudnnTensorDescriptor_t d, const struct nn_tensor *t)
+{
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16,
+                                           (int)t->shape[0], (int)t->shape[1], (int)t->shape[2],
+                                           (int)t->shape[3]));
+}
+
+static cudnnConvolutionDescriptor_t bf16_conv_desc(int stride, int pad)
+{
+    cudnnConvolutionDescriptor_t d;
+    CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d));
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, pad, pad, stride, stride, 1, 1,
+                                                CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(d, CUDNN_TENSOR_OP_MATH));
+    return d;
+}
+
+static struct cu_bf16_conv *bf16_conv_get(struct cuda_backend *b, int kind,
+                                          const struct nn_tensor *out, const struct nn_tensor *inp,
+                                          const struct nn_tensor *weight, int stride, int pad,
+                                          int have_data)
+{
+    bf16_check(inp);
+    bf16_check(out);
+    SWAV_ASSERT(weight->dtype == NN_DTYPE_F32 && weight->layout == NN_LAYOUT_NCHW &&
+                weight->ndim == 4);
+    int k = (int)weight->shape[2];
+    SWAV_ASSERT(weight->shape[3] == k && weight->shape[0] == out->shape[1] &&
+                weight->shape[1] <= inp->shape[1] && out->shape[0] == inp->shape[0]);
+    SWAV_ASSERT(stride >= 1 && pad >= 0);
+    SWAV_ASSERT(out->shape[2] == (inp->shape[2] + 2 * pad - k) / stride + 1);
+    SWAV_ASSERT(out->shape[3] == (inp->shape[3] + 2 * pad - k) / stride + 1);
+    int key[CU_KEY_MAX] = {0};
+    int at = 0;
+    key[at++] = kind;
+    for (int i = 0; i < 4; i++) {
+        key[at++] = (int)inp->shape[i];
+    }
+    key[at++] = (int)out->shape[1];
+    key[at++] = k;
+    key[at++] = stride;
+    key[at++] = pad;
+    key[at++] = have_data;
+    struct cu_bf16_conv *c = (struct cu_bf16_conv *)cu_cache_find(b, key);
+    if (c) {
+        return c;
+    }
+    c = (struct cu_bf16_conv *)swav_xcalloc(1, sizeof *c);
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&c->x));
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&c->y));
+    CUDNN_CHECK(cudnnCreateFilterDescriptor(&c->w));
+    bf16_tensor_desc(c->x, inp);
+    bf16_tensor_desc(c->y, out);
+    /* format NHWC for a filter: (K, R, S, C) in memory, dims given as (K, C, R, S) */
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(c->w, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC,
+                                           (int)weight->shape[0], (int)inp->shape[1], k, k));
+    c->conv = bf16_conv_desc(stride, pad);
+    int on, oc, oh, ow;
+    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(c->conv, c->x, c->w, &on, &oc, &oh, &ow));
+    SWAV_ASSERT(on == out->shape[0] && oc == out->shape[1] && oh == out->shape[2] &&
+                ow == out->shape[3]);
+    int n = 0;
+    size_t mem = 0;
+    if (kind == BF16_CONV_FWD) {
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(b->dnn, c->x, c->w, c->conv, c->y,
+                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
+        int i = bf16_pick(perf, n, &mem, "conv forward");
+        c->fwd_algo = perf[i].algo;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, perf[i].mathType));
+        cu_ws_reserve(b, mem);
+    } else {
+        cudnnConvolutionBwdFilterAlgoPerf_t fp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
+            b->dnn, c->x, c->y, c->conv, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, fp));
+        int i = bf16_pick(fp, n, &mem, "conv backward filter");
+        c->filter_algo = fp[i].algo;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, fp[i].mathType));
+        cu_ws_reserve(b, mem);
+        if (have_data) {
+            c->conv_data = bf16_conv_desc(stride, pad);
+            cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+            CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
+                b->dnn, c->w, c->y, c->conv_data, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n,
+                dp));
+            i = bf16_pick(dp, n, &mem, "conv backward data");
+            c->data_algo = dp[i].algo;
+            CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv_data, dp[i].mathType));
+            cu_ws_reserve(b, mem);
+        }
+    }
+    cu_cache_put(b, key, c, bf16_conv_free);
+    return c;
+}
+
+/* The bf16 KRSC copy of a float OIHW weight with cp >= I channels, made
+ * again when the weights' version moved since it was made. */
+static const bf16 *bf16_weight(struct cuda_backend *b, const struct nn_tensor *w, int cp)
+{
+    struct cu_bf16 *s = bf16_state(b);
+    int o = (int)w->shape[0], i = (int)w->shape[1], k = (int)w->shape[2];
+    SWAV_ASSERT(cp >= i && (size_t)o * k * k * cp <= (size_t)INT32_MAX);
+    struct cu_bf16_wslot *sl = NULL;
+    for (int j = 0; j < s->n_w; j++) {
+        if (s->w[j].src == w->data && s->w[j].cp == cp) {
+            sl = &s->w[j];
+            break;
+        }
+    }
+    if (!sl) {
+        if (s->n_w == s->cap_w) {
+            s->cap_w = s->cap_w ? 2 * s->cap_w : 64;
+            s->w = (struct cu_bf16_wslot *)swav_xrealloc(s->w, (size_t)s->cap_w * sizeof *s->w);
+        }
+        sl = &s->w[s->n_w++];
+        memset(sl, 0, sizeof *sl);
+        sl->src = w->data;
+        sl->cp = cp;
+    }
+    if (sl->o != o || sl->i != i || sl->k != k) { /* first sight, or another tensor there */
+        CUDA_CHECK(cudaStreamSynchronize(b->stream));
+        CUDA_CHECK(cudaFree(sl->buf));
+        sl->buf = NULL;
+        CUDA_CHECK(cudaMalloc((void **)&sl->buf, (size_t)o * k * k * cp * sizeof(bf16)));
+        sl->o = o;
+        sl->i = i;
+        sl->k = k;
+        sl->version = 0;
+    }
+    if (sl->version != s->version) {
+        unsigned n = (unsigned)o * (unsigned)(k * k) * (unsigned)cp;
+        BF16_LAUNCH(k_bf16_weight_krsc, bf16_blocks(n), BF16_TPB, b->stream)(
+            sl->buf, (const float *)w->data, n, (unsigned)i, (unsigned)k, (unsigned)cp);
+        CUDA_LAUNCH_CHECK();
+        sl->version = s->version;
+    }
+    return sl->buf;
+}
+
+void cu_bf16_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                            const struct nn_tensor *weight, int stride, int pad)
+{
+    struct cuda_backend *b = cu_be(be);
+    struct cu_bf16_conv *c = bf16_conv_get(b, BF16_CONV_FWD, out, inp, weight, stride, pad, 0);
+    const bf16 *wb = bf16_weight(b, weight, (int)inp->shape[1]);
+    const float one = 1.0f, zero = 0.0f;
+    CUDNN_CHECK(cudnnConvolutionForward(b->dnn, &one, c->x, inp->data, c->w, wb, c->conv,
+                                        c->fwd_algo, b->ws, b->ws_bytes, &zero, c->y, out->data));
+}
+
+void cu_bf16_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
+                             const struct nn_tensor *dout, const struct nn_tensor *inp,
+                             const struct nn_tensor *weight, int stride, int pad)
+{
+    struct cuda_backend *b = cu_be(be);
+    struct cu_bf16_conv *c = bf16_conv_get(b, BF16_CONV_BWD, dout, inp, weight, stride, pad,
+                                           dinp != NULL);
+    struct cu_bf16 *s = bf16_state(b);
+    SWAV_ASSERT(dweight->dtype == NN_DTYPE_F32 && dweight->ndim == 4);
+    for (int i = 0; i < 4; i++) {
+        SWAV_ASSERT(dweight->shape[i] == weight->shape[i]);
+    }
+    unsigned O = (unsigned)weight->shape[0], I = (unsigned)weight->shape[1];
+    unsigned k = (unsigned)weight->shape[2], cp = (unsigned)inp->shape[1];
+    bf16_grow(b, (void **)&s->dw, &s->dw_bytes, (size_t)O * k * k * cp * sizeof(bf16));
+    const float one = 1.0f, zero = 0.0f;
+    /* the gradient of the bf16 copy, rounded once, then added in float */
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(b->dnn, &one, c->x, inp->data, c->y, dout->data,
+                                               c->conv, c->filter_algo, b->ws, b->ws_bytes, &zero,
+                                               c->w, s->dw));
+    unsigned n = O * I * k * k;
+    BF16_LAUNCH(k_bf16_dw_add, bf16_blocks(n), BF16_TPB, b->stream)(
+        (float *)dweight->data, s->dw, n, I, k, cp);
+    CUDA_LAUNCH_CHECK();
+    if (dinp) {
+        bf16_check(dinp);
+        SWAV_ASSERT(bf16_same(dinp, inp));
+        const bf16 *wb = bf16_weight(b, weight, (int)cp);
+        CUDNN_CHECK(cudnnConvolutionBackwardData(b->dnn, &one, c->w, wb, c->y, dout->data,
+                                                 c->conv_data, c->data_algo, b->ws, b->ws_bytes,
+                                                 &zero, c->x, dinp->data));
+    }
+}
+
+/* ---- batch norm ------------------------------------------------------------------------ */
+
+/* The reduction plan of x (M rows of C) and its scratch, grown if needed. */
+static struct bf16_bn_plan bf16_bn_prepare(struct cuda_backend *b, const struct nn_tensor *x,
+                                           int aligned, unsigned *M, unsigned *C)
+{
+    bf16_check(x);
+    struct cu_bf16 *s = bf16_state(b);
+    *C = (unsigned)x->shape[1];
+    *M = (unsigned)(x->shape[0] * x->shape[2] * x->shape[3]);
+    struct bf16_bn_plan p = bf16_bn_plan_of(*M, *C, aligned);
+    bf16_grow(b, (void **)&s->part, &s->part_bytes, (size_t)2 * *C * p.chunks * sizeof(double));
+    bf16_grow(b, (void **)&s->chan, &s->chan_bytes, 8 * bf16_cpad(*C) * sizeof(float));
+    bf16_grow(b, (void **)&s->stat, &s->stat_bytes, (size_t)2 * *C * sizeof(double));
+    return p;
+}
+
+size_t cu_bf16_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
+                                         unsigned flags)
+{
+    unsigned M, C;
+    bf16_bn_prepare(cu_be(be), inp, bf16_al4(inp->data), &M, &C); /* scratch at build time */
+    return (flags & NN_BN_RELU) ? (size_t)2 * C * sizeof(float) : 0; /* scale, shift */
+}
+
+void cu_bf16_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                               const float *weight, const float *bias, float *running_mean,
+                               float *running_var, float *save_mean, float *save_var,
+                               void *workspace, unsigned flags, float momentum, float eps)
+{
+    struct cuda_backend *b = cu_be(be);
+    bf16_check(out);
+    SWAV_ASSERT(bf16_same(out, inp));
+    unsigned M, C;
+    struct bf16_bn_plan p =
+        bf16_bn_prepare(b, inp, bf16_al4(inp->data) && bf16_al4(out->data), &M, &C);
+    struct cu_bf16 *s = b->bf16;
+    size_t cp = bf16_cpad(C);
+    /* with the ReLU, scale and shift go to the workspace for the backward's mask */
+    float *scale = s->chan, *shift = s->chan + cp;
+    if ((flags & NN_BN_RELU) && workspace) {
+        scale = (float *)workspace;
+        shift = scale + C;
+    }
+    const bf16 *x = (const bf16 *)inp->data;
+    if (flags & NN_BN_TRAIN) {
+        dim3 grid(p.tiles, p.chunks), block(BF16_BN_TX, BF16_BN_TY);
+        if (p.vec == 2) {
+            BF16_LAUNCH(k_bf16_bn_stats<2>, grid, block, b->stream)(s->part, x, C, M, p.chunk);
+        } else {
+            BF16_LAUNCH(k_bf16_bn_stats<1>, grid, block, b->stream)(s->part, x, C, M, p.chunk);
+        }
+        CUDA_LAUNCH_CHECK();
+        BF16_LAUNCH(k_bf16_bn_fwd_final, bf16_blocks(C), BF16_TPB, b->stream)(
+            s->part, p.chunks, x, C, (double)M, weight, bias, running_mean, running_var,
+            save_mean, save_var, scale, shift, momentum, eps);
+    } else {
+        BF16_LAUNCH(k_bf16_bn_eval_coef, bf16_blocks(C), BF16_TPB, b->stream)(
+            scale, shift, running_mean, running_var, weight, bias, C, eps);
+    }
+    CUDA_LAUNCH_CHECK();
+    unsigned nv = M * C / p.vec;
+    int relu = (flags & NN_BN_RELU) != 0;
+    if (p.vec == 2) {
+        BF16_LAUNCH(k_bf16_bn_apply<2>, bf16_blocks(nv), BF16_TPB, b->stream)(
+            (bf16 *)out->data, x, scale, shift, nv, C, relu);
+    } else {
+        BF16_LAUNCH(k_bf16_bn_apply<1>, bf16_blocks(nv), BF16_TPB, b->stream)(
+            (bf16 *)out->data, x, scale, shift, nv, C, relu);
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+void cu_bf16_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight,
+                                float *dbias, const struct nn_tensor *dout,
+                                const struct nn_tensor *inp, const float *weight,
+                                const float *save_mean, const float *save_var,
+                                const void *workspace, unsigned flags, float eps)
+{
+    struct cuda_backend *b = cu_be(be);
+    bf16_check(dout);
+    bf16_check(dinp);
+    SWAV_ASSERT(bf16_same(dout, inp) && bf16_same(dinp, inp));
+    unsigned M, C;
+    struct bf16_bn_plan p = bf16_bn_prepare(
+        b, inp, bf16_al4(inp->data) && bf16_al4(dout->data) && bf16_al4(dinp->data), &M, &C);
+    struct cu_bf16 *s = b->bf16;
+    size_t cp = bf16_cpad(C);
+    const float *scale = NULL, *shift = NULL;
+    if (flags & NN_BN_RELU) {
+        SWAV_ASSERT(workspace != NULL); /* the forward's scale and shift */
+        scale = (const float *)workspace;
+        shift = scale + C;
+    }
+    float *inv = s->chan, *A = s->chan + cp, *mdy = s->chan + 2 * cp, *mdyx = s->chan + 3 * cp;
+    const bf16 *x = (const bf16 *)inp->data, *dy = (const bf16 *)dout->data;
+    dim3 grid(p.tiles, p.chunks), block(BF16_BN_TX, BF16_BN_TY);
+    if (p.vec == 2) {
+        BF16_LAUNCH(k_bf16_bn_bwd_reduce<2>, grid, block, b->stream)(
+            s->part, dy, x, save_mean, save_var, scale, shift, C, M, p.chunk, eps);
+    } else {
+        BF16_LAUNCH(k_bf16_bn_bwd_reduce<1>, grid, block, b->stream)(
+            s->part, dy, x, save_mean, save_var, scale, shift, C, M, p.chunk, eps);
+    }
+    CUDA_LAUNCH_CHECK();
+    BF16_LAUNCH(k_bf16_bn_bwd_final, bf16_blocks(C), BF16_TPB, b->stream)(
+        s->part, p.chunks, C, (double)M, weight, save_var, eps, dweight, dbias, inv, A, mdy, mdyx,
+        (flags & NN_BN_TRAIN) != 0);
+    CUDA_LAUNCH_CHECK();
+    unsigned nv = M * C / p.vec;
+    bf16 *dx = (bf16 *)dinp->data;
+    if (p.vec == 2) {
+        BF16_LAUNCH(k_bf16_bn_bwd_apply<2>, bf16_blocks(nv), BF16_TPB, b->stream)(
+            dx, dy, x, save_mean, inv, scale, shift, A, mdy, mdyx, nv, C);
+    } else {
+        BF16_LAUNCH(k_bf16_bn_bwd_apply<1>, bf16_blocks(nv), BF16_TPB, b->stream)(
+            dx, dy, x, save_mean, inv, scale, shift, A, mdy, mdyx, nv, C);
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+void cu_bf16_batchnorm_stats(nn_backend_t *be, double *mean, double *m2,
+                             const struct nn_tensor *inp)
+{
+    struct cuda_backend *b = cu_be(be);
+    unsigned M, C;
+    struct bf16_bn_plan p = bf16_bn_prepare(b, inp, bf16_al4(inp->data), &M, &C);
+    struct cu_bf16 *s = b->bf16;
+    const bf16 *x = (const bf16 *)inp->data;
+    dim3 grid(p.tiles, p.chunks), block(BF16_BN_TX, BF16_BN_TY);
+    if (p.vec == 2) {
+        BF16_LAUNCH(k_bf16_bn_stats<2>, grid, block, b->stream)(s->part, x, C, M, p.chunk);
+    } else {
+        BF16_LAUNCH(k_bf16_bn_stats<1>, grid, block, b->stream)(s->part, x, C, M, p.chunk);
+    }
+    CUDA_LAUNCH_CHECK();
+    BF16_LAUNCH(k_bf16_bn_stats_final, bf16_blocks(C), BF16_TPB, b->stream)(
+        s->stat, s->part, p.chunks, x, C, (double)M);
+    CUDA_LAUNCH_CHECK();
+    /* mean, m2: the caller's host arrays (any pointer kind works with Default) */
+    CUDA_CHECK(cudaMemcpyAsync(mean, s->stat, (size_t)C * sizeof(double), cudaMemcpyDefault,
+                               b->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m2, s->stat + C, (size_t)C * sizeof(double), cudaMemcpyDefault,
+                               b->stream));
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+}
+
+void cu_bf16_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
+                                      const struct nn_tensor *inp, const float *weight,
+                                      const float *mean, const float *var, const float *mean_dy,
+                                      const float *mean_dy_xhat, float eps)
+{
+    struct cuda_backend *b = cu_be(be);
+    bf16_check(dinp);
+    SWAV_ASSERT(bf16_same(dinp, inp));
+    unsigned M, C;
+    struct bf16_bn_plan p =
+        bf16_bn_prepare(b, inp, bf16_al4(inp->data) && bf16_al4(dinp->data), &M, &C);
+    struct cu_bf16 *s = b->bf16;
+    size_t cp = bf16_cpad(C);
+    float *mdy = s->chan, *mdyx = s->chan + cp, *A = s->chan + 2 * cp, *B = s->chan + 3 * cp;
+    /* host (pageable) sources: staged when the call returns, so the caller
+     * may reuse them at once; ordered on the stream like every kernel */
+    CUDA_CHECK(cudaMemcpyAsync(mdy, mean_dy, (size_t)C * sizeof(float), cudaMemcpyDefault,
+                               b->stream));
+    CUDA_CHECK(cudaMemcpyAsync(mdyx, mean_dy_xhat, (size_t)C * sizeof(float), cudaMemcpyDefault,
+                               b->stream));
+    BF16_LAUNCH(k_bf16_bn_elemt_coef, bf16_blocks(C), BF16_TPB, b->stream)(A, B, weight, var, mdy,
+                                                                         mdyx, C, eps);
+    CUDA_LAUNCH_CHECK();
+    unsigned nv = M * C / p.vec;
+    bf16 *dx = (bf16 *)dinp->data;
+    const bf16 *x = (const bf16 *)inp->data;
+    if (p.vec == 2) {
+        BF16_LAUNCH(k_bf16_bn_elemt<2>, bf16_blocks(nv), BF16_TPB, b->stream)(dx, x, mean, A, B,
+                                                                            nv, C);
+    } else {
+        BF16_LAUNCH(k_bf16_bn_elemt<1>, bf16_blocks(nv), BF16_TPB, b->stream)(dx, x, mean, A, B,
+                                                                            nv, C);
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+/* ---- relu, add, accumulate --------------------------------------------------------------- */
+
+template <class OP>
+static void bf16_eltwise(struct cuda_backend *b, void *out, const void *a, const void *bb,
+                         unsigned n)
+{
+    bf16 *o = (bf16 *)out;
+    const bf16 *x = (const bf16 *)a, *y = (const bf16 *)bb;
+    if (bf16_al4(o) && bf16_al4(x) && bf16_al4(y)) {
+        unsigned np = n / 2;
+        if (np) {
+            BF16_LAUNCH(k_bf16_eltwise2<OP>, bf16_blocks(np), BF16_TPB, b->stream)(o, x, y, np);
+            CUDA_LAUNCH_CHECK();
+        }
+        if (n % 2) {
+            BF16_LAUNCH(k_bf16_eltwise<OP>, 1, BF16_TPB, b->stream)(o, x, y, n - 1, 1);
+            CUDA_LAUNCH_CHECK();
+        }
+    } else {
+        BF16_LAUNCH(k_bf16_eltwise<OP>, bf16_blocks(n), BF16_TPB, b->stream)(o, x, y, 0, n);
+        CUDA_LAUNCH_CHECK();
+    }
+}
+
+void cu_bf16_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
+{
+    bf16_check(inp);
+    bf16_check(out);
+    SWAV_ASSERT(bf16_same(out, inp));
+    bf16_eltwise<bf16_op_relu>(cu_be(be), out->data, inp->data, inp->data,
+                               (unsigned)nn_tensor_numel(inp));
+}
+
+void cu_bf16_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout,
+                           const struct nn_tensor *out)
+{
+    bf16_check(out);
+    bf16_check(dout);
+    bf16_check(dinp);
+    SWAV_ASSERT(bf16_same(dout, out) && bf16_same(dinp, out));
+    bf16_eltwise<bf16_op_relu_bwd>(cu_be(be), dinp->data, dout->data, out->data,
+                                   (unsigned)nn_tensor_numel(out));
+}
+
+void cu_bf16_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a,
+                         const struct nn_tensor *bb, int relu)
+{
+    bf16_check(a);
+    bf16_check(bb);
+    bf16_check(out);
+    SWAV_ASSERT(bf16_same(a, bb) && bf16_same(out, a));
+    unsigned n = (unsigned)nn_tensor_numel(a);
+    if (relu) {
+        bf16_eltwise<bf16_op_add_relu>(cu_be(be), out->data, a->data, bb->data, n);
+    } else {
+        bf16_eltwise<bf16_op_add>(cu_be(be), out->data, a->data, bb->data, n);
+    }
+}
+
+void cu_bf16_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x)
+{
+    bf16_check(y);
+    bf16_check(x);
+    SWAV_ASSERT(bf16_same(y, x));
+    bf16_eltwise<bf16_op_add>(cu_be(be), y->data, y->data, x->data, (unsigned)nn_tensor_numel(y));
+}
+
+/* ---- pooling --------------------------------------------------------------------------------- */
+
+size_t cu_bf16_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out,
+                                         const struct nn_tensor *inp, int k, int stride, int pad)
+{
+    bf16_check(out);
+    return nn_tensor_numel(out); /* one byte an output: its window position */
+}
+
+static struct bf16_pool_shape bf16_pool_of(const struct nn_tensor *in, const struct nn_tensor *out,
+                                           int k, int stride, int pad)
+{
+    bf16_check(in);
+    bf16_check(out);
+    SWAV_ASSERT(k >= 1 && k * k < 255 && stride >= 1 && pad >= 0);
+    SWAV_ASSERT(in->shape[0] == out->shape[0] && in->shape[1] == out->shape[1]);
+    SWAV_ASSERT(out->shape[2] == (in->shape[2] + 2 * pad - k) / stride + 1);
+    SWAV_ASSERT(out->shape[3] == (in->shape[3] + 2 * pad - k) / stride + 1);
+    struct bf16_pool_shape ps;
+    ps.C = (unsigned)in->shape[1];
+    ps.H = (unsigned)in->shape[2];
+    ps.W = (unsigned)in->shape[3];
+    ps.Ho = (unsigned)out->shape[2];
+    ps.Wo = (unsigned)out->shape[3];
+    ps.k = k;
+    ps.s = stride;
+    ps.p = pad;
+    return ps;
+}
+
+void cu_bf16_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+                               void *workspace, int k, int stride, int pad)
+{
+    SWAV_ASSERT(workspace != NULL);
+    struct bf16_pool_shape ps = bf16_pool_of(inp, out, k, stride, pad);
+    unsigned n = (unsigned)nn_tensor_numel(out);
+    BF16_LAUNCH(k_bf16_maxpool_fwd, bf16_blocks(n), BF16_TPB, cu_be(be)->stream)(
+        (bf16 *)out->data, (unsigned char *)workspace, (const bf16 *)inp->data, n, ps);
+    CUDA_LAUNCH_CHECK();
+}
+
+void cu_bf16_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
+                                const struct nn_tensor *dout, const void *workspace, int k,
+                                int stride, int pad)
+{
+    SWAV_ASSERT(workspace != NULL);
+    struct bf16_pool_shape ps = bf16_pool_of(dinp, dout, k, stride, pad);
+    unsigned n = (unsigned)nn_tensor_numel(dinp);
+    BF16_LAUNCH(k_bf16_maxpool_bwd, bf16_blocks(n), BF16_TPB, cu_be(be)->stream)(
+        (bf16 *)dinp->data, (const bf16 *)dout->data, (const unsigned char *)workspace, n, ps);
+    CUDA_LAUNCH_CHECK();
+}
+
+void cu_bf16_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
+{
+    bf16_check(inp);
+    SWAV_ASSERT(out->dtype == NN_DTYPE_F32 && out->ndim == 2 && out->shape[0] == inp->shape[0] &&
+                out->shape[1] == inp->shape[1]);
+    unsigned C = (unsigned)inp->shape[1], NC = (unsigned)inp->shape[0] * C;
+    unsigned HW = (unsigned)(inp->shape[2] * inp->shape[3]);
+    BF16_LAUNCH(k_bf16_avgpool_fwd, bf16_blocks(NC), BF16_TPB, cu_be(be)->stream)(
+        (float *)out->data, (const bf16 *)inp->data, NC, C, HW);
+    CUDA_LAUNCH_CHECK();
+}
+
+void cu_bf16_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout)
+{
+    bf16_check(dinp);
+    SWAV_ASSERT(dout->dtype == NN_DTYPE_F32 && dout->ndim == 2 &&
+                dout->shape[0] == dinp->shape[0] && dout->shape[1] == dinp->shape[1]);
+    unsigned n = (unsigned)nn_tensor_numel(dinp);
+    BF16_LAUNCH(k_bf16_avgpool_bwd, bf16_blocks(n), BF16_TPB, cu_be(be)->stream)(
+        (bf16 *)dinp->data, (const float *)dout->data, n, (unsigned)dinp->shape[1],
+        (unsigned)(dinp->shape[2] * dinp->shape[3]));
+    CUDA_LAUNCH_CHECK();
+}
