@@ -27,8 +27,10 @@
  * the block's warps in warp order by one thread per row; a block's column
  * sums stay in double registers of the column's owner and are written once
  * per block as (block, column) partials that reduce sums in block order.
- * Every sum has a fixed order: no atomics but the integer `bad` flag.
- * (CPT4, R, NT bound) come from a table by K (sk_pick), up to K = 32768. */
+ * Every sum has a fixed order (no atomics; `bad` is a plain store of 1), so
+ * a repeated run gives the same bits.  Successive passes take each block's
+ * tiles in alternate directions (sk_tile_row: L2 reuse).  (CPT4, R, NT
+ * bound) come from a table by K (sk_pick), up to K = 32768. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -91,6 +93,7 @@ struct sk_args {
     int ent_every;     /* >= 1 */
     const double *misc; /* iterations == 0: [M, 1 / sum_k a_k] (reduce, total) */
     int scale_only;    /* write with iterations == 0: q = e B e^(m_b - M) / sum a */
+    int reverse;       /* this pass takes each block's tiles last to first */
 };
 
 /* This block's rows: an even split of [row0, row0 + rows). */
@@ -98,6 +101,16 @@ __device__ __forceinline__ void sk_block_rows(const sk_args &a, int *lo, int *hi
 {
     *lo = a.row0 + (int)((int64_t)a.rows * blockIdx.x / gridDim.x);
     *hi = a.row0 + (int)((int64_t)a.rows * (blockIdx.x + 1) / gridDim.x);
+}
+
+/* The first row of the block's ti-th tile of R rows in the order of this
+ * pass: successive passes go through each block's rows in alternate
+ * directions, so that a pass starts on the rows the previous one read last
+ * (still in L2 when it holds most of the matrix: 49 MB for 4096 x 3000, an
+ * H100 has 50 MB).  Only the order of the sums depends on it. */
+__device__ __forceinline__ int sk_tile_row(const sk_args &a, int lo, int ntiles, int ti, int R)
+{
+    return lo + (a.reverse ? ntiles - 1 - ti : ti) * R;
 }
 
 /* t[r][c][i] = S[b0 + r][4 g + i] / eps for the thread's groups g; -inf for
@@ -254,7 +267,9 @@ __global__ void __launch_bounds__(NT, MINB) sk_init(sk_args a)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[c][i] = 0.0;
     float run = -INFINITY; /* thread 0: the block's largest m_b so far */
-    for (int b0 = lo; b0 < hi; b0 += R) {
+    const int ntiles = (hi - lo + R - 1) / R;
+    for (int ti = 0; ti < ntiles; ti++) {
+        const int b0 = sk_tile_row(a, lo, ntiles, ti, R);
         float t[R][CPT4][4];
         sk_load<CPT4, R>(a, b0, hi, t);
 #pragma unroll
@@ -334,7 +349,9 @@ __global__ void __launch_bounds__(NT, MINB) sk_iterate(sk_args a)
     for (int c = 0; c < CPT4; c++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[c][i] = 0.0;
-    for (int b0 = lo; b0 < hi; b0 += R) {
+    const int ntiles = (hi - lo + R - 1) / R;
+    for (int ti = 0; ti < ntiles; ti++) {
+        const int b0 = sk_tile_row(a, lo, ntiles, ti, R);
         float t[R][CPT4][4];
         sk_load<CPT4, R>(a, b0, hi, t);
         float mr[R];
@@ -397,7 +414,9 @@ __global__ void __launch_bounds__(NT, MINB) sk_write(sk_args a)
             for (int i = 0; i < 4; i++) u[c][i] = 1.0f;
     }
     const int every = a.ent_every > 1 ? a.ent_every : 1;
-    for (int b0 = lo; b0 < hi; b0 += R) {
+    const int ntiles = (hi - lo + R - 1) / R;
+    for (int ti = 0; ti < ntiles; ti++) {
+        const int b0 = sk_tile_row(a, lo, ntiles, ti, R);
         float t[R][CPT4][4];
         sk_load<CPT4, R>(a, b0, hi, t);
         float mr[R];
@@ -488,29 +507,34 @@ __global__ void __launch_bounds__(NT, MINB) sk_write(sk_args a)
     }
 }
 
-/* u_k = 1 / (K a_k), a_k the sum of the blocks' partials in block order
- * (init: each scaled by e^(bmax - M), M the largest bmax).  Optionally a_k
- * itself (for the total of iterations == 0) and M into misc[0].  Block
- * (32, 8): 32 columns, 8 slices of the blocks. */
-__global__ void __launch_bounds__(256) sk_reduce(const double *part, const float *bmax, int nb,
-                                                 int k, int ldk, float *u, double *a_out,
-                                                 double *misc, int *bad)
+/* Threads of the reduce kernel: 32 columns x SK_RED_Y slices of the blocks
+ * (a few partials per thread, all loads in flight at once). */
+#define SK_RED_Y 32
+
+/* u_k = 1 / (K a_k), a_k the sum of the blocks' partials (init: each scaled
+ * by e^(bmax - M), M the largest bmax): each thread sums blocks y, y +
+ * SK_RED_Y, ... of its column, then the slices are added in slice order.
+ * Optionally a_k itself (for the total of iterations == 0) and M into
+ * misc[0]. */
+__global__ void __launch_bounds__(32 * SK_RED_Y) sk_reduce(const double *part, const float *bmax,
+                                                           int nb, int k, int ldk, float *u,
+                                                           double *a_out, double *misc, int *bad)
 {
     __shared__ double wts[SK_MAX_BLOCKS];
-    __shared__ float smax[256];
-    __shared__ double sm[8][33];
-    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 32 + tx;
+    __shared__ float smax[32 * SK_RED_Y];
+    __shared__ double sm[SK_RED_Y][33];
+    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 32 + tx, nthr = 32 * SK_RED_Y;
     if (bmax) {
         float mx = -INFINITY;
-        for (int i = tid; i < nb; i += 256) mx = fmaxf(mx, bmax[i]);
+        for (int i = tid; i < nb; i += nthr) mx = fmaxf(mx, bmax[i]);
         smax[tid] = mx;
         __syncthreads();
-        for (int s = 128; s > 0; s >>= 1) {
+        for (int s = nthr / 2; s > 0; s >>= 1) {
             if (tid < s) smax[tid] = fmaxf(smax[tid], smax[tid + s]);
             __syncthreads();
         }
         const float big = smax[0];
-        for (int i = tid; i < nb; i += 256) {
+        for (int i = tid; i < nb; i += nthr) {
             wts[i] = bmax[i] > -INFINITY ? exp((double)bmax[i] - (double)big) : 0.0;
         }
         if (misc && blockIdx.x == 0 && tid == 0) misc[0] = (double)big;
@@ -519,7 +543,8 @@ __global__ void __launch_bounds__(256) sk_reduce(const double *part, const float
     const int col = blockIdx.x * 32 + tx;
     double s = 0.0;
     if (col < ldk) {
-        for (int b = ty; b < nb; b += 8) {
+#pragma unroll 4
+        for (int b = ty; b < nb; b += SK_RED_Y) {
             const double p = part[(size_t)b * (size_t)ldk + col];
             s += bmax ? wts[b] * p : p;
         }
@@ -528,7 +553,7 @@ __global__ void __launch_bounds__(256) sk_reduce(const double *part, const float
     __syncthreads();
     if (ty == 0 && col < ldk) {
         double acol = 0.0;
-        for (int y = 0; y < 8; y++) acol += sm[y][tx];
+        for (int y = 0; y < SK_RED_Y; y++) acol += sm[y][tx];
         if (col < k) {
             double uj = 1.0 / ((double)k * acol);
             if (!(acol > 0.0) || !(uj <= (double)FLT_MAX)) {
@@ -823,10 +848,11 @@ static int cuda_run(void *vimpl, const struct sinkhorn_problem *p, const float *
     a.am = g->am;
     a.ent_every = p->entropy_every > 1 ? p->entropy_every : 1;
     a.misc = g->misc;
-    const dim3 rblock(32, 8), rgrid((unsigned)((ldk + 31) / 32));
+    const dim3 rblock(32, SK_RED_Y), rgrid((unsigned)((ldk + 31) / 32));
 
     a.row0 = 0;
     a.rows = n;
+    a.reverse = 0; /* then alternate, pass after pass */
     int nb = sk_grid(g, shape, nt, 0, n, ldk);
     sh->init<<<nb, nt, 0, st>>>(a);
     SK_CUDA(cudaGetLastError());
@@ -839,6 +865,7 @@ static int cuda_run(void *vimpl, const struct sinkhorn_problem *p, const float *
     }
     for (int it = 1; it < p->iterations; it++) {
         nb = sk_grid(g, shape, nt, 1, n, ldk);
+        a.reverse = !a.reverse;
         sh->iterate<<<nb, nt, 0, st>>>(a);
         SK_CUDA(cudaGetLastError());
         sk_reduce<<<rgrid, rblock, 0, st>>>(g->part, NULL, nb, k, ldk, g->u, NULL, NULL, g->bad);
@@ -848,6 +875,7 @@ static int cuda_run(void *vimpl, const struct sinkhorn_problem *p, const float *
         a.row0 = p->out_row0;
         a.rows = p->out_rows;
         a.scale_only = p->iterations == 0;
+        a.reverse = !a.reverse;
         nb = sk_grid(g, shape, nt, 2, p->out_rows, ldk);
         sh->write<<<nb, nt, 0, st>>>(a);
         SK_CUDA(cudaGetLastError());
