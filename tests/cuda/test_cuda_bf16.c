@@ -1,0 +1,720 @@
+/* The CUDA backend's bf16 NHWC backbone (nn/cuda/bf16_cuda.cu) against the
+ * CPU backend in fp32, on the same inputs: every bf16 layer, then the small
+ * SwAV model of test_cuda_model.c built with cfg.bf16 against the float CPU
+ * model.
+ *
+ * Inputs are bf16-representable (random values rounded to bf16, weights
+ * too), so both sides start from the same numbers: the CPU computes in fp32
+ * from them, the GPU in fp32 registers and stores bf16.  Error measure: max
+ * |cuda - cpu| / max |cpu| over an output.
+ *
+ * Tolerances, from bf16's 8 significant bits (a rounding to nearest is off
+ * by at most 2^-8 = 3.9e-3 of the value):
+ * - 1e-2 for an output stored in bf16 once (convolutions with fp32
+ *   accumulation, BN outputs and input gradients, add, accumulate, pooling
+ *   gradients, the filter gradient rounded once before its float +=): one
+ *   rounding, 2.5x margin;
+ * - 0 where no rounding happens (conversions, relu, max pooling forward, a
+ *   weight copy reused until nn_backend_weights_updated);
+ * - 1e-5 for BN statistics (sums in double of exactly representable values;
+ *   the CPU's float runs are the larger error, ~3e-7 on the mean and 2.4e-6
+ *   on M2 in test_cuda_layers), running statistics, and the average pool's
+ *   float output; 1e-4 for BN's float parameter gradients (double sums of
+ *   float products vs the CPU's float sums); 1e-12 for the SyncBN statistics
+ *   against long double;
+ * - the whole model: see test_model (errors compound over 20 layers).
+ *
+ * Exit 77 without a device. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "common/rng.h"
+#include "nn/cuda/backend_cuda.h"
+#include "nn/layers.h"
+#include "nn/optim.h"
+#include "nn/resnet.h"
+
+static nn_backend_t *cpu, *gpu;
+static struct swav_rng rng;
+static int failures;
+
+#define TOL_ROUND 1e-2 /* one rounding to bf16 (2^-8), 2.5x margin */
+
+static float bf16_round(float v)
+{
+    return nn_f32_from_bf16(nn_bf16_from_f32(v));
+}
+
+static double rel_err(const float *a, const float *ref, size_t n)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (!(d <= md)) {
+            md = d; /* NaN propagates */
+        }
+        if (fabs(ref[i]) > mr) {
+            mr = fabs(ref[i]);
+        }
+    }
+    return md / (mr > 1e-6 ? mr : 1e-6);
+}
+
+static void report(const char *name, double e, double tol)
+{
+    int ok = e <= tol;
+    printf("%-44s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
+    failures += !ok;
+}
+
+/* ---- activations: the CPU's float NCHW copy and the GPU's bf16 NHWC one -------- */
+
+struct act {
+    float *c;    /* (n, ch, h, w) float NCHW, host */
+    uint16_t *g; /* the same values, bf16 NHWC, backend memory */
+    int64_t n, ch, h, w;
+    size_t numel;
+};
+
+static struct nn_tensor act_cpu(const struct act *a)
+{
+    return nn_tensor_4d(a->c, NN_LAYOUT_NCHW, a->n, a->ch, a->h, a->w);
+}
+
+static struct nn_tensor act_gpu(const struct act *a)
+{
+    struct nn_tensor t = nn_tensor_4d((float *)a->g, NN_LAYOUT_NHWC, a->n, a->ch, a->h, a->w);
+    t.dtype = NN_DTYPE_BF16;
+    return t;
+}
+
+/* The CPU copy into the GPU one (host-side conversion; the backend idle). */
+static void act_upload(struct act *a)
+{
+    nn_backend_sync(gpu);
+    struct nn_tensor c = act_cpu(a), g = act_gpu(a);
+    nn_tensor_convert(&g, &c);
+}
+
+/* Random bf16-representable values, scale * N(0, 1) + shift (scale 0: zeros). */
+static struct act act_new(int64_t n, int64_t ch, int64_t h, int64_t w, double scale, double shift)
+{
+    struct act a = {0};
+    a.n = n, a.ch = ch, a.h = h, a.w = w;
+    a.numel = (size_t)(n * ch * h * w);
+    a.c = calloc(a.numel, sizeof(float));
+    a.g = nn_backend_alloc(gpu, a.numel * sizeof(uint16_t));
+    for (size_t i = 0; i < a.numel && (scale != 0 || shift != 0); i++) {
+        a.c[i] = bf16_round((float)(scale * swav_rng_normal(&rng) + shift));
+    }
+    act_upload(&a);
+    return a;
+}
+
+static void act_free(struct act *a)
+{
+    free(a->c);
+    nn_backend_free(gpu, a->g);
+}
+
+/* The GPU's bf16 values as float NCHW (host), after a sync. */
+static float *act_download(const struct act *a)
+{
+    nn_backend_sync(gpu);
+    float *f = malloc(a->numel * sizeof(float));
+    struct nn_tensor t = nn_tensor_4d(f, NN_LAYOUT_NCHW, a->n, a->ch, a->h, a->w);
+    struct nn_tensor g = act_gpu(a);
+    nn_tensor_convert(&t, &g);
+    return f;
+}
+
+static void act_check(const char *name, const struct act *a, double tol)
+{
+    float *f = act_download(a);
+    report(name, rel_err(f, a->c, a->numel), tol);
+    free(f);
+}
+
+/* ---- float arrays: a host copy for the CPU, backend memory for the GPU --------- */
+
+struct pair {
+    float *c, *g;
+    size_t n;
+};
+
+static struct pair pair_new(size_t n, double scale, double shift)
+{
+    struct pair p = {calloc(n, sizeof(float)), nn_backend_alloc(gpu, n * sizeof(float)), n};
+    nn_backend_sync(gpu);
+    for (size_t i = 0; i < n; i++) {
+        p.c[i] = p.g[i] = bf16_round((float)(scale * swav_rng_normal(&rng) + shift));
+    }
+    return p;
+}
+
+static void pair_free(struct pair *p)
+{
+    free(p->c);
+    nn_backend_free(gpu, p->g);
+}
+
+static void pair_check(const char *name, const struct pair *p, double tol)
+{
+    nn_backend_sync(gpu);
+    report(name, rel_err(p->g, p->c, p->n), tol);
+}
+
+/* ---- conversion ------------------------------------------------------------------- */
+
+static void test_convert(void)
+{
+    int64_t N = 3, H = 9, W = 7;
+    size_t npix = (size_t)(N * H * W);
+    float *src = nn_backend_alloc(gpu, npix * 3 * sizeof(float));
+    uint16_t *dst = nn_backend_alloc(gpu, npix * NN_BF16_STEM_CHANNELS * sizeof(uint16_t));
+    float *back = nn_backend_alloc(gpu, npix * NN_BF16_STEM_CHANNELS * sizeof(float));
+    float *want = malloc(npix * 3 * sizeof(float));
+    uint16_t *hw = malloc(npix * NN_BF16_STEM_CHANNELS * sizeof(uint16_t));
+    for (size_t i = 0; i < npix * 3; i++) {
+        src[i] = (float)swav_rng_normal(&rng); /* not representable: the rounding shows */
+        want[i] = src[i];
+    }
+    for (size_t i = 0; i < npix * NN_BF16_STEM_CHANNELS; i++) {
+        dst[i] = 0xffffu; /* NaN: the zero channel must be written */
+    }
+    struct nn_tensor ts = nn_tensor_4d(src, NN_LAYOUT_NCHW, N, 3, H, W);
+    struct nn_tensor td = nn_tensor_4d((float *)dst, NN_LAYOUT_NHWC, N, NN_BF16_STEM_CHANNELS, H, W);
+    td.dtype = NN_DTYPE_BF16;
+    nn_convert(gpu, &td, &ts);
+    nn_backend_sync(gpu);
+    /* host reference: channel c < 3 rounded, channel 3 zero */
+    int bad = 0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t x = 0; x < W; x++)
+                for (int64_t c = 0; c < NN_BF16_STEM_CHANNELS; c++) {
+                    uint16_t e = c < 3 ? nn_bf16_from_f32(want[((n * 3 + c) * H + y) * W + x]) : 0;
+                    hw[((n * H + y) * W + x) * NN_BF16_STEM_CHANNELS + c] = e;
+                }
+    for (size_t i = 0; i < npix * NN_BF16_STEM_CHANNELS; i++) {
+        bad += dst[i] != hw[i];
+    }
+    printf("%-44s %d of %zu differ %s\n", "convert f32 NCHW -> bf16 NHWC (3 -> 4 ch)", bad,
+           npix * NN_BF16_STEM_CHANNELS, bad ? "FAIL" : "ok");
+    failures += bad != 0;
+    struct nn_tensor tb = nn_tensor_4d(back, NN_LAYOUT_NCHW, N, NN_BF16_STEM_CHANNELS, H, W);
+    nn_convert(gpu, &tb, &td);
+    nn_backend_sync(gpu);
+    bad = 0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < NN_BF16_STEM_CHANNELS; c++)
+            for (int64_t p = 0; p < H * W; p++) {
+                float g = back[(n * NN_BF16_STEM_CHANNELS + c) * H * W + p];
+                float e = nn_f32_from_bf16(hw[(n * H * W + p) * NN_BF16_STEM_CHANNELS + c]);
+                bad += memcmp(&g, &e, sizeof g) != 0;
+            }
+    printf("%-44s %d differ %s\n", "convert bf16 NHWC -> f32 NCHW (exact)", bad, bad ? "FAIL" : "ok");
+    failures += bad != 0;
+    nn_backend_free(gpu, src);
+    nn_backend_free(gpu, dst);
+    nn_backend_free(gpu, back);
+    free(want);
+    free(hw);
+}
+
+/* ---- convolutions ---------------------------------------------------------------------
+ * cin_pad > C: the GPU input has cin_pad channels, the extra ones zero (the
+ * stem's widened input); the CPU sees C.  The filter gradient accumulates
+ * onto a nonzero one (layers.h's +=). */
+static void test_conv(int N, int C, int cin_pad, int H, int O, int k, int s, int p, int with_dx)
+{
+    int Ho = (H + 2 * p - k) / s + 1;
+    struct act x = act_new(N, C, H, H, 1, 0), xg = act_new(N, cin_pad, H, H, 0, 0);
+    for (int64_t n = 0; n < N; n++) /* x's values in the first C channels of xg */
+        for (int64_t c = 0; c < C; c++)
+            memcpy(xg.c + (n * cin_pad + c) * H * H, x.c + (n * C + c) * H * H,
+                   (size_t)H * H * sizeof(float));
+    act_upload(&xg);
+    struct pair w = pair_new((size_t)O * C * k * k, 0.2, 0), dw = pair_new(w.n, 0.5, 0);
+    struct act y = act_new(N, O, Ho, Ho, 0, 0), dy = act_new(N, O, Ho, Ho, 1, 0);
+    struct act dx = act_new(N, C, H, H, 0, 0);
+    struct nn_tensor wc = nn_tensor_4d(w.c, NN_LAYOUT_NCHW, O, C, k, k);
+    struct nn_tensor wg = nn_tensor_4d(w.g, NN_LAYOUT_NCHW, O, C, k, k);
+    struct nn_tensor dwc = nn_tensor_4d(dw.c, NN_LAYOUT_NCHW, O, C, k, k);
+    struct nn_tensor dwg = nn_tensor_4d(dw.g, NN_LAYOUT_NCHW, O, C, k, k);
+    struct nn_tensor xc_ = act_cpu(&x), xg_ = act_gpu(cin_pad > C ? &xg : &x);
+    struct nn_tensor yc = act_cpu(&y), yg = act_gpu(&y), dyc = act_cpu(&dy), dyg = act_gpu(&dy);
+    struct nn_tensor dxc = act_cpu(&dx), dxg = act_gpu(&dx);
+    nn_backend_weights_updated(cpu); /* new weights, maybe at a reused address */
+    nn_backend_weights_updated(gpu);
+    nn_conv2d_forward(cpu, &yc, &xc_, &wc, s, p);
+    nn_conv2d_forward(gpu, &yg, &xg_, &wg, s, p);
+    nn_conv2d_backward(cpu, with_dx ? &dxc : NULL, &dwc, &dyc, &xc_, &wc, s, p);
+    nn_conv2d_backward(gpu, with_dx ? &dxg : NULL, &dwg, &dyg, &xg_, &wg, s, p);
+    char name[96];
+    snprintf(name, sizeof name, "conv%dx%d/s%d %d->%d%s fwd", k, k, s, C, O,
+             cin_pad > C ? " (input widened)" : "");
+    act_check(name, &y, TOL_ROUND);
+    if (with_dx) {
+        snprintf(name, sizeof name, "conv%dx%d/s%d %d->%d bwd data", k, k, s, C, O);
+        act_check(name, &dx, TOL_ROUND);
+    }
+    snprintf(name, sizeof name, "conv%dx%d/s%d %d->%d bwd weight (+=)", k, k, s, C, O);
+    pair_check(name, &dw, TOL_ROUND);
+    /* the bf16 weight copy: reused until nn_backend_weights_updated, then remade */
+    float *before = act_download(&y);
+    nn_backend_sync(gpu);
+    for (size_t i = 0; i < w.n; i++) {
+        w.c[i] = w.g[i] = -2.0f * w.c[i]; /* exact in bf16 */
+    }
+    nn_conv2d_forward(gpu, &yg, &xg_, &wg, s, p);
+    float *stale = act_download(&y);
+    int same = !memcmp(before, stale, y.numel * sizeof(float));
+    snprintf(name, sizeof name, "conv%dx%d/s%d weight copy reused until updated", k, k, s);
+    printf("%-44s %s\n", name, same ? "ok" : "FAIL");
+    failures += !same;
+    nn_backend_weights_updated(cpu);
+    nn_backend_weights_updated(gpu);
+    nn_conv2d_forward(cpu, &yc, &xc_, &wc, s, p);
+    nn_conv2d_forward(gpu, &yg, &xg_, &wg, s, p);
+    snprintf(name, sizeof name, "conv%dx%d/s%d fwd after weights_updated", k, k, s);
+    act_check(name, &y, TOL_ROUND);
+    free(before);
+    free(stale);
+    act_free(&x), act_free(&xg), act_free(&y), act_free(&dy), act_free(&dx);
+    pair_free(&w), pair_free(&dw);
+}
+
+/* ---- batch norm ----------------------------------------------------------------------
+ * NHWC with C odd (scalar kernels) or even (pairs), M rows spanning several
+ * row chunks; means far from zero against their spread. */
+static void test_bn(int64_t N, int64_t C, int64_t H, unsigned flags)
+{
+    struct act x = act_new(N, C, H, H, 0, 0), y = act_new(N, C, H, H, 0, 0);
+    struct act dy = act_new(N, C, H, H, 1, 0), dx = act_new(N, C, H, H, 0, 0);
+    for (int64_t c = 0; c < C; c++) {
+        double mu = c % 3 == 0 ? 20.0 - (double)c : -1.0 + 0.25 * (double)c;
+        double sd = 0.05 + 0.3 * (double)(c % 7);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < H * H; i++)
+                x.c[(n * C + c) * H * H + i] = bf16_round((float)(mu + sd * swav_rng_normal(&rng)));
+    }
+    act_upload(&x);
+    struct pair w = pair_new((size_t)C, 0.5, 1), b = pair_new((size_t)C, 0.5, 0);
+    struct pair rm = pair_new((size_t)C, 0.1, 0), rv = pair_new((size_t)C, 0.1, 1.5);
+    struct pair sm = pair_new((size_t)C, 0, 0), sv = pair_new((size_t)C, 0, 0);
+    struct pair dw = pair_new((size_t)C, 1, 0), db = pair_new((size_t)C, 1, 0);
+    struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
+    struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
+    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, flags);
+    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, flags);
+    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
+    int train = (flags & NN_BN_TRAIN) != 0;
+    nn_batchnorm_forward(cpu, &yc, &xc, w.c, b.c, rm.c, rv.c, sm.c, sv.c, wc, flags, 0.1f, 1e-5f);
+    nn_batchnorm_forward(gpu, &yg, &xg, w.g, b.g, rm.g, rv.g, sm.g, sv.g, wg, flags, 0.1f, 1e-5f);
+    nn_batchnorm_backward(cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, train ? sm.c : rm.c,
+                          train ? sv.c : rv.c, wc, flags, 1e-5f);
+    nn_batchnorm_backward(gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, train ? sm.g : rm.g,
+                          train ? sv.g : rv.g, wg, flags, 1e-5f);
+    char name[96];
+    char tag[64];
+    snprintf(tag, sizeof tag, "bn %s%s C%d M%d", train ? "train" : "eval",
+             (flags & NN_BN_RELU) ? "+relu" : "", (int)C, (int)(N * H * H));
+#define BN_ACT(what, buf, tol)                              \
+    snprintf(name, sizeof name, "%s %s", tag, what);        \
+    act_check(name, &buf, tol)
+#define BN_PAIR(what, buf, tol)                             \
+    snprintf(name, sizeof name, "%s %s", tag, what);        \
+    pair_check(name, &buf, tol)
+    BN_ACT("out", y, TOL_ROUND);
+    if (train) {
+        BN_PAIR("save_mean", sm, 1e-5);
+        BN_PAIR("save_var (biased)", sv, 1e-5);
+        BN_PAIR("running_mean", rm, 1e-5);
+        BN_PAIR("running_var (unbiased)", rv, 1e-5);
+    }
+    BN_ACT("dinp", dx, TOL_ROUND);
+    BN_PAIR("dweight (+=)", dw, 1e-4);
+    BN_PAIR("dbias (+=)", db, 1e-4);
+#undef BN_ACT
+#undef BN_PAIR
+    nn_backend_free(cpu, wc);
+    nn_backend_free(gpu, wg);
+    act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
+    struct pair *ps[] = {&w, &b, &rm, &rv, &sm, &sv, &dw, &db};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        pair_free(ps[i]);
+    }
+}
+
+/* SyncBN's pieces on bf16: statistics against long double on the same bf16
+ * values (1e-12: double sums), twice (same bits); backward_elemt against the
+ * CPU (one rounding), its host arrays spoiled right after the call. */
+static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
+{
+    struct act x = act_new(N, C, H, H, 0, 0), dx = act_new(N, C, H, H, 1, 0);
+    for (int64_t c = 0; c < C; c++) {
+        double mu = c % 2 ? 50.0 : -3.0 + (double)c, sd = 0.01 + 0.4 * (double)(c % 5);
+        for (int64_t i = 0; i < N * H * H; i++)
+            x.c[(i / (H * H) * C + c) * H * H + i % (H * H)] =
+                bf16_round((float)(mu + sd * swav_rng_normal(&rng)));
+    }
+    act_upload(&x);
+    struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
+    double *mg = calloc((size_t)C * 4, sizeof(double)), *m2g = mg + C, *mg2 = mg + 2 * C,
+           *m2g2 = mg + 3 * C;
+    nn_batchnorm_stats(gpu, mg, m2g, &xg);
+    nn_batchnorm_stats(gpu, mg2, m2g2, &xg);
+    double em = 0, e2 = 0, M = (double)(N * H * H);
+    for (int64_t c = 0; c < C; c++) {
+        long double s = 0, q = 0;
+        for (int64_t i = 0; i < N * H * H; i++) {
+            s += x.c[(i / (H * H) * C + c) * H * H + i % (H * H)];
+        }
+        long double mean = s / M;
+        for (int64_t i = 0; i < N * H * H; i++) {
+            long double d = x.c[(i / (H * H) * C + c) * H * H + i % (H * H)] - mean;
+            q += d * d;
+        }
+        double a = fabs((double)(mg[c] - mean)) / (fabs((double)mean) + sqrt((double)q / M));
+        double b = fabs((double)(m2g[c] - q)) / (double)q;
+        em = a > em || a != a ? a : em;
+        e2 = b > e2 || b != b ? b : e2;
+    }
+    report("bf16 bn stats mean vs exact", em, 1e-12);
+    report("bf16 bn stats m2 vs exact", e2, 1e-12);
+    int same = !memcmp(mg, mg2, (size_t)C * sizeof(double)) &&
+               !memcmp(m2g, m2g2, (size_t)C * sizeof(double));
+    printf("%-44s %s\n", "bf16 bn stats deterministic", same ? "ok" : "FAIL");
+    failures += !same;
+    struct pair w = pair_new((size_t)C, 0.5, 1), mean = pair_new((size_t)C, 0, 0);
+    struct pair var = pair_new((size_t)C, 0, 0);
+    float *mdy = malloc((size_t)C * sizeof(float)), *mdyx = malloc((size_t)C * sizeof(float));
+    for (int64_t c = 0; c < C; c++) {
+        mean.c[c] = mean.g[c] = (float)mg[c];
+        var.c[c] = var.g[c] = (float)(m2g[c] / M);
+        mdy[c] = (float)(0.1 * swav_rng_normal(&rng));
+        mdyx[c] = (float)(0.1 * swav_rng_normal(&rng));
+    }
+    nn_batchnorm_backward_elemt(cpu, &dxc, &xc, w.c, mean.c, var.c, mdy, mdyx, 1e-5f);
+    nn_batchnorm_backward_elemt(gpu, &dxg, &xg, w.g, mean.g, var.g, mdy, mdyx, 1e-5f);
+    for (int64_t c = 0; c < C; c++) {
+        mdy[c] = mdyx[c] = NAN; /* the caller may reuse them when the call returns */
+    }
+    act_check("bf16 bn backward_elemt dinp", &dx, TOL_ROUND);
+    free(mdy);
+    free(mdyx);
+    free(mg);
+    act_free(&x), act_free(&dx);
+    pair_free(&w), pair_free(&mean), pair_free(&var);
+}
+
+/* ---- element-wise ---------------------------------------------------------------------
+ * odd: an odd element count (the pair kernels' tail); shifted: views one
+ * element into their buffers (2-byte aligned only: the scalar kernels). */
+static void test_eltwise(int64_t N, int64_t C, int64_t H, int shifted)
+{
+    struct act a = act_new(N, C, H, H, 1, 0), b = act_new(N, C, H, H, 1, 0);
+    struct act y = act_new(N, C, H, H, 0, 0), dy = act_new(N, C, H, H, 1, 0);
+    struct act dx = act_new(N, C, H, H, 0, 0), acc = act_new(N, C, H, H, 1, 0);
+    struct act *all[] = {&a, &b, &y, &dy, &dx, &acc};
+    struct nn_tensor tc[6], tg[6];
+    uint16_t *spare[6];
+    for (int i = 0; i < 6; i++) {
+        tc[i] = act_cpu(all[i]);
+        tg[i] = act_gpu(all[i]);
+        spare[i] = NULL;
+        if (shifted) { /* the same values one element further on */
+            spare[i] = nn_backend_alloc(gpu, (all[i]->numel + 1) * sizeof(uint16_t));
+            nn_backend_sync(gpu);
+            memcpy(spare[i] + 1, all[i]->g, all[i]->numel * sizeof(uint16_t));
+            tg[i].data = spare[i] + 1;
+        }
+    }
+    char name[96];
+    const char *tag = shifted ? " (2-byte aligned)" : (a.numel % 2 ? " (odd count)" : "");
+    /* results land in tg[i].data: copied back into act.g to check */
+#define ELT_CHECK(what, idx, tol)                                                             \
+    do {                                                                                      \
+        nn_backend_sync(gpu);                                                                 \
+        if (shifted) {                                                                        \
+            memcpy(all[idx]->g, spare[idx] + 1, all[idx]->numel * sizeof(uint16_t));          \
+        }                                                                                     \
+        snprintf(name, sizeof name, "%s%s", what, tag);                                       \
+        act_check(name, all[idx], tol);                                                       \
+    } while (0)
+    nn_relu_forward(cpu, &tc[2], &tc[0]);
+    nn_relu_forward(gpu, &tg[2], &tg[0]);
+    ELT_CHECK("bf16 relu fwd", 2, 0);
+    nn_relu_backward(cpu, &tc[4], &tc[3], &tc[2]);
+    nn_relu_backward(gpu, &tg[4], &tg[3], &tg[2]);
+    ELT_CHECK("bf16 relu bwd", 4, 0);
+    nn_relu_backward(cpu, &tc[3], &tc[3], &tc[2]); /* in place, as the model does */
+    nn_relu_backward(gpu, &tg[3], &tg[3], &tg[2]);
+    ELT_CHECK("bf16 relu bwd in place", 3, 0);
+    nn_add_forward(cpu, &tc[2], &tc[0], &tc[1], 1);
+    nn_add_forward(gpu, &tg[2], &tg[0], &tg[1], 1);
+    ELT_CHECK("bf16 add+relu fwd", 2, TOL_ROUND);
+    nn_add_forward(cpu, &tc[2], &tc[0], &tc[1], 0);
+    nn_add_forward(gpu, &tg[2], &tg[0], &tg[1], 0);
+    ELT_CHECK("bf16 add fwd", 2, TOL_ROUND);
+    nn_accumulate(cpu, &tc[5], &tc[0]);
+    nn_accumulate(gpu, &tg[5], &tg[0]);
+    ELT_CHECK("bf16 accumulate", 5, TOL_ROUND);
+#undef ELT_CHECK
+    for (int i = 0; i < 6; i++) {
+        if (spare[i]) {
+            nn_backend_free(gpu, spare[i]);
+        }
+        act_free(all[i]);
+    }
+}
+
+/* ---- pooling ----------------------------------------------------------------------------- */
+
+static void test_pool(int64_t N, int64_t C, int64_t H)
+{
+    int k = 3, s = 2, p = 1;
+    int64_t Ho = (H + 2 * p - k) / s + 1;
+    struct act x = act_new(N, C, H, H, 1, 0), y = act_new(N, C, Ho, Ho, 0, 0);
+    struct act dy = act_new(N, C, Ho, Ho, 1, 0), dx = act_new(N, C, H, H, 0, 0);
+    struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
+    struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
+    size_t wsc = nn_maxpool2d_workspace_bytes(cpu, &yc, &xc, k, s, p);
+    size_t wsg = nn_maxpool2d_workspace_bytes(gpu, &yg, &xg, k, s, p);
+    void *wc = nn_backend_alloc(cpu, wsc), *wg = nn_backend_alloc(gpu, wsg);
+    char name[96];
+    nn_maxpool2d_forward(cpu, &yc, &xc, wc, k, s, p);
+    nn_maxpool2d_forward(gpu, &yg, &xg, wg, k, s, p);
+    snprintf(name, sizeof name, "bf16 maxpool 3/2/1 C%d %dx%d fwd", (int)C, (int)H, (int)H);
+    act_check(name, &y, 0);
+    nn_maxpool2d_backward(cpu, &dxc, &dyc, wc, k, s, p);
+    nn_maxpool2d_backward(gpu, &dxg, &dyg, wg, k, s, p);
+    snprintf(name, sizeof name, "bf16 maxpool 3/2/1 C%d %dx%d bwd", (int)C, (int)H, (int)H);
+    act_check(name, &dx, TOL_ROUND);
+    nn_backend_free(cpu, wc);
+    nn_backend_free(gpu, wg);
+    struct pair a = pair_new((size_t)(N * C), 0, 0), da = pair_new((size_t)(N * C), 1, 0);
+    struct nn_tensor avc = nn_tensor_2d(a.c, N, C), avg = nn_tensor_2d(a.g, N, C);
+    struct nn_tensor davc = nn_tensor_2d(da.c, N, C), davg = nn_tensor_2d(da.g, N, C);
+    nn_avgpool_forward(cpu, &avc, &xc);
+    nn_avgpool_forward(gpu, &avg, &xg);
+    snprintf(name, sizeof name, "bf16 avgpool C%d %dx%d fwd (float out)", (int)C, (int)H, (int)H);
+    pair_check(name, &a, 1e-5);
+    nn_avgpool_backward(cpu, &dxc, &davc);
+    nn_avgpool_backward(gpu, &dxg, &davg);
+    snprintf(name, sizeof name, "bf16 avgpool C%d %dx%d bwd", (int)C, (int)H, (int)H);
+    act_check(name, &dx, TOL_ROUND);
+    act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
+    pair_free(&a), pair_free(&da);
+}
+
+/* ---- the model -------------------------------------------------------------------------
+ * test_cuda_model.c's small SwAV model (ResNet-18 width 16, head 64 -> 16,
+ * 30 prototypes, crops 2x48 + 2x32, batch 4, same seed: the same initial
+ * float weights) with cfg.bf16 on the GPU against the float model on the
+ * CPU, two steps (crops normalized by each backend from the same uint8
+ * batch, loss, backward, SGD + LARC).
+ * Tolerances: bf16 activations through 20 layers compound their roundings
+ * (2^-8 each, partly renormalized by the batch norms); the step was
+ * rehearsed with the bf16 layers emulated on the host (their kernels run
+ * by a host emulator, convolutions exact in double then rounded), which
+ * measured about loss 1e-3, scores 1e-2, gradients 2e-2 to 5e-2 (worst
+ * one tensor), running stats 1e-2; the tolerances below are about 3x those
+ * (stated per check).  Exact: the number of batches tracked, the initial
+ * parameters.  And warm-up: a step after the first creates no cache entry. */
+static void model_check(const char *name, const float *g, const float *c, size_t n, double tol)
+{
+    report(name, rel_err(g, c, n), tol);
+}
+
+static void test_model(void)
+{
+    struct nn_resnet_cfg cfg;
+    nn_resnet_cfg_default(&cfg);
+    cfg.depth = 18;
+    cfg.width = 16;
+    cfg.hidden_mlp = 64;
+    cfg.feat_dim = 16;
+    cfg.nmb_prototypes = 30;
+    cfg.plain_layout = 1;
+    cfg.seed = 7;
+    struct nn_resnet_cfg cfg_g = cfg;
+    cfg_g.bf16 = 1;
+    const struct nn_crop_group groups[2] = {{2, 48}, {2, 32}};
+    const int batch = 4, n_crops = 4, K = cfg.nmb_prototypes;
+    struct nn_model *mc = nn_model_new(cpu, &cfg, groups, 2, batch);
+    struct nn_model *mg = nn_model_new(gpu, &cfg_g, groups, 2, batch);
+    if (!mc || !mg) {
+        printf("FAIL: nn_model_new (bf16 on the GPU, float on the CPU)\n");
+        failures++;
+        nn_model_destroy(&mc);
+        nn_model_destroy(&mg);
+        return;
+    }
+    struct nn_tensor probe;
+    int is_bf16 = nn_model_activation(mg, 0, "layer1.0", &probe) == 0 &&
+                  probe.dtype == NN_DTYPE_BF16 && probe.layout == NN_LAYOUT_NHWC;
+    printf("%-44s %s\n", "bf16 model: backbone activations bf16 NHWC", is_bf16 ? "ok" : "FAIL");
+    failures += !is_bf16;
+    nn_backend_sync(gpu);
+    model_check("bf16 model: initial parameters (same seed)", mg->param_data, mc->param_data,
+                mc->params.total, 0);
+    uint8_t *raw[2];
+    float *in_c[2], *in_g[2];
+    for (int g = 0; g < 2; g++) {
+        size_t n = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
+        raw[g] = malloc(n);
+        for (size_t i = 0; i < n; i++) {
+            raw[g][i] = (uint8_t)swav_rng_below(&rng, 256);
+        }
+        in_c[g] = nn_backend_alloc(cpu, n * sizeof(float));
+        in_g[g] = nn_backend_alloc(gpu, n * sizeof(float));
+    }
+    size_t nq = (size_t)2 * batch * K, ns = (size_t)n_crops * batch * K;
+    float *q_c = malloc(nq * sizeof(float)), *q_g = nn_backend_alloc(gpu, nq * sizeof(float));
+    for (size_t row = 0; row < nq / K; row++) {
+        double s = 0;
+        for (int k = 0; k < K; k++) {
+            s += q_c[row * K + k] = (float)exp(swav_rng_normal(&rng));
+        }
+        for (int k = 0; k < K; k++) {
+            q_c[row * K + k] = (float)(q_c[row * K + k] / s);
+        }
+    }
+    nn_backend_copy(gpu, q_g, q_c, nq * sizeof(float));
+    float *lp_c = malloc(ns * sizeof(float)), *ds_c = malloc(ns * sizeof(float));
+    float *lp_g = nn_backend_alloc(gpu, ns * sizeof(float));
+    float *ds_g = nn_backend_alloc(gpu, ns * sizeof(float));
+    static const int assign[2] = {0, 1};
+    struct nn_swav_loss_cfg lc = {n_crops, batch, 2, assign, 0.1f};
+    struct nn_optim_config oc = nn_optim_config_swav(1e-6, 0);
+    struct nn_optim opt_c, opt_g;
+    nn_optim_init_on(&opt_c, cpu, &mc->params, &oc);
+    nn_optim_init_on(&opt_g, gpu, &mg->params, &oc);
+    int cache_after_first = 0;
+    for (int step = 0; step < 2; step++) {
+        float loss[2];
+        for (int side = 0; side < 2; side++) {
+            struct nn_model *m = side ? mg : mc;
+            nn_backend_t *be = side ? gpu : cpu;
+            float **in = side ? in_g : in_c;
+            for (int g = 0; g < 2; g++) {
+                nn_backend_normalize_crops(be, in[g], raw[g], batch, groups[g].n_crops,
+                                           groups[g].size, groups[g].size);
+            }
+            nn_model_normalize_prototypes(m);
+            nn_model_forward(m, (const float *const *)in, batch, NN_MODEL_TRAIN);
+            struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, K);
+            struct nn_tensor dsc = nn_tensor_2d(side ? ds_g : ds_c, m->n_rows, K);
+            loss[side] = nn_swav_loss_forward(be, side ? lp_g : lp_c, &sc, side ? q_g : q_c, &lc);
+            nn_swav_loss_backward(be, &dsc, side ? lp_g : lp_c, side ? q_g : q_c, &lc);
+            nn_model_zero_grad(m);
+            nn_model_backward(m, side ? ds_g : ds_c);
+            nn_backend_sync(be);
+        }
+        printf("-- bf16 model step %d\n", step);
+        double le = fabs(loss[1] - loss[0]) / fabs(loss[0]);
+        printf("%-44s rel err %.3g (tol 3e-03) %s  (cuda bf16 %.6f cpu %.6f)\n", "swav loss", le,
+               le <= 3e-3 ? "ok" : "FAIL", loss[1], loss[0]);
+        failures += !(le <= 3e-3);
+        model_check("scores", mg->scores, mc->scores, ns, 3e-2);
+        model_check("feats (avgpool of the bf16 backbone)", mg->feats, mc->feats,
+                    (size_t)mc->n_rows * mc->feat_channels, 3e-2);
+        model_check("all parameter gradients", mg->grad_data, mc->grad_data, mc->params.total,
+                    1e-1);
+        for (int i = 0; i < mc->params.n; i++) {
+            const struct nn_param *p = &mc->params.p[i];
+            if (i == 0 || i == mc->params.n - 1 || strstr(p->name, "layer4.1.conv2") ||
+                strstr(p->name, "layer2.0.downsample.0") || strstr(p->name, "projection_head.0")) {
+                char name[160];
+                snprintf(name, sizeof name, "grad %s", p->name);
+                model_check(name, mg->grad_data + p->offset, mc->grad_data + p->offset, p->numel,
+                            1.5e-1);
+            }
+        }
+        for (int side = 0; side < 2; side++) {
+            struct nn_model *m = side ? mg : mc;
+            nn_optim_step(side ? &opt_g : &opt_c, m->param_data, m->grad_data, 4.8, step);
+            nn_backend_sync(side ? gpu : cpu);
+        }
+        model_check("parameters after the step", mg->param_data, mc->param_data,
+                    mc->params.total, 1e-2);
+        if (step == 0) {
+            cache_after_first = nn_backend_cache_size(gpu);
+        }
+    }
+    model_check("BN running stats", mg->buffer_data, mc->buffer_data, mc->buffers.total, 3e-2);
+    const float *nbt_g = nn_model_buffer(mg, "layer1.0.bn1.num_batches_tracked");
+    const float *nbt_c = nn_model_buffer(mc, "layer1.0.bn1.num_batches_tracked");
+    int nbt_ok = *nbt_g == 4 && *nbt_c == 4;
+    printf("%-44s cuda %g cpu %g (want 4) %s\n", "num_batches_tracked", *nbt_g, *nbt_c,
+           nbt_ok ? "ok" : "FAIL");
+    failures += !nbt_ok;
+    int cache_now = nn_backend_cache_size(gpu);
+    printf("%-44s %d after step 1, %d after step 2 %s\n", "cache entries (nothing new after warm-up)",
+           cache_after_first, cache_now, cache_now == cache_after_first ? "ok" : "FAIL");
+    failures += cache_now != cache_after_first;
+    nn_optim_free(&opt_g);
+    nn_optim_free(&opt_c);
+    for (int g = 0; g < 2; g++) {
+        free(raw[g]);
+        nn_backend_free(cpu, in_c[g]);
+        nn_backend_free(gpu, in_g[g]);
+    }
+    free(q_c);
+    free(lp_c);
+    free(ds_c);
+    nn_backend_free(gpu, q_g);
+    nn_backend_free(gpu, lp_g);
+    nn_backend_free(gpu, ds_g);
+    nn_model_destroy(&mg);
+    nn_model_destroy(&mc);
+}
+
+int main(void)
+{
+    if (nn_cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device (%s)\n",
+               nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
+        return 77;
+    }
+    cpu = nn_backend_cpu_new(0);
+    gpu = nn_backend_cuda_new(0);
+    if (!gpu) {
+        printf("FAIL: nn_backend_cuda_new(0)\n");
+        return 1;
+    }
+    if (!nn_backend_has_bf16(gpu)) {
+        printf("FAIL: the CUDA backend does not declare bf16\n");
+        return 1;
+    }
+    swav_rng_init(&rng, 17, 0, 0, 0);
+    test_convert();
+    test_conv(2, 8, 8, 12, 16, 3, 1, 1, 1);  /* a 3x3 block conv */
+    test_conv(2, 3, NN_BF16_STEM_CHANNELS, 20, 8, 7, 2, 3, 0); /* the stem: 3 -> 4 channels */
+    test_conv(2, 16, 16, 9, 32, 1, 2, 0, 1); /* a downsample 1x1/s2 */
+    test_conv(3, 8, 8, 3, 8, 3, 1, 1, 1);    /* 3x3 on a 3x3 map */
+    test_bn(2, 64, 20, NN_BN_TRAIN);           /* pairs, 800 rows: several chunks */
+    test_bn(2, 64, 20, NN_BN_TRAIN | NN_BN_RELU);
+    test_bn(3, 13, 9, NN_BN_TRAIN | NN_BN_RELU); /* odd C: scalar kernels */
+    test_bn(3, 13, 9, NN_BN_RELU);             /* eval, as SyncBN's normalize */
+    test_bn(2, 64, 5, 0);
+    test_bn(4, 96, 40, NN_BN_TRAIN);           /* 6400 rows, 96 channels: 2 tiles */
+    test_bn_sync_pieces(3, 10, 17);
+    test_bn_sync_pieces(2, 7, 11);
+    test_eltwise(3, 8, 7, 0);  /* even count: pairs */
+    test_eltwise(3, 5, 7, 0);  /* odd count: pairs and a tail */
+    test_eltwise(2, 6, 5, 1);  /* misaligned views: scalar */
+    test_pool(2, 8, 11);
+    test_pool(3, 5, 12);
+    test_model();
+    printf("cache entries %d\n", nn_backend_cache_size(gpu));
+    nn_backend_destroy(&gpu);
+    nn_backend_destroy(&cpu);
+    printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
+}
