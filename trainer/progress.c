@@ -59,7 +59,7 @@ static void write_line(struct trainer_progress *p, const struct trainer_step_rec
     json_object_set_new(o, "queue_used", json_boolean(r->queue_used));
     json_object_set_new(o, "entropy", json_real(r->entropy));
     json_object_set_new(o, "prototypes_used", json_integer(r->prototypes_used));
-    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(o);
     if (!s) return;
     size_t n = strlen(s);
