@@ -249,11 +249,11 @@ static int setup_flags(struct trainer *T, int argc, char **argv)
         fprintf(stderr, "swav-trainer: %s\n", err);
         return -1;
     }
-    if (T->a.use_fp16) {
-        /* Both backends compute in fp32 today (bf16 on the GPU is docs/cuda.md's
-         * next step): the flag is accepted and said to be ignored. */
-        LOG_WARN("--use_fp16: this build trains in fp32 on every backend (docs/cuda.md); the "
-                 "flag is ignored");
+    if (T->a.use_fp16 && strncmp(T->t.device, "cuda", 4) != 0) {
+        /* The CPU backend computes in fp32 only; on CUDA --use_fp16 means a
+         * bf16 backbone (setup_model, docs/cuda.md). */
+        LOG_WARN("--use_fp16: the %s backend trains in fp32 (bf16 is the CUDA backend's, "
+                 "docs/cuda.md); the flag is ignored", T->t.device);
         T->a.use_fp16 = false;
     }
     if (T->a.warmup_epochs > T->a.epochs) {
@@ -302,6 +302,16 @@ static int setup_model(struct trainer *T)
         LOG_ERROR("%s", err);
         return -1;
     }
+    if (T->a.use_fp16) {
+        /* the reference's fp16 (apex O1) becomes bf16 here: same range as
+         * fp32, so no loss scaling; fp32 master weights (docs/cuda.md) */
+        if (nn_backend_has_bf16(T->be)) {
+            cfg.bf16 = 1;
+        } else {
+            LOG_WARN("--use_fp16: the %s backend has no bf16 backbone; training in fp32",
+                     nn_backend_name(T->be));
+        }
+    }
     T->model = nn_model_new(T->be, &cfg, T->groups, T->ngroups, (int)T->a.batch_size);
     if (!T->model) {
         LOG_ERROR("cannot build %s (width %d) for these crops", T->a.arch, cfg.width);
@@ -322,8 +332,9 @@ static int setup_model(struct trainer *T)
     T->codes_dev = nn_backend_alloc(T->be, (size_t)T->n_assign * bs * K * sizeof(float));
     T->logp = nn_backend_alloc(T->be, (size_t)T->n_crops * bs * K * sizeof(float));
     T->dscores = nn_backend_alloc(T->be, (size_t)T->n_crops * bs * K * sizeof(float));
-    LOG_INFO("model %s width %d%s on %s: %zu parameters, activations %.1f MiB", T->a.arch,
+    LOG_INFO("model %s width %d%s on %s%s: %zu parameters, activations %.1f MiB", T->a.arch,
              cfg.width, cfg.small_stem ? " small stem" : "", nn_backend_name(T->be),
+             cfg.bf16 ? " (bf16 backbone, fp32 master weights)" : "",
              T->model->params.total, (double)nn_model_arena_bytes(T->model) / (1 << 20));
     return 0;
 }
