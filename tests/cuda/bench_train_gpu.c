@@ -8,7 +8,10 @@
  * scores of crops 0 and 1, swapped-prediction loss, backward, SGD+LARC.
  * Prints "images/s X" (images = batch) and "sinkhorn_ms X" (4096 x K, the
  * assigner's queue-sized problem).  The crops are in device memory: this is
- * the synthetic figure (no host-to-device copy of the batch). */
+ * the synthetic figure (no host-to-device copy of the batch).
+ * BF16=1 in the environment builds the model with a bf16 channels_last
+ * backbone (cfg.bf16: the trainer's --use_fp16), as the PyTorch side's
+ * autocast; else fp32 NCHW. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +37,8 @@ int main(int argc, char **argv)
     nn_resnet_cfg_default(&cfg);
     cfg.depth = atoi(argv[1]);
     cfg.plain_layout = 1;
+    const char *bf16_env = getenv("BF16");
+    cfg.bf16 = bf16_env && bf16_env[0] == '1';
     int batch = atoi(argv[2]);
     int steps = atoi(argv[4]);
     bench_head_args(&cfg, argc, argv, 5);
@@ -122,8 +127,8 @@ int main(int argc, char **argv)
     }
     nn_backend_sync(be);
     double dt = swav_now_s() - t0;
-    printf("loss %.4f arena %.1f MiB cache %d\n", loss, nn_model_arena_bytes(m) / 1048576.0,
-           nn_backend_cache_size(be));
+    printf("precision %s loss %.4f arena %.1f MiB cache %d\n", cfg.bf16 ? "bf16" : "fp32", loss,
+           nn_model_arena_bytes(m) / 1048576.0, nn_backend_cache_size(be));
     printf("images/s %.3f\n", steps * batch / dt);
     nn_optim_free(&opt);
     nn_model_destroy(&m);
