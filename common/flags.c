@@ -19,6 +19,22 @@ int swav_flags_parse_bool(const char *s)
     return -1;
 }
 
+int swav_flags_parse_device(const char *s, int *index)
+{
+    *index = 0;
+    if (!strcmp(s, "cpu")) return 0;
+    if (!strcmp(s, "cuda")) return 1;
+    if (!strncmp(s, "cuda:", 5) && s[5] >= '0' && s[5] <= '9') {
+        char *end = NULL;
+        long v = strtol(s + 5, &end, 10);
+        if (*end == '\0' && v >= 0 && v < 1024) {
+            *index = (int)v;
+            return 1;
+        }
+    }
+    return -1;
+}
+
 static const char *type_name(enum swav_flag_type t)
 {
     switch (t) {

@@ -75,5 +75,8 @@ int swav_flags_to_json(char *buf, size_t len, const struct swav_flag_set *sets, 
 
 /* Python's bool_flag: 1 true, 0 false, -1 not a boolean. */
 int swav_flags_parse_bool(const char *s);
+/* A --device value: 0 "cpu", 1 "cuda" (index 0) or "cuda:N" (index N < 1024),
+ * -1 anything else. */
+int swav_flags_parse_device(const char *s, int *index);
 
 #endif

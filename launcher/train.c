@@ -3,7 +3,8 @@
  *   swav train [main_swav.py flags] [swav-trainer flags]
  *              --nproc W --loaders N --workers M [--eval-data DIR]
  *              [--eval_probes knn,linear,semisup] [--eval_labels_perc 1|10]
- *              [--curve_keys KEYS]
+ *              [--curve_keys KEYS] [--device cpu|cuda|cuda:N]
+ *              [--assigner_device D] [--eval_device D]
  *
  * starts the assigner, N loaders (M decode threads each), W trainer ranks
  * and, with --eval-data (an ImageFolder with train/ and test/ or val/), the
@@ -18,7 +19,8 @@
  * trainers stop first (they write a checkpoint), then the rest.  The run ends
  * when every trainer has finished (and the evaluator has the last
  * checkpoint's results, bounded).  dump_path/status.json holds the live state
- * (`swav status`). */
+ * (`swav status`).  --device cuda puts trainer rank r on GPU r (NCCL between
+ * them), and the assigner and evaluator on GPU 0 unless told otherwise. */
 #include "train.h"
 
 #include <errno.h>
@@ -37,6 +39,7 @@
 #include "common/check.h"
 #include "common/fileio.h"
 #include "common/log.h"
+#include "common/flags.h"
 #include "common/timeutil.h"
 #include "supervise.h"
 
@@ -64,6 +67,10 @@ struct train_opts {
     char probe_names[MAX_PROBES][16];
     int n_probes;
     int trainer_retries;
+    /* --device (the trainers': "cuda" puts rank r on GPU r), and the
+     * assigner's and evaluator's (default: the trainers' device, GPU 0 or
+     * the one GPU named) */
+    const char *device, *assigner_device, *eval_device;
     /* --curve_keys: absolute paths of KEYS/{assigner,trainer,loader}.{key,pub},
      * or all "" */
     char k_assigner[PATH_MAX], k_assigner_pub[PATH_MAX];
@@ -202,6 +209,9 @@ static void parse(struct train_opts *o, int argc, char **argv)
     o->eval_val_limit = -1;
     o->eval_probes = "knn,linear";
     o->eval_subset_file = "";
+    o->device = "cpu";
+    o->assigner_device = "";
+    o->eval_device = "";
     int probes_given = 0;
     for (int i = 0; i < argc; i++) {
         char name[256];
@@ -242,6 +252,12 @@ static void parse(struct train_opts *o, int argc, char **argv)
             o->trainer_retries = parse_int_flag("--trainer_retries", v, 0, 1000);
         } else if (take_value(&i, argc, argv, "--curve_keys", &v)) {
             curve_keys(o, v);
+        } else if (take_value(&i, argc, argv, "--device", &v)) {
+            o->device = v;
+        } else if (take_value(&i, argc, argv, "--assigner_device", &v)) {
+            o->assigner_device = v;
+        } else if (take_value(&i, argc, argv, "--eval_device", &v)) {
+            o->eval_device = v;
         } else if (!strcmp(name, "--verbose")) {
             o->verbose = 1;
         } else {
@@ -271,6 +287,26 @@ static void parse(struct train_opts *o, int argc, char **argv)
     }
     if (!o->data_path[0]) {
         fprintf(stderr, "swav train: --data_path DIR is required (an image folder)\n");
+        exit(2);
+    }
+    int gpu = 0;
+    int kind = swav_flags_parse_device(o->device, &gpu);
+    if (kind < 0) {
+        fprintf(stderr, "swav train: --device %s: not one of cpu, cuda, cuda:N\n", o->device);
+        exit(2);
+    }
+    if (kind == 1 && strcmp(o->device, "cuda") != 0 && o->nproc > 1) {
+        fprintf(stderr, "swav train: --device %s names one GPU for %d ranks: give --device cuda "
+                        "(rank r trains on GPU r)\n", o->device, o->nproc);
+        exit(2);
+    }
+    /* the assigner and the evaluator follow the trainers unless told */
+    if (!o->assigner_device[0]) o->assigner_device = o->device;
+    if (!o->eval_device[0]) o->eval_device = o->device;
+    if (swav_flags_parse_device(o->assigner_device, &gpu) < 0 ||
+        swav_flags_parse_device(o->eval_device, &gpu) < 0) {
+        fprintf(stderr, "swav train: --assigner_device %s / --eval_device %s: not one of cpu, "
+                        "cuda, cuda:N\n", o->assigner_device, o->eval_device);
         exit(2);
     }
     parse_probes(o);
@@ -577,6 +613,7 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
     arg(&a, "--endpoint=ipc://%s/assigner", sock);
     arg(&a, "--run=%s", run);
     arg(&a, "--threads=1");
+    arg(&a, "--device=%s", o.assigner_device);
     /* a restarted trainer may take over its dead predecessor's rank after 5 s */
     arg(&a, "--stale_peer_ms=5000");
     const int curve = o.k_trainer[0] != '\0';
@@ -598,6 +635,11 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
         for (int k = 0; k < o.npass; k++) arg(&a, "%s", o.pass[k]);
         arg(&a, "--rank=%d", r);
         arg(&a, "--world_size=%d", o.nproc);
+        if (!strcmp(o.device, "cuda")) {
+            arg(&a, "--device=cuda:%d", r);
+        } else {
+            arg(&a, "--device=%s", o.device);
+        }
         arg(&a, "--run=%s", run);
         arg(&a, "--assigner=ipc://%s/assigner", sock);
         arg(&a, "--loader_bind=ipc://%s/loader-%d", sock, r);
@@ -681,6 +723,7 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
             if (o.eval_semisup_epochs) arg(&a, "--semisup_epochs=%d", o.eval_semisup_epochs);
         }
         arg(&a, "--threads=1");
+        arg(&a, "--device=%s", o.eval_device);
         i_eval = sup_add(&s, "evaluator", a.v, SUP_RESTART_ALWAYS, 0, 1, 100);
         args_free(&a);
     }

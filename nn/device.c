@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/flags.h"
+
 #ifdef SWAV_HAVE_CUDA
 #include "cuda/backend_cuda.h"
 #endif
@@ -18,31 +20,10 @@ int nn_device_have_cuda(void)
 #endif
 }
 
-/* 0 for "cpu", 1 for "cuda"/"cuda:N" (index in *index), -1 otherwise. */
-static int device_parse(const char *device, int *index)
-{
-    *index = 0;
-    if (!strcmp(device, "cpu")) {
-        return 0;
-    }
-    if (!strcmp(device, "cuda")) {
-        return 1;
-    }
-    if (!strncmp(device, "cuda:", 5) && device[5]) {
-        char *end = NULL;
-        long v = strtol(device + 5, &end, 10);
-        if (*end == '\0' && v >= 0 && v < 1024) {
-            *index = (int)v;
-            return 1;
-        }
-    }
-    return -1;
-}
-
 int nn_device_check(const char *device, char *err, size_t errlen)
 {
     int index;
-    if (device_parse(device, &index) < 0) {
+    if (swav_flags_parse_device(device, &index) < 0) {
         snprintf(err, errlen, "--device %s: not one of cpu, cuda, cuda:N", device);
         return -1;
     }
@@ -52,7 +33,7 @@ int nn_device_check(const char *device, char *err, size_t errlen)
 nn_backend_t *nn_device_open(const char *device, int cpu_threads, char *err, size_t errlen)
 {
     int index;
-    int kind = device_parse(device, &index);
+    int kind = swav_flags_parse_device(device, &index);
     if (kind < 0) {
         nn_device_check(device, err, errlen);
         return NULL;

@@ -47,6 +47,9 @@ for extra, want in [
         (["--eval_semisup_epochs", "3"], "need semisup in --eval_probes (now 'knn,linear')"),
         (["--eval_probes", "semisup", "--eval_subset_file", os.path.join(tmp, "nolist")],
          "nolist: No such file"),
+        (["--device", "gpu"], "--device gpu: not one of cpu, cuda, cuda:N"),
+        (["--device", "cuda:1", "--nproc", "2"], "names one GPU for 2 ranks"),
+        (["--eval_device", "tpu"], "--eval_device tpu: not one of cpu, cuda, cuda:N"),
 ]:
     dump = os.path.join(tmp, "refused")
     r = subprocess.run([bins.swav, "train", *T.TINY, "--epochs", "1", "--data_path", train,
