@@ -327,6 +327,21 @@ int main(int argc, char **argv)
     check_table("eval_linear", &ls, ref_linear, sizeof ref_linear / sizeof ref_linear[0]);
     check_table("eval_semisup", &ss, ref_semisup, sizeof ref_semisup / sizeof ref_semisup[0]);
 
+    /* --device values (the trainer's, the evaluator's, the assigner's, swav train's) */
+    static const struct {
+        const char *s;
+        int kind, index;
+    } dev[] = {{"cpu", 0, 0},     {"cuda", 1, 0},     {"cuda:0", 1, 0},  {"cuda:7", 1, 7},
+               {"cuda:1023", 1, 1023}, {"cuda:1024", -1, 0}, {"cuda:", -1, 0}, {"cuda:-1", -1, 0},
+               {"cuda:1x", -1, 0}, {"gpu", -1, 0},     {"CPU", -1, 0},    {"", -1, 0}};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) {
+        int index = -5;
+        int kind = swav_flags_parse_device(dev[i].s, &index);
+        EXPECT(kind == dev[i].kind && (kind != 1 || index == dev[i].index),
+               "--device '%s': kind %d index %d, want %d %d", dev[i].s, kind, index, dev[i].kind,
+               dev[i].index);
+    }
+
     char err[512];
     /* the reference's own 400-epoch command line */
     const char *ref400[] = {"--data_path", "/data/imagenet/train", "--nmb_crops", "2", "6",
