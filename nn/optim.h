@@ -94,7 +94,8 @@ void nn_optim_set_group(struct nn_optim *o, int index, int group);
  * iteration (epoch * iters_per_epoch + it), used for the prototype freeze. */
 void nn_optim_step(struct nn_optim *o, float *params, const float *grads, double lr,
                    int64_t iteration);
-/* One step with group_lr[g] for the tensors of group g. */
+/* One step with group_lr[g] for the tensors of group g; group_lr has
+ * NN_OPTIM_MAX_GROUPS entries (a backend optimizer reads them all). */
 void nn_optim_step_groups(struct nn_optim *o, float *params, const float *grads,
                           const double *group_lr, int64_t iteration);
 
