@@ -42,7 +42,8 @@ static const struct swav_flag cli_flags[] = {
       "checkpoint whose queue (<checkpoint>.queue) to restore when the session forms"),
     F("threads", SWAV_FLAG_INT, threads, 1, 64, "2", "Sinkhorn and BLAS threads (--device cpu)"),
     F("device", SWAV_FLAG_STR, device, 0, 0, "cpu",
-      "where scores and Sinkhorn run: cpu, or cuda (GPU 0; builds with the CUDA toolkit)"),
+      "where scores and Sinkhorn run: cpu, cuda (GPU 0) or cuda:N (builds with the CUDA "
+      "toolkit)"),
     F("embed_timeout_ms", SWAV_FLAG_INT, embed_timeout_ms, 1, 86400000, "60000",
       "a rank this late with its embed gets the others an error naming it"),
     F("hello_timeout_ms", SWAV_FLAG_INT, hello_timeout_ms, 1, 86400000, "120000",
@@ -89,21 +90,28 @@ int main(int argc, char **argv)
         swav_flags_usage(stderr, "swav-assigner", &set, 1);
         return 2;
     }
-    if (strcmp(cli.device, "cpu") != 0 && strcmp(cli.device, "cuda") != 0) {
-        fprintf(stderr, "swav-assigner: --device %s: expected cpu or cuda\n", cli.device);
+    int gpu = 0;
+    const int kind = swav_flags_parse_device(cli.device, &gpu);
+    if (kind < 0) {
+        fprintf(stderr, "swav-assigner: --device %s: expected cpu, cuda or cuda:N\n", cli.device);
         swav_flags_usage(stderr, "swav-assigner", &set, 1);
         return 2;
     }
-    if (strcmp(cli.device, "cuda") == 0) {
+    if (kind == 1) {
 #ifdef SWAV_HAVE_CUDA
         char why[256];
-        if (sinkhorn_cuda_device_count(why, sizeof why) == 0) {
-            LOG_ERROR("--device cuda: no usable CUDA device (%s)", why);
+        const int count = sinkhorn_cuda_device_count(why, sizeof why);
+        if (count == 0) {
+            LOG_ERROR("--device %s: no usable CUDA device (%s)", cli.device, why);
+            return 2;
+        }
+        if (gpu >= count) {
+            LOG_ERROR("--device %s: %d CUDA device(s) present", cli.device, count);
             return 2;
         }
 #else
-        LOG_ERROR("--device cuda: swav-assigner was built without CUDA (nvcc/cuDNN/NCCL not "
-                  "found at build time)");
+        LOG_ERROR("--device %s: swav-assigner was built without CUDA (nvcc/cuDNN/NCCL not "
+                  "found at build time)", cli.device);
         return 2;
 #endif
     }

@@ -19,6 +19,7 @@
 #include <zmq.h>
 
 #include "common/check.h"
+#include "common/flags.h"
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "core.h"
@@ -871,15 +872,19 @@ assigner_server_t *assigner_server_new(const struct assigner_server_opts *opts, 
         free(s);
         return NULL;
     }
-    if (opts->device && strcmp(opts->device, "cuda") == 0) {
+    int gpu = 0;
+    const int kind = opts->device && opts->device[0]
+                         ? swav_flags_parse_device(opts->device, &gpu) : 0;
+    SWAV_ASSERT(kind >= 0); /* main checked the flag */
+    if (kind == 1) {
 #ifdef SWAV_HAVE_CUDA
-        s->backend = sinkhorn_backend_cuda_new(0, cerr, sizeof cerr);
+        s->backend = sinkhorn_backend_cuda_new(gpu, cerr, sizeof cerr);
 #else
         snprintf(cerr, sizeof cerr, "swav-assigner was built without CUDA (nvcc/cuDNN/NCCL "
                  "not found at build time)");
 #endif
         if (!s->backend) {
-            snprintf(err, errlen, "--device cuda: %s", cerr);
+            snprintf(err, errlen, "--device %s: %s", opts->device, cerr);
             zmq_close(s->sock);
             proto_zap_destroy(&s->zap);
             zmq_ctx_term(s->ctx);
@@ -887,7 +892,6 @@ assigner_server_t *assigner_server_new(const struct assigner_server_opts *opts, 
             return NULL;
         }
     } else {
-        SWAV_ASSERT(!opts->device || !opts->device[0] || strcmp(opts->device, "cpu") == 0);
         s->backend = sinkhorn_backend_cpu_new(opts->threads);
     }
     proto_rx_init(&s->rx);

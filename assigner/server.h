@@ -17,7 +17,7 @@ struct assigner_server_opts {
     const char *run;           /* expected run id; "" adopts the first hello's */
     const char *resume;        /* checkpoint whose queue (<resume>.queue) to load; "" none */
     int threads;               /* Sinkhorn threads */
-    const char *device;        /* "cpu" (NULL/"": cpu) or "cuda" (device 0; built with CUDA) */
+    const char *device;        /* "cpu" (NULL/"": cpu), "cuda" or "cuda:N" (built with CUDA) */
     int embed_timeout_ms;      /* the other ranks get `error` when one is this late */
     int hello_timeout_ms;      /* likewise for the hello of all ranks */
     int stale_peer_ms;         /* a rank silent this long may be re-registered by a new peer */
