@@ -398,6 +398,7 @@ k_bf16_bn_stats(double *part, const bf16 *x, unsigned C, unsigned M, unsigned ch
     if (c0 < C) { /* VEC 2: C is even, so c0 + 1 < C too */
         float k[VEC], v[VEC];
         bf16_vec<VEC>::load(x + c0, k);
+#pragma unroll 4 /* independent loads in flight: the loop is latency-bound otherwise */
         for (unsigned r = r0 + threadIdx.y; r < r1; r += BF16_BN_TY) {
             bf16_vec<VEC>::load(x + (size_t)r * C + c0, v);
             for (int j = 0; j < VEC; j++) {
@@ -523,6 +524,7 @@ k_bf16_bn_bwd_reduce(double *part, const bf16 *dy, const bf16 *x, const float *m
             sc[j] = scale ? scale[c0 + j] : 0.0f;
             sf[j] = scale ? shift[c0 + j] : 0.0f;
         }
+#pragma unroll 4
         for (unsigned r = r0 + threadIdx.y; r < r1; r += BF16_BN_TY) {
             size_t o = (size_t)r * C + c0;
             bf16_vec<VEC>::load(dy + o, g);

@@ -33,10 +33,12 @@
 
 #include "common/check.h"
 #include "common/rng.h"
+#include "nn/collective.h"
 #include "nn/cuda/backend_cuda.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "nn/resnet.h"
+#include "nn/syncbn.h"
 
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
@@ -414,6 +416,69 @@ static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
     pair_free(&w), pair_free(&mean), pair_free(&var);
 }
 
+/* nn_syncbn_forward/backward with a world of one on bf16 (statistics, the
+ * eval-mode normalize with the fused ReLU's workspace, eval-mode backward,
+ * backward_elemt) against the CPU's on float: test_bn's tolerances. */
+static void test_syncbn_single(int64_t N, int64_t C, int64_t H, unsigned relu)
+{
+    struct act x = act_new(N, C, H, H, 1, 0.5), y = act_new(N, C, H, H, 0, 0);
+    struct act dy = act_new(N, C, H, H, 1, 0), dx = act_new(N, C, H, H, 0, 0);
+    struct pair w = pair_new((size_t)C, 0.5, 1), b = pair_new((size_t)C, 0.5, 0);
+    struct pair rm = pair_new((size_t)C, 0.1, 0), rv = pair_new((size_t)C, 0.1, 1.5);
+    struct pair sm = pair_new((size_t)C, 0, 0), sv = pair_new((size_t)C, 0, 0);
+    struct pair dw = pair_new((size_t)C, 1, 0), db = pair_new((size_t)C, 1, 0);
+    struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
+    struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
+    struct nn_collective *coll = nn_collective_single_new();
+    char err[256];
+    nn_syncbn_t *sc = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
+    nn_syncbn_t *sg = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
+    SWAV_ASSERT(sc && sg);
+    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, NN_BN_TRAIN | relu);
+    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, NN_BN_TRAIN | relu);
+    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
+    double cnt_c = 0, cnt_g = 0;
+    int st = nn_syncbn_forward(sc, cpu, &yc, &xc, w.c, b.c, rm.c, rv.c, sm.c, sv.c, &cnt_c, wc,
+                               relu, 0.1f, 1e-5f);
+    st |= nn_syncbn_forward(sg, gpu, &yg, &xg, w.g, b.g, rm.g, rv.g, sm.g, sv.g, &cnt_g, wg, relu,
+                            0.1f, 1e-5f);
+    st |= nn_syncbn_backward(sc, cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, sm.c, sv.c, cnt_c, wc, relu,
+                             1e-5f);
+    st |= nn_syncbn_backward(sg, gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, sm.g, sv.g, cnt_g, wg, relu,
+                             1e-5f);
+    char name[96], tag[48];
+    snprintf(tag, sizeof tag, "bf16 syncbn(1)%s C%d", relu ? "+relu" : "", (int)C);
+    int ok = st == 0 && cnt_g == cnt_c && cnt_c == (double)(N * H * H);
+    printf("%-44s status %d, count cuda %g cpu %g %s\n", tag, st, cnt_g, cnt_c, ok ? "ok" : "FAIL");
+    failures += !ok;
+#define SB_ACT(what, buf, tol)                              \
+    snprintf(name, sizeof name, "%s %s", tag, what);        \
+    act_check(name, &buf, tol)
+#define SB_PAIR(what, buf, tol)                             \
+    snprintf(name, sizeof name, "%s %s", tag, what);        \
+    pair_check(name, &buf, tol)
+    SB_ACT("out", y, TOL_ROUND);
+    SB_PAIR("save_mean", sm, 1e-5);
+    SB_PAIR("save_var (biased)", sv, 1e-5);
+    SB_PAIR("running_mean", rm, 1e-5);
+    SB_PAIR("running_var (unbiased)", rv, 1e-5);
+    SB_ACT("dinp", dx, TOL_ROUND);
+    SB_PAIR("dweight (+=)", dw, 1e-4);
+    SB_PAIR("dbias (+=)", db, 1e-4);
+#undef SB_ACT
+#undef SB_PAIR
+    nn_backend_free(cpu, wc);
+    nn_backend_free(gpu, wg);
+    nn_syncbn_destroy(&sc);
+    nn_syncbn_destroy(&sg);
+    nn_collective_destroy(&coll);
+    act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
+    struct pair *ps[] = {&w, &b, &rm, &rv, &sm, &sv, &dw, &db};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        pair_free(ps[i]);
+    }
+}
+
 /* ---- element-wise ---------------------------------------------------------------------
  * odd: an odd element count (the pair kernels' tail); shifted: views one
  * element into their buffers (2-byte aligned only: the scalar kernels). */
@@ -735,6 +800,8 @@ int main(void)
     test_bn(4, 96, 40, NN_BN_TRAIN);           /* 6400 rows, 96 channels: 2 tiles */
     test_bn_sync_pieces(3, 10, 17);
     test_bn_sync_pieces(2, 7, 11);
+    test_syncbn_single(3, 32, 9, NN_BN_RELU);
+    test_syncbn_single(2, 7, 6, 0);
     test_eltwise(3, 8, 7, 0);  /* even count: pairs */
     test_eltwise(3, 5, 7, 0);  /* odd count: pairs and a tail */
     test_eltwise(2, 6, 5, 1);  /* misaligned views: scalar */
