@@ -93,7 +93,7 @@ static void cu_free(nn_backend_t *be, void *p)
     if (p) {
         CUDA_CHECK(cudaStreamSynchronize(cu_be(be)->stream));
         CUDA_CHECK(cudaFree(p));
-        cu_bf16_weights_updated(cu_be(be)); /* the address may come back as another weight */
+        cu_bf16_forget_weights(cu_be(be)); /* the address may come back as another weight */
     }
 }
 

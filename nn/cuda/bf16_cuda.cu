@@ -8,7 +8,9 @@
  * bf16 NHWC; weights stay the model's float OIHW parameters (master
  * weights), of which the backend keeps a bf16 KRSC copy per convolution,
  * refreshed once per nn_backend_weights_updated (version counter, as the CPU
- * backend's reordered weights); weight gradients, BatchNorm parameters and
+ * backend's reordered weights) and all dropped at any nn_backend_free (a
+ * freed weight's address may come back as another's, and copies of freed
+ * weights would pile up); weight gradients, BatchNorm parameters and
  * their gradients, running and saved statistics, and the average pool's
  * (N, C) output and its gradient are float.
  *
@@ -51,7 +53,7 @@ struct cu_bf16_wslot {
 };
 
 struct cu_bf16 {
-    uint64_t version; /* bumped by weights_updated and by every free */
+    uint64_t version; /* bumped by weights_updated */
     struct cu_bf16_wslot *w;
     int n_w, cap_w;
     bf16 *dw; /* the filter gradient, KRSC */
@@ -78,6 +80,19 @@ void cu_bf16_weights_updated(struct cuda_backend *b)
     if (b->bf16) {
         b->bf16->version++;
     }
+}
+
+void cu_bf16_forget_weights(struct cuda_backend *b)
+{
+    struct cu_bf16 *s = b->bf16;
+    if (!s) {
+        return;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(b->stream)); /* a queued convolution may read one */
+    for (int i = 0; i < s->n_w; i++) {
+        CUDA_CHECK(cudaFree(s->w[i].buf));
+    }
+    s->n_w = 0;
 }
 
 void cu_bf16_free(struct cuda_backend *b)
@@ -340,7 +355,7 @@ static const bf16 *bf16_weight(struct cuda_backend *b, const struct nn_tensor *w
         sl->src = w->data;
         sl->cp = cp;
     }
-    if (sl->o != o || sl->i != i || sl->k != k) { /* first sight, or another tensor there */
+    if (sl->o != o || sl->i != i || sl->k != k) { /* first sight */
         CUDA_CHECK(cudaStreamSynchronize(b->stream));
         CUDA_CHECK(cudaFree(sl->buf));
         sl->buf = NULL;

@@ -146,9 +146,11 @@ void cu_bf16_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
                                 int stride, int pad);
 void cu_bf16_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
 void cu_bf16_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout);
-/* Weights changed (and every free: a freed weight's address may come back
- * as another's): the bf16 copies are stale.  cu_bf16_free at destroy. */
+/* Weights changed: the bf16 copies are stale (made again at their next
+ * use).  Any free: the copies are dropped (a freed weight's address may come
+ * back as another's).  cu_bf16_free at destroy. */
 void cu_bf16_weights_updated(struct cuda_backend *b);
+void cu_bf16_forget_weights(struct cuda_backend *b);
 void cu_bf16_free(struct cuda_backend *b);
 
 #define TPB 256
