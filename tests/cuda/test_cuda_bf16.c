@@ -40,37 +40,17 @@
 #include "nn/resnet.h"
 #include "nn/syncbn.h"
 
+#define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
+#define CHECK_NAME_WIDTH 44
+#include "tests/cuda/compare.h"
+
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
-static int failures;
-
 #define TOL_ROUND 1e-2 /* one rounding to bf16 (2^-8), 2.5x margin */
 
 static float bf16_round(float v)
 {
     return nn_f32_from_bf16(nn_bf16_from_f32(v));
-}
-
-static double rel_err(const float *a, const float *ref, size_t n)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - ref[i]);
-        if (!(d <= md)) {
-            md = d; /* NaN propagates */
-        }
-        if (fabs(ref[i]) > mr) {
-            mr = fabs(ref[i]);
-        }
-    }
-    return md / (mr > 1e-6 ? mr : 1e-6);
-}
-
-static void report(const char *name, double e, double tol)
-{
-    int ok = e <= tol;
-    printf("%-44s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
-    failures += !ok;
 }
 
 /* ---- activations: the CPU's float NCHW copy and the GPU's bf16 NHWC one -------- */
@@ -277,8 +257,7 @@ static void test_conv(int N, int C, int cin_pad, int H, int O, int k, int s, int
     float *stale = act_download(&y);
     int same = !memcmp(before, stale, y.numel * sizeof(float));
     snprintf(name, sizeof name, "conv%dx%d/s%d weight copy reused until updated", k, k, s);
-    printf("%-44s %s\n", name, same ? "ok" : "FAIL");
-    failures += !same;
+    expect(same, name);
     nn_backend_weights_updated(cpu);
     nn_backend_weights_updated(gpu);
     nn_conv2d_forward(cpu, &yc, &xc_, &wc, s, p);
@@ -392,8 +371,7 @@ static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
     report("bf16 bn stats m2 vs exact", e2, 1e-12);
     int same = !memcmp(mg, mg2, (size_t)C * sizeof(double)) &&
                !memcmp(m2g, m2g2, (size_t)C * sizeof(double));
-    printf("%-44s %s\n", "bf16 bn stats deterministic", same ? "ok" : "FAIL");
-    failures += !same;
+    expect(same, "bf16 bn stats deterministic");
     struct pair w = pair_new((size_t)C, 0.5, 1), mean = pair_new((size_t)C, 0, 0);
     struct pair var = pair_new((size_t)C, 0, 0);
     float *mdy = malloc((size_t)C * sizeof(float)), *mdyx = malloc((size_t)C * sizeof(float));
@@ -652,8 +630,7 @@ static void test_model(void)
     struct nn_tensor probe;
     int is_bf16 = nn_model_activation(mg, 0, "layer1.0", &probe) == 0 &&
                   probe.dtype == NN_DTYPE_BF16 && probe.layout == NN_LAYOUT_NHWC;
-    printf("%-44s %s\n", "bf16 model: backbone activations bf16 NHWC", is_bf16 ? "ok" : "FAIL");
-    failures += !is_bf16;
+    expect(is_bf16, "bf16 model: backbone activations bf16 NHWC");
     nn_backend_sync(gpu);
     report("bf16 model: initial parameters (same seed)", rel_err(mg->param_data, mc->param_data,
                                                                  mc->params.total), 0);

@@ -58,6 +58,10 @@
 #include "nn/resnet.h"
 #include "nn/tensor.h"
 
+#define CHECK_REL_FLOOR 1e-12 /* of max |cpu| */
+#define CHECK_NAME_WIDTH 44
+#include "tests/cuda/compare.h"
+
 enum {
     S = 32,  /* crop size */
     FB = 4,  /* feature batch (the backbone's rows) */
@@ -68,37 +72,6 @@ enum {
     NV = 6,  /* validation images: forwards of 4 and 2 */
     NPRE = 20, /* train-mode forwards of the "pretrained" model */
 };
-
-static int failures;
-
-static double rel_err(const float *a, const float *ref, size_t n)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - ref[i]);
-        if (!(d <= md)) {
-            md = d; /* NaN sticks */
-        }
-        if (fabs(ref[i]) > mr) {
-            mr = fabs(ref[i]);
-        }
-    }
-    return md / (mr > 1e-12 ? mr : 1e-12);
-}
-
-static void check(const char *name, const float *g, const float *c, size_t n, double tol)
-{
-    double e = rel_err(g, c, n);
-    int ok = e <= tol;
-    printf("%-44s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
-    failures += !ok;
-}
-
-static void expect(int ok, const char *what)
-{
-    printf("%-44s %s\n", what, ok ? "ok" : "FAIL");
-    failures += !ok;
-}
 
 static float max_abs(const float *x, size_t n)
 {

@@ -25,9 +25,12 @@
 #include "nn/syncbn.h"
 #include "tests/nn/bench_step.h"
 
+#define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
+#define CHECK_NAME_WIDTH 34
+#include "tests/cuda/compare.h"
+
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
-static int failures;
 
 struct pair {
     float *c, *g; /* CPU (malloc), CUDA (managed, nn_backend_alloc) */
@@ -51,28 +54,10 @@ static void pair_free(struct pair *p)
     nn_backend_free(gpu, p->g);
 }
 
-static double rel_err(const float *a, const float *ref, size_t n)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - ref[i]);
-        if (!(d <= md)) {
-            md = d; /* NaN propagates */
-        }
-        if (fabs(ref[i]) > mr) {
-            mr = fabs(ref[i]);
-        }
-    }
-    return md / (mr > 1e-6 ? mr : 1e-6);
-}
-
-static void check(const char *name, struct pair *p, double tol)
+static void pair_check(const char *name, struct pair *p, double tol)
 {
     nn_backend_sync(gpu);
-    double e = rel_err(p->g, p->c, p->n);
-    int ok = e <= tol;
-    printf("%-34s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
-    failures += !ok;
+    check(name, p->g, p->c, p->n, tol);
 }
 
 static void check_scalar(const char *name, double g, double c, double tol)
@@ -104,11 +89,11 @@ static void test_conv(int N, int C, int H, int O, int k, int s, int p)
     nn_conv2d_backward(gpu, &dxg, &dwg, &dyg, &xg, &wg, s, p);
     char name[64];
     snprintf(name, sizeof name, "conv%dx%d/s%d fwd", k, k, s);
-    check(name, &y, 1e-4);
+    pair_check(name, &y, 1e-4);
     snprintf(name, sizeof name, "conv%dx%d/s%d bwd data", k, k, s);
-    check(name, &dx, 1e-4);
+    pair_check(name, &dx, 1e-4);
     snprintf(name, sizeof name, "conv%dx%d/s%d bwd weight (+=)", k, k, s);
-    check(name, &dw, 1e-4);
+    pair_check(name, &dw, 1e-4);
     pair_free(&x), pair_free(&w), pair_free(&y), pair_free(&dy), pair_free(&dx), pair_free(&dw);
 }
 
@@ -153,7 +138,7 @@ static void test_bn(int ndim, unsigned flags)
     const char *relu = (flags & NN_BN_RELU) ? "+relu" : "";
 #define BN_CHECK(what, buf, tol)                                         \
     snprintf(name, sizeof name, "%s%s %s", tag, relu, what);            \
-    check(name, &buf, tol)
+    pair_check(name, &buf, tol)
     BN_CHECK("out", y, 1e-4);
     if (train) {
         BN_CHECK("save_mean", sm, 1e-5);
@@ -229,13 +214,6 @@ static void stats_err(const double *mean, const double *m2, const long double *r
     }
 }
 
-static void check_err(const char *name, double e, double tol)
-{
-    int ok = e <= tol;
-    printf("%-34s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
-    failures += !ok;
-}
-
 static struct nn_tensor bn_view(float *data, int ndim, int64_t N, int64_t C, int64_t H, int64_t W)
 {
     return ndim == 4 ? nn_tensor_4d(data, NN_LAYOUT_NCHW, N, C, H, W) : nn_tensor_2d(data, N, C);
@@ -273,9 +251,9 @@ static void test_bn_stats(int ndim, int64_t N, int64_t C, int64_t H, int64_t W)
     double em, e2;
     stats_err(mg, m2g, rm, rm2, C, M, &em, &e2);
     snprintf(name, sizeof name, "%s mean vs exact", tag);
-    check_err(name, em, 1e-12);
+    report(name, em, 1e-12);
     snprintf(name, sizeof name, "%s m2 vs exact", tag);
-    check_err(name, e2, 1e-12);
+    report(name, e2, 1e-12);
     stats_err(mc, m2c, rm, rm2, C, M, &em, &e2);
     printf("%-34s rel err %.3g / %.3g (CPU backend, for scale)\n", "  cpu mean / m2 vs exact", em, e2);
     for (int64_t c = 0; c < C; c++) {
@@ -284,14 +262,12 @@ static void test_bn_stats(int ndim, int64_t N, int64_t C, int64_t H, int64_t W)
     }
     stats_err(mg, m2g, rm, rm2, C, M, &em, &e2);
     snprintf(name, sizeof name, "%s mean vs cpu", tag);
-    check_err(name, em, 1e-5);
+    report(name, em, 1e-5);
     snprintf(name, sizeof name, "%s m2 vs cpu", tag);
-    check_err(name, e2, 1e-5);
+    report(name, e2, 1e-5);
     int same = !memcmp(mg, mg2, (size_t)C * sizeof(double)) &&
                !memcmp(m2g, m2g2, (size_t)C * sizeof(double));
-    printf("%-34s %s\n", ndim == 4 ? "bn stats NCHW deterministic" : "bn stats NC deterministic",
-           same ? "ok" : "FAIL");
-    failures += !same;
+    expect(same, ndim == 4 ? "bn stats NCHW deterministic" : "bn stats NC deterministic");
     free(mc);
     free(rm);
     pair_free(&x);
@@ -328,7 +304,7 @@ static void test_bn_elemt(int ndim, int64_t N, int64_t C, int64_t H, int64_t W)
     for (int64_t c = 0; c < C; c++) {
         mdy[c] = mdyx[c] = NAN;
     }
-    check(ndim == 4 ? "bn backward_elemt NCHW dinp" : "bn backward_elemt NC dinp", &dx, 1e-6);
+    pair_check(ndim == 4 ? "bn backward_elemt NCHW dinp" : "bn backward_elemt NC dinp", &dx, 1e-6);
     free(mdy);
     free(mdyx);
     pair_free(&x), pair_free(&dx), pair_free(&w), pair_free(&mean), pair_free(&var);
@@ -387,7 +363,7 @@ static void test_syncbn_single(int ndim, unsigned relu)
     failures += !ok;
 #define SB_CHECK(what, buf, tol)                                        \
     snprintf(name, sizeof name, "%s%s %s", tag, rl, what);              \
-    check(name, &buf, tol)
+    pair_check(name, &buf, tol)
     SB_CHECK("out", y, 1e-4);
     SB_CHECK("save_mean", sm, 1e-5);
     SB_CHECK("save_var (biased)", sv, 1e-5);
@@ -422,19 +398,19 @@ static void test_eltwise(void)
     struct nn_tensor accc = T4(acc, c, N, C, H, H), accg = T4(acc, g, N, C, H, H);
     nn_relu_forward(cpu, &yc, &ac);
     nn_relu_forward(gpu, &yg, &ag);
-    check("relu fwd", &y, 1e-6);
+    pair_check("relu fwd", &y, 1e-6);
     nn_relu_backward(cpu, &dxc, &dyc, &yc);
     nn_relu_backward(gpu, &dxg, &dyg, &yg);
-    check("relu bwd", &dx, 1e-6);
+    pair_check("relu bwd", &dx, 1e-6);
     nn_add_forward(cpu, &yc, &ac, &bc, 1);
     nn_add_forward(gpu, &yg, &ag, &bg, 1);
-    check("add+relu fwd", &y, 1e-6);
+    pair_check("add+relu fwd", &y, 1e-6);
     nn_add_forward(cpu, &yc, &ac, &bc, 0);
     nn_add_forward(gpu, &yg, &ag, &bg, 0);
-    check("add fwd", &y, 1e-6);
+    pair_check("add fwd", &y, 1e-6);
     nn_accumulate(cpu, &accc, &ac);
     nn_accumulate(gpu, &accg, &ag);
-    check("accumulate", &acc, 1e-6);
+    pair_check("accumulate", &acc, 1e-6);
     pair_free(&a), pair_free(&b), pair_free(&y), pair_free(&dy), pair_free(&dx), pair_free(&acc);
 }
 
@@ -452,10 +428,10 @@ static void test_pool(void)
     void *wc = nn_backend_alloc(cpu, wsc), *wg = nn_backend_alloc(gpu, wsg);
     nn_maxpool2d_forward(cpu, &yc, &xc, wc, k, s, p);
     nn_maxpool2d_forward(gpu, &yg, &xg, wg, k, s, p);
-    check("maxpool 3/2/1 fwd", &y, 0);
+    pair_check("maxpool 3/2/1 fwd", &y, 0);
     nn_maxpool2d_backward(cpu, &dxc, &dyc, wc, k, s, p);
     nn_maxpool2d_backward(gpu, &dxg, &dyg, wg, k, s, p);
-    check("maxpool 3/2/1 bwd", &dx, 1e-6);
+    pair_check("maxpool 3/2/1 bwd", &dx, 1e-6);
     nn_backend_free(cpu, wc);
     nn_backend_free(gpu, wg);
     /* global average pooling: (N, C, H, W) -> (N, C) */
@@ -464,10 +440,10 @@ static void test_pool(void)
     struct nn_tensor davc = nn_tensor_2d(da.c, N, C), davg = nn_tensor_2d(da.g, N, C);
     nn_avgpool_forward(cpu, &avc, &xc);
     nn_avgpool_forward(gpu, &avg, &xg);
-    check("avgpool fwd", &a, 1e-5);
+    pair_check("avgpool fwd", &a, 1e-5);
     nn_avgpool_backward(cpu, &dxc, &davc);
     nn_avgpool_backward(gpu, &dxg, &davg);
-    check("avgpool bwd", &dx, 1e-6);
+    pair_check("avgpool bwd", &dx, 1e-6);
     pair_free(&x), pair_free(&y), pair_free(&dy), pair_free(&dx), pair_free(&a), pair_free(&da);
 }
 
@@ -483,15 +459,15 @@ static void test_linear(void)
     struct nn_tensor dxc = nn_tensor_2d(dx.c, N, I), dxg = nn_tensor_2d(dx.g, N, I);
     nn_linear_forward(cpu, &yc, &xc, w.c, b.c);
     nn_linear_forward(gpu, &yg, &xg, w.g, b.g);
-    check("linear fwd (+bias)", &y, 1e-5);
+    pair_check("linear fwd (+bias)", &y, 1e-5);
     nn_linear_backward(cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c);
     nn_linear_backward(gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g);
-    check("linear bwd data", &dx, 1e-5);
-    check("linear bwd weight (+=)", &dw, 1e-5);
-    check("linear bwd bias (+=)", &db, 1e-5);
+    pair_check("linear bwd data", &dx, 1e-5);
+    pair_check("linear bwd weight (+=)", &dw, 1e-5);
+    pair_check("linear bwd bias (+=)", &db, 1e-5);
     nn_linear_forward(cpu, &yc, &xc, w.c, NULL);
     nn_linear_forward(gpu, &yg, &xg, w.g, NULL);
-    check("linear fwd (no bias)", &y, 1e-5);
+    pair_check("linear fwd (no bias)", &y, 1e-5);
     pair_free(&x), pair_free(&w), pair_free(&b), pair_free(&y), pair_free(&dy), pair_free(&dx);
     pair_free(&dw), pair_free(&db);
 }
@@ -507,17 +483,17 @@ static void test_rows(void)
     struct nn_tensor dxc = nn_tensor_2d(dx.c, N, D), dxg = nn_tensor_2d(dx.g, N, D);
     nn_l2_normalize_forward(cpu, &yc, &xc, nr.c);
     nn_l2_normalize_forward(gpu, &yg, &xg, nr.g);
-    check("l2 normalize fwd", &y, 1e-6);
-    check("l2 normalize norms", &nr, 1e-6);
+    pair_check("l2 normalize fwd", &y, 1e-6);
+    pair_check("l2 normalize norms", &nr, 1e-6);
     nn_l2_normalize_backward(cpu, &dxc, &dyc, &yc, nr.c);
     nn_l2_normalize_backward(gpu, &dxg, &dyg, &yg, nr.g);
-    check("l2 normalize bwd", &dx, 1e-5);
+    pair_check("l2 normalize bwd", &dx, 1e-5);
     nn_log_softmax_forward(cpu, &yc, &xc, 10.0f);
     nn_log_softmax_forward(gpu, &yg, &xg, 10.0f);
-    check("log_softmax(10x) fwd", &y, 1e-6);
+    pair_check("log_softmax(10x) fwd", &y, 1e-6);
     nn_log_softmax_backward(cpu, &dxc, &dyc, &yc, 10.0f);
     nn_log_softmax_backward(gpu, &dxg, &dyg, &yg, 10.0f);
-    check("log_softmax(10x) bwd", &dx, 1e-5);
+    pair_check("log_softmax(10x) bwd", &dx, 1e-5);
     pair_free(&x), pair_free(&y), pair_free(&nr), pair_free(&dy), pair_free(&dx);
 }
 
@@ -549,10 +525,10 @@ static void test_losses(void)
     float lc_ = nn_swav_loss_forward(cpu, lp.c, &scc, q.c, &lc);
     float lg_ = nn_swav_loss_forward(gpu, lp.g, &scg, q.g, &lc);
     check_scalar("swav loss fwd value", lg_, lc_, 1e-5);
-    check("swav loss fwd logp", &lp, 1e-5);
+    pair_check("swav loss fwd logp", &lp, 1e-5);
     nn_swav_loss_backward(cpu, &dsc, lp.c, q.c, &lc);
     nn_swav_loss_backward(gpu, &dsg, lp.g, q.g, &lc);
-    check("swav loss bwd", &ds, 1e-5);
+    pair_check("swav loss bwd", &ds, 1e-5);
 
     int N = 7, C = 13;
     struct pair lo = pair_new((size_t)N * C, 1), t = pair_new(lo.n, 1), lp2 = pair_new(lo.n, 0);
@@ -565,7 +541,7 @@ static void test_losses(void)
     check_scalar("cross entropy (soft) fwd", b, a, 1e-5);
     nn_cross_entropy_soft_backward(cpu, &dlc, lp2.c, t.c);
     nn_cross_entropy_soft_backward(gpu, &dlg, lp2.g, t.g);
-    check("cross entropy (soft) bwd", &dl, 1e-5);
+    pair_check("cross entropy (soft) bwd", &dl, 1e-5);
     int32_t *lab_c = calloc((size_t)N, sizeof(int32_t));
     int32_t *lab_g = nn_backend_alloc(gpu, (size_t)N * sizeof(int32_t));
     for (int n = 0; n < N; n++) {
@@ -576,7 +552,7 @@ static void test_losses(void)
     check_scalar("cross entropy fwd", b, a, 1e-5);
     nn_cross_entropy_backward(cpu, &dlc, lp2.c, lab_c);
     nn_cross_entropy_backward(gpu, &dlg, lp2.g, lab_g);
-    check("cross entropy bwd", &dl, 1e-5);
+    pair_check("cross entropy bwd", &dl, 1e-5);
     free(lab_c);
     nn_backend_free(gpu, lab_g);
     pair_free(&sc), pair_free(&q), pair_free(&lp), pair_free(&ds);
@@ -595,14 +571,14 @@ static void test_step_pieces(void)
     struct pair f = pair_new(np, 0);
     nn_normalize_u8(f.c, u, n, h, w);
     nn_cuda_normalize_u8(gpu, f.g, u, n, h, w);
-    check("normalize u8 NHWC -> NCHW", &f, 1e-6);
+    pair_check("normalize u8 NHWC -> NCHW", &f, 1e-6);
     nn_backend_free(gpu, u);
     pair_free(&f);
     /* prototypes */
     struct pair pr = pair_new(30 * 16, 1);
     nn_prototypes_normalize(pr.c, 30, 16);
     nn_cuda_prototypes_normalize(gpu, pr.g, 30, 16);
-    check("prototypes normalize", &pr, 1e-6);
+    pair_check("prototypes normalize", &pr, 1e-6);
     pair_free(&pr);
     /* sinkhorn */
     int B = 300, K = 64; /* 3 row chunks of the column sums */
@@ -612,7 +588,7 @@ static void test_step_pieces(void)
     free(rows);
     free(cols);
     nn_cuda_sinkhorn(gpu, q.g, s.g, B, K, 0.05f, 3);
-    check("sinkhorn 300x64 (eps .05, 3 it)", &q, 1e-5);
+    pair_check("sinkhorn 300x64 (eps .05, 3 it)", &q, 1e-5);
     pair_free(&s), pair_free(&q);
     /* K over one block of threads (2 column blocks, rows strided), 8 row chunks */
     B = 1000, K = 300;
@@ -622,7 +598,7 @@ static void test_step_pieces(void)
     free(rows);
     free(cols);
     nn_cuda_sinkhorn(gpu, q.g, s.g, B, K, 0.05f, 3);
-    check("sinkhorn 1000x300 (eps .05, 3 it)", &q, 1e-5);
+    pair_check("sinkhorn 1000x300 (eps .05, 3 it)", &q, 1e-5);
     pair_free(&s), pair_free(&q);
     /* SGD + LARC: three tensors, prototypes frozen for the first step */
     struct nn_param_table t;
@@ -641,9 +617,9 @@ static void test_step_pieces(void)
         nn_optim_step(&oc_cpu, p.c, g.c, 0.3, it);
         nn_cuda_optim_step(og, p.g, g.g, 0.3, it);
     }
-    check("sgd+larc 3 steps params", &p, 1e-6);
+    pair_check("sgd+larc 3 steps params", &p, 1e-6);
     struct pair mom = {oc_cpu.momentum, nn_cuda_optim_momentum(og), t.total};
-    check("sgd+larc 3 steps momentum", &mom, 1e-5);
+    pair_check("sgd+larc 3 steps momentum", &mom, 1e-5);
     nn_cuda_optim_destroy(&og);
     nn_optim_free(&oc_cpu);
     pair_free(&p), pair_free(&g);
@@ -656,14 +632,6 @@ static void test_step_pieces(void)
  * call returns (read before any sync, behind a queued kernel).  Exact (tol
  * 0): copies, zero, add_at, scale (one float multiply each side).  1e-6:
  * normalize_crops (the GPU may fuse the multiply-add) and normalize_rows. */
-static void check_nosync(const char *name, const float *g, const float *c, size_t n, double tol)
-{
-    double e = rel_err(g, c, n);
-    int ok = e <= tol;
-    printf("%-34s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
-    failures += !ok;
-}
-
 static void test_mem_ops(void)
 {
     size_t n = 1000;
@@ -675,26 +643,26 @@ static void test_mem_ops(void)
     for (size_t i = 0; i < n; i++) {
         host[i] = NAN;
     }
-    check("copy host -> backend", &b, 0);
+    pair_check("copy host -> backend", &b, 0);
     nn_backend_copy(cpu, b.c + 10, a.c + 500, 300 * sizeof(float));
     nn_backend_copy(gpu, b.g + 10, a.g + 500, 300 * sizeof(float));
-    check("copy backend -> backend", &b, 0);
+    pair_check("copy backend -> backend", &b, 0);
     nn_backend_zero(cpu, b.c + 100, 200 * sizeof(float));
     nn_backend_zero(gpu, b.g + 100, 200 * sizeof(float));
-    check("zero", &b, 0);
+    pair_check("zero", &b, 0);
     nn_backend_scale(cpu, b.c, n, 0.37f);
     nn_backend_scale(gpu, b.g, n, 0.37f);
-    check("scale", &b, 0);
+    pair_check("scale", &b, 0);
     int64_t off[4] = {3, 17, 999, 500};
     nn_backend_add_at(cpu, b.c, off, 4, 2.5f);
     nn_backend_add_at(gpu, b.g, off, 4, 2.5f);
     off[0] = off[1] = off[2] = off[3] = 0;
-    check("add_at (host offsets)", &b, 0);
+    pair_check("add_at (host offsets)", &b, 0);
     /* behind a queued kernel, into host memory: there on return */
     nn_backend_scale(cpu, b.c, n, -1.5f);
     nn_backend_scale(gpu, b.g, n, -1.5f);
     nn_backend_copy(gpu, out, b.g, n * sizeof(float));
-    check_nosync("copy backend -> host (no sync)", out, b.c, n, 0);
+    check("copy backend -> host (no sync)", out, b.c, n, 0);
     free(host);
     free(out);
     pair_free(&a), pair_free(&b);
@@ -711,17 +679,17 @@ static void test_mem_ops(void)
     nn_backend_normalize_crops(cpu, f.c, src, batch, nc, h, w);
     nn_backend_normalize_crops(gpu, f.g, src, batch, nc, h, w);
     memset(src, 0x5a, nb);
-    check("normalize_crops (host batch)", &f, 1e-6);
+    pair_check("normalize_crops (host batch)", &f, 1e-6);
     nn_backend_zero(gpu, f.g, nb * sizeof(float));
     nn_backend_normalize_crops(gpu, f.g, usrc, batch, nc, h, w);
-    check("normalize_crops (backend batch)", &f, 1e-6);
+    pair_check("normalize_crops (backend batch)", &f, 1e-6);
     free(src);
     nn_backend_free(gpu, usrc);
     pair_free(&f);
     struct pair pr = pair_new(7 * 33, 1);
     nn_backend_normalize_rows(cpu, pr.c, 7, 33);
     nn_backend_normalize_rows(gpu, pr.g, 7, 33);
-    check("normalize_rows", &pr, 1e-6);
+    pair_check("normalize_rows", &pr, 1e-6);
     pair_free(&pr);
 }
 
@@ -775,10 +743,10 @@ static void test_optim_paths(void)
         }
         char name[80];
         snprintf(name, sizeof name, "%s params", cases[k].name);
-        check(name, &p, 1e-6);
+        pair_check(name, &p, 1e-6);
         struct pair mom = {o_c.momentum, o_g.momentum, t.total};
         snprintf(name, sizeof name, "%s momentum", cases[k].name);
-        check(name, &mom, 1e-5);
+        pair_check(name, &mom, 1e-5);
         nn_optim_free(&o_g);
         nn_optim_free(&o_c);
         pair_free(&p), pair_free(&g);

@@ -24,30 +24,9 @@
 #include "nn/layers.h"
 #include "nn/resnet.h"
 
-static int failures;
-
-static double rel_err(const float *a, const float *ref, size_t n)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - ref[i]);
-        if (!(d <= md)) {
-            md = d;
-        }
-        if (fabs(ref[i]) > mr) {
-            mr = fabs(ref[i]);
-        }
-    }
-    return md / (mr > 1e-6 ? mr : 1e-6);
-}
-
-static void check(const char *name, const float *g, const float *c, size_t n, double tol)
-{
-    double e = rel_err(g, c, n);
-    int ok = e <= tol;
-    printf("%-36s rel err %.3g (tol %.0e) %s\n", name, e, tol, ok ? "ok" : "FAIL");
-    failures += !ok;
-}
+#define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
+#define CHECK_NAME_WIDTH 36
+#include "tests/cuda/compare.h"
 
 int main(void)
 {
