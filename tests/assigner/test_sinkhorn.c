@@ -18,18 +18,7 @@
 #include "assigner/scores.h"
 #include "assigner/sinkhorn.h"
 #include "common/rng.h"
-
-static int failures;
-
-#define EXPECT(cond, ...)                                     \
-    do {                                                      \
-        if (!(cond)) {                                        \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                     \
-            fprintf(stderr, "\n");                            \
-            failures++;                                       \
-        }                                                     \
-    } while (0)
+#include "tests/expect.h"
 
 static void fill_unit_rows(float *x, int n, int d, struct swav_rng *r)
 {

@@ -36,24 +36,15 @@
 #include "assigner/sinkhorn.h"
 #include "assigner/sinkhorn_cuda.h"
 #include "common/rng.h"
+#define EXPECT_STREAM stdout /* among the progress lines */
+#include "tests/expect.h"
 
 #define REL_TOL 5e-5
 #define ABS_TOL 1e-5
 #define ENT_TOL 1e-4
 #define ENTROPY_SENTINEL -7.0f
 
-static int failures;
 static struct sinkhorn_backend *cpu, *gpu;
-
-#define EXPECT(cond, ...)                                           \
-    do {                                                            \
-        if (!(cond)) {                                              \
-            fprintf(stdout, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stdout, __VA_ARGS__);                           \
-            fprintf(stdout, "\n");                                  \
-            failures++;                                             \
-        }                                                           \
-    } while (0)
 
 static void fill_unit_rows(float *x, int n, int d, struct swav_rng *r)
 {
