@@ -18,18 +18,7 @@
 #include "common/timeutil.h"
 #include "core.h"
 #include "sinkhorn.h"
-
-static void fill_unit(float *x, int n, int d, struct swav_rng *r)
-{
-    for (int i = 0; i < n; i++) {
-        double s = 0;
-        for (int t = 0; t < d; t++) {
-            x[(size_t)i * d + t] = (float)swav_rng_normal(r);
-            s += (double)x[(size_t)i * d + t] * x[(size_t)i * d + t];
-        }
-        for (int t = 0; t < d; t++) x[(size_t)i * d + t] = (float)(x[(size_t)i * d + t] / sqrt(s));
-    }
-}
+#include "tests/assigner/unit_rows.h"
 
 static double cpu_s(void)
 {
@@ -63,13 +52,13 @@ int main(int argc, char **argv)
     struct swav_rng r;
     swav_rng_init(&r, 7, 0, 0, 0);
     float *protos = malloc(sizeof(float) * cfg.nmb_prototypes * cfg.feat_dim);
-    fill_unit(protos, cfg.nmb_prototypes, cfg.feat_dim, &r);
+    fill_unit_rows(protos, cfg.nmb_prototypes, cfg.feat_dim, &r);
     int fill = cfg.queue_length / cfg.batch_size;
     /* 3 batches made beforehand (as the reference side): the timed loop only
      * copies them in, as the service copies a received message */
     size_t per = (size_t)cfg.batch_size * cfg.feat_dim;
     float *pool = malloc(sizeof(float) * 3 * cfg.ncrops_assign * per);
-    fill_unit(pool, 3 * cfg.ncrops_assign * cfg.batch_size, cfg.feat_dim, &r);
+    fill_unit_rows(pool, 3 * cfg.ncrops_assign * cfg.batch_size, cfg.feat_dim, &r);
     double t_all = 0, t_sc = 0, t_sk = 0, cpu0 = 0;
     int used = 0;
     for (int s = 0; s < fill + 1 + steps; s++) {

@@ -18,19 +18,8 @@
 #include "assigner/scores.h"
 #include "assigner/sinkhorn.h"
 #include "common/rng.h"
+#include "tests/assigner/unit_rows.h"
 #include "tests/expect.h"
-
-static void fill_unit_rows(float *x, int n, int d, struct swav_rng *r)
-{
-    for (int i = 0; i < n; i++) {
-        double s = 0;
-        for (int t = 0; t < d; t++) {
-            x[i * d + t] = (float)swav_rng_normal(r);
-            s += (double)x[i * d + t] * x[i * d + t];
-        }
-        for (int t = 0; t < d; t++) x[i * d + t] = (float)(x[i * d + t] / sqrt(s));
-    }
-}
 
 /* Whether the CPU backend runs its fused score+exp kernel here. */
 static bool fused_here(void)

@@ -22,6 +22,7 @@
 #include "assigner/sinkhorn_cuda.h"
 #include "common/rng.h"
 #include "common/timeutil.h"
+#include "tests/assigner/unit_rows.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -33,18 +34,6 @@ static double median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static void fill_unit_rows(float *x, int n, int d, struct swav_rng *r)
-{
-    for (int i = 0; i < n; i++) {
-        double s = 0;
-        for (int t = 0; t < d; t++) {
-            x[(size_t)i * d + t] = (float)swav_rng_normal(r);
-            s += (double)x[(size_t)i * d + t] * x[(size_t)i * d + t];
-        }
-        for (int t = 0; t < d; t++) x[(size_t)i * d + t] = (float)(x[(size_t)i * d + t] / sqrt(s));
-    }
 }
 
 int main(int argc, char **argv)

@@ -36,6 +36,7 @@
 #include "assigner/sinkhorn.h"
 #include "assigner/sinkhorn_cuda.h"
 #include "common/rng.h"
+#include "tests/assigner/unit_rows.h"
 #define EXPECT_STREAM stdout /* among the progress lines */
 #include "tests/expect.h"
 
@@ -45,18 +46,6 @@
 #define ENTROPY_SENTINEL -7.0f
 
 static struct sinkhorn_backend *cpu, *gpu;
-
-static void fill_unit_rows(float *x, int n, int d, struct swav_rng *r)
-{
-    for (int i = 0; i < n; i++) {
-        double s = 0;
-        for (int t = 0; t < d; t++) {
-            x[(size_t)i * d + t] = (float)swav_rng_normal(r);
-            s += (double)x[(size_t)i * d + t] * x[(size_t)i * d + t];
-        }
-        for (int t = 0; t < d; t++) x[(size_t)i * d + t] = (float)(x[(size_t)i * d + t] / sqrt(s));
-    }
-}
 
 /* Codes a (gpu) against b (cpu), n values: worst relative (in units of the
  * tolerance) and absolute difference; failures counted by the caller. */
