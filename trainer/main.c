@@ -252,8 +252,9 @@ static int setup_flags(struct trainer *T, int argc, char **argv)
     if (T->a.use_fp16 && strncmp(T->t.device, "cuda", 4) != 0) {
         /* The CPU backend computes in fp32 only; on CUDA --use_fp16 means a
          * bf16 backbone (setup_model, docs/cuda.md). */
-        LOG_WARN("--use_fp16: the %s backend trains in fp32 (bf16 is the CUDA backend's, "
-                 "docs/cuda.md); the flag is ignored", T->t.device);
+        /* an INFO, not a warning: the flag is on by default, as in the reference */
+        LOG_INFO("--use_fp16: the %s backend trains in fp32 (bf16 is the CUDA backend's, "
+                 "docs/cuda.md)", T->t.device);
         T->a.use_fp16 = false;
     }
     if (T->a.warmup_epochs > T->a.epochs) {
