@@ -48,27 +48,8 @@ extern "C" {
 #include "common/timeutil.h"
 }
 
+#include "nn/cuda/cuda_check.h" /* CUDA_CHECK, CUBLAS_CHECK */
 #include "sinkhorn_cuda.h"
-
-#define SK_CUDA(expr)                                                                      \
-    do {                                                                                   \
-        cudaError_t sk_st_ = (expr);                                                       \
-        if (sk_st_ != cudaSuccess) {                                                       \
-            LOG_ERROR("%s failed: %s at %s:%d", #expr, cudaGetErrorString(sk_st_),         \
-                      __FILE__, __LINE__);                                                 \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
-
-#define SK_CUBLAS(expr)                                                                    \
-    do {                                                                                   \
-        cublasStatus_t sk_bs_ = (expr);                                                    \
-        if (sk_bs_ != CUBLAS_STATUS_SUCCESS) {                                             \
-            LOG_ERROR("%s failed: cuBLAS status %d at %s:%d", #expr, (int)sk_bs_, __FILE__, \
-                      __LINE__);                                                           \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
 
 /* Most blocks of a row pass (the reduce kernel keeps one weight per block
  * in shared memory). */
@@ -655,7 +636,7 @@ struct cuda_impl {
 
 static void sk_free_dev(void *p)
 {
-    if (p) SK_CUDA(cudaFree(p));
+    if (p) CUDA_CHECK(cudaFree(p));
 }
 
 static void sk_release(struct cuda_impl *g)
@@ -673,9 +654,9 @@ static void sk_release(struct cuda_impl *g)
     sk_free_dev(g->misc);
     sk_free_dev(g->am);
     sk_free_dev(g->bad);
-    if (g->h_ent) SK_CUDA(cudaFreeHost(g->h_ent));
-    if (g->h_am) SK_CUDA(cudaFreeHost(g->h_am));
-    if (g->h_bad) SK_CUDA(cudaFreeHost(g->h_bad));
+    if (g->h_ent) CUDA_CHECK(cudaFreeHost(g->h_ent));
+    if (g->h_am) CUDA_CHECK(cudaFreeHost(g->h_am));
+    if (g->h_bad) CUDA_CHECK(cudaFreeHost(g->h_bad));
     g->x = g->w = g->s = g->q = g->m = g->u = g->bmax = g->ent = NULL;
     g->part = g->a = g->misc = NULL;
     g->am = NULL;
@@ -696,7 +677,8 @@ static int sk_occupancy(struct cuda_impl *g, int shape, int nt, int which)
         const sk_kernel ks[3] = {sh->init, sh->iterate, sh->write};
         for (int i = 0; i < 3; i++) {
             int nb = 0;
-            SK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, (const void *)ks[i], nt, 0));
+            CUDA_CHECK(
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, (const void *)ks[i], nt, 0));
             g->occ[shape][i] = nb > 0 ? nb : 1;
         }
         g->occ_nt[shape] = nt;
@@ -741,7 +723,7 @@ static int cuda_reserve(void *vimpl, int n, int k, int d)
                  SINKHORN_CUDA_MAX_K, k);
         return -1;
     }
-    SK_CUDA(cudaSetDevice(g->device));
+    CUDA_CHECK(cudaSetDevice(g->device));
     const int ldk = (k + 3) / 4 * 4;
     /* partials for as many blocks as the row passes will launch at this K */
     int blocks = g->sms * sk_occupancy(g, shape, nt, 0);
@@ -759,7 +741,7 @@ static int cuda_reserve(void *vimpl, int n, int k, int d)
     long long kd = (long long)k * d;
     if (g->cap_kd > kd) kd = g->cap_kd;
     if (g->cap_blocks > blocks) blocks = g->cap_blocks;
-    SK_CUDA(cudaStreamSynchronize(g->st));
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
     sk_release(g);
     const size_t nl = (size_t)n * (size_t)cldk;
     SK_TRY(cudaMalloc((void **)&g->x, (size_t)n * (size_t)d * sizeof(float)));
@@ -792,7 +774,7 @@ static int cuda_reserve(void *vimpl, int n, int k, int d)
 static double sk_elapsed(cudaEvent_t a, cudaEvent_t b)
 {
     float ms = 0.0f;
-    SK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
     return ms;
 }
 
@@ -811,23 +793,24 @@ static int cuda_run(void *vimpl, const struct sinkhorn_problem *p, const float *
     SWAV_ASSERT(n <= g->cap_n && ldk <= g->cap_ldk && d <= g->cap_d &&
                 (long long)k * d <= g->cap_kd);
     const double t0 = swav_now_s();
-    SK_CUDA(cudaSetDevice(g->device));
+    CUDA_CHECK(cudaSetDevice(g->device));
     cudaStream_t st = g->st;
     if (!(p->w_same && w == g->w_src && k == g->w_k && d == g->w_d)) {
-        SK_CUDA(cudaMemcpyAsync(g->w, w, (size_t)k * d * sizeof(float), cudaMemcpyHostToDevice,
-                                st));
+        CUDA_CHECK(cudaMemcpyAsync(g->w, w, (size_t)k * d * sizeof(float), cudaMemcpyHostToDevice,
+                                   st));
         g->w_src = w;
         g->w_k = k;
         g->w_d = d;
     }
-    SK_CUDA(cudaMemcpyAsync(g->x, x, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, st));
-    SK_CUDA(cudaMemsetAsync(g->bad, 0, sizeof(int), st));
-    SK_CUDA(cudaEventRecord(g->ev[0], st));
+    CUDA_CHECK(
+        cudaMemcpyAsync(g->x, x, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemsetAsync(g->bad, 0, sizeof(int), st));
+    CUDA_CHECK(cudaEventRecord(g->ev[0], st));
     /* S^T (column-major k x n, leading dimension ldk) = w x^T: S row-major */
     const float one = 1.0f, zero = 0.0f;
-    SK_CUBLAS(cublasSgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, k, n, d, &one, g->w, d, g->x, d,
-                          &zero, g->s, ldk));
-    SK_CUDA(cudaEventRecord(g->ev[1], st));
+    CUBLAS_CHECK(cublasSgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, k, n, d, &one, g->w, d, g->x, d,
+                             &zero, g->s, ldk));
+    CUDA_CHECK(cudaEventRecord(g->ev[1], st));
 
     const sk_shape *sh = &sk_shapes[shape];
     sk_args a;
@@ -855,21 +838,21 @@ static int cuda_run(void *vimpl, const struct sinkhorn_problem *p, const float *
     a.reverse = 0; /* then alternate, pass after pass */
     int nb = sk_grid(g, shape, nt, 0, n, ldk);
     sh->init<<<nb, nt, 0, st>>>(a);
-    SK_CUDA(cudaGetLastError());
+    CUDA_CHECK(cudaGetLastError());
     sk_reduce<<<rgrid, rblock, 0, st>>>(g->part, g->bmax, nb, k, ldk, g->u,
                                         p->iterations == 0 ? g->a : NULL, g->misc, g->bad);
-    SK_CUDA(cudaGetLastError());
+    CUDA_CHECK(cudaGetLastError());
     if (p->iterations == 0) {
         sk_total<<<1, 256, 0, st>>>(g->a, k, g->misc);
-        SK_CUDA(cudaGetLastError());
+        CUDA_CHECK(cudaGetLastError());
     }
     for (int it = 1; it < p->iterations; it++) {
         nb = sk_grid(g, shape, nt, 1, n, ldk);
         a.reverse = !a.reverse;
         sh->iterate<<<nb, nt, 0, st>>>(a);
-        SK_CUDA(cudaGetLastError());
+        CUDA_CHECK(cudaGetLastError());
         sk_reduce<<<rgrid, rblock, 0, st>>>(g->part, NULL, nb, k, ldk, g->u, NULL, NULL, g->bad);
-        SK_CUDA(cudaGetLastError());
+        CUDA_CHECK(cudaGetLastError());
     }
     if (p->out_rows > 0) {
         a.row0 = p->out_row0;
@@ -878,9 +861,9 @@ static int cuda_run(void *vimpl, const struct sinkhorn_problem *p, const float *
         a.reverse = !a.reverse;
         nb = sk_grid(g, shape, nt, 2, p->out_rows, ldk);
         sh->write<<<nb, nt, 0, st>>>(a);
-        SK_CUDA(cudaGetLastError());
+        CUDA_CHECK(cudaGetLastError());
     }
-    SK_CUDA(cudaEventRecord(g->ev[2], st));
+    CUDA_CHECK(cudaEventRecord(g->ev[2], st));
 
     /* the codes: dense or by groups of out_group rows */
     const size_t rowb = (size_t)k * sizeof(float), ldkb = (size_t)ldk * sizeof(float);
@@ -889,22 +872,22 @@ static int cuda_run(void *vimpl, const struct sinkhorn_problem *p, const float *
             for (int r0 = 0; r0 < p->out_rows; r0 += p->out_group) {
                 const int rows = p->out_rows - r0 < p->out_group ? p->out_rows - r0 : p->out_group;
                 float *dst = codes + (size_t)(r0 / p->out_group) * p->out_group_stride;
-                SK_CUDA(cudaMemcpy2DAsync(dst, rowb, g->q + (size_t)r0 * ldk, ldkb, rowb,
-                                          (size_t)rows, cudaMemcpyDeviceToHost, st));
+                CUDA_CHECK(cudaMemcpy2DAsync(dst, rowb, g->q + (size_t)r0 * ldk, ldkb, rowb,
+                                             (size_t)rows, cudaMemcpyDeviceToHost, st));
             }
         } else {
-            SK_CUDA(cudaMemcpy2DAsync(codes, rowb, g->q, ldkb, rowb, (size_t)p->out_rows,
-                                      cudaMemcpyDeviceToHost, st));
+            CUDA_CHECK(cudaMemcpy2DAsync(codes, rowb, g->q, ldkb, rowb, (size_t)p->out_rows,
+                                         cudaMemcpyDeviceToHost, st));
         }
-        SK_CUDA(cudaMemcpyAsync(g->h_am, g->am, (size_t)p->out_rows * sizeof(int32_t),
-                                cudaMemcpyDeviceToHost, st));
+        CUDA_CHECK(cudaMemcpyAsync(g->h_am, g->am, (size_t)p->out_rows * sizeof(int32_t),
+                                   cudaMemcpyDeviceToHost, st));
         if (entropy) {
-            SK_CUDA(cudaMemcpyAsync(g->h_ent, g->ent, (size_t)p->out_rows * sizeof(float),
-                                    cudaMemcpyDeviceToHost, st));
+            CUDA_CHECK(cudaMemcpyAsync(g->h_ent, g->ent, (size_t)p->out_rows * sizeof(float),
+                                       cudaMemcpyDeviceToHost, st));
         }
     }
-    SK_CUDA(cudaMemcpyAsync(g->h_bad, g->bad, sizeof(int), cudaMemcpyDeviceToHost, st));
-    SK_CUDA(cudaStreamSynchronize(st));
+    CUDA_CHECK(cudaMemcpyAsync(g->h_bad, g->bad, sizeof(int), cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
     if (p->out_rows > 0) {
         if (argmax) {
             memcpy(argmax, g->h_am, (size_t)p->out_rows * sizeof(int32_t));
@@ -934,7 +917,7 @@ static void *cuda_host_alloc(void *vimpl, size_t bytes)
 {
     struct cuda_impl *g = (struct cuda_impl *)vimpl;
     void *p = NULL;
-    SK_CUDA(cudaSetDevice(g->device));
+    CUDA_CHECK(cudaSetDevice(g->device));
     if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
         cudaGetLastError();
         LOG_WARN("cuda: %zu bytes of page-locked memory refused; codes copied to pageable "
@@ -947,19 +930,19 @@ static void *cuda_host_alloc(void *vimpl, size_t bytes)
 static void cuda_host_free(void *vimpl, void *p)
 {
     (void)vimpl;
-    if (p) SK_CUDA(cudaFreeHost(p));
+    if (p) CUDA_CHECK(cudaFreeHost(p));
 }
 
 static void cuda_free(void *vimpl)
 {
     struct cuda_impl *g = (struct cuda_impl *)vimpl;
-    SK_CUDA(cudaSetDevice(g->device));
-    SK_CUDA(cudaStreamSynchronize(g->st));
+    CUDA_CHECK(cudaSetDevice(g->device));
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
     sk_release(g);
-    for (int i = 0; i < 3; i++) SK_CUDA(cudaEventDestroy(g->ev[i]));
-    SK_CUBLAS(cublasDestroy(g->blas));
+    for (int i = 0; i < 3; i++) CUDA_CHECK(cudaEventDestroy(g->ev[i]));
+    CUBLAS_CHECK(cublasDestroy(g->blas));
     sk_free_dev(g->blas_ws);
-    SK_CUDA(cudaStreamDestroy(g->st));
+    CUDA_CHECK(cudaStreamDestroy(g->st));
     free(g);
 }
 
@@ -1007,29 +990,29 @@ extern "C" struct sinkhorn_backend *sinkhorn_backend_cuda_new(int device, char *
     g->device = device;
     g->sms = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
     for (int i = 0; i < SK_NSHAPES; i++) g->occ_nt[i] = -1;
-    SK_CUDA(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
-    for (int i = 0; i < 3; i++) SK_CUDA(cudaEventCreate(&g->ev[i]));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
+    for (int i = 0; i < 3; i++) CUDA_CHECK(cudaEventCreate(&g->ev[i]));
     cublasStatus_t bs = cublasCreate(&g->blas);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         snprintf(err, errlen, "CUDA device %d: cublasCreate failed (status %d)", device, (int)bs);
-        for (int i = 0; i < 3; i++) SK_CUDA(cudaEventDestroy(g->ev[i]));
-        SK_CUDA(cudaStreamDestroy(g->st));
+        for (int i = 0; i < 3; i++) CUDA_CHECK(cudaEventDestroy(g->ev[i]));
+        CUDA_CHECK(cudaStreamDestroy(g->st));
         free(g);
         return NULL;
     }
-    SK_CUBLAS(cublasSetStream(g->blas, g->st));
+    CUBLAS_CHECK(cublasSetStream(g->blas, g->st));
     const char *tf32 = getenv("SWAV_CUDA_TF32");
     g->tf32 = tf32 && tf32[0] == '1';
     /* fp32 (no TF32 in the default math mode) unless asked */
-    SK_CUBLAS(cublasSetMathMode(g->blas, g->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                 : CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cublasSetMathMode(g->blas, g->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                    : CUBLAS_DEFAULT_MATH));
     if (cudaMalloc(&g->blas_ws, SK_BLAS_WS) != cudaSuccess) {
         cudaGetLastError();
         snprintf(err, errlen, "CUDA device %d: no room for cuBLAS's workspace", device);
         cuda_free(g);
         return NULL;
     }
-    SK_CUBLAS(cublasSetWorkspace(g->blas, g->blas_ws, SK_BLAS_WS));
+    CUBLAS_CHECK(cublasSetWorkspace(g->blas, g->blas_ws, SK_BLAS_WS));
     LOG_INFO("assigner on CUDA device %d: %s (sm_%d%d, %d SMs, %.1f GiB), %s scores", device,
              prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              prop.totalGlobalMem / 1073741824.0, g->tf32 ? "TF32" : "fp32");

@@ -13,16 +13,7 @@ extern "C" {
 }
 
 #include "backend_cuda.h"
-
-#define CUDA_CHECK(expr)                                                                   \
-    do {                                                                                   \
-        cudaError_t swav_cu_st_ = (expr);                                                  \
-        if (swav_cu_st_ != cudaSuccess) {                                                  \
-            LOG_ERROR("%s failed: %s at %s:%d", #expr, cudaGetErrorString(swav_cu_st_),    \
-                      __FILE__, __LINE__);                                                 \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#include "cuda_check.h" /* CUDA_CHECK, CUBLAS_CHECK, CUDA_LAUNCH_CHECK */
 
 #define CUDNN_CHECK(expr)                                                                  \
     do {                                                                                   \
@@ -33,20 +24,6 @@ extern "C" {
             abort();                                                                       \
         }                                                                                  \
     } while (0)
-
-#define CUBLAS_CHECK(expr)                                                                 \
-    do {                                                                                   \
-        cublasStatus_t swav_blas_st_ = (expr);                                             \
-        if (swav_blas_st_ != CUBLAS_STATUS_SUCCESS) {                                      \
-            LOG_ERROR("%s failed: cublas status %d at %s:%d", #expr, (int)swav_blas_st_,   \
-                      __FILE__, __LINE__);                                                 \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
-
-/* A launch: check the configuration right away (asynchronous faults show at
- * the next synchronizing call). */
-#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 
 #define CU_KEY_MAX 16
 
