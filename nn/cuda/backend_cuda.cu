@@ -204,9 +204,7 @@ struct cu_conv {
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
-    cudnnConvolutionFwdAlgo_t fwd_algo;
-    cudnnConvolutionBwdDataAlgo_t data_algo;
-    cudnnConvolutionBwdFilterAlgo_t filter_algo;
+    struct cu_conv_algos algo;
     int have_data;
 };
 
@@ -228,9 +226,11 @@ static void cu_tensor_desc(cudnnTensorDescriptor_t d, const struct nn_tensor *t)
 }
 
 /* Index of the fastest usable result (cudnnFind sorts by time) whose
- * workspace fits SWAV_CUDA_WS_MAX_MB (default 1024); the search ran under the
- * descriptor's math type (FMA unless SWAV_CUDA_TF32=1), so its results keep it. */
-template <typename P> static int cu_pick(const P *perf, int n, size_t *mem, const char *what)
+ * workspace fits SWAV_CUDA_WS_MAX_MB (default 1024), else of the fastest
+ * usable one; its workspace in *mem.  cu_conv_find's choice. */
+template <typename P>
+static int cu_pick(const P *perf, int n, size_t *mem, const struct cu_conv_search *s,
+                   const char *what)
 {
     const char *env = getenv("SWAV_CUDA_WS_MAX_MB");
     size_t cap = (size_t)(env ? atol(env) : 1024) << 20;
@@ -238,8 +238,8 @@ template <typename P> static int cu_pick(const P *perf, int n, size_t *mem, cons
         for (int i = 0; i < n; i++) {
             if (perf[i].status == CUDNN_STATUS_SUCCESS && (pass == 1 || perf[i].memory <= cap)) {
                 if (pass == 1) {
-                    LOG_WARN("cuda: %s: every algorithm wants more than %zu MiB of workspace;"
-                             " algo %d takes %zu MiB", what, cap >> 20, (int)perf[i].algo,
+                    LOG_WARN("cuda: %s%s: every algorithm wants more than %zu MiB of workspace;"
+                             " algo %d takes %zu MiB", s->tag, what, cap >> 20, (int)perf[i].algo,
                              perf[i].memory >> 20);
                 }
                 *mem = perf[i].memory;
@@ -247,9 +247,70 @@ template <typename P> static int cu_pick(const P *perf, int n, size_t *mem, cons
             }
         }
     }
-    LOG_ERROR("cuda: %s: cudnnFind returned no usable algorithm", what);
+    LOG_ERROR("cuda: %s%s: cudnnFind returned no usable algorithm%s", s->tag, what, s->detail);
     abort();
 }
+
+void cu_conv_find(struct cuda_backend *b, const struct cu_conv_search *s, int fwd,
+                  cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w, cudnnTensorDescriptor_t y,
+                  cudnnConvolutionDescriptor_t conv, cudnnConvolutionDescriptor_t conv_data,
+                  struct cu_conv_algos *algo)
+{
+    int n = 0;
+    size_t mem = 0;
+    if (fwd) {
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(b->dnn, x, w, conv, y,
+                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
+        int i = cu_pick(perf, n, &mem, s, "conv forward");
+        algo->fwd = perf[i].algo;
+        if (s->adopt_math) {
+            CUDNN_CHECK(cudnnSetConvolutionMathType(conv, perf[i].mathType));
+        }
+        cu_ws_reserve(b, mem);
+        return;
+    }
+    cudnnConvolutionBwdFilterAlgoPerf_t fp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
+        b->dnn, x, y, conv, w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, fp));
+    int i = cu_pick(fp, n, &mem, s, "conv backward filter");
+    algo->filter = fp[i].algo;
+    if (s->adopt_math) {
+        CUDNN_CHECK(cudnnSetConvolutionMathType(conv, fp[i].mathType));
+    }
+    cu_ws_reserve(b, mem);
+    if (conv_data) {
+        cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
+            b->dnn, w, y, conv_data, x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, dp));
+        i = cu_pick(dp, n, &mem, s, "conv backward data");
+        algo->data = dp[i].algo;
+        if (s->adopt_math) {
+            CUDNN_CHECK(cudnnSetConvolutionMathType(conv_data, dp[i].mathType));
+        }
+        cu_ws_reserve(b, mem);
+    }
+}
+
+void cu_conv_key(int key[CU_KEY_MAX], int kind, const struct nn_tensor *inp, int out_channels,
+                 int k, int stride, int pad, int have_data)
+{
+    memset(key, 0, sizeof(int) * CU_KEY_MAX);
+    int at = 0;
+    key[at++] = kind;
+    for (int i = 0; i < 4; i++) {
+        key[at++] = (int)inp->shape[i];
+    }
+    key[at++] = out_channels;
+    key[at++] = k;
+    key[at++] = stride;
+    key[at++] = pad;
+    key[at++] = have_data;
+}
+
+/* The float path's search: under the descriptor's math type (FMA unless
+ * SWAV_CUDA_TF32=1), which its results keep. */
+static const struct cu_conv_search cu_conv_search_f32 = {"", "", 0};
 
 static struct cu_conv *cu_conv_get(struct cuda_backend *b, int kind, const struct nn_tensor *out,
                                    const struct nn_tensor *inp, const struct nn_tensor *weight,
@@ -261,17 +322,8 @@ static struct cu_conv *cu_conv_get(struct cuda_backend *b, int kind, const struc
     int k = (int)weight->shape[2];
     SWAV_ASSERT(out->shape[2] == (inp->shape[2] + 2 * pad - k) / stride + 1);
     SWAV_ASSERT(out->shape[3] == (inp->shape[3] + 2 * pad - k) / stride + 1);
-    int key[CU_KEY_MAX] = {0};
-    int at = 0;
-    key[at++] = kind;
-    for (int i = 0; i < 4; i++) {
-        key[at++] = (int)inp->shape[i];
-    }
-    key[at++] = (int)out->shape[1];
-    key[at++] = k;
-    key[at++] = stride;
-    key[at++] = pad;
-    key[at++] = have_data;
+    int key[CU_KEY_MAX];
+    cu_conv_key(key, kind, inp, (int)out->shape[1], k, stride, pad, have_data);
     struct cu_conv *c = (struct cu_conv *)cu_cache_find(b, key);
     if (c) {
         return c;
@@ -293,31 +345,9 @@ static struct cu_conv *cu_conv_get(struct cuda_backend *b, int kind, const struc
     CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(c->conv, c->x, c->w, &on, &oc, &oh, &ow));
     SWAV_ASSERT(on == out->shape[0] && oc == out->shape[1] && oh == out->shape[2] &&
                 ow == out->shape[3]);
-    int n = 0;
-    size_t mem = 0;
-    if (kind == CU_CONV_FWD) {
-        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(b->dnn, c->x, c->w, c->conv, c->y,
-                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
-        int i = cu_pick(perf, n, &mem, "conv forward");
-        c->fwd_algo = perf[i].algo;
-        cu_ws_reserve(b, mem);
-    } else {
-        cudnnConvolutionBwdFilterAlgoPerf_t fp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
-            b->dnn, c->x, c->y, c->conv, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, fp));
-        int i = cu_pick(fp, n, &mem, "conv backward filter");
-        c->filter_algo = fp[i].algo;
-        cu_ws_reserve(b, mem);
-        if (have_data) {
-            cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-            CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
-                b->dnn, c->w, c->y, c->conv, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, dp));
-            i = cu_pick(dp, n, &mem, "conv backward data");
-            c->data_algo = dp[i].algo;
-            cu_ws_reserve(b, mem);
-        }
-    }
+    /* backward data on the same descriptor as the filter's */
+    cu_conv_find(b, &cu_conv_search_f32, kind == CU_CONV_FWD, c->x, c->w, c->y, c->conv,
+                 have_data ? c->conv : NULL, &c->algo);
     cu_cache_put(b, key, c, cu_conv_free);
     return c;
 }
@@ -332,7 +362,7 @@ static void cu_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const str
     struct cu_conv *c = cu_conv_get(b, CU_CONV_FWD, out, inp, weight, stride, pad, 0);
     const float one = 1.0f, zero = 0.0f;
     CUDNN_CHECK(cudnnConvolutionForward(b->dnn, &one, c->x, inp->data, c->w, weight->data, c->conv,
-                                        c->fwd_algo, b->ws, b->ws_bytes, &zero, c->y, out->data));
+                                        c->algo.fwd, b->ws, b->ws_bytes, &zero, c->y, out->data));
 }
 
 static void cu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
@@ -347,12 +377,12 @@ static void cu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct 
     const float one = 1.0f, zero = 0.0f;
     /* beta 1: the weight gradient accumulates (layers.h) */
     CUDNN_CHECK(cudnnConvolutionBackwardFilter(b->dnn, &one, c->x, inp->data, c->y, dout->data,
-                                               c->conv, c->filter_algo, b->ws, b->ws_bytes, &one,
+                                               c->conv, c->algo.filter, b->ws, b->ws_bytes, &one,
                                                c->w, dweight->data));
     if (dinp) {
         SWAV_ASSERT(dinp->layout == NN_LAYOUT_NCHW);
         CUDNN_CHECK(cudnnConvolutionBackwardData(b->dnn, &one, c->w, weight->data, c->y,
-                                                 dout->data, c->conv, c->data_algo, b->ws,
+                                                 dout->data, c->conv, c->algo.data, b->ws,
                                                  b->ws_bytes, &zero, c->x, dinp->data));
     }
 }

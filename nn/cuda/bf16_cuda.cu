@@ -193,9 +193,7 @@ struct cu_bf16_conv {
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;      /* forward, or backward filter */
     cudnnConvolutionDescriptor_t conv_data; /* backward data (NULL: not asked for) */
-    cudnnConvolutionFwdAlgo_t fwd_algo;
-    cudnnConvolutionBwdFilterAlgo_t filter_algo;
-    cudnnConvolutionBwdDataAlgo_t data_algo;
+    struct cu_conv_algos algo;
 };
 
 static void bf16_conv_free(void *op)
@@ -211,30 +209,10 @@ static void bf16_conv_free(void *op)
     free(c);
 }
 
-/* Index of the fastest successful result (cudnnFind sorts by time) whose
- * workspace fits SWAV_CUDA_WS_MAX_MB (default 1024), else the fastest
- * successful one: backend_cuda.cu's rule for the float convolutions. */
-template <typename P> static int bf16_pick(const P *perf, int n, size_t *mem, const char *what)
-{
-    const char *env = getenv("SWAV_CUDA_WS_MAX_MB");
-    size_t cap = (size_t)(env ? atol(env) : 1024) << 20;
-    for (int pass = 0; pass < 2; pass++) {
-        for (int i = 0; i < n; i++) {
-            if (perf[i].status == CUDNN_STATUS_SUCCESS && (pass == 1 || perf[i].memory <= cap)) {
-                if (pass == 1) {
-                    LOG_WARN("cuda: bf16 %s: every algorithm wants more than %zu MiB of"
-                             " workspace; algo %d takes %zu MiB", what, cap >> 20,
-                             (int)perf[i].algo, perf[i].memory >> 20);
-                }
-                *mem = perf[i].memory;
-                return i;
-            }
-        }
-    }
-    LOG_ERROR("cuda: bf16 %s: cudnnFind returned no usable algorithm (bf16 NHWC, KRSC filter,"
-              " float compute)", what);
-    abort();
-}
+/* backend_cuda.cu's search (the float convolutions' rule), each descriptor
+ * then set to the math type its algorithm was found with. */
+static const struct cu_conv_search bf16_conv_search = {
+    "bf16 ", " (bf16 NHWC, KRSC filter, float compute)", 1};
 
 static void bf16_tensor_desc(cudnnTensorDescriptor_t d, const struct nn_tensor *t)
 {
@@ -268,17 +246,8 @@ static struct cu_bf16_conv *bf16_conv_get(struct cuda_backend *b, int kind,
     SWAV_ASSERT(stride >= 1 && pad >= 0);
     SWAV_ASSERT(out->shape[2] == (inp->shape[2] + 2 * pad - k) / stride + 1);
     SWAV_ASSERT(out->shape[3] == (inp->shape[3] + 2 * pad - k) / stride + 1);
-    int key[CU_KEY_MAX] = {0};
-    int at = 0;
-    key[at++] = kind;
-    for (int i = 0; i < 4; i++) {
-        key[at++] = (int)inp->shape[i];
-    }
-    key[at++] = (int)out->shape[1];
-    key[at++] = k;
-    key[at++] = stride;
-    key[at++] = pad;
-    key[at++] = have_data;
+    int key[CU_KEY_MAX];
+    cu_conv_key(key, kind, inp, (int)out->shape[1], k, stride, pad, have_data);
     struct cu_bf16_conv *c = (struct cu_bf16_conv *)cu_cache_find(b, key);
     if (c) {
         return c;
@@ -297,36 +266,12 @@ static struct cu_bf16_conv *bf16_conv_get(struct cuda_backend *b, int kind,
     CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(c->conv, c->x, c->w, &on, &oc, &oh, &ow));
     SWAV_ASSERT(on == out->shape[0] && oc == out->shape[1] && oh == out->shape[2] &&
                 ow == out->shape[3]);
-    int n = 0;
-    size_t mem = 0;
-    if (kind == BF16_CONV_FWD) {
-        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(b->dnn, c->x, c->w, c->conv, c->y,
-                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
-        int i = bf16_pick(perf, n, &mem, "conv forward");
-        c->fwd_algo = perf[i].algo;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, perf[i].mathType));
-        cu_ws_reserve(b, mem);
-    } else {
-        cudnnConvolutionBwdFilterAlgoPerf_t fp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
-            b->dnn, c->x, c->y, c->conv, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, fp));
-        int i = bf16_pick(fp, n, &mem, "conv backward filter");
-        c->filter_algo = fp[i].algo;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, fp[i].mathType));
-        cu_ws_reserve(b, mem);
-        if (have_data) {
-            c->conv_data = bf16_conv_desc(stride, pad);
-            cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-            CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
-                b->dnn, c->w, c->y, c->conv_data, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n,
-                dp));
-            i = bf16_pick(dp, n, &mem, "conv backward data");
-            c->data_algo = dp[i].algo;
-            CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv_data, dp[i].mathType));
-            cu_ws_reserve(b, mem);
-        }
+    /* backward data on a descriptor of its own (its math type may differ) */
+    if (kind == BF16_CONV_BWD && have_data) {
+        c->conv_data = bf16_conv_desc(stride, pad);
     }
+    cu_conv_find(b, &bf16_conv_search, kind == BF16_CONV_FWD, c->x, c->w, c->y, c->conv,
+                 c->conv_data, &c->algo);
     cu_cache_put(b, key, c, bf16_conv_free);
     return c;
 }
@@ -383,7 +328,7 @@ void cu_bf16_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struc
     const bf16 *wb = bf16_weight(b, weight, (int)inp->shape[1]);
     const float one = 1.0f, zero = 0.0f;
     CUDNN_CHECK(cudnnConvolutionForward(b->dnn, &one, c->x, inp->data, c->w, wb, c->conv,
-                                        c->fwd_algo, b->ws, b->ws_bytes, &zero, c->y, out->data));
+                                        c->algo.fwd, b->ws, b->ws_bytes, &zero, c->y, out->data));
 }
 
 void cu_bf16_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
@@ -404,7 +349,7 @@ void cu_bf16_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn
     const float one = 1.0f, zero = 0.0f;
     /* the gradient of the bf16 copy, rounded once, then added in float */
     CUDNN_CHECK(cudnnConvolutionBackwardFilter(b->dnn, &one, c->x, inp->data, c->y, dout->data,
-                                               c->conv, c->filter_algo, b->ws, b->ws_bytes, &zero,
+                                               c->conv, c->algo.filter, b->ws, b->ws_bytes, &zero,
                                                c->w, s->dw));
     unsigned n = O * I * k * k;
     BF16_LAUNCH(k_bf16_dw_add, bf16_blocks(n), BF16_TPB, b->stream)(
@@ -415,7 +360,7 @@ void cu_bf16_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn
         SWAV_ASSERT(bf16_same(dinp, inp));
         const bf16 *wb = bf16_weight(b, weight, (int)cp);
         CUDNN_CHECK(cudnnConvolutionBackwardData(b->dnn, &one, c->w, wb, c->y, dout->data,
-                                                 c->conv_data, c->data_algo, b->ws, b->ws_bytes,
+                                                 c->conv_data, c->algo.data, b->ws, b->ws_bytes,
                                                  &zero, c->x, dinp->data));
     }
 }

@@ -82,6 +82,34 @@ void cu_ws_reserve(struct cuda_backend *b, size_t bytes);
 void *cu_cache_find(struct cuda_backend *b, const int *key);
 void cu_cache_put(struct cuda_backend *b, const int *key, void *op, void (*op_free)(void *));
 
+/* Convolutions, float (backend_cuda.cu) and bf16 (bf16_cuda.cu), once per
+ * shape: the cache key of a descriptor set (kind, input shape, output
+ * channels, kernel, stride, pad, have_data), and the algorithms of a set.
+ * cu_conv_find runs cudnnFind* (forward on conv; else backward filter on
+ * conv and, when conv_data is not NULL, backward data on conv_data), takes
+ * for each the fastest successful result whose workspace fits
+ * SWAV_CUDA_WS_MAX_MB (default 1024), else the fastest successful one (with
+ * a warning; none: abort), and grows the workspace to fit it.  The paths
+ * differ in `s`: */
+struct cu_conv_search {
+    const char *tag;    /* before the direction in the messages: "" or "bf16 " */
+    const char *detail; /* after the no-usable-algorithm error ("" for none) */
+    int adopt_math;     /* 1: the descriptor is then set to the math type its algorithm
+                         * was found with (bf16: searched under TENSOR_OP_MATH); 0: it keeps
+                         * its own (float: the search ran under it, so its results keep it) */
+};
+struct cu_conv_algos {
+    cudnnConvolutionFwdAlgo_t fwd;
+    cudnnConvolutionBwdFilterAlgo_t filter;
+    cudnnConvolutionBwdDataAlgo_t data;
+};
+void cu_conv_key(int key[CU_KEY_MAX], int kind, const struct nn_tensor *inp, int out_channels,
+                 int k, int stride, int pad, int have_data);
+void cu_conv_find(struct cuda_backend *b, const struct cu_conv_search *s, int fwd,
+                  cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w, cudnnTensorDescriptor_t y,
+                  cudnnConvolutionDescriptor_t conv, cudnnConvolutionDescriptor_t conv_data,
+                  struct cu_conv_algos *algo);
+
 /* bf16_cuda.cu: the bf16 NHWC backbone (backend_impl.h's bf16_nhwc).  The
  * table's layer entries call these when their tensor is NN_DTYPE_BF16 (same
  * contracts as nn/layers.h); convert is the table's own. */
