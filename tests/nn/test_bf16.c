@@ -16,17 +16,8 @@
 #include "nn/layers.h"
 #include "nn/resnet.h"
 
-static int failures;
-
-#define EXPECT(cond, ...)                                                     \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fprintf(stderr, "\n");                                            \
-            failures++;                                                       \
-        }                                                                     \
-    } while (0)
+#define EXPECT_SHOW_COND 1
+#include "tests/expect.h"
 
 static float from_bits(uint32_t u)
 {

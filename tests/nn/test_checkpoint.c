@@ -21,17 +21,8 @@
 #include "nn/checkpoint.h"
 #include "proto/safetensors.h"
 
-static int failures;
-
-#define EXPECT(cond, ...)                                                  \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, "\n");                                         \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
+#define EXPECT_SHOW_COND 1
+#include "tests/expect.h"
 
 struct model {
     struct nn_param_table params, buffers;

@@ -19,17 +19,8 @@
 
 #define REL_TOL 1e-6
 
-static int failures;
-
-#define EXPECT(cond, ...)                                                  \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, "\n");                                         \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
+#define EXPECT_SHOW_COND 1
+#include "tests/expect.h"
 
 static float *read_floats(const char *dir, const char *name, size_t want)
 {
