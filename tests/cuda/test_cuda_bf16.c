@@ -43,6 +43,7 @@
 #define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
 #define CHECK_NAME_WIDTH 44
 #include "tests/cuda/compare.h"
+#include "tests/cuda/swav_step.h"
 
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
@@ -647,15 +648,7 @@ static void test_model(void)
     }
     size_t nq = (size_t)2 * batch * K, ns = (size_t)n_crops * batch * K;
     float *q_c = malloc(nq * sizeof(float)), *q_g = nn_backend_alloc(gpu, nq * sizeof(float));
-    for (size_t row = 0; row < nq / K; row++) {
-        double s = 0;
-        for (int k = 0; k < K; k++) {
-            s += q_c[row * K + k] = (float)exp(swav_rng_normal(&rng));
-        }
-        for (int k = 0; k < K; k++) {
-            q_c[row * K + k] = (float)(q_c[row * K + k] / s);
-        }
-    }
+    codes_fill(q_c, nq / K, K, &rng);
     nn_backend_copy(gpu, q_g, q_c, nq * sizeof(float));
     float *lp_c = malloc(ns * sizeof(float)), *ds_c = malloc(ns * sizeof(float));
     float *lp_g = nn_backend_alloc(gpu, ns * sizeof(float));
@@ -686,24 +679,8 @@ static void test_model(void)
             memcpy(mc->buffer_data, mg->buffer_data, mc->buffers.total * sizeof(float));
         }
         float loss[2];
-        for (int side = 0; side < 2; side++) {
-            struct nn_model *m = side ? mg : mc;
-            nn_backend_t *be = side ? gpu : cpu;
-            float **in = side ? in_g : in_c;
-            for (int g = 0; g < 2; g++) {
-                nn_backend_normalize_crops(be, in[g], raw[g], batch, groups[g].n_crops,
-                                           groups[g].size, groups[g].size);
-            }
-            nn_model_normalize_prototypes(m);
-            nn_model_forward(m, (const float *const *)in, batch, NN_MODEL_TRAIN);
-            struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, K);
-            struct nn_tensor dsc = nn_tensor_2d(side ? ds_g : ds_c, m->n_rows, K);
-            loss[side] = nn_swav_loss_forward(be, side ? lp_g : lp_c, &sc, side ? q_g : q_c, &lc);
-            nn_swav_loss_backward(be, &dsc, side ? lp_g : lp_c, side ? q_g : q_c, &lc);
-            nn_model_zero_grad(m);
-            nn_model_backward(m, side ? ds_g : ds_c);
-            nn_backend_sync(be);
-        }
+        loss[0] = side_step(mc, cpu, in_c, raw, groups, 2, batch, K, q_c, lp_c, ds_c, &lc);
+        loss[1] = side_step(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc);
         printf("-- bf16 model step %d%s\n", step, step ? " (the CPU model on the GPU's weights)" : "");
         double le = fabs(loss[1] - loss[0]) / fabs(loss[0]);
         printf("%-44s rel err %.3g (tol 2e-02) %s  (cuda bf16 %.6f cpu %.6f)\n", "swav loss", le,
