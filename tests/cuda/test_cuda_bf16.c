@@ -274,6 +274,37 @@ static void test_conv(int N, int C, int cin_pad, int H, int O, int k, int s, int
 /* ---- batch norm ----------------------------------------------------------------------
  * NHWC with C odd (scalar kernels) or even (pairs), M rows spanning several
  * row chunks; means far from zero against their spread. */
+
+/* A BatchNorm step's results (BatchNorm's or SyncBN's) against the CPU's, a
+ * line "<tag> <what>" each: the output and the input gradient (bf16: one
+ * rounding), the saved and running statistics (training only), the
+ * parameter gradients. */
+static void bn_results_check(const char *tag, int train, const struct act *y,
+                             const struct act *dx, const struct pair *sm, const struct pair *sv,
+                             const struct pair *rm, const struct pair *rv, const struct pair *dw,
+                             const struct pair *db)
+{
+    char name[96];
+#define BN_ACT(what, buf, tol)                              \
+    snprintf(name, sizeof name, "%s %s", tag, what);        \
+    act_check(name, buf, tol)
+#define BN_PAIR(what, buf, tol)                             \
+    snprintf(name, sizeof name, "%s %s", tag, what);        \
+    pair_check(name, buf, tol)
+    BN_ACT("out", y, TOL_ROUND);
+    if (train) {
+        BN_PAIR("save_mean", sm, 1e-5);
+        BN_PAIR("save_var (biased)", sv, 1e-5);
+        BN_PAIR("running_mean", rm, 1e-5);
+        BN_PAIR("running_var (unbiased)", rv, 1e-5);
+    }
+    BN_ACT("dinp", dx, TOL_ROUND);
+    BN_PAIR("dweight (+=)", dw, 1e-4);
+    BN_PAIR("dbias (+=)", db, 1e-4);
+#undef BN_ACT
+#undef BN_PAIR
+}
+
 static void test_bn(int64_t N, int64_t C, int64_t H, unsigned flags)
 {
     struct act x = act_new(N, C, H, H, 0, 0), y = act_new(N, C, H, H, 0, 0);
@@ -302,28 +333,10 @@ static void test_bn(int64_t N, int64_t C, int64_t H, unsigned flags)
                           train ? sv.c : rv.c, wc, flags, 1e-5f);
     nn_batchnorm_backward(gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, train ? sm.g : rm.g,
                           train ? sv.g : rv.g, wg, flags, 1e-5f);
-    char name[96];
     char tag[64];
     snprintf(tag, sizeof tag, "bn %s%s C%d M%d", train ? "train" : "eval",
              (flags & NN_BN_RELU) ? "+relu" : "", (int)C, (int)(N * H * H));
-#define BN_ACT(what, buf, tol)                              \
-    snprintf(name, sizeof name, "%s %s", tag, what);        \
-    act_check(name, &buf, tol)
-#define BN_PAIR(what, buf, tol)                             \
-    snprintf(name, sizeof name, "%s %s", tag, what);        \
-    pair_check(name, &buf, tol)
-    BN_ACT("out", y, TOL_ROUND);
-    if (train) {
-        BN_PAIR("save_mean", sm, 1e-5);
-        BN_PAIR("save_var (biased)", sv, 1e-5);
-        BN_PAIR("running_mean", rm, 1e-5);
-        BN_PAIR("running_var (unbiased)", rv, 1e-5);
-    }
-    BN_ACT("dinp", dx, TOL_ROUND);
-    BN_PAIR("dweight (+=)", dw, 1e-4);
-    BN_PAIR("dbias (+=)", db, 1e-4);
-#undef BN_ACT
-#undef BN_PAIR
+    bn_results_check(tag, train, &y, &dx, &sm, &sv, &rm, &rv, &dw, &db);
     nn_backend_free(cpu, wc);
     nn_backend_free(gpu, wg);
     act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
@@ -425,27 +438,12 @@ static void test_syncbn_single(int64_t N, int64_t C, int64_t H, unsigned relu)
                              1e-5f);
     st |= nn_syncbn_backward(sg, gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, sm.g, sv.g, cnt_g, wg, relu,
                              1e-5f);
-    char name[96], tag[48];
+    char tag[48];
     snprintf(tag, sizeof tag, "bf16 syncbn(1)%s C%d", relu ? "+relu" : "", (int)C);
     int ok = st == 0 && cnt_g == cnt_c && cnt_c == (double)(N * H * H);
     printf("%-44s status %d, count cuda %g cpu %g %s\n", tag, st, cnt_g, cnt_c, ok ? "ok" : "FAIL");
     failures += !ok;
-#define SB_ACT(what, buf, tol)                              \
-    snprintf(name, sizeof name, "%s %s", tag, what);        \
-    act_check(name, &buf, tol)
-#define SB_PAIR(what, buf, tol)                             \
-    snprintf(name, sizeof name, "%s %s", tag, what);        \
-    pair_check(name, &buf, tol)
-    SB_ACT("out", y, TOL_ROUND);
-    SB_PAIR("save_mean", sm, 1e-5);
-    SB_PAIR("save_var (biased)", sv, 1e-5);
-    SB_PAIR("running_mean", rm, 1e-5);
-    SB_PAIR("running_var (unbiased)", rv, 1e-5);
-    SB_ACT("dinp", dx, TOL_ROUND);
-    SB_PAIR("dweight (+=)", dw, 1e-4);
-    SB_PAIR("dbias (+=)", db, 1e-4);
-#undef SB_ACT
-#undef SB_PAIR
+    bn_results_check(tag, 1, &y, &dx, &sm, &sv, &rm, &rv, &dw, &db);
     nn_backend_free(cpu, wc);
     nn_backend_free(gpu, wg);
     nn_syncbn_destroy(&sc);
