@@ -43,6 +43,7 @@
 #define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
 #define CHECK_NAME_WIDTH 44
 #include "tests/cuda/compare.h"
+#include "tests/cuda/syncbn_step.h"
 #include "tests/cuda/swav_step.h"
 
 static nn_backend_t *cpu, *gpu;
@@ -421,34 +422,18 @@ static void test_syncbn_single(int64_t N, int64_t C, int64_t H, unsigned relu)
     struct pair dw = pair_new((size_t)C, 1, 0), db = pair_new((size_t)C, 1, 0);
     struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
     struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
-    struct nn_collective *coll = nn_collective_single_new();
-    char err[256];
-    nn_syncbn_t *sc = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
-    nn_syncbn_t *sg = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
-    SWAV_ASSERT(sc && sg);
-    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, NN_BN_TRAIN | relu);
-    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, NN_BN_TRAIN | relu);
-    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
-    double cnt_c = 0, cnt_g = 0;
-    int st = nn_syncbn_forward(sc, cpu, &yc, &xc, w.c, b.c, rm.c, rv.c, sm.c, sv.c, &cnt_c, wc,
-                               relu, 0.1f, 1e-5f);
-    st |= nn_syncbn_forward(sg, gpu, &yg, &xg, w.g, b.g, rm.g, rv.g, sm.g, sv.g, &cnt_g, wg, relu,
-                            0.1f, 1e-5f);
-    st |= nn_syncbn_backward(sc, cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, sm.c, sv.c, cnt_c, wc, relu,
-                             1e-5f);
-    st |= nn_syncbn_backward(sg, gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, sm.g, sv.g, cnt_g, wg, relu,
-                             1e-5f);
+    struct syncbn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, b.c, rm.c, rv.c,
+                             sm.c, sv.c, dw.c, db.c, 0};
+    struct syncbn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, b.g, rm.g, rv.g,
+                             sm.g, sv.g, dw.g, db.g, 0};
+    int st = syncbn_step((int)C, relu, &cs, &gs);
+    double cnt_c = cs.count, cnt_g = gs.count;
     char tag[48];
     snprintf(tag, sizeof tag, "bf16 syncbn(1)%s C%d", relu ? "+relu" : "", (int)C);
     int ok = st == 0 && cnt_g == cnt_c && cnt_c == (double)(N * H * H);
     printf("%-44s status %d, count cuda %g cpu %g %s\n", tag, st, cnt_g, cnt_c, ok ? "ok" : "FAIL");
     failures += !ok;
     bn_results_check(tag, 1, &y, &dx, &sm, &sv, &rm, &rv, &dw, &db);
-    nn_backend_free(cpu, wc);
-    nn_backend_free(gpu, wg);
-    nn_syncbn_destroy(&sc);
-    nn_syncbn_destroy(&sg);
-    nn_collective_destroy(&coll);
     act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
     struct pair *ps[] = {&w, &b, &rm, &rv, &sm, &sv, &dw, &db};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {

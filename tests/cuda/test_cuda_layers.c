@@ -28,6 +28,7 @@
 #define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
 #define CHECK_NAME_WIDTH 34
 #include "tests/cuda/compare.h"
+#include "tests/cuda/syncbn_step.h"
 
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
@@ -337,23 +338,12 @@ static void test_syncbn_single(int ndim, unsigned relu)
     struct nn_tensor yc = bn_view(y.c, ndim, N, C, H, W), yg = bn_view(y.g, ndim, N, C, H, W);
     struct nn_tensor dyc = bn_view(dy.c, ndim, N, C, H, W), dyg = bn_view(dy.g, ndim, N, C, H, W);
     struct nn_tensor dxc = bn_view(dx.c, ndim, N, C, H, W), dxg = bn_view(dx.g, ndim, N, C, H, W);
-    struct nn_collective *coll = nn_collective_single_new();
-    char err[256];
-    nn_syncbn_t *sc = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
-    nn_syncbn_t *sg = nn_syncbn_new(coll, 0, (int)C, err, sizeof err);
-    SWAV_ASSERT(sc && sg);
-    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, NN_BN_TRAIN | relu);
-    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, NN_BN_TRAIN | relu);
-    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
-    double cnt_c = 0, cnt_g = 0;
-    int st = nn_syncbn_forward(sc, cpu, &yc, &xc, w.c, bsh.c, rm.c, rv.c, sm.c, sv.c, &cnt_c, wc,
-                               relu, 0.1f, 1e-5f);
-    st |= nn_syncbn_forward(sg, gpu, &yg, &xg, w.g, bsh.g, rm.g, rv.g, sm.g, sv.g, &cnt_g, wg, relu,
-                            0.1f, 1e-5f);
-    st |= nn_syncbn_backward(sc, cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, sm.c, sv.c, cnt_c, wc, relu,
-                             1e-5f);
-    st |= nn_syncbn_backward(sg, gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, sm.g, sv.g, cnt_g, wg, relu,
-                             1e-5f);
+    struct syncbn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, bsh.c, rm.c, rv.c,
+                             sm.c, sv.c, dw.c, db.c, 0};
+    struct syncbn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, bsh.g, rm.g, rv.g,
+                             sm.g, sv.g, dw.g, db.g, 0};
+    int st = syncbn_step((int)C, relu, &cs, &gs);
+    double cnt_c = cs.count, cnt_g = gs.count;
     char name[64];
     const char *tag = ndim == 4 ? "syncbn(1) 2d" : "syncbn(1) 1d";
     const char *rl = relu ? "+relu" : "";
@@ -373,11 +363,6 @@ static void test_syncbn_single(int ndim, unsigned relu)
     SB_CHECK("dweight (+=)", dw, 1e-4);
     SB_CHECK("dbias (+=)", db, 1e-4);
 #undef SB_CHECK
-    nn_backend_free(cpu, wc);
-    nn_backend_free(gpu, wg);
-    nn_syncbn_destroy(&sc);
-    nn_syncbn_destroy(&sg);
-    nn_collective_destroy(&coll);
     struct pair *ps[] = {&x, &y, &dy, &dx, &w, &bsh, &rm, &rv, &sm, &sv, &dw, &db};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
         pair_free(ps[i]);
