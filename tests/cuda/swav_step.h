@@ -1,7 +1,7 @@
-/* A SwAV step of a model on one backend, as the CUDA model tests run it on
- * each side (test_cuda_model: float; test_cuda_bf16: the bf16 backbone),
- * the CPU backend's side first: fixed codes, the loader's uint8 crops
- * normalized by the backend, forward, loss and backward. */
+/* The model and the SwAV step of the CUDA model tests, run on each side
+ * (test_cuda_model: float; test_cuda_bf16: the bf16 backbone), the CPU
+ * backend's side first: fixed codes, the loader's uint8 crops normalized by
+ * the backend, forward, loss and backward. */
 #ifndef SWAV_TESTS_CUDA_SWAV_STEP_H
 #define SWAV_TESTS_CUDA_SWAV_STEP_H
 
@@ -13,6 +13,21 @@
 #include "nn/backend.h"
 #include "nn/layers.h"
 #include "nn/resnet.h"
+
+/* The model both tests build on each side: ResNet-18 of width 16, head
+ * 64 -> 16, 30 prototypes, plain layouts (the CUDA backend's), seed 7 (the
+ * same weights on both sides). */
+static inline void step_model_cfg(struct nn_resnet_cfg *cfg)
+{
+    nn_resnet_cfg_default(cfg);
+    cfg->depth = 18;
+    cfg->width = 16;
+    cfg->hidden_mlp = 64;
+    cfg->feat_dim = 16;
+    cfg->nmb_prototypes = 30;
+    cfg->plain_layout = 1;
+    cfg->seed = 7;
+}
 
 /* Codes q (rows, K): each row a softmax of N(0, 1) draws from r. */
 static inline void codes_fill(float *q, size_t rows, int K, struct swav_rng *r)

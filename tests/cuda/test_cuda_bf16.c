@@ -590,14 +590,7 @@ static void cos_check(const char *name, const float *g, const float *c, size_t n
 static void test_model(void)
 {
     struct nn_resnet_cfg cfg;
-    nn_resnet_cfg_default(&cfg);
-    cfg.depth = 18;
-    cfg.width = 16;
-    cfg.hidden_mlp = 64;
-    cfg.feat_dim = 16;
-    cfg.nmb_prototypes = 30;
-    cfg.plain_layout = 1;
-    cfg.seed = 7;
+    step_model_cfg(&cfg);
     struct nn_resnet_cfg cfg_g = cfg;
     cfg_g.bf16 = 1;
     const struct nn_crop_group groups[2] = {{2, 48}, {2, 32}};

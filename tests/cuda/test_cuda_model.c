@@ -36,14 +36,7 @@ int main(void)
         return 77;
     }
     struct nn_resnet_cfg cfg;
-    nn_resnet_cfg_default(&cfg);
-    cfg.depth = 18;
-    cfg.width = 16;
-    cfg.hidden_mlp = 64;
-    cfg.feat_dim = 16;
-    cfg.nmb_prototypes = 30;
-    cfg.plain_layout = 1;
-    cfg.seed = 7;
+    step_model_cfg(&cfg);
     const struct nn_crop_group groups[2] = {{2, 48}, {2, 32}};
     const int batch = 4, n_crops = 4, K = cfg.nmb_prototypes;
     nn_backend_t *cpu = nn_backend_cpu_new(0), *gpu = nn_backend_cuda_new(0);
