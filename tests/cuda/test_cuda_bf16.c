@@ -43,7 +43,7 @@
 #define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
 #define CHECK_NAME_WIDTH 44
 #include "tests/cuda/compare.h"
-#include "tests/cuda/syncbn_step.h"
+#include "tests/cuda/bn_step.h"
 #include "tests/cuda/swav_step.h"
 
 static nn_backend_t *cpu, *gpu;
@@ -324,22 +324,16 @@ static void test_bn(int64_t N, int64_t C, int64_t H, unsigned flags)
     struct pair dw = pair_new((size_t)C, 1, 0), db = pair_new((size_t)C, 1, 0);
     struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
     struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
-    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, flags);
-    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, flags);
-    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
+    struct bn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, b.c, rm.c, rv.c,
+                         sm.c, sv.c, dw.c, db.c, 0};
+    struct bn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, b.g, rm.g, rv.g,
+                         sm.g, sv.g, dw.g, db.g, 0};
+    bn_step(flags, &cs, &gs);
     int train = (flags & NN_BN_TRAIN) != 0;
-    nn_batchnorm_forward(cpu, &yc, &xc, w.c, b.c, rm.c, rv.c, sm.c, sv.c, wc, flags, 0.1f, 1e-5f);
-    nn_batchnorm_forward(gpu, &yg, &xg, w.g, b.g, rm.g, rv.g, sm.g, sv.g, wg, flags, 0.1f, 1e-5f);
-    nn_batchnorm_backward(cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, train ? sm.c : rm.c,
-                          train ? sv.c : rv.c, wc, flags, 1e-5f);
-    nn_batchnorm_backward(gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, train ? sm.g : rm.g,
-                          train ? sv.g : rv.g, wg, flags, 1e-5f);
     char tag[64];
     snprintf(tag, sizeof tag, "bn %s%s C%d M%d", train ? "train" : "eval",
              (flags & NN_BN_RELU) ? "+relu" : "", (int)C, (int)(N * H * H));
     bn_results_check(tag, train, &y, &dx, &sm, &sv, &rm, &rv, &dw, &db);
-    nn_backend_free(cpu, wc);
-    nn_backend_free(gpu, wg);
     act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
     struct pair *ps[] = {&w, &b, &rm, &rv, &sm, &sv, &dw, &db};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
@@ -422,10 +416,10 @@ static void test_syncbn_single(int64_t N, int64_t C, int64_t H, unsigned relu)
     struct pair dw = pair_new((size_t)C, 1, 0), db = pair_new((size_t)C, 1, 0);
     struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
     struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
-    struct syncbn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, b.c, rm.c, rv.c,
-                             sm.c, sv.c, dw.c, db.c, 0};
-    struct syncbn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, b.g, rm.g, rv.g,
-                             sm.g, sv.g, dw.g, db.g, 0};
+    struct bn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, b.c, rm.c, rv.c,
+                         sm.c, sv.c, dw.c, db.c, 0};
+    struct bn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, b.g, rm.g, rv.g,
+                         sm.g, sv.g, dw.g, db.g, 0};
     int st = syncbn_step((int)C, relu, &cs, &gs);
     double cnt_c = cs.count, cnt_g = gs.count;
     char tag[48];

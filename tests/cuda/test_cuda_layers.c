@@ -28,7 +28,7 @@
 #define CHECK_REL_FLOOR 1e-6 /* of max |cpu| */
 #define CHECK_NAME_WIDTH 34
 #include "tests/cuda/compare.h"
-#include "tests/cuda/syncbn_step.h"
+#include "tests/cuda/bn_step.h"
 
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
@@ -124,16 +124,12 @@ static void test_bn(int ndim, unsigned flags)
         yg = nn_tensor_2d(y.g, N, C), dyc = nn_tensor_2d(dy.c, N, C), dyg = nn_tensor_2d(dy.g, N, C);
         dxc = nn_tensor_2d(dx.c, N, C), dxg = nn_tensor_2d(dx.g, N, C);
     }
-    size_t wsc = nn_batchnorm_workspace_bytes(cpu, &xc, flags);
-    size_t wsg = nn_batchnorm_workspace_bytes(gpu, &xg, flags);
-    void *wc = nn_backend_alloc(cpu, wsc ? wsc : 64), *wg = nn_backend_alloc(gpu, wsg ? wsg : 64);
+    struct bn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, bsh.c, rm.c, rv.c,
+                         sm.c, sv.c, dw.c, db.c, 0};
+    struct bn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, bsh.g, rm.g, rv.g,
+                         sm.g, sv.g, dw.g, db.g, 0};
+    bn_step(flags, &cs, &gs);
     int train = (flags & NN_BN_TRAIN) != 0;
-    nn_batchnorm_forward(cpu, &yc, &xc, w.c, bsh.c, rm.c, rv.c, sm.c, sv.c, wc, flags, 0.1f, 1e-5f);
-    nn_batchnorm_forward(gpu, &yg, &xg, w.g, bsh.g, rm.g, rv.g, sm.g, sv.g, wg, flags, 0.1f, 1e-5f);
-    nn_batchnorm_backward(cpu, &dxc, dw.c, db.c, &dyc, &xc, w.c, train ? sm.c : rm.c,
-                          train ? sv.c : rv.c, wc, flags, 1e-5f);
-    nn_batchnorm_backward(gpu, &dxg, dw.g, db.g, &dyg, &xg, w.g, train ? sm.g : rm.g,
-                          train ? sv.g : rv.g, wg, flags, 1e-5f);
     char name[64];
     const char *tag = ndim == 4 ? (train ? "bn2d train" : "bn2d eval") : (train ? "bn1d train" : "bn1d eval");
     const char *relu = (flags & NN_BN_RELU) ? "+relu" : "";
@@ -150,8 +146,6 @@ static void test_bn(int ndim, unsigned flags)
     BN_CHECK("dinp", dx, 1e-4);
     BN_CHECK("dweight (+=)", dw, 1e-4);
     BN_CHECK("dbias (+=)", db, 1e-4);
-    nn_backend_free(cpu, wc);
-    nn_backend_free(gpu, wg);
     struct pair *ps[] = {&x, &y, &dy, &dx, &w, &bsh, &rm, &rv, &sm, &sv, &dw, &db};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
         pair_free(ps[i]);
@@ -338,10 +332,10 @@ static void test_syncbn_single(int ndim, unsigned relu)
     struct nn_tensor yc = bn_view(y.c, ndim, N, C, H, W), yg = bn_view(y.g, ndim, N, C, H, W);
     struct nn_tensor dyc = bn_view(dy.c, ndim, N, C, H, W), dyg = bn_view(dy.g, ndim, N, C, H, W);
     struct nn_tensor dxc = bn_view(dx.c, ndim, N, C, H, W), dxg = bn_view(dx.g, ndim, N, C, H, W);
-    struct syncbn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, bsh.c, rm.c, rv.c,
-                             sm.c, sv.c, dw.c, db.c, 0};
-    struct syncbn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, bsh.g, rm.g, rv.g,
-                             sm.g, sv.g, dw.g, db.g, 0};
+    struct bn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, bsh.c, rm.c, rv.c,
+                         sm.c, sv.c, dw.c, db.c, 0};
+    struct bn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, bsh.g, rm.g, rv.g,
+                         sm.g, sv.g, dw.g, db.g, 0};
     int st = syncbn_step((int)C, relu, &cs, &gs);
     double cnt_c = cs.count, cnt_g = gs.count;
     char name[64];
