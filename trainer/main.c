@@ -251,8 +251,8 @@ static int setup_flags(struct trainer *T, int argc, char **argv)
     }
     if (T->a.use_fp16 && strncmp(T->t.device, "cuda", 4) != 0) {
         /* The CPU backend computes in fp32 only; on CUDA --use_fp16 means a
-         * bf16 backbone (setup_model, docs/cuda.md). */
-        /* an INFO, not a warning: the flag is on by default, as in the reference */
+         * bf16 backbone (setup_model, docs/cuda.md).  An INFO, not a warning:
+         * the flag is on by default, as in the reference. */
         LOG_INFO("--use_fp16: the %s backend trains in fp32 (bf16 is the CUDA backend's, "
                  "docs/cuda.md)", T->t.device);
         T->a.use_fp16 = false;
@@ -609,9 +609,9 @@ static void order_ahead(struct trainer *T, int64_t end_it)
     }
 }
 
-/* uint8 NHWC, image-major (row i * n + c) -> float NCHW, crop-major (row c * bs + i). */
-/* The loader's uint8 crops (image-major) into the model's crop-major float
- * inputs, on the backend (the GPU's copy and kernel with --device cuda). */
+/* The loader's uint8 NHWC crops, image-major (row i * n + c), into the
+ * model's float NCHW inputs, crop-major (row c * bs + i), on the backend (a
+ * copy and a kernel with --device cuda). */
 static void normalize_batch(struct trainer *T, const struct proto_batch *b)
 {
     int bs = (int)T->a.batch_size;
