@@ -297,12 +297,6 @@ static int setup_model(struct trainer *T)
     cfg.feat_dim = (int)T->a.feat_dim;
     cfg.nmb_prototypes = (int)T->a.nmb_prototypes;
     cfg.seed = (uint64_t)T->a.seed;
-    char err[256];
-    T->be = nn_device_open(T->t.device, (int)T->t.threads, err, sizeof err);
-    if (!T->be) {
-        LOG_ERROR("%s", err);
-        return -1;
-    }
     if (T->a.use_fp16) {
         /* the reference's fp16 (apex O1) becomes bf16 here: same range as
          * fp32, so no loss scaling; fp32 master weights (docs/cuda.md) */
@@ -848,6 +842,13 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* the device first: a machine without a usable GPU is said at once, not
+     * after indexing a large dataset */
+    T.be = nn_device_open(T.t.device, (int)T.t.threads, err, sizeof err);
+    if (!T.be) {
+        LOG_ERROR("%s", err);
+        return 2;
+    }
     struct loader_index_opts io = {.cache_dir = T.a.dump_path, .threads = 2, .quiet = T.rank != 0};
     if (loader_index_open(&T.index, T.a.data_path, &io, err, sizeof err) != LOADER_INDEX_OK) {
         LOG_ERROR("%s", err);
