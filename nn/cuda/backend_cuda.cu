@@ -136,37 +136,31 @@ void cu_cache_put(struct cuda_backend *b, const int *key, void *op, void (*op_fr
     e->op_free = op_free;
 }
 
-void cu_ws_reserve(struct cuda_backend *b, size_t bytes)
+void cu_grow(struct cuda_backend *b, void **p, size_t *have, size_t want)
 {
-    if (bytes <= b->ws_bytes) {
+    if (want <= *have) {
         return;
     }
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
-    CUDA_CHECK(cudaFree(b->ws));
-    CUDA_CHECK(cudaMalloc(&b->ws, bytes));
-    b->ws_bytes = bytes;
+    CUDA_CHECK(cudaFree(*p));
+    *p = NULL;
+    CUDA_CHECK(cudaMalloc(p, want));
+    *have = want;
+}
+
+void cu_ws_reserve(struct cuda_backend *b, size_t bytes)
+{
+    cu_grow(b, &b->ws, &b->ws_bytes, bytes);
 }
 
 void cu_tmp_reserve(struct cuda_backend *b, size_t bytes)
 {
-    if (bytes <= b->tmp_bytes) {
-        return;
-    }
-    CUDA_CHECK(cudaStreamSynchronize(b->stream));
-    CUDA_CHECK(cudaFree(b->tmp));
-    CUDA_CHECK(cudaMalloc((void **)&b->tmp, bytes));
-    b->tmp_bytes = bytes;
+    cu_grow(b, (void **)&b->tmp, &b->tmp_bytes, bytes);
 }
 
 void cu_red_reserve(struct cuda_backend *b, size_t n)
 {
-    if (n <= b->red_n) {
-        return;
-    }
-    CUDA_CHECK(cudaStreamSynchronize(b->stream));
-    CUDA_CHECK(cudaFree(b->red));
-    CUDA_CHECK(cudaMalloc((void **)&b->red, n * sizeof(double)));
-    b->red_n = n;
+    cu_grow(b, (void **)&b->red, &b->red_bytes, n * sizeof(double));
 }
 
 static void cu_destroy(nn_backend_t *be)

@@ -113,21 +113,6 @@ void cu_bf16_free(struct cuda_backend *b)
     b->bf16 = NULL;
 }
 
-/* Grows a device buffer to at least `want` bytes; the old one may still be
- * read by queued kernels, hence the synchronization (first sight of a shape
- * only). */
-static void bf16_grow(struct cuda_backend *b, void **p, size_t *have, size_t want)
-{
-    if (want <= *have) {
-        return;
-    }
-    CUDA_CHECK(cudaStreamSynchronize(b->stream));
-    CUDA_CHECK(cudaFree(*p));
-    *p = NULL;
-    CUDA_CHECK(cudaMalloc(p, want));
-    *have = want;
-}
-
 /* A backbone tensor of this path: BF16, NHWC, 4-D, fewer than 2^31 elements
  * (the kernels' 32-bit element indexes; cuDNN's legacy API has the same
  * bound). */
@@ -345,7 +330,7 @@ void cu_bf16_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn
     }
     unsigned O = (unsigned)weight->shape[0], I = (unsigned)weight->shape[1];
     unsigned k = (unsigned)weight->shape[2], cp = (unsigned)inp->shape[1];
-    bf16_grow(b, (void **)&s->dw, &s->dw_bytes, (size_t)O * k * k * cp * sizeof(bf16));
+    cu_grow(b, (void **)&s->dw, &s->dw_bytes, (size_t)O * k * k * cp * sizeof(bf16));
     const float one = 1.0f, zero = 0.0f;
     /* the gradient of the bf16 copy, rounded once, then added in float */
     CUDNN_CHECK(cudnnConvolutionBackwardFilter(b->dnn, &one, c->x, inp->data, c->y, dout->data,
@@ -376,9 +361,9 @@ static struct bf16_bn_plan bf16_bn_prepare(struct cuda_backend *b, const struct 
     *C = (unsigned)x->shape[1];
     *M = (unsigned)(x->shape[0] * x->shape[2] * x->shape[3]);
     struct bf16_bn_plan p = bf16_bn_plan_of(*M, *C, aligned);
-    bf16_grow(b, (void **)&s->part, &s->part_bytes, (size_t)2 * *C * p.chunks * sizeof(double));
-    bf16_grow(b, (void **)&s->chan, &s->chan_bytes, 8 * bf16_cpad(*C) * sizeof(float));
-    bf16_grow(b, (void **)&s->stat, &s->stat_bytes, (size_t)2 * *C * sizeof(double));
+    cu_grow(b, (void **)&s->part, &s->part_bytes, (size_t)2 * *C * p.chunks * sizeof(double));
+    cu_grow(b, (void **)&s->chan, &s->chan_bytes, 8 * bf16_cpad(*C) * sizeof(float));
+    cu_grow(b, (void **)&s->stat, &s->stat_bytes, (size_t)2 * *C * sizeof(double));
     return p;
 }
 

@@ -45,12 +45,12 @@ struct cuda_backend {
     float *tmp; /* scratch floats (masked gradients, Sinkhorn sums) */
     size_t tmp_bytes;
     double *red; /* device partial sums (losses, norms) */
-    size_t red_n;
+    size_t red_bytes;
     double *host_red; /* pinned: results read back */
     unsigned char *stage; /* device: a loader's uint8 crops (normalize_crops) */
     size_t stage_bytes;
     int64_t *idx; /* device: add_at's offsets */
-    size_t idx_n;
+    size_t idx_bytes;
     struct cu_entry *entries;
     int n_entries, cap_entries;
     struct cu_bf16 *bf16; /* bf16_cuda.cu's state (weight copies, scratch); NULL until used */
@@ -74,6 +74,13 @@ void cu_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
                                  const float *mean_dy_xhat, float eps);
 
 /* Grows the scratch buffers (first sight of a shape only: warm-up). */
+/* Grows a device buffer of the backend to at least `want` bytes (a no-op
+ * when it has them); the old one may still be read by queued kernels, hence
+ * the synchronization: first sight of a shape only.  Every grow-only scratch
+ * buffer of nn/cuda goes through it. */
+void cu_grow(struct cuda_backend *b, void **p, size_t *have, size_t want);
+/* 1 when p is host memory (pageable or pinned), 0 for device or managed. */
+int cu_is_host(const void *p);
 void cu_tmp_reserve(struct cuda_backend *b, size_t bytes);
 void cu_red_reserve(struct cuda_backend *b, size_t n);
 /* The cuDNN workspace, grown likewise; the cache of per-shape descriptor

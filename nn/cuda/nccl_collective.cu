@@ -115,30 +115,15 @@ static int nccl_fail(struct nccl_coll *c, int st)
     return st;
 }
 
-static int nccl_is_host(const void *p)
-{
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        cudaGetLastError();
-        return 1;
-    }
-    return a.type == cudaMemoryTypeUnregistered || a.type == cudaMemoryTypeHost;
-}
-
 /* A device pointer for buf: buf itself, or the staging buffer holding a
  * copy of it (queued on the stream). */
 static void *nccl_device_view(struct nccl_coll *c, void *buf, size_t bytes, int *staged)
 {
-    *staged = nccl_is_host(buf);
+    *staged = cu_is_host(buf);
     if (!*staged) {
         return buf;
     }
-    if (bytes > c->stage_bytes) {
-        CUDA_CHECK(cudaStreamSynchronize(c->b->stream));
-        CUDA_CHECK(cudaFree(c->stage));
-        CUDA_CHECK(cudaMalloc(&c->stage, bytes));
-        c->stage_bytes = bytes;
-    }
+    cu_grow(c->b, &c->stage, &c->stage_bytes, bytes);
     CUDA_CHECK(cudaMemcpyAsync(c->stage, buf, bytes, cudaMemcpyDefault, c->b->stream));
     return c->stage;
 }
@@ -161,30 +146,13 @@ static int nccl_finish(struct nccl_coll *c, void *buf, void *dev, size_t bytes, 
     return 0;
 }
 
-static int nccl_allreduce(struct nn_collective *base, float *buf, size_t n)
+/* One collective on buf (bytes): staged when it is host memory, enqueued by
+ * `enqueue(dev)` (the NCCL call on the device view), waited for with the
+ * deadline, copied back; a failure aborts the communicator. */
+template <typename Enqueue>
+static int nccl_run(struct nccl_coll *c, void *buf, size_t bytes, const char *what,
+                    Enqueue enqueue)
 {
-    struct nccl_coll *c = (struct nccl_coll *)base;
-    if (c->broken) {
-        return NN_COLLECTIVE_ERR_TRANSPORT;
-    }
-    if (n == 0) {
-        return 0;
-    }
-    double deadline = swav_now_s() + c->timeout_ms / 1000.0;
-    int staged;
-    size_t bytes = n * sizeof(float);
-    void *dev = nccl_device_view(c, buf, bytes, &staged);
-    int st = nccl_settle(c, ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->b->stream),
-                         "all-reduce", deadline);
-    if (st) {
-        return nccl_fail(c, st);
-    }
-    return nccl_finish(c, buf, dev, bytes, staged, "all-reduce", deadline);
-}
-
-static int nccl_broadcast(struct nn_collective *base, void *buf, size_t bytes, int root)
-{
-    struct nccl_coll *c = (struct nccl_coll *)base;
     if (c->broken) {
         return NN_COLLECTIVE_ERR_TRANSPORT;
     }
@@ -194,12 +162,27 @@ static int nccl_broadcast(struct nn_collective *base, void *buf, size_t bytes, i
     double deadline = swav_now_s() + c->timeout_ms / 1000.0;
     int staged;
     void *dev = nccl_device_view(c, buf, bytes, &staged);
-    int st = nccl_settle(c, ncclBroadcast(dev, dev, bytes, ncclUint8, root, c->comm, c->b->stream),
-                         "broadcast", deadline);
+    int st = nccl_settle(c, enqueue(dev), what, deadline);
     if (st) {
         return nccl_fail(c, st);
     }
-    return nccl_finish(c, buf, dev, bytes, staged, "broadcast", deadline);
+    return nccl_finish(c, buf, dev, bytes, staged, what, deadline);
+}
+
+static int nccl_allreduce(struct nn_collective *base, float *buf, size_t n)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    return nccl_run(c, buf, n * sizeof(float), "all-reduce", [c, n](void *dev) {
+        return ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->b->stream);
+    });
+}
+
+static int nccl_broadcast(struct nn_collective *base, void *buf, size_t bytes, int root)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    return nccl_run(c, buf, bytes, "broadcast", [c, bytes, root](void *dev) {
+        return ncclBroadcast(dev, dev, bytes, ncclUint8, root, c->comm, c->b->stream);
+    });
 }
 
 static void nccl_destroy(struct nn_collective *base)

@@ -87,7 +87,7 @@ __global__ void k_normalize_crops(float *dst, const uint8_t *src, int64_t batch,
 
 /* ---- the table's memory operations ------------------------------------------------ */
 
-static int cu_is_host(const void *p)
+int cu_is_host(const void *p)
 {
     cudaPointerAttributes a;
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
@@ -136,12 +136,7 @@ __global__ void k_add_at(float *base, const int64_t *off, int n, float v)
 static void cu_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value)
 {
     struct cuda_backend *b = cu_be(be);
-    if ((size_t)n > b->idx_n) {
-        CUDA_CHECK(cudaStreamSynchronize(b->stream)); /* the old buffer may still be read */
-        CUDA_CHECK(cudaFree(b->idx));
-        CUDA_CHECK(cudaMalloc((void **)&b->idx, (size_t)n * sizeof(int64_t)));
-        b->idx_n = (size_t)n;
-    }
+    cu_grow(b, (void **)&b->idx, &b->idx_bytes, (size_t)n * sizeof(int64_t));
     /* pageable source: staged before the call returns; ordered on the stream
      * after the previous kernel that read b->idx */
     CUDA_CHECK(cudaMemcpyAsync(b->idx, offsets, (size_t)n * sizeof(int64_t), cudaMemcpyDefault,
@@ -158,12 +153,7 @@ static void cu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src,
     size_t bytes = (size_t)(rows * plane * 3);
     const uint8_t *dsrc = src;
     if (cu_is_host(src)) {
-        if (bytes > b->stage_bytes) {
-            CUDA_CHECK(cudaStreamSynchronize(b->stream));
-            CUDA_CHECK(cudaFree(b->stage));
-            CUDA_CHECK(cudaMalloc((void **)&b->stage, bytes));
-            b->stage_bytes = bytes;
-        }
+        cu_grow(b, (void **)&b->stage, &b->stage_bytes, bytes);
         CUDA_CHECK(cudaMemcpyAsync(b->stage, src, bytes, cudaMemcpyDefault, b->stream));
         dsrc = b->stage;
     }
