@@ -163,6 +163,19 @@ __device__ __forceinline__ void sk_exp(float (&t)[R][CPT4][4], const float (&mr)
             }
 }
 
+/* A tile of R rows from b0 as E = exp(S / eps - m_r): sk_load, the rows'
+ * maxima m_r of the init pass into mr (0 past hi, where t is -inf), sk_exp.
+ * The iterate and write passes both start their tiles so. */
+template <int CPT4, int R>
+__device__ __forceinline__ void sk_load_exp(const sk_args &a, int b0, int hi,
+                                            float (&t)[R][CPT4][4], float (&mr)[R])
+{
+    sk_load<CPT4, R>(a, b0, hi, t);
+#pragma unroll
+    for (int r = 0; r < R; r++) mr[r] = b0 + r < hi ? a.m[b0 + r] : 0.0f;
+    sk_exp<CPT4, R>(t, mr);
+}
+
 __device__ __forceinline__ float sk_warp_sum(float v)
 {
 #pragma unroll
@@ -334,11 +347,8 @@ __global__ void __launch_bounds__(NT, MINB) sk_iterate(sk_args a)
     for (int ti = 0; ti < ntiles; ti++) {
         const int b0 = sk_tile_row(a, lo, ntiles, ti, R);
         float t[R][CPT4][4];
-        sk_load<CPT4, R>(a, b0, hi, t);
         float mr[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) mr[r] = b0 + r < hi ? a.m[b0 + r] : 0.0f;
-        sk_exp<CPT4, R>(t, mr);
+        sk_load_exp<CPT4, R>(a, b0, hi, t, mr);
         sk_dot_partials<CPT4, R>(t, u, sm_red);
         __syncthreads();
         if (threadIdx.x < R) {
@@ -399,11 +409,8 @@ __global__ void __launch_bounds__(NT, MINB) sk_write(sk_args a)
     for (int ti = 0; ti < ntiles; ti++) {
         const int b0 = sk_tile_row(a, lo, ntiles, ti, R);
         float t[R][CPT4][4];
-        sk_load<CPT4, R>(a, b0, hi, t);
         float mr[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) mr[r] = b0 + r < hi ? a.m[b0 + r] : 0.0f;
-        sk_exp<CPT4, R>(t, mr);
+        sk_load_exp<CPT4, R>(a, b0, hi, t, mr);
         if (!a.scale_only) {
             sk_dot_partials<CPT4, R>(t, u, sm_red);
         }
