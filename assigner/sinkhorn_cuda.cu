@@ -955,19 +955,10 @@ static void cuda_free(void *vimpl)
 
 extern "C" int sinkhorn_cuda_device_count(char *why, size_t whylen)
 {
-    int n = 0;
-    cudaError_t st = cudaGetDeviceCount(&n);
-    if (st != cudaSuccess) {
-        if (why && whylen) {
-            snprintf(why, whylen, "%s: %s", cudaGetErrorName(st), cudaGetErrorString(st));
-        }
-        cudaGetLastError();
-        return 0;
-    }
-    if (n == 0 && why && whylen) {
-        snprintf(why, whylen, "no CUDA device");
-    } else if (why && whylen) {
-        why[0] = '\0';
+    char buf[256];
+    int n = swav_cuda_count(buf, sizeof buf);
+    if (why && whylen) {
+        snprintf(why, whylen, "%s", n == 0 && !buf[0] ? "no CUDA device" : buf);
     }
     return n;
 }

@@ -1215,16 +1215,7 @@ extern "C" const char *nn_cuda_count_error(void)
 
 extern "C" int nn_cuda_device_count(void)
 {
-    int n = 0;
-    cudaError_t st = cudaGetDeviceCount(&n);
-    if (st != cudaSuccess) {
-        snprintf(cu_count_error, sizeof cu_count_error, "%s: %s", cudaGetErrorName(st),
-                 cudaGetErrorString(st));
-        cudaGetLastError(); /* clear the sticky "no device / no driver" error */
-        return 0;
-    }
-    cu_count_error[0] = '\0';
-    return n;
+    return swav_cuda_count(cu_count_error, sizeof cu_count_error);
 }
 
 extern "C" nn_backend_t *nn_backend_cuda_new(int device)

@@ -6,6 +6,7 @@
 #ifndef SWAV_NN_CUDA_CHECK_H
 #define SWAV_NN_CUDA_CHECK_H
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include <cublas_v2.h>
@@ -13,6 +14,22 @@
 
 extern "C" {
 #include "common/log.h"
+}
+
+/* cudaGetDeviceCount without aborting: the count, 0 when the runtime cannot
+ * count (no driver, a driver too old): then why (whylen > 0) says so in the
+ * runtime's words, else why is "".  The sticky error is cleared. */
+static inline int swav_cuda_count(char *why, size_t whylen)
+{
+    int n = 0;
+    cudaError_t st = cudaGetDeviceCount(&n);
+    if (st != cudaSuccess) {
+        snprintf(why, whylen, "%s: %s", cudaGetErrorName(st), cudaGetErrorString(st));
+        cudaGetLastError();
+        return 0;
+    }
+    why[0] = '\0';
+    return n;
 }
 
 #define CUDA_CHECK(expr)                                                                   \
