@@ -35,17 +35,8 @@ nn_backend_t *nn_backend_cuda_new(int device);
 
 /* 1 when p is device or managed memory; 2 when it is plain host memory that
  * this GPU can still address (pageable memory access: HMM or ATS; slow);
- * 0 when the GPU cannot address it (malloc'd memory without HMM: e.g. the
- * model's activation arena today, docs/cuda.md). */
+ * 0 when the GPU cannot address it (malloc'd memory without HMM). */
 int nn_cuda_pointer_usable(const void *p);
-/* bytes of p set to zero on the backend's stream (gradients: no host touch). */
-void nn_cuda_zero(nn_backend_t *be, void *p, size_t bytes);
-
-/* uint8 NHWC crops -> float NCHW normalized (nn_normalize_u8 on the device).
- * src, dst device-accessible; src (n, h, w, 3), dst (n, 3, h, w). */
-void nn_cuda_normalize_u8(nn_backend_t *be, float *dst, const uint8_t *src, int n, int h, int w);
-/* Rows of w (rows, cols) L2-normalized in place (nn_prototypes_normalize). */
-void nn_cuda_prototypes_normalize(nn_backend_t *be, float *w, int64_t rows, int64_t cols);
 /* distributed_sinkhorn of the reference with one rank: q (B, K) from scores
  * (B, K), epsilon eps, iters iterations; q sums to 1 per row. */
 void nn_cuda_sinkhorn(nn_backend_t *be, float *q, const float *scores, int B, int K, float eps,

@@ -29,43 +29,11 @@ extern "C" int nn_cuda_pointer_usable(const void *p)
     return 0;
 }
 
-extern "C" void nn_cuda_zero(nn_backend_t *be, void *p, size_t bytes)
-{
-    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cu_be(be)->stream));
-}
-
 /* ---- crops: uint8 NHWC -> float NCHW, the reference's mean/std ---------------- */
-
-__global__ void k_normalize_u8(float *dst, const uint8_t *src, int64_t n, int64_t plane)
-{
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* pixel index over n * plane */
-    if (i >= n * plane) {
-        return;
-    }
-    /* same constants and float formula as nn_normalize_u8 (tensor.c) */
-    const float mean[3] = {0.485f, 0.456f, 0.406f};
-    const float stdv[3] = {0.228f, 0.224f, 0.225f};
-    int64_t img = i / plane, p = i % plane;
-    const uint8_t *s = src + i * 3;
-    float *d = dst + img * plane * 3 + p;
-    for (int c = 0; c < 3; c++) {
-        float scale = 1.0f / (255.0f * stdv[c]), shift = -mean[c] / stdv[c];
-        d[c * plane] = (float)s[c] * scale + shift;
-    }
-}
-
-extern "C" void nn_cuda_normalize_u8(nn_backend_t *be, float *dst, const uint8_t *src, int n,
-                                     int h, int w)
-{
-    int64_t plane = (int64_t)h * w;
-    k_normalize_u8<<<cu_blocks((size_t)(n * plane)), TPB, 0, cu_be(be)->stream>>>(dst, src, n,
-                                                                                  plane);
-    CUDA_LAUNCH_CHECK();
-}
 
 /* A loader's batch of one resolution: src (batch, n_crops, h, w, 3) image-
  * major -> dst (n_crops * batch, 3, h, w) crop-major, one thread per pixel
- * of dst's rows.  Same formula as k_normalize_u8. */
+ * of dst's rows; the constants and float formula of nn_normalize_u8 (tensor.c). */
 __global__ void k_normalize_crops(float *dst, const uint8_t *src, int64_t batch, int64_t n_crops,
                                   int64_t plane)
 {
@@ -162,9 +130,12 @@ static void cu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src,
     CUDA_LAUNCH_CHECK();
 }
 
+__global__ void k_rows_normalize(float *w, int64_t cols); /* below, with the prototypes */
+
 static void cu_normalize_rows(nn_backend_t *be, float *w, int64_t rows, int64_t cols)
 {
-    nn_cuda_prototypes_normalize(be, w, rows, cols);
+    k_rows_normalize<<<(unsigned)rows, TPB, 0, cu_be(be)->stream>>>(w, cols);
+    CUDA_LAUNCH_CHECK();
 }
 
 static void *cu_optim_new(nn_backend_t *be, const struct nn_param_table *table,
@@ -237,11 +208,6 @@ __global__ void k_rows_normalize(float *w, int64_t cols)
     }
 }
 
-extern "C" void nn_cuda_prototypes_normalize(nn_backend_t *be, float *w, int64_t rows, int64_t cols)
-{
-    k_rows_normalize<<<(unsigned)rows, TPB, 0, cu_be(be)->stream>>>(w, cols);
-    CUDA_LAUNCH_CHECK();
-}
 
 /* ---- Sinkhorn-Knopp (distributed_sinkhorn, one rank) ----------------------------- *
  * Reference on Q = exp(scores / eps)^T (K, B): Q /= sum(Q); iters times

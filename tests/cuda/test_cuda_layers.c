@@ -549,14 +549,14 @@ static void test_step_pieces(void)
     }
     struct pair f = pair_new(np, 0);
     nn_normalize_u8(f.c, u, n, h, w);
-    nn_cuda_normalize_u8(gpu, f.g, u, n, h, w);
+    nn_backend_normalize_crops(gpu, f.g, u, n, 1, h, w); /* one crop an image: plain NHWC -> NCHW */
     pair_check("normalize u8 NHWC -> NCHW", &f, 1e-6);
     nn_backend_free(gpu, u);
     pair_free(&f);
     /* prototypes */
     struct pair pr = pair_new(30 * 16, 1);
     nn_prototypes_normalize(pr.c, 30, 16);
-    nn_cuda_prototypes_normalize(gpu, pr.g, 30, 16);
+    nn_backend_normalize_rows(gpu, pr.g, 30, 16);
     pair_check("prototypes normalize", &pr, 1e-6);
     pair_free(&pr);
     /* sinkhorn */
