@@ -11,15 +11,6 @@
 #include "cuda/backend_cuda.h"
 #endif
 
-int nn_device_have_cuda(void)
-{
-#ifdef SWAV_HAVE_CUDA
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 int nn_device_check(const char *device, char *err, size_t errlen)
 {
     int index;

@@ -9,8 +9,6 @@
 
 #include "backend.h"
 
-/* 1 when this build has the CUDA backend. */
-int nn_device_have_cuda(void);
 /* Checks the name only: 0, or -1 with a message ("cpu", "cuda", "cuda:N"). */
 int nn_device_check(const char *device, char *err, size_t errlen);
 /* The backend for `device`; cpu_threads for the CPU backend (<= 0: the
