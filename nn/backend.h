@@ -29,9 +29,10 @@ void nn_backend_sync(nn_backend_t *be);
  * and reuse that copy for every crop group and for the backward;
  * nn_model_forward calls this itself. */
 void nn_backend_weights_updated(nn_backend_t *be);
-/* 1 when the backend runs a bf16 NHWC backbone (the CUDA backend): a model
- * may be built with cfg.bf16 (resnet.h); 0 on the CPU backend. */
-int nn_backend_has_bf16(const nn_backend_t *be);
+/* 1 when the backend runs a low-precision NHWC backbone, bf16 and fp16 (the
+ * CUDA backend): a model may be built with cfg.act_dtype NN_DTYPE_BF16 or
+ * NN_DTYPE_F16 (resnet.h); 0 on the CPU backend. */
+int nn_backend_has_lowp(const nn_backend_t *be);
 /* Number of cached primitives (tests: a step after warm-up creates none). */
 int nn_backend_cache_size(const nn_backend_t *be);
 
@@ -52,6 +53,10 @@ void nn_backend_scale(nn_backend_t *be, float *x, size_t n, float s);
 /* base[offsets[i]] += value for i < n; base is this backend's memory,
  * offsets host memory (BatchNorm's num_batches_tracked). */
 void nn_backend_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value);
+/* 1 when any of x[0..n) (this backend's memory) is an infinity or a NaN,
+ * else 0: dynamic loss scaling's overflow check (nn/loss_scale.h) over the
+ * gradient buffer.  Waits for the queued work (the answer is on the host). */
+int nn_backend_nonfinite(nn_backend_t *be, const float *x, size_t n);
 /* A loader's crops of one resolution into the model's input, normalized as
  * nn_normalize_u8 (tensor.h) does: src (batch, n_crops, h, w, 3) uint8,
  * image-major as the loader sends them, in host memory (reusable when the

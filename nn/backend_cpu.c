@@ -315,6 +315,20 @@ static void cpu_add_at(nn_backend_t *be, float *base, const int64_t *offsets, in
     }
 }
 
+/* By the bits (exponent all ones), so that no compiler flag about finite
+ * math can fold the test away. */
+static int cpu_nonfinite(nn_backend_t *be, const float *x, size_t n)
+{
+    (void)be;
+    uint32_t any = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        any |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+    }
+    return any != 0;
+}
+
 static void cpu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
                                 int n_crops, int h, int w)
 {
@@ -1688,6 +1702,7 @@ static const struct nn_backend_iface cpu_iface = {
     .zero = cpu_zero,
     .scale = cpu_scale,
     .add_at = cpu_add_at,
+    .nonfinite = cpu_nonfinite,
     .normalize_crops = cpu_normalize_crops,
     .normalize_rows = cpu_normalize_rows,
     .conv2d_forward = cpu_conv2d_forward,

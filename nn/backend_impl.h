@@ -11,11 +11,12 @@ struct nn_backend_iface {
     int blocked_layout; /* 1: its layers take NN_LAYOUT_NCHW8C (the CPU's oneDNN) */
     /* 1: the backbone's layers (conv2d, batch norm and its SyncBN pieces, relu,
      * add, accumulate, max pooling, average pooling's input and dinp) also
-     * take NN_DTYPE_BF16 tensors in NN_LAYOUT_NHWC, with fp32 weights and
-     * per-channel arrays, and `convert` is set (the CUDA backend; cfg.bf16 of
-     * resnet.h).  A bf16 convolution's input may have more channels than its
-     * weight (zeros: the stem's input padded to NN_BF16_STEM_CHANNELS). */
-    int bf16_nhwc;
+     * take NN_DTYPE_BF16 and NN_DTYPE_F16 tensors in NN_LAYOUT_NHWC, with fp32
+     * weights and per-channel arrays, and `convert` is set (the CUDA backend;
+     * cfg.act_dtype of resnet.h).  Such a convolution's input may have more
+     * channels than its weight (zeros: the stem's input padded to
+     * NN_LOWP_STEM_CHANNELS). */
+    int lowp_nhwc;
     void (*destroy)(nn_backend_t *be);
     void *(*alloc)(nn_backend_t *be, size_t bytes);
     void (*free)(nn_backend_t *be, void *p);
@@ -26,6 +27,7 @@ struct nn_backend_iface {
     void (*zero)(nn_backend_t *be, void *p, size_t bytes);
     void (*scale)(nn_backend_t *be, float *x, size_t n, float s);
     void (*add_at)(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value);
+    int (*nonfinite)(nn_backend_t *be, const float *x, size_t n);
     void (*normalize_crops)(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
                             int n_crops, int h, int w);
     void (*normalize_rows)(nn_backend_t *be, float *w, int64_t rows, int64_t cols);

@@ -60,6 +60,7 @@ void nn_checkpoint_info_free(struct nn_checkpoint_info *info)
     }
     free(info->config_json);
     free(info->rng_state);
+    free(info->loss_scale);
     memset(info, 0, sizeof *info);
 }
 
@@ -253,8 +254,10 @@ static void copy_meta_strings(const struct safetensors_file *f, struct nn_checkp
 {
     const char *c = safetensors_meta_get(f, "config");
     const char *r = safetensors_meta_get(f, "rng");
+    const char *ls = safetensors_meta_get(f, "loss_scale");
     inf->config_json = c ? swav_xstrdup(c) : NULL;
     inf->rng_state = r ? swav_xstrdup(r) : NULL;
+    inf->loss_scale = ls ? swav_xstrdup(ls) : NULL;
 }
 
 enum nn_checkpoint_status nn_checkpoint_peek(const char *path, struct nn_checkpoint_info *info,

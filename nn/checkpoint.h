@@ -80,6 +80,8 @@ struct nn_checkpoint_info {
     uint64_t seed;
     char *config_json;
     char *rng_state;
+    char *loss_scale;   /* the caller pair "loss_scale" (fp16's dynamic loss scale,
+                         * nn/loss_scale.h's text), or NULL: absent (older files, bf16/fp32) */
     bool has_momentum;  /* the file had optimizer.* entries and they were loaded */
     int nloaded;        /* tensors copied into the tables */
     int nmissing;       /* non-strict: table entries left as they were */

@@ -6,7 +6,7 @@
 
 void nn_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src)
 {
-    SWAV_ASSERT(be->iface->convert != NULL); /* a backend without bf16 */
+    SWAV_ASSERT(be->iface->convert != NULL); /* a backend without bf16/fp16 */
     be->iface->convert(be, dst, src);
 }
 
@@ -186,9 +186,9 @@ int nn_backend_cache_size(const nn_backend_t *be)
     return be->iface->cache_size(be);
 }
 
-int nn_backend_has_bf16(const nn_backend_t *be)
+int nn_backend_has_lowp(const nn_backend_t *be)
 {
-    return be->iface->bf16_nhwc && be->iface->convert != NULL;
+    return be->iface->lowp_nhwc && be->iface->convert != NULL;
 }
 
 void nn_backend_weights_updated(nn_backend_t *be)
@@ -222,6 +222,11 @@ void nn_backend_add_at(nn_backend_t *be, float *base, const int64_t *offsets, in
     if (n > 0) {
         be->iface->add_at(be, base, offsets, n, value);
     }
+}
+
+int nn_backend_nonfinite(nn_backend_t *be, const float *x, size_t n)
+{
+    return n ? be->iface->nonfinite(be, x, n) : 0;
 }
 
 void nn_backend_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,

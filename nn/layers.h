@@ -16,12 +16,12 @@
 #include "backend.h"
 #include "tensor.h"
 
-/* ---- dtype and layout: float NCHW <-> bf16 NHWC, on a backend with bf16
- * (nn_backend_has_bf16).  Same N, H, W; F32 NCHW -> BF16 NHWC rounds to
- * nearest even and may widen C (the extra channels written as zeros: the
- * bf16 stem's input, NN_BF16_STEM_CHANNELS); BF16 NHWC -> F32 NCHW is exact
- * and keeps C.  dst and src do not overlap. ------------------------------- */
-#define NN_BF16_STEM_CHANNELS 4 /* RGB + a zero channel: 8-byte pixels for cuDNN's NHWC kernels */
+/* ---- dtype and layout: float NCHW <-> bf16 or fp16 NHWC, on a backend with
+ * them (nn_backend_has_lowp).  Same N, H, W; F32 NCHW -> BF16/F16 NHWC rounds
+ * to nearest even and may widen C (the extra channels written as zeros: the
+ * low-precision stem's input, NN_LOWP_STEM_CHANNELS); BF16/F16 NHWC -> F32
+ * NCHW is exact and keeps C.  dst and src do not overlap. ------------------- */
+#define NN_LOWP_STEM_CHANNELS 4 /* RGB + a zero channel: 8-byte pixels for cuDNN's NHWC kernels */
 void nn_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src);
 
 /* ---- conv2d: no bias, square kernel k = weight->shape[2], symmetric pad,

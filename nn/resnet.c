@@ -64,7 +64,7 @@ struct rn_block_act {
 
 struct rn_group_act {
     struct nn_tensor input; /* user memory, set per forward */
-    struct nn_tensor in_bf; /* cfg.bf16: input converted, (n, stem_cin, S, S) BF16 NHWC */
+    struct nn_tensor in_bf; /* cfg.act_dtype BF16/F16: input converted, (n, stem_cin, S, S) NHWC */
     struct rn_cbn_act stem;
     struct nn_tensor pool;
     void *pool_ws;
@@ -75,8 +75,8 @@ struct rn_group_act {
 
 struct nn_model_impl {
     enum nn_layout layout;
-    enum nn_dtype dtype; /* of the backbone's activations: F32, or BF16 (cfg.bf16) */
-    int stem_cin;        /* channels of the stem's input: 3, NN_BF16_STEM_CHANNELS in bf16 */
+    enum nn_dtype dtype; /* of the backbone's activations: cfg.act_dtype (F32, BF16, F16) */
+    int stem_cin;        /* channels of the stem's input: 3, NN_LOWP_STEM_CHANNELS in bf16/fp16 */
     struct rn_conv stem_conv;
     struct rn_bn stem_bn;
     int n_blocks;
@@ -254,7 +254,7 @@ static void rn_plan(struct nn_model *m)
         g->batch = m->batch;
         rows += (int)n;
         const struct rn_conv *sc = &I->stem_conv;
-        if (I->dtype == NN_DTYPE_BF16) {
+        if (nn_dtype_is_lowp(I->dtype)) {
             size_t b = nn_layout_bytes_dt(I->dtype, I->layout, n, I->stem_cin, s, s);
             g->in_bf = nn_tensor_4d(nn_arena_alloc(&I->arena, b), I->layout, n, I->stem_cin, s, s);
             g->in_bf.dtype = I->dtype;
@@ -370,9 +370,11 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
         LOG_ERROR("nn: prototypes need a projection head (feat_dim > 0)");
         return NULL;
     }
-    if (cfg->bf16 && !nn_backend_has_bf16(be)) {
-        LOG_ERROR("nn: a bf16 backbone (cfg.bf16, --use_fp16) needs a backend that has one"
-                  " (cuda); the %s backend computes in fp32 only", nn_backend_name(be));
+    if (cfg->act_dtype != NN_DTYPE_F32 &&
+        (!nn_dtype_is_lowp(cfg->act_dtype) || !nn_backend_has_lowp(be))) {
+        LOG_ERROR("nn: a %s backbone (cfg.act_dtype, --use_fp16) needs a backend that has one"
+                  " (cuda); the %s backend computes in fp32 only",
+                  nn_dtype_name(cfg->act_dtype), nn_backend_name(be));
         return NULL;
     }
     struct nn_model *m = swav_xcalloc(1, sizeof *m);
@@ -392,10 +394,10 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
                     : NN_LAYOUT_NCHW;
     I->dtype = NN_DTYPE_F32;
     I->stem_cin = 3;
-    if (cfg->bf16) {
+    if (cfg->act_dtype != NN_DTYPE_F32) {
         I->layout = NN_LAYOUT_NHWC;
-        I->dtype = NN_DTYPE_BF16;
-        I->stem_cin = NN_BF16_STEM_CHANNELS;
+        I->dtype = cfg->act_dtype;
+        I->stem_cin = NN_LOWP_STEM_CHANNELS;
     }
     nn_param_table_init(&m->params);
     nn_param_table_init(&m->buffers);
@@ -622,7 +624,7 @@ int nn_model_forward(struct nn_model *m, const float *const *inputs, int batch,
         rows += (int)n;
         g->input = nn_tensor_4d((float *)inputs[gi], NN_LAYOUT_NCHW, n, 3, s, s);
         const struct nn_tensor *stem_in = &g->input;
-        if (I->dtype == NN_DTYPE_BF16) {
+        if (nn_dtype_is_lowp(I->dtype)) {
             rn_rebatch(&g->in_bf, n);
             nn_convert(m->be, &g->in_bf, &g->input);
             stem_in = &g->in_bf;
@@ -841,7 +843,7 @@ int nn_model_backward(struct nn_model *m, const float *dout)
         } else {
             dstem = dcur;
         }
-        const struct nn_tensor *stem_in = I->dtype == NN_DTYPE_BF16 ? &g->in_bf : &g->input;
+        const struct nn_tensor *stem_in = nn_dtype_is_lowp(I->dtype) ? &g->in_bf : &g->input;
         rn_cbn_backward(m, NULL, &dstem, &g->stem, stem_in, &I->stem_conv, &I->stem_bn, 1);
     }
     return nn_model_sync_status(m);

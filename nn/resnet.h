@@ -14,7 +14,8 @@
  * then.  Input: per group, normalized float NCHW (n_crops*batch, 3, S, S),
  * crop-major (rows of crop c are [c*batch, (c+1)*batch)), as the reference's
  * torch.cat(inputs[start:end]).  Inside the backbone activations are in
- * oneDNN's nChw8c layout (cfg.layout), plain NCHW, or bf16 NHWC (cfg.bf16). */
+ * oneDNN's nChw8c layout (cfg.layout), plain NCHW, or bf16/fp16 NHWC
+ * (cfg.act_dtype). */
 #ifndef SWAV_NN_RESNET_H
 #define SWAV_NN_RESNET_H
 
@@ -39,12 +40,14 @@ struct nn_resnet_cfg {
     int plain_layout;       /* 1: NCHW inside the backbone (else nChw8c when width % 8 == 0
                              * and the backend has it: the CPU one) */
     uint64_t seed;          /* initialization (common/rng.h streams) */
-    int bf16;               /* 1: the backbone's activations and their gradients in bfloat16,
-                             * channels_last (NHWC), on a backend that has it
-                             * (nn_backend_has_bf16: CUDA; nn_model_new fails otherwise).
+    enum nn_dtype act_dtype; /* the backbone's activations and their gradients:
+                             * NN_DTYPE_F32 (0, the default), or NN_DTYPE_BF16 / NN_DTYPE_F16
+                             * channels_last (NHWC) on a backend that has them
+                             * (nn_backend_has_lowp: CUDA; nn_model_new fails otherwise).
                              * Parameters, gradients, BN statistics, feats and the head stay
                              * float; inputs stay float NCHW (converted by the model, the
-                             * stem's widened to NN_BF16_STEM_CHANNELS). docs/cuda.md */
+                             * stem's widened to NN_LOWP_STEM_CHANNELS).  fp16 needs loss
+                             * scaling (nn/loss_scale.h) in training. docs/cuda.md */
 };
 
 /* Defaults of the reference (resnet50, hidden_mlp 2048, feat_dim 128, 3000 prototypes). */
@@ -144,7 +147,7 @@ float *nn_model_buffer(struct nn_model *m, const char *name);
  * every block's but the last), "layerS.J" (block output, after its ReLU);
  * the head's "projection_head.0" (Linear) and "projection_head.1" (BN1d +
  * ReLU), whatever `group`.  Backbone tensors are in the model's layout
- * (nChw8c or NCHW; with cfg.bf16, BF16 NHWC), head ones (rows, hidden).  Returns 0 and a view in *out,
+ * (nChw8c or NCHW; with cfg.act_dtype BF16/F16, that dtype NHWC), head ones (rows, hidden).  Returns 0 and a view in *out,
  * or -1 for an unknown name or group. */
 int nn_model_activation(const struct nn_model *m, int group, const char *name,
                         struct nn_tensor *out);

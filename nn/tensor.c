@@ -58,7 +58,22 @@ size_t nn_tensor_numel(const struct nn_tensor *t)
 
 size_t nn_dtype_bytes(enum nn_dtype dtype)
 {
-    return dtype == NN_DTYPE_BF16 ? 2 : 4;
+    return nn_dtype_is_lowp(dtype) ? 2 : 4;
+}
+
+const char *nn_dtype_name(enum nn_dtype dt)
+{
+    switch (dt) {
+    case NN_DTYPE_F32:
+        return "fp32";
+    case NN_DTYPE_I32:
+        return "i32";
+    case NN_DTYPE_BF16:
+        return "bf16";
+    case NN_DTYPE_F16:
+        return "fp16";
+    }
+    return "?";
 }
 
 size_t nn_layout_bytes_dt(enum nn_dtype dtype, enum nn_layout layout, int64_t n, int64_t c,
@@ -123,16 +138,68 @@ float nn_f32_from_bf16(uint16_t h)
     return f;
 }
 
+uint16_t nn_f16_from_f32(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+        return 0x7fffu; /* NaN: the canonical one, as CUDA's conversion */
+    }
+    if (a >= 0x477ff000u) { /* 65520 = 65504 + half a step, and inf: inf */
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (a < 0x38800000u) { /* below 2^-14: a subnormal of step 2^-24 (or zero) */
+        if (a < 0x33000000u) { /* at most 2^-25: rounds to zero (the tie to even) */
+            return sign;
+        }
+        uint32_t m = (a & 0x7fffffu) | 0x800000u; /* 24-bit significand */
+        unsigned shift = 126u - (a >> 23);       /* m * 2^(e-150) in steps of 2^-24 */
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+        q += rem > half || (rem == half && (q & 1u));
+        return (uint16_t)(sign | q); /* q = 0x400 rounds up into the normals: right */
+    }
+    /* normal: rebias the exponent (127 -> 15), round the 13 dropped bits */
+    uint32_t r = a - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13)); /* a carry into the exponent is right */
+}
+
+float nn_f32_from_f16(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+    if (e == 0x1fu) {
+        u = sign | 0x7f800000u | (m << 13); /* inf, NaN */
+    } else if (e != 0) {
+        u = sign | ((e + 112u) << 23) | (m << 13);
+    } else {
+        float f = (float)m * 0x1p-24f; /* subnormal or zero: exact in float */
+        memcpy(&u, &f, sizeof u);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 static float nn_get(const struct nn_tensor *t, size_t o)
 {
-    return t->dtype == NN_DTYPE_BF16 ? nn_f32_from_bf16(((const uint16_t *)t->data)[o])
-                                     : ((const float *)t->data)[o];
+    if (t->dtype == NN_DTYPE_BF16) {
+        return nn_f32_from_bf16(((const uint16_t *)t->data)[o]);
+    }
+    if (t->dtype == NN_DTYPE_F16) {
+        return nn_f32_from_f16(((const uint16_t *)t->data)[o]);
+    }
+    return ((const float *)t->data)[o];
 }
 
 static void nn_put(struct nn_tensor *t, size_t o, float v)
 {
     if (t->dtype == NN_DTYPE_BF16) {
         ((uint16_t *)t->data)[o] = nn_bf16_from_f32(v);
+    } else if (t->dtype == NN_DTYPE_F16) {
+        ((uint16_t *)t->data)[o] = nn_f16_from_f32(v);
     } else {
         ((float *)t->data)[o] = v;
     }
@@ -145,8 +212,8 @@ void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src)
         SWAV_ASSERT(dst->shape[i] == src->shape[i]);
     }
     if (dst->dtype != NN_DTYPE_F32 || src->dtype != NN_DTYPE_F32) {
-        SWAV_ASSERT(dst->dtype == NN_DTYPE_F32 || dst->dtype == NN_DTYPE_BF16);
-        SWAV_ASSERT(src->dtype == NN_DTYPE_F32 || src->dtype == NN_DTYPE_BF16);
+        SWAV_ASSERT(dst->dtype == NN_DTYPE_F32 || nn_dtype_is_lowp(dst->dtype));
+        SWAV_ASSERT(src->dtype == NN_DTYPE_F32 || nn_dtype_is_lowp(src->dtype));
         if (dst->layout == NN_LAYOUT_NCHW8C) {
             memset(dst->data, 0, nn_tensor_bytes(dst));
         }

@@ -11,12 +11,13 @@
  * Layouts (docs/nn.md): NCHW is PyTorch's; NCHW8C is oneDNN's nChw8c (channel
  * blocks of 8 innermost, channels padded up to a multiple of 8: what the
  * AVX2 convolutions want), used inside the backbone; NC is a row-major
- * matrix (batch, features); NHWC is channels_last (the CUDA backend's bf16
- * backbone, docs/cuda.md).
+ * matrix (batch, features); NHWC is channels_last (the CUDA backend's
+ * low-precision backbone, docs/cuda.md).
  *
- * dtypes: F32 everywhere but the bf16 backbone (cfg.bf16 of resnet.h), whose
- * activations and their gradients are BF16 (bfloat16: float's upper 16
- * bits, 8-bit mantissa), stored as uint16_t. */
+ * dtypes: F32 everywhere but the low-precision backbone (cfg.act_dtype of
+ * resnet.h), whose activations and their gradients are BF16 (bfloat16:
+ * float's upper 16 bits, 8 significant bits, float's range) or F16 (IEEE
+ * half: 11 significant bits, largest finite 65504), stored as uint16_t. */
 #ifndef SWAV_NN_TENSOR_H
 #define SWAV_NN_TENSOR_H
 
@@ -30,8 +31,17 @@
 enum nn_dtype {
     NN_DTYPE_F32 = 0,
     NN_DTYPE_I32,
-    NN_DTYPE_BF16, /* 2 bytes; only on a backend with bf16_nhwc (backend_impl.h) */
+    NN_DTYPE_BF16, /* 2 bytes; only on a backend with lowp_nhwc (backend_impl.h) */
+    NN_DTYPE_F16,  /* 2 bytes (IEEE binary16); likewise */
 };
+
+/* BF16 or F16: a low-precision activation dtype of the CUDA backbone. */
+static inline int nn_dtype_is_lowp(enum nn_dtype dt)
+{
+    return dt == NN_DTYPE_BF16 || dt == NN_DTYPE_F16;
+}
+/* "fp32", "bf16", "fp16" (logs); "i32" */
+const char *nn_dtype_name(enum nn_dtype dt);
 
 enum nn_layout {
     NN_LAYOUT_NCHW = 0, /* (N, C, H, W) plain, also used for 1-D/2-D plain */
@@ -61,7 +71,7 @@ struct nn_tensor nn_tensor_2d(float *data, int64_t n, int64_t c);
 struct nn_tensor nn_tensor_1d(float *data, int64_t n);
 /* Logical element count (product of shape). */
 size_t nn_tensor_numel(const struct nn_tensor *t);
-/* Bytes of one element of the dtype (4, or 2 for BF16). */
+/* Bytes of one element of the dtype (4, or 2 for BF16 and F16). */
 size_t nn_dtype_bytes(enum nn_dtype dtype);
 /* Bytes the layout occupies (nChw8c pads C up to a multiple of 8), in the
  * tensor's dtype. */
@@ -71,8 +81,8 @@ size_t nn_layout_bytes(enum nn_layout layout, int64_t n, int64_t c, int64_t h, i
 size_t nn_layout_bytes_dt(enum nn_dtype dtype, enum nn_layout layout, int64_t n, int64_t c,
                           int64_t h, int64_t w);
 /* Converts between any two 4-D layouts of the same logical shape, and
- * between F32 and BF16 (host memory: plain C, used at boundaries and in
- * tests; not in the hot path).  F32 -> BF16 rounds to nearest even. */
+ * between F32, BF16 and F16 (host memory: plain C, used at boundaries and in
+ * tests; not in the hot path).  To BF16 or F16 rounds to nearest even. */
 void nn_tensor_convert(struct nn_tensor *dst, const struct nn_tensor *src);
 float *nn_tensor_f32(const struct nn_tensor *t);
 
@@ -80,6 +90,11 @@ float *nn_tensor_f32(const struct nn_tensor *t);
  * CUDA's __float2bfloat16_rn; and back (exact). */
 uint16_t nn_bf16_from_f32(float f);
 float nn_f32_from_bf16(uint16_t h);
+/* IEEE half on the host: round to nearest even, as CUDA's __float2half_rn
+ * (beyond 65504 + half a step: inf; below 2^-24: subnormals, then zero;
+ * NaN stays a quiet NaN); and back (exact). */
+uint16_t nn_f16_from_f32(float f);
+float nn_f32_from_f16(uint16_t h);
 
 /* ---- arena ---------------------------------------------------------------- */
 

@@ -52,6 +52,7 @@
 #include "nn/checkpoint.h"
 #include "nn/collective.h"
 #include "nn/layers.h"
+#include "nn/loss_scale.h"
 #include "nn/optim.h"
 #include "nn/resnet.h"
 #include "nn/schedule.h"
@@ -85,6 +86,7 @@ struct trainer_args {
     const char *assigner_public;
     const char *pub_allow;
     const char *device;
+    const char *amp_dtype;
 };
 
 #define TOFF(f) offsetof(struct trainer_args, f)
@@ -134,6 +136,10 @@ static const struct swav_flag trainer_flags[] = {
      "with the --curve_secret keypair; empty: a plain --pub"},
     {"device", SWAV_FLAG_STR, TOFF(device), 0, 0, "cpu",
      "where the model trains: cpu, cuda (GPU 0) or cuda:N (docs/cuda.md)"},
+    {"amp_dtype", SWAV_FLAG_STR, TOFF(amp_dtype), 0, 0, "bf16",
+     "with --use_fp16 on cuda, the backbone's type: bf16, or fp16 with dynamic loss scaling "
+     "(GPUs without bf16 tensor cores: T4, Turing); the CPU trains in fp32 either way",
+     0, 0, "bf16|fp16"},
 };
 
 static volatile sig_atomic_t g_stop;
@@ -153,6 +159,8 @@ struct trainer {
     nn_backend_t *be;
     struct nn_model *model;
     struct nn_optim optim;
+    bool loss_scaling;         /* --amp_dtype fp16 on cuda: dynamic loss scaling */
+    struct nn_loss_scale ls;
     struct nn_sched_swav sched;
     struct nn_collective *coll;
     struct nn_collective *ring; /* with NCCL (--device cuda): the ZeroMQ ring that bootstrapped it */
@@ -253,8 +261,8 @@ static int setup_flags(struct trainer *T, int argc, char **argv)
         /* The CPU backend computes in fp32 only; on CUDA --use_fp16 means a
          * bf16 backbone (setup_model, docs/cuda.md).  An INFO, not a warning:
          * the flag is on by default, as in the reference. */
-        LOG_INFO("--use_fp16: the %s backend trains in fp32 (bf16 is the CUDA backend's, "
-                 "docs/cuda.md)", T->t.device);
+        LOG_INFO("--use_fp16: the %s backend trains in fp32 (bf16 and fp16 are the CUDA "
+                 "backend's, docs/cuda.md)", T->t.device);
         T->a.use_fp16 = false;
     }
     if (T->a.warmup_epochs > T->a.epochs) {
@@ -298,13 +306,16 @@ static int setup_model(struct trainer *T)
     cfg.nmb_prototypes = (int)T->a.nmb_prototypes;
     cfg.seed = (uint64_t)T->a.seed;
     if (T->a.use_fp16) {
-        /* the reference's fp16 (apex O1) becomes bf16 here: same range as
-         * fp32, so no loss scaling; fp32 master weights (docs/cuda.md) */
-        if (nn_backend_has_bf16(T->be)) {
-            cfg.bf16 = 1;
+        /* the reference's fp16 (apex O1): bf16 by default (fp32's range, no
+         * loss scaling), or fp16 with dynamic loss scaling (--amp_dtype
+         * fp16); fp32 master weights either way (docs/cuda.md) */
+        if (nn_backend_has_lowp(T->be)) {
+            cfg.act_dtype = strcmp(T->t.amp_dtype, "fp16") ? NN_DTYPE_BF16 : NN_DTYPE_F16;
+            T->loss_scaling = cfg.act_dtype == NN_DTYPE_F16;
+            nn_loss_scale_init(&T->ls);
         } else {
-            LOG_WARN("--use_fp16: the %s backend has no bf16 backbone; training in fp32",
-                     nn_backend_name(T->be));
+            LOG_WARN("--use_fp16: the %s backend has no %s backbone; training in fp32",
+                     nn_backend_name(T->be), T->t.amp_dtype);
         }
     }
     T->model = nn_model_new(T->be, &cfg, T->groups, T->ngroups, (int)T->a.batch_size);
@@ -327,9 +338,13 @@ static int setup_model(struct trainer *T)
     T->codes_dev = nn_backend_alloc(T->be, (size_t)T->n_assign * bs * K * sizeof(float));
     T->logp = nn_backend_alloc(T->be, (size_t)T->n_crops * bs * K * sizeof(float));
     T->dscores = nn_backend_alloc(T->be, (size_t)T->n_crops * bs * K * sizeof(float));
-    LOG_INFO("model %s width %d%s on %s%s: %zu parameters, activations %.1f MiB", T->a.arch,
+    LOG_INFO("model %s width %d%s on %s%s%s%s: %zu parameters, activations %.1f MiB", T->a.arch,
              cfg.width, cfg.small_stem ? " small stem" : "", nn_backend_name(T->be),
-             cfg.bf16 ? " (bf16 backbone, fp32 master weights)" : "",
+             cfg.act_dtype != NN_DTYPE_F32 ? " (" : "",
+             cfg.act_dtype != NN_DTYPE_F32 ? nn_dtype_name(cfg.act_dtype) : "",
+             cfg.act_dtype == NN_DTYPE_F16
+                 ? " backbone, fp32 master weights, dynamic loss scaling from 65536)"
+                 : cfg.act_dtype != NN_DTYPE_F32 ? " backbone, fp32 master weights)" : "",
              T->model->params.total, (double)nn_model_arena_bytes(T->model) / (1 << 20));
     return 0;
 }
@@ -393,6 +408,15 @@ static int try_resume(struct trainer *T, char *queue_for, size_t qlen)
         LOG_WARN("resuming with --seed %lld but the checkpoint was made with seed %llu: crops "
                  "will differ from the original run", (long long)T->a.seed,
                  (unsigned long long)info.seed);
+    }
+    if (T->loss_scaling && info.loss_scale) { /* fp16: the scale where it was */
+        if (nn_loss_scale_parse(&T->ls, info.loss_scale) == 0) {
+            LOG_INFO("fp16 loss scale %g (%lld finite steps in a row) from the checkpoint",
+                     (double)T->ls.scale, (long long)T->ls.good_steps);
+        } else {
+            LOG_WARN("the checkpoint's loss_scale \"%s\" is malformed; starting again from %g",
+                     info.loss_scale, (double)T->ls.scale);
+        }
     }
     nn_checkpoint_info_free(&info);
     queue_key(queue_for, qlen, T->a.dump_path, T->iteration);
@@ -508,10 +532,14 @@ static int save_checkpoint(struct trainer *T, bool epoch_end)
     }
     char step_s[32];
     snprintf(step_s, sizeof step_s, "%lld", (long long)T->iteration);
-    struct nn_checkpoint_meta_pair extra[] = {{"queue_key", qkey}, {"arch", T->a.arch}};
+    char ls_s[64] = "";
+    if (T->loss_scaling) nn_loss_scale_format(&T->ls, ls_s, sizeof ls_s);
+    struct nn_checkpoint_meta_pair extra[] = {
+        {"queue_key", qkey}, {"arch", T->a.arch}, {"loss_scale", ls_s}};
     struct nn_checkpoint_meta meta = {
         .epoch = T->epoch, .step = T->iteration, .seed = (uint64_t)T->a.seed,
-        .config_json = T->config_json, .rng_state = step_s, .extra = extra, .nextra = 2};
+        .config_json = T->config_json, .rng_state = step_s, .extra = extra,
+        .nextra = T->loss_scaling ? 3 : 2};
     path_in(path, sizeof path, T->a.dump_path, "checkpoint.safetensors");
     /* the current checkpoint becomes the previous one (a hard link, renamed
      * into place: both names always point to complete files).  After a
@@ -752,6 +780,9 @@ static int train_step(struct trainer *T, const char *resume_key)
     float loss = nn_swav_loss_forward(T->be, T->logp, &scores, T->codes_dev, &lc);
     struct nn_tensor dscores = nn_tensor_2d(T->dscores, T->n_crops * bs, K);
     nn_swav_loss_backward(T->be, &dscores, T->logp, T->codes_dev, &lc);
+    if (T->loss_scaling) { /* fp16: the loss gradient times S (nn/loss_scale.h) */
+        nn_backend_scale(T->be, T->dscores, (size_t)T->n_crops * bs * K, T->ls.scale);
+    }
     nn_model_zero_grad(T->model);
     if (nn_model_backward(T->model, T->dscores) != 0) {
         LOG_ERROR("iteration %lld: SyncBN all-reduce failed: %s", (long long)T->iteration,
@@ -768,7 +799,9 @@ static int train_step(struct trainer *T, const char *resume_key)
             return -1;
         }
         nn_backend_scale(T->be, T->model->grad_data, T->model->params.total,
-                         1.0f / (float)T->world);
+                         1.0f / ((float)T->world * (T->loss_scaling ? T->ls.scale : 1.0f)));
+    } else if (T->loss_scaling) {
+        nn_backend_scale(T->be, T->model->grad_data, T->model->params.total, 1.0f / T->ls.scale);
     }
     /* The mean loss, and whether any rank was asked to stop: all ranks then
      * stop after the same step. */
@@ -780,7 +813,24 @@ static int train_step(struct trainer *T, const char *resume_key)
     loss = shared[0] / (float)T->world;
     if (shared[1] > 0) g_stop = 1;
     double lr = nn_sched_swav_lr(&T->sched, T->iteration);
-    nn_optim_step(&T->optim, T->model->param_data, T->model->grad_data, lr, T->iteration);
+    bool take_step = true;
+    if (T->loss_scaling) {
+        /* an fp16 overflow anywhere shows as inf/NaN in the all-reduced
+         * gradients, the same on every rank: all skip, all halve S */
+        rec.loss_scale = T->ls.scale;
+        int nf = nn_backend_nonfinite(T->be, T->model->grad_data, T->model->params.total);
+        take_step = nn_loss_scale_update(&T->ls, nf);
+        if (!take_step) {
+            rec.skipped = true;
+            LOG_LIMITED(SWAV_LOG_WARN, "iteration %lld: fp16 gradients overflowed (inf/NaN) at "
+                        "loss scale %g: step skipped, scale now %g (%lld skipped so far)",
+                        (long long)T->iteration, (double)rec.loss_scale, (double)T->ls.scale,
+                        (long long)T->ls.skipped);
+        }
+    }
+    if (take_step) {
+        nn_optim_step(&T->optim, T->model->param_data, T->model->grad_data, lr, T->iteration);
+    }
     compute += swav_now_s() - t0;
 
     rec.epoch = (uint32_t)T->epoch;

@@ -59,6 +59,10 @@ static void write_line(struct trainer_progress *p, const struct trainer_step_rec
     json_object_set_new(o, "queue_used", json_boolean(r->queue_used));
     json_object_set_new(o, "entropy", json_real(r->entropy));
     json_object_set_new(o, "prototypes_used", json_integer(r->prototypes_used));
+    if (r->loss_scale > 0) {
+        json_object_set_new(o, "loss_scale", json_real(r->loss_scale));
+        json_object_set_new(o, "skipped", json_boolean(r->skipped));
+    }
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(o);
     if (!s) return;
@@ -149,10 +153,14 @@ void trainer_progress_step(struct trainer_progress *p, const struct trainer_step
         p->last_print_s = now;
         double busy = r->wait_data_s + r->wait_codes_s + r->compute_s;
         double f = busy > 0 ? 100.0 / busy : 0;
+        char scale[48] = "";
+        if (r->loss_scale > 0) {
+            snprintf(scale, sizeof scale, " | fp16 loss scale %g", r->loss_scale);
+        }
         LOG_INFO("epoch %u step %u/%u (it %llu) loss %.4f lr %.4g %.1f img/s | data %.0f%% "
-                 "codes %.0f%% compute %.0f%%%s",
+                 "codes %.0f%% compute %.0f%%%s%s",
                  r->epoch, r->step_in_epoch + 1, r->steps_per_epoch, (unsigned long long)r->step,
                  r->loss, r->lr, r->images_per_s, r->wait_data_s * f, r->wait_codes_s * f,
-                 r->compute_s * f, r->queue_used ? " | queue on" : "");
+                 r->compute_s * f, r->queue_used ? " | queue on" : "", scale);
     }
 }

@@ -23,6 +23,8 @@ struct trainer_step_record {
     bool queue_used;
     double entropy;       /* assignment statistics from the assigner */
     uint32_t prototypes_used;
+    double loss_scale;    /* fp16's dynamic loss scale this step used; 0: none (bf16, fp32) */
+    bool skipped;         /* fp16: the gradients overflowed, no optimizer step */
 };
 
 struct trainer_progress {

@@ -93,7 +93,7 @@ static void cu_free(nn_backend_t *be, void *p)
     if (p) {
         CUDA_CHECK(cudaStreamSynchronize(cu_be(be)->stream));
         CUDA_CHECK(cudaFree(p));
-        cu_bf16_forget_weights(cu_be(be)); /* the address may come back as another weight */
+        cu_lowp_forget_weights(cu_be(be)); /* the address may come back as another weight */
     }
 }
 
@@ -104,8 +104,8 @@ static void cu_sync(nn_backend_t *be)
 
 static void cu_weights_updated(nn_backend_t *be)
 {
-    /* float: cuDNN reads OIHW weights as they are; bf16 keeps KRSC copies */
-    cu_bf16_weights_updated(cu_be(be));
+    /* float: cuDNN reads OIHW weights as they are; bf16/fp16 keep KRSC copies */
+    cu_lowp_weights_updated(cu_be(be));
 }
 
 static int cu_cache_size(const nn_backend_t *be)
@@ -171,7 +171,7 @@ static void cu_destroy(nn_backend_t *be)
         b->entries[i].op_free(b->entries[i].op);
     }
     free(b->entries);
-    cu_bf16_free(b);
+    cu_lowp_free(b);
     cu_step_free(b);
     cudaFree(b->ws);
     cudaFree(b->tmp);
@@ -186,7 +186,7 @@ static void cu_destroy(nn_backend_t *be)
 static size_t cu_numel_plain(const struct nn_tensor *t)
 {
     SWAV_ASSERT(t->layout != NN_LAYOUT_NCHW8C); /* the CPU backend's layout */
-    SWAV_ASSERT(t->dtype == NN_DTYPE_F32);      /* bf16 goes to bf16_cuda.cu */
+    SWAV_ASSERT(t->dtype == NN_DTYPE_F32);      /* bf16/fp16 go to lowp_cuda.cu */
     return nn_tensor_numel(t);
 }
 
@@ -349,8 +349,8 @@ static struct cu_conv *cu_conv_get(struct cuda_backend *b, int kind, const struc
 static void cu_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
                               const struct nn_tensor *weight, int stride, int pad)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_conv2d_forward(be, out, inp, weight, stride, pad);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_conv2d_forward(be, out, inp, weight, stride, pad);
     }
     struct cuda_backend *b = cu_be(be);
     struct cu_conv *c = cu_conv_get(b, CU_CONV_FWD, out, inp, weight, stride, pad, 0);
@@ -363,8 +363,8 @@ static void cu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct 
                                const struct nn_tensor *dout, const struct nn_tensor *inp,
                                const struct nn_tensor *weight, int stride, int pad)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_conv2d_backward(be, dinp, dweight, dout, inp, weight, stride, pad);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_conv2d_backward(be, dinp, dweight, dout, inp, weight, stride, pad);
     }
     struct cuda_backend *b = cu_be(be);
     struct cu_conv *c = cu_conv_get(b, CU_CONV_BWD, dout, inp, weight, stride, pad, dinp != NULL);
@@ -469,8 +469,8 @@ __global__ void k_bn_eval_bwd(float *dx, float *dw, float *db, const float *dy, 
 static size_t cu_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
                                            unsigned flags)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_batchnorm_workspace_bytes(be, inp, flags);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_batchnorm_workspace_bytes(be, inp, flags);
     }
     struct cu_bn *n = cu_bn_get(cu_be(be), inp);
     return (flags & NN_BN_RELU) ? n->numel : 0; /* the ReLU mask, one byte each */
@@ -482,8 +482,8 @@ static void cu_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out,
                                  float *save_mean, float *save_var, void *workspace,
                                  unsigned flags, float momentum, float eps)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_batchnorm_forward(be, out, inp, weight, bias, running_mean, running_var,
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_batchnorm_forward(be, out, inp, weight, bias, running_mean, running_var,
                                          save_mean, save_var, workspace, flags, momentum, eps);
     }
     struct cuda_backend *b = cu_be(be);
@@ -518,8 +518,8 @@ static void cu_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, floa
                                   const float *save_mean, const float *save_var,
                                   const void *workspace, unsigned flags, float eps)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_batchnorm_backward(be, dinp, dweight, dbias, dout, inp, weight, save_mean,
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_batchnorm_backward(be, dinp, dweight, dbias, dout, inp, weight, save_mean,
                                           save_var, workspace, flags, eps);
     }
     struct cuda_backend *b = cu_be(be);
@@ -555,8 +555,8 @@ static void cu_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, floa
 
 static void cu_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_relu_forward(be, out, inp);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_relu_forward(be, out, inp);
     }
     size_t n = cu_numel_plain(inp);
     k_relu_fwd<<<cu_blocks(n), TPB, 0, cu_be(be)->stream>>>((float *)out->data,
@@ -567,8 +567,8 @@ static void cu_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struc
 static void cu_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout,
                              const struct nn_tensor *out)
 {
-    if (out->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_relu_backward(be, dinp, dout, out);
+    if (nn_dtype_is_lowp(out->dtype)) {
+        return cu_lowp_relu_backward(be, dinp, dout, out);
     }
     size_t n = cu_numel_plain(out);
     k_relu_bwd<<<cu_blocks(n), TPB, 0, cu_be(be)->stream>>>(
@@ -579,8 +579,8 @@ static void cu_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const str
 static void cu_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a,
                            const struct nn_tensor *bb, int relu)
 {
-    if (a->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_add_forward(be, out, a, bb, relu);
+    if (nn_dtype_is_lowp(a->dtype)) {
+        return cu_lowp_add_forward(be, out, a, bb, relu);
     }
     SWAV_ASSERT(a->layout == bb->layout && a->layout == out->layout);
     size_t n = cu_numel_plain(a);
@@ -591,8 +591,8 @@ static void cu_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct
 
 static void cu_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x)
 {
-    if (y->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_accumulate(be, y, x);
+    if (nn_dtype_is_lowp(y->dtype)) {
+        return cu_lowp_accumulate(be, y, x);
     }
     SWAV_ASSERT(y->layout == x->layout && nn_tensor_numel(y) == nn_tensor_numel(x));
     size_t n = cu_numel_plain(y);
@@ -668,8 +668,8 @@ __global__ void k_maxpool_bwd(float *dx, const float *dy, const int *idx, int64_
 static size_t cu_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out,
                                            const struct nn_tensor *inp, int k, int stride, int pad)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_maxpool2d_workspace_bytes(be, out, inp, k, stride, pad);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_maxpool2d_workspace_bytes(be, out, inp, k, stride, pad);
     }
     return cu_numel_plain(out) * sizeof(int);
 }
@@ -678,8 +678,8 @@ static void cu_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out,
                                  const struct nn_tensor *inp, void *workspace, int k, int stride,
                                  int pad)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_maxpool2d_forward(be, out, inp, workspace, k, stride, pad);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_maxpool2d_forward(be, out, inp, workspace, k, stride, pad);
     }
     SWAV_ASSERT(inp->ndim == 4 && out->ndim == 4 && workspace != NULL);
     SWAV_ASSERT(out->shape[2] == (inp->shape[2] + 2 * pad - k) / stride + 1);
@@ -696,8 +696,8 @@ static void cu_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
                                   const struct nn_tensor *dout, const void *workspace, int k,
                                   int stride, int pad)
 {
-    if (dinp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_maxpool2d_backward(be, dinp, dout, workspace, k, stride, pad);
+    if (nn_dtype_is_lowp(dinp->dtype)) {
+        return cu_lowp_maxpool2d_backward(be, dinp, dout, workspace, k, stride, pad);
     }
     size_t n = cu_numel_plain(dinp);
     k_maxpool_bwd<<<cu_blocks(n), TPB, 0, cu_be(be)->stream>>>(
@@ -738,8 +738,8 @@ __global__ void k_avgpool_bwd(float *dx, const float *dy, int64_t NC, int64_t HW
 
 static void cu_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_avgpool_forward(be, out, inp);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_avgpool_forward(be, out, inp);
     }
     SWAV_ASSERT(inp->ndim == 4 && inp->layout == NN_LAYOUT_NCHW);
     int64_t NC = inp->shape[0] * inp->shape[1], HW = inp->shape[2] * inp->shape[3];
@@ -751,8 +751,8 @@ static void cu_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const st
 
 static void cu_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout)
 {
-    if (dinp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_avgpool_backward(be, dinp, dout);
+    if (nn_dtype_is_lowp(dinp->dtype)) {
+        return cu_lowp_avgpool_backward(be, dinp, dout);
     }
     SWAV_ASSERT(dinp->ndim == 4 && dinp->layout == NN_LAYOUT_NCHW);
     int64_t NC = dinp->shape[0] * dinp->shape[1], HW = dinp->shape[2] * dinp->shape[3];
@@ -1173,8 +1173,8 @@ static void cu_iface_fill(void)
     t->sync = cu_sync;
     t->cache_size = cu_cache_size;
     t->weights_updated = cu_weights_updated;
-    t->bf16_nhwc = 1;
-    t->convert = cu_bf16_convert;
+    t->lowp_nhwc = 1;
+    t->convert = cu_lowp_convert;
     cu_iface_fill_step(t);
     t->conv2d_forward = cu_conv2d_forward;
     t->conv2d_backward = cu_conv2d_backward;

@@ -51,9 +51,10 @@ struct cuda_backend {
     size_t stage_bytes;
     int64_t *idx; /* device: add_at's offsets */
     size_t idx_bytes;
+    int *flag; /* device: nonfinite's answer (one int) */
     struct cu_entry *entries;
     int n_entries, cap_entries;
-    struct cu_bf16 *bf16; /* bf16_cuda.cu's state (weight copies, scratch); NULL until used */
+    struct cu_lowp *lowp; /* lowp_cuda.cu's state (weight copies, scratch); NULL until used */
 };
 
 static inline struct cuda_backend *cu_be(nn_backend_t *be)
@@ -89,7 +90,7 @@ void cu_ws_reserve(struct cuda_backend *b, size_t bytes);
 void *cu_cache_find(struct cuda_backend *b, const int *key);
 void cu_cache_put(struct cuda_backend *b, const int *key, void *op, void (*op_free)(void *));
 
-/* Convolutions, float (backend_cuda.cu) and bf16 (bf16_cuda.cu), once per
+/* Convolutions, float (backend_cuda.cu) and bf16/fp16 (lowp_cuda.cu), once per
  * shape: the cache key of a descriptor set (kind, input shape, output
  * channels, kernel, stride, pad, have_data), and the algorithms of a set.
  * cu_conv_find runs cudnnFind* (forward on conv; else backward filter on
@@ -99,10 +100,10 @@ void cu_cache_put(struct cuda_backend *b, const int *key, void *op, void (*op_fr
  * a warning; none: abort), and grows the workspace to fit it.  The paths
  * differ in `s`: */
 struct cu_conv_search {
-    const char *tag;    /* before the direction in the messages: "" or "bf16 " */
+    const char *tag;    /* before the direction in the messages: "", "bf16 " or "fp16 " */
     const char *detail; /* after the no-usable-algorithm error ("" for none) */
     int adopt_math;     /* 1: the descriptor is then set to the math type its algorithm
-                         * was found with (bf16: searched under TENSOR_OP_MATH); 0: it keeps
+                         * was found with (bf16/fp16: searched under TENSOR_OP_MATH); 0: it keeps
                          * its own (float: the search ran under it, so its results keep it) */
 };
 struct cu_conv_algos {
@@ -117,53 +118,53 @@ void cu_conv_find(struct cuda_backend *b, const struct cu_conv_search *s, int fw
                   cudnnConvolutionDescriptor_t conv, cudnnConvolutionDescriptor_t conv_data,
                   struct cu_conv_algos *algo);
 
-/* bf16_cuda.cu: the bf16 NHWC backbone (backend_impl.h's bf16_nhwc).  The
- * table's layer entries call these when their tensor is NN_DTYPE_BF16 (same
- * contracts as nn/layers.h); convert is the table's own. */
-void cu_bf16_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src);
-void cu_bf16_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+/* lowp_cuda.cu: the bf16/fp16 NHWC backbone (backend_impl.h's lowp_nhwc).
+ * The table's layer entries call these when their tensor is NN_DTYPE_BF16 or
+ * NN_DTYPE_F16 (same contracts as nn/layers.h); convert is the table's own. */
+void cu_lowp_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src);
+void cu_lowp_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
                             const struct nn_tensor *weight, int stride, int pad);
-void cu_bf16_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
+void cu_lowp_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
                              const struct nn_tensor *dout, const struct nn_tensor *inp,
                              const struct nn_tensor *weight, int stride, int pad);
-size_t cu_bf16_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
+size_t cu_lowp_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp,
                                          unsigned flags);
-void cu_bf16_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+void cu_lowp_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
                                const float *weight, const float *bias, float *running_mean,
                                float *running_var, float *save_mean, float *save_var,
                                void *workspace, unsigned flags, float momentum, float eps);
-void cu_bf16_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight,
+void cu_lowp_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight,
                                 float *dbias, const struct nn_tensor *dout,
                                 const struct nn_tensor *inp, const float *weight,
                                 const float *save_mean, const float *save_var,
                                 const void *workspace, unsigned flags, float eps);
-void cu_bf16_batchnorm_stats(nn_backend_t *be, double *mean, double *m2,
+void cu_lowp_batchnorm_stats(nn_backend_t *be, double *mean, double *m2,
                              const struct nn_tensor *inp);
-void cu_bf16_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
+void cu_lowp_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
                                       const struct nn_tensor *inp, const float *weight,
                                       const float *mean, const float *var, const float *mean_dy,
                                       const float *mean_dy_xhat, float eps);
-void cu_bf16_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
-void cu_bf16_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout,
+void cu_lowp_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
+void cu_lowp_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout,
                            const struct nn_tensor *out);
-void cu_bf16_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a,
+void cu_lowp_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a,
                          const struct nn_tensor *bb, int relu);
-void cu_bf16_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x);
-size_t cu_bf16_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out,
+void cu_lowp_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x);
+size_t cu_lowp_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out,
                                          const struct nn_tensor *inp, int k, int stride, int pad);
-void cu_bf16_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
+void cu_lowp_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp,
                                void *workspace, int k, int stride, int pad);
-void cu_bf16_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
+void cu_lowp_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
                                 const struct nn_tensor *dout, const void *workspace, int k,
                                 int stride, int pad);
-void cu_bf16_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
-void cu_bf16_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout);
-/* Weights changed: the bf16 copies are stale (made again at their next
+void cu_lowp_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp);
+void cu_lowp_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout);
+/* Weights changed: the bf16/fp16 copies are stale (made again at their next
  * use).  Any free: the copies are dropped (a freed weight's address may come
- * back as another's).  cu_bf16_free at destroy. */
-void cu_bf16_weights_updated(struct cuda_backend *b);
-void cu_bf16_forget_weights(struct cuda_backend *b);
-void cu_bf16_free(struct cuda_backend *b);
+ * back as another's).  cu_lowp_free at destroy. */
+void cu_lowp_weights_updated(struct cuda_backend *b);
+void cu_lowp_forget_weights(struct cuda_backend *b);
+void cu_lowp_free(struct cuda_backend *b);
 
 #define TPB 256
 

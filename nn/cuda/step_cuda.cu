@@ -113,6 +113,38 @@ static void cu_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int
     CUDA_LAUNCH_CHECK();
 }
 
+/* *flag = 1 when some x[i] has an all-ones exponent (inf or NaN), by the
+ * bits: no flag about finite math can fold it away.  Threads that find one
+ * all store the same 1 (no atomics needed); a grid-stride loop. */
+__global__ void k_nonfinite(int *flag, const float *x, size_t n)
+{
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    int any = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        any |= (__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u;
+    }
+    if (any) {
+        *flag = 1;
+    }
+}
+
+static int cu_nonfinite(nn_backend_t *be, const float *x, size_t n)
+{
+    struct cuda_backend *b = cu_be(be);
+    if (!b->flag) {
+        CUDA_CHECK(cudaMalloc((void **)&b->flag, sizeof(int)));
+    }
+    CUDA_CHECK(cudaMemsetAsync(b->flag, 0, sizeof(int), b->stream));
+    size_t blocks = cu_blocks(n);
+    blocks = blocks < 4096 ? blocks : 4096; /* a few waves; each thread strides on */
+    k_nonfinite<<<(unsigned)blocks, TPB, 0, b->stream>>>(b->flag, x, n);
+    CUDA_LAUNCH_CHECK();
+    int h = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&h, b->flag, sizeof(int), cudaMemcpyDeviceToHost, b->stream));
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+    return h != 0;
+}
+
 static void cu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
                                int n_crops, int h, int w)
 {
@@ -172,6 +204,7 @@ void cu_iface_fill_step(struct nn_backend_iface *t)
     t->zero = cu_zero;
     t->scale = cu_scale;
     t->add_at = cu_add_at;
+    t->nonfinite = cu_nonfinite;
     t->normalize_crops = cu_normalize_crops;
     t->normalize_rows = cu_normalize_rows;
     t->optim_new = cu_optim_new;
@@ -185,8 +218,10 @@ void cu_step_free(struct cuda_backend *b)
 {
     cudaFree(b->stage);
     cudaFree(b->idx);
+    cudaFree(b->flag);
     b->stage = NULL;
     b->idx = NULL;
+    b->flag = NULL;
 }
 
 /* ---- prototypes: rows L2-normalized in place ------------------------------------ */

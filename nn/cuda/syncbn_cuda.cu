@@ -123,8 +123,8 @@ static void cu_bn_dims(const struct nn_tensor *t, int64_t *N, int64_t *C, int64_
 
 void cu_batchnorm_stats(nn_backend_t *be, double *mean, double *m2, const struct nn_tensor *inp)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_batchnorm_stats(be, mean, m2, inp);
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_batchnorm_stats(be, mean, m2, inp);
     }
     struct cuda_backend *b = cu_be(be);
     int64_t N, C, HW;
@@ -196,8 +196,8 @@ void cu_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
                                  const float *mean, const float *var, const float *mean_dy,
                                  const float *mean_dy_xhat, float eps)
 {
-    if (inp->dtype == NN_DTYPE_BF16) {
-        return cu_bf16_batchnorm_backward_elemt(be, dinp, inp, weight, mean, var, mean_dy,
+    if (nn_dtype_is_lowp(inp->dtype)) {
+        return cu_lowp_batchnorm_backward_elemt(be, dinp, inp, weight, mean, var, mean_dy,
                                                 mean_dy_xhat, eps);
     }
     struct cuda_backend *b = cu_be(be);

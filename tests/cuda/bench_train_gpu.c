@@ -10,8 +10,11 @@
  * assigner's queue-sized problem).  The crops are in device memory: this is
  * the synthetic figure (no host-to-device copy of the batch).
  * BF16=1 in the environment builds the model with a bf16 channels_last
- * backbone (cfg.bf16: the trainer's --use_fp16), as the PyTorch side's
- * autocast; else fp32 NCHW. */
+ * backbone (cfg.act_dtype: the trainer's --use_fp16), as the PyTorch side's
+ * autocast; FP16=1 with an fp16 one and the trainer's dynamic loss scaling
+ * in the timed step (dscores times S, gradients times 1 / S, the non-finite
+ * check, which synchronizes, and the scaler's update; a skipped step skips
+ * the optimizer, counted on the precision line); else fp32 NCHW. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,7 @@
 #include "common/timeutil.h"
 #include "nn/cuda/backend_cuda.h"
 #include "nn/layers.h"
+#include "nn/loss_scale.h"
 #include "nn/resnet.h"
 #include "tests/nn/bench_step.h"
 
@@ -37,8 +41,15 @@ int main(int argc, char **argv)
     nn_resnet_cfg_default(&cfg);
     cfg.depth = atoi(argv[1]);
     cfg.plain_layout = 1;
-    const char *bf16_env = getenv("BF16");
-    cfg.bf16 = bf16_env && bf16_env[0] == '1';
+    const char *bf16_env = getenv("BF16"), *fp16_env = getenv("FP16");
+    int bf16 = bf16_env && bf16_env[0] == '1', fp16 = fp16_env && fp16_env[0] == '1';
+    if (bf16 && fp16) {
+        fprintf(stderr, "cuda_bench_train: BF16=1 and FP16=1: one of them\n");
+        return 2;
+    }
+    cfg.act_dtype = bf16 ? NN_DTYPE_BF16 : fp16 ? NN_DTYPE_F16 : NN_DTYPE_F32;
+    struct nn_loss_scale ls;
+    nn_loss_scale_init(&ls);
     int batch = atoi(argv[2]);
     int steps = atoi(argv[4]);
     bench_head_args(&cfg, argc, argv, 5);
@@ -121,14 +132,30 @@ int main(int argc, char **argv)
         struct nn_tensor dsc = nn_tensor_2d(dscores, m->n_rows, K);
         loss = nn_swav_loss_forward(be, logp, &sc, q, &lc);
         nn_swav_loss_backward(be, &dsc, logp, q, &lc);
+        if (fp16) {
+            nn_backend_scale(be, dscores, (size_t)m->n_rows * K, ls.scale);
+        }
         nn_model_zero_grad(m);
         nn_model_backward(m, dscores);
-        nn_optim_step(&opt, m->param_data, m->grad_data, 0.1, it);
+        int take = 1;
+        if (fp16) {
+            nn_backend_scale(be, m->grad_data, m->params.total, 1.0f / ls.scale);
+            take = nn_loss_scale_update(&ls, nn_backend_nonfinite(be, m->grad_data,
+                                                                  m->params.total));
+        }
+        if (take) {
+            nn_optim_step(&opt, m->param_data, m->grad_data, 0.1, it);
+        }
     }
     nn_backend_sync(be);
     double dt = swav_now_s() - t0;
-    printf("precision %s loss %.4f arena %.1f MiB cache %d\n", cfg.bf16 ? "bf16" : "fp32", loss,
-           nn_model_arena_bytes(m) / 1048576.0, nn_backend_cache_size(be));
+    char extra[80] = "";
+    if (fp16) {
+        snprintf(extra, sizeof extra, " loss_scale %g skipped %lld", (double)ls.scale,
+                 (long long)ls.skipped);
+    }
+    printf("precision %s loss %.4f arena %.1f MiB cache %d%s\n", nn_dtype_name(cfg.act_dtype),
+           loss, nn_model_arena_bytes(m) / 1048576.0, nn_backend_cache_size(be), extra);
     printf("images/s %.3f\n", steps * batch / dt);
     nn_optim_free(&opt);
     nn_model_destroy(&m);

@@ -1,6 +1,6 @@
 /* One BatchNorm step and one SyncBN step (forward, then backward) on each
  * side, the CPU backend's first, as test_cuda_layers (float NCHW and NC) and
- * test_cuda_bf16 (bf16 NHWC) run them; the caller compares the results.
+ * test_cuda_lowp (bf16 and fp16 NHWC) run them; the caller compares the results.
  * Momentum 0.1, eps 1e-5. */
 #ifndef SWAV_TESTS_CUDA_BN_STEP_H
 #define SWAV_TESTS_CUDA_BN_STEP_H

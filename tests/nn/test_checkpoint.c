@@ -106,10 +106,11 @@ static void unit_checks(void)
     model_random(&a, 1);
     char err[1024];
     char *path = tmp_path("unit");
-    struct nn_checkpoint_meta_pair extra[1] = {{"queue_path", "queue0.safetensors"}};
+    struct nn_checkpoint_meta_pair extra[2] = {{"queue_path", "queue0.safetensors"},
+                                               {"loss_scale", "32768 12"}};
     struct nn_checkpoint_meta meta = {.epoch = 7, .step = 7007, .seed = 31,
                                       .config_json = "{\"base_lr\": 4.8, \"arch\": \"resnet50\"}",
-                                      .rng_state = "philox:31", .extra = extra, .nextra = 1};
+                                      .rng_state = "philox:31", .extra = extra, .nextra = 2};
     EXPECT(nn_checkpoint_save(path, &a.params, a.p, &a.buffers, a.b, a.m, &meta, err,
                               sizeof err) == NN_CHECKPOINT_OK, "save: %s", err);
 
@@ -127,6 +128,7 @@ static void unit_checks(void)
            info.format_version, info.nloaded);
     EXPECT(info.config_json && !strcmp(info.config_json, meta.config_json), "config");
     EXPECT(info.rng_state && !strcmp(info.rng_state, "philox:31"), "rng");
+    EXPECT(info.loss_scale && !strcmp(info.loss_scale, "32768 12"), "loss_scale");
     nn_checkpoint_info_free(&info);
 
     /* metadata from the header alone */
@@ -135,6 +137,16 @@ static void unit_checks(void)
                info.config_json && !strcmp(info.config_json, meta.config_json) &&
                info.nloaded == 0, "peek info");
     nn_checkpoint_info_free(&info);
+    /* a file without the pair (bf16/fp32 runs, older files): NULL */
+    char *plain = tmp_path("plain");
+    struct nn_checkpoint_meta meta0 = {.epoch = 1, .step = 2, .seed = 3};
+    EXPECT(nn_checkpoint_save(plain, &a.params, a.p, NULL, NULL, NULL, &meta0, err, sizeof err) ==
+               NN_CHECKPOINT_OK, "save plain: %s", err);
+    EXPECT(nn_checkpoint_peek(plain, &info, err, sizeof err) == NN_CHECKPOINT_OK &&
+               info.loss_scale == NULL, "no loss_scale pair: %s", err);
+    nn_checkpoint_info_free(&info);
+    unlink(plain);
+    free(plain);
 
     /* the file as safetensors: I64 num_batches_tracked, optimizer names, extra meta */
     struct safetensors_file f;

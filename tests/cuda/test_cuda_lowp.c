@@ -1,19 +1,24 @@
-/* The CUDA backend's bf16 NHWC backbone (nn/cuda/bf16_cuda.cu) against the
- * CPU backend in fp32, on the same inputs: every bf16 layer, then the small
- * SwAV model of test_cuda_model.c built with cfg.bf16 against the float CPU
- * model.
+/* The CUDA backend's low-precision NHWC backbone (nn/cuda/lowp_cuda.cu),
+ * bf16 and then fp16, against the CPU backend in fp32 on the same inputs:
+ * every layer, then the small SwAV model of test_cuda_model.c built with
+ * cfg.act_dtype against the float CPU model (fp16 with the trainer's loss
+ * scaling); last, the backend's non-finite check (the loss scaler's) on
+ * planted infinities and NaNs, and on a real fp16 overflow.
  *
- * Inputs are bf16-representable (random values rounded to bf16, weights
- * too), so both sides start from the same numbers: the CPU computes in fp32
- * from them, the GPU in fp32 registers and stores bf16.  Error measure: max
- * |cuda - cpu| / max |cpu| over an output.
+ * Inputs are representable in the type under test (random values rounded to
+ * it, weights too), so both sides start from the same numbers: the CPU
+ * computes in fp32 from them, the GPU in fp32 registers and stores bf16 or
+ * fp16.  Error measure: max |cuda - cpu| / max |cpu| over an output.  Every
+ * line starts with the type ("bf16 ...", "fp16 ...").
  *
- * Tolerances, from bf16's 8 significant bits (a rounding to nearest is off
- * by at most 2^-8 = 3.9e-3 of the value):
- * - 1e-2 for an output stored in bf16 once (convolutions with fp32
+ * Tolerances, from the significant bits (a rounding to nearest is off by at
+ * most 2^-8 = 3.9e-3 of the value in bf16, 2^-11 = 4.9e-4 in fp16; fp16's
+ * range ends at 65504, which these inputs stay far below):
+ * - TOL_ROUND for an output stored in the type once (convolutions with fp32
  *   accumulation, BN outputs and input gradients, add, accumulate, pooling
- *   gradients, the filter gradient rounded once before its float +=): one
- *   rounding, 2.5x margin;
+ *   gradients, the filter gradient rounded once before its float +=): 1e-2
+ *   in bf16 (2.5x margin), 2e-3 in fp16 (4x: the CPU's float sums in
+ *   another order are a larger share of fp16's smaller rounding);
  * - 0 where no rounding happens (conversions, relu, max pooling forward, a
  *   weight copy reused until nn_backend_weights_updated);
  * - 1e-5 for BN statistics (sums in double of exactly representable values;
@@ -36,6 +41,7 @@
 #include "nn/collective.h"
 #include "nn/cuda/backend_cuda.h"
 #include "nn/layers.h"
+#include "nn/loss_scale.h"
 #include "nn/optim.h"
 #include "nn/resnet.h"
 #include "nn/syncbn.h"
@@ -48,18 +54,53 @@
 
 static nn_backend_t *cpu, *gpu;
 static struct swav_rng rng;
-#define TOL_ROUND 1e-2 /* one rounding to bf16 (2^-8), 2.5x margin */
+/* the type under test: NN_DTYPE_BF16, then NN_DTYPE_F16 (set_dtype) */
+static enum nn_dtype DT;
+static const char *DTN;  /* "bf16", "fp16": every line's first word */
+static double TOL_ROUND; /* one rounding: 1e-2 bf16 (2^-8, 2.5x), 2e-3 fp16 (2^-11, 4x) */
 
-static float bf16_round(float v)
+static void set_dtype(enum nn_dtype dt)
 {
-    return nn_f32_from_bf16(nn_bf16_from_f32(v));
+    DT = dt;
+    DTN = nn_dtype_name(dt);
+    TOL_ROUND = dt == NN_DTYPE_BF16 ? 1e-2 : 2e-3;
 }
 
-/* ---- activations: the CPU's float NCHW copy and the GPU's bf16 NHWC one -------- */
+static uint16_t lp_from(float v)
+{
+    return DT == NN_DTYPE_BF16 ? nn_bf16_from_f32(v) : nn_f16_from_f32(v);
+}
+
+static float lp_to(uint16_t h)
+{
+    return DT == NN_DTYPE_BF16 ? nn_f32_from_bf16(h) : nn_f32_from_f16(h);
+}
+
+static float lp_round(float v)
+{
+    return lp_to(lp_from(v));
+}
+
+/* compare.h's lines with the type first */
+static void lreport(const char *name, double e, double tol)
+{
+    char n[160];
+    snprintf(n, sizeof n, "%s %s", DTN, name);
+    report(n, e, tol);
+}
+
+static void lexpect(int ok, const char *what)
+{
+    char n[160];
+    snprintf(n, sizeof n, "%s %s", DTN, what);
+    expect(ok, n);
+}
+
+/* ---- activations: the CPU's float NCHW copy and the GPU's bf16/fp16 NHWC one ---- */
 
 struct act {
     float *c;    /* (n, ch, h, w) float NCHW, host */
-    uint16_t *g; /* the same values, bf16 NHWC, backend memory */
+    uint16_t *g; /* the same values, DT NHWC, backend memory */
     int64_t n, ch, h, w;
     size_t numel;
 };
@@ -72,7 +113,7 @@ static struct nn_tensor act_cpu(const struct act *a)
 static struct nn_tensor act_gpu(const struct act *a)
 {
     struct nn_tensor t = nn_tensor_4d((float *)a->g, NN_LAYOUT_NHWC, a->n, a->ch, a->h, a->w);
-    t.dtype = NN_DTYPE_BF16;
+    t.dtype = DT;
     return t;
 }
 
@@ -84,7 +125,7 @@ static void act_upload(struct act *a)
     nn_tensor_convert(&g, &c);
 }
 
-/* Random bf16-representable values, scale * N(0, 1) + shift (scale 0: zeros). */
+/* Random DT-representable values, scale * N(0, 1) + shift (scale 0: zeros). */
 static struct act act_new(int64_t n, int64_t ch, int64_t h, int64_t w, double scale, double shift)
 {
     struct act a = {0};
@@ -93,7 +134,7 @@ static struct act act_new(int64_t n, int64_t ch, int64_t h, int64_t w, double sc
     a.c = calloc(a.numel, sizeof(float));
     a.g = nn_backend_alloc(gpu, a.numel * sizeof(uint16_t));
     for (size_t i = 0; i < a.numel && (scale != 0 || shift != 0); i++) {
-        a.c[i] = bf16_round((float)(scale * swav_rng_normal(&rng) + shift));
+        a.c[i] = lp_round((float)(scale * swav_rng_normal(&rng) + shift));
     }
     act_upload(&a);
     return a;
@@ -105,7 +146,7 @@ static void act_free(struct act *a)
     nn_backend_free(gpu, a->g);
 }
 
-/* The GPU's bf16 values as float NCHW (host), after a sync. */
+/* The GPU's DT values as float NCHW (host), after a sync. */
 static float *act_download(const struct act *a)
 {
     nn_backend_sync(gpu);
@@ -119,7 +160,7 @@ static float *act_download(const struct act *a)
 static void act_check(const char *name, const struct act *a, double tol)
 {
     float *f = act_download(a);
-    report(name, rel_err(f, a->c, a->numel), tol);
+    lreport(name, rel_err(f, a->c, a->numel), tol);
     free(f);
 }
 
@@ -135,7 +176,7 @@ static struct pair pair_new(size_t n, double scale, double shift)
     struct pair p = {calloc(n, sizeof(float)), nn_backend_alloc(gpu, n * sizeof(float)), n};
     nn_backend_sync(gpu);
     for (size_t i = 0; i < n; i++) {
-        p.c[i] = p.g[i] = bf16_round((float)(scale * swav_rng_normal(&rng) + shift));
+        p.c[i] = p.g[i] = lp_round((float)(scale * swav_rng_normal(&rng) + shift));
     }
     return p;
 }
@@ -149,7 +190,7 @@ static void pair_free(struct pair *p)
 static void pair_check(const char *name, const struct pair *p, double tol)
 {
     nn_backend_sync(gpu);
-    report(name, rel_err(p->g, p->c, p->n), tol);
+    lreport(name, rel_err(p->g, p->c, p->n), tol);
 }
 
 /* ---- conversion ------------------------------------------------------------------- */
@@ -159,20 +200,20 @@ static void test_convert(void)
     int64_t N = 3, H = 9, W = 7;
     size_t npix = (size_t)(N * H * W);
     float *src = nn_backend_alloc(gpu, npix * 3 * sizeof(float));
-    uint16_t *dst = nn_backend_alloc(gpu, npix * NN_BF16_STEM_CHANNELS * sizeof(uint16_t));
-    float *back = nn_backend_alloc(gpu, npix * NN_BF16_STEM_CHANNELS * sizeof(float));
+    uint16_t *dst = nn_backend_alloc(gpu, npix * NN_LOWP_STEM_CHANNELS * sizeof(uint16_t));
+    float *back = nn_backend_alloc(gpu, npix * NN_LOWP_STEM_CHANNELS * sizeof(float));
     float *want = malloc(npix * 3 * sizeof(float));
-    uint16_t *hw = malloc(npix * NN_BF16_STEM_CHANNELS * sizeof(uint16_t));
+    uint16_t *hw = malloc(npix * NN_LOWP_STEM_CHANNELS * sizeof(uint16_t));
     for (size_t i = 0; i < npix * 3; i++) {
         src[i] = (float)swav_rng_normal(&rng); /* not representable: the rounding shows */
         want[i] = src[i];
     }
-    for (size_t i = 0; i < npix * NN_BF16_STEM_CHANNELS; i++) {
-        dst[i] = 0xffffu; /* NaN: the zero channel must be written */
+    for (size_t i = 0; i < npix * NN_LOWP_STEM_CHANNELS; i++) {
+        dst[i] = 0xffffu; /* NaN in both types: the zero channel must be written */
     }
     struct nn_tensor ts = nn_tensor_4d(src, NN_LAYOUT_NCHW, N, 3, H, W);
-    struct nn_tensor td = nn_tensor_4d((float *)dst, NN_LAYOUT_NHWC, N, NN_BF16_STEM_CHANNELS, H, W);
-    td.dtype = NN_DTYPE_BF16;
+    struct nn_tensor td = nn_tensor_4d((float *)dst, NN_LAYOUT_NHWC, N, NN_LOWP_STEM_CHANNELS, H, W);
+    td.dtype = DT;
     nn_convert(gpu, &td, &ts);
     nn_backend_sync(gpu);
     /* host reference: channel c < 3 rounded, channel 3 zero */
@@ -180,28 +221,29 @@ static void test_convert(void)
     for (int64_t n = 0; n < N; n++)
         for (int64_t y = 0; y < H; y++)
             for (int64_t x = 0; x < W; x++)
-                for (int64_t c = 0; c < NN_BF16_STEM_CHANNELS; c++) {
-                    uint16_t e = c < 3 ? nn_bf16_from_f32(want[((n * 3 + c) * H + y) * W + x]) : 0;
-                    hw[((n * H + y) * W + x) * NN_BF16_STEM_CHANNELS + c] = e;
+                for (int64_t c = 0; c < NN_LOWP_STEM_CHANNELS; c++) {
+                    uint16_t e = c < 3 ? lp_from(want[((n * 3 + c) * H + y) * W + x]) : 0;
+                    hw[((n * H + y) * W + x) * NN_LOWP_STEM_CHANNELS + c] = e;
                 }
-    for (size_t i = 0; i < npix * NN_BF16_STEM_CHANNELS; i++) {
+    for (size_t i = 0; i < npix * NN_LOWP_STEM_CHANNELS; i++) {
         bad += dst[i] != hw[i];
     }
-    printf("%-44s %d of %zu differ %s\n", "convert f32 NCHW -> bf16 NHWC (3 -> 4 ch)", bad,
-           npix * NN_BF16_STEM_CHANNELS, bad ? "FAIL" : "ok");
+    printf("%s %-39s %d of %zu differ %s\n", DTN, "convert f32 NCHW -> NHWC (3 -> 4 ch)", bad,
+           npix * NN_LOWP_STEM_CHANNELS, bad ? "FAIL" : "ok");
     failures += bad != 0;
-    struct nn_tensor tb = nn_tensor_4d(back, NN_LAYOUT_NCHW, N, NN_BF16_STEM_CHANNELS, H, W);
+    struct nn_tensor tb = nn_tensor_4d(back, NN_LAYOUT_NCHW, N, NN_LOWP_STEM_CHANNELS, H, W);
     nn_convert(gpu, &tb, &td);
     nn_backend_sync(gpu);
     bad = 0;
     for (int64_t n = 0; n < N; n++)
-        for (int64_t c = 0; c < NN_BF16_STEM_CHANNELS; c++)
+        for (int64_t c = 0; c < NN_LOWP_STEM_CHANNELS; c++)
             for (int64_t p = 0; p < H * W; p++) {
-                float g = back[(n * NN_BF16_STEM_CHANNELS + c) * H * W + p];
-                float e = nn_f32_from_bf16(hw[(n * H * W + p) * NN_BF16_STEM_CHANNELS + c]);
+                float g = back[(n * NN_LOWP_STEM_CHANNELS + c) * H * W + p];
+                float e = lp_to(hw[(n * H * W + p) * NN_LOWP_STEM_CHANNELS + c]);
                 bad += memcmp(&g, &e, sizeof g) != 0;
             }
-    printf("%-44s %d differ %s\n", "convert bf16 NHWC -> f32 NCHW (exact)", bad, bad ? "FAIL" : "ok");
+    printf("%s %-39s %d differ %s\n", DTN, "convert NHWC -> f32 NCHW (exact)", bad,
+           bad ? "FAIL" : "ok");
     failures += bad != 0;
     nn_backend_free(gpu, src);
     nn_backend_free(gpu, dst);
@@ -249,17 +291,17 @@ static void test_conv(int N, int C, int cin_pad, int H, int O, int k, int s, int
     }
     snprintf(name, sizeof name, "conv%dx%d/s%d %d->%d bwd weight (+=)", k, k, s, C, O);
     pair_check(name, &dw, TOL_ROUND);
-    /* the bf16 weight copy: reused until nn_backend_weights_updated, then remade */
+    /* the weight copy: reused until nn_backend_weights_updated, then remade */
     float *before = act_download(&y);
     nn_backend_sync(gpu);
     for (size_t i = 0; i < w.n; i++) {
-        w.c[i] = w.g[i] = -2.0f * w.c[i]; /* exact in bf16 */
+        w.c[i] = w.g[i] = -2.0f * w.c[i]; /* exact in bf16 and fp16 */
     }
     nn_conv2d_forward(gpu, &yg, &xg_, &wg, s, p);
     float *stale = act_download(&y);
     int same = !memcmp(before, stale, y.numel * sizeof(float));
     snprintf(name, sizeof name, "conv%dx%d/s%d weight copy reused until updated", k, k, s);
-    expect(same, name);
+    lexpect(same, name);
     nn_backend_weights_updated(cpu);
     nn_backend_weights_updated(gpu);
     nn_conv2d_forward(cpu, &yc, &xc_, &wc, s, p);
@@ -277,7 +319,7 @@ static void test_conv(int N, int C, int cin_pad, int H, int O, int k, int s, int
  * row chunks; means far from zero against their spread. */
 
 /* A BatchNorm step's results (BatchNorm's or SyncBN's) against the CPU's, a
- * line "<tag> <what>" each: the output and the input gradient (bf16: one
+ * line "<tag> <what>" each: the output and the input gradient (one
  * rounding), the saved and running statistics (training only), the
  * parameter gradients. */
 static void bn_results_check(const char *tag, int train, const struct act *y,
@@ -315,7 +357,7 @@ static void test_bn(int64_t N, int64_t C, int64_t H, unsigned flags)
         double sd = 0.05 + 0.3 * (double)(c % 7);
         for (int64_t n = 0; n < N; n++)
             for (int64_t i = 0; i < H * H; i++)
-                x.c[(n * C + c) * H * H + i] = bf16_round((float)(mu + sd * swav_rng_normal(&rng)));
+                x.c[(n * C + c) * H * H + i] = lp_round((float)(mu + sd * swav_rng_normal(&rng)));
     }
     act_upload(&x);
     struct pair w = pair_new((size_t)C, 0.5, 1), b = pair_new((size_t)C, 0.5, 0);
@@ -341,18 +383,19 @@ static void test_bn(int64_t N, int64_t C, int64_t H, unsigned flags)
     }
 }
 
-/* SyncBN's pieces on bf16: statistics against long double on the same bf16
+/* SyncBN's pieces on DT: statistics against long double on the same DT
  * values (1e-12: double sums), twice (same bits); backward_elemt against the
  * CPU (one rounding), its host arrays spoiled right after the call. */
 static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
 {
     struct act x = act_new(N, C, H, H, 0, 0), dx = act_new(N, C, H, H, 1, 0);
     for (int64_t c = 0; c < C; c++) {
-        /* spreads of many bf16 steps (0.25 at 50): no channel rounds to a constant */
+        /* spreads of many bf16 steps (0.25 at 50; fp16's 0.03): no channel rounds to a
+         * constant */
         double mu = c % 2 ? 50.0 : -3.0 + (double)c, sd = 1.0 + 0.4 * (double)(c % 5);
         for (int64_t i = 0; i < N * H * H; i++)
             x.c[(i / (H * H) * C + c) * H * H + i % (H * H)] =
-                bf16_round((float)(mu + sd * swav_rng_normal(&rng)));
+                lp_round((float)(mu + sd * swav_rng_normal(&rng)));
     }
     act_upload(&x);
     struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
@@ -376,11 +419,11 @@ static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
         em = a > em || a != a ? a : em;
         e2 = b > e2 || b != b ? b : e2;
     }
-    report("bf16 bn stats mean vs exact", em, 1e-12);
-    report("bf16 bn stats m2 vs exact", e2, 1e-12);
+    lreport("bn stats mean vs exact", em, 1e-12);
+    lreport("bn stats m2 vs exact", e2, 1e-12);
     int same = !memcmp(mg, mg2, (size_t)C * sizeof(double)) &&
                !memcmp(m2g, m2g2, (size_t)C * sizeof(double));
-    expect(same, "bf16 bn stats deterministic");
+    lexpect(same, "bn stats deterministic");
     struct pair w = pair_new((size_t)C, 0.5, 1), mean = pair_new((size_t)C, 0, 0);
     struct pair var = pair_new((size_t)C, 0, 0);
     float *mdy = malloc((size_t)C * sizeof(float)), *mdyx = malloc((size_t)C * sizeof(float));
@@ -395,7 +438,7 @@ static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
     for (int64_t c = 0; c < C; c++) {
         mdy[c] = mdyx[c] = NAN; /* the caller may reuse them when the call returns */
     }
-    act_check("bf16 bn backward_elemt dinp", &dx, TOL_ROUND);
+    act_check("bn backward_elemt dinp", &dx, TOL_ROUND);
     free(mdy);
     free(mdyx);
     free(mg);
@@ -403,7 +446,7 @@ static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
     pair_free(&w), pair_free(&mean), pair_free(&var);
 }
 
-/* nn_syncbn_forward/backward with a world of one on bf16 (statistics, the
+/* nn_syncbn_forward/backward with a world of one on DT (statistics, the
  * eval-mode normalize with the fused ReLU's workspace, eval-mode backward,
  * backward_elemt) against the CPU's on float: test_bn's tolerances. */
 static void test_syncbn_single(int64_t N, int64_t C, int64_t H, unsigned relu)
@@ -423,9 +466,10 @@ static void test_syncbn_single(int64_t N, int64_t C, int64_t H, unsigned relu)
     int st = syncbn_step((int)C, relu, &cs, &gs);
     double cnt_c = cs.count, cnt_g = gs.count;
     char tag[48];
-    snprintf(tag, sizeof tag, "bf16 syncbn(1)%s C%d", relu ? "+relu" : "", (int)C);
+    snprintf(tag, sizeof tag, "syncbn(1)%s C%d", relu ? "+relu" : "", (int)C);
     int ok = st == 0 && cnt_g == cnt_c && cnt_c == (double)(N * H * H);
-    printf("%-44s status %d, count cuda %g cpu %g %s\n", tag, st, cnt_g, cnt_c, ok ? "ok" : "FAIL");
+    printf("%s %-39s status %d, count cuda %g cpu %g %s\n", DTN, tag, st, cnt_g, cnt_c,
+           ok ? "ok" : "FAIL");
     failures += !ok;
     bn_results_check(tag, 1, &y, &dx, &sm, &sv, &rm, &rv, &dw, &db);
     act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
@@ -471,22 +515,22 @@ static void test_eltwise(int64_t N, int64_t C, int64_t H, int shifted)
     } while (0)
     nn_relu_forward(cpu, &tc[2], &tc[0]);
     nn_relu_forward(gpu, &tg[2], &tg[0]);
-    ELT_CHECK("bf16 relu fwd", 2, 0);
+    ELT_CHECK("relu fwd", 2, 0);
     nn_relu_backward(cpu, &tc[4], &tc[3], &tc[2]);
     nn_relu_backward(gpu, &tg[4], &tg[3], &tg[2]);
-    ELT_CHECK("bf16 relu bwd", 4, 0);
+    ELT_CHECK("relu bwd", 4, 0);
     nn_relu_backward(cpu, &tc[3], &tc[3], &tc[2]); /* in place, as the model does */
     nn_relu_backward(gpu, &tg[3], &tg[3], &tg[2]);
-    ELT_CHECK("bf16 relu bwd in place", 3, 0);
+    ELT_CHECK("relu bwd in place", 3, 0);
     nn_add_forward(cpu, &tc[2], &tc[0], &tc[1], 1);
     nn_add_forward(gpu, &tg[2], &tg[0], &tg[1], 1);
-    ELT_CHECK("bf16 add+relu fwd", 2, TOL_ROUND);
+    ELT_CHECK("add+relu fwd", 2, TOL_ROUND);
     nn_add_forward(cpu, &tc[2], &tc[0], &tc[1], 0);
     nn_add_forward(gpu, &tg[2], &tg[0], &tg[1], 0);
-    ELT_CHECK("bf16 add fwd", 2, TOL_ROUND);
+    ELT_CHECK("add fwd", 2, TOL_ROUND);
     nn_accumulate(cpu, &tc[5], &tc[0]);
     nn_accumulate(gpu, &tg[5], &tg[0]);
-    ELT_CHECK("bf16 accumulate", 5, TOL_ROUND);
+    ELT_CHECK("accumulate", 5, TOL_ROUND);
 #undef ELT_CHECK
     for (int i = 0; i < 6; i++) {
         if (spare[i]) {
@@ -512,11 +556,11 @@ static void test_pool(int64_t N, int64_t C, int64_t H)
     char name[96];
     nn_maxpool2d_forward(cpu, &yc, &xc, wc, k, s, p);
     nn_maxpool2d_forward(gpu, &yg, &xg, wg, k, s, p);
-    snprintf(name, sizeof name, "bf16 maxpool 3/2/1 C%d %dx%d fwd", (int)C, (int)H, (int)H);
+    snprintf(name, sizeof name, "maxpool 3/2/1 C%d %dx%d fwd", (int)C, (int)H, (int)H);
     act_check(name, &y, 0);
     nn_maxpool2d_backward(cpu, &dxc, &dyc, wc, k, s, p);
     nn_maxpool2d_backward(gpu, &dxg, &dyg, wg, k, s, p);
-    snprintf(name, sizeof name, "bf16 maxpool 3/2/1 C%d %dx%d bwd", (int)C, (int)H, (int)H);
+    snprintf(name, sizeof name, "maxpool 3/2/1 C%d %dx%d bwd", (int)C, (int)H, (int)H);
     act_check(name, &dx, TOL_ROUND);
     nn_backend_free(cpu, wc);
     nn_backend_free(gpu, wg);
@@ -525,11 +569,11 @@ static void test_pool(int64_t N, int64_t C, int64_t H)
     struct nn_tensor davc = nn_tensor_2d(da.c, N, C), davg = nn_tensor_2d(da.g, N, C);
     nn_avgpool_forward(cpu, &avc, &xc);
     nn_avgpool_forward(gpu, &avg, &xg);
-    snprintf(name, sizeof name, "bf16 avgpool C%d %dx%d fwd (float out)", (int)C, (int)H, (int)H);
+    snprintf(name, sizeof name, "avgpool C%d %dx%d fwd (float out)", (int)C, (int)H, (int)H);
     pair_check(name, &a, 1e-5);
     nn_avgpool_backward(cpu, &dxc, &davc);
     nn_avgpool_backward(gpu, &dxg, &davg);
-    snprintf(name, sizeof name, "bf16 avgpool C%d %dx%d bwd", (int)C, (int)H, (int)H);
+    snprintf(name, sizeof name, "avgpool C%d %dx%d bwd", (int)C, (int)H, (int)H);
     act_check(name, &dx, TOL_ROUND);
     act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
     pair_free(&a), pair_free(&da);
@@ -538,12 +582,17 @@ static void test_pool(int64_t N, int64_t C, int64_t H)
 /* ---- the model -------------------------------------------------------------------------
  * test_cuda_model.c's small SwAV model (ResNet-18 width 16, head 64 -> 16,
  * 30 prototypes, crops 2x48 + 2x32, batch 4, same seed: the same initial
- * float weights) with cfg.bf16 on the GPU against the float model on the
- * CPU: crops normalized by each backend from the same uint8 batch, forward,
- * loss, backward, SGD + LARC; then the CPU model takes the GPU model's
- * stepped parameters (convolution weights rescaled element by element) and
- * buffers, and both run a second step on the same weights, which also
- * shows a bf16 weight copy left stale.
+ * float weights) with cfg.act_dtype (bf16, fp16) on the GPU against the
+ * float model on the CPU: crops normalized by each backend from the same
+ * uint8 batch, forward, loss, backward (fp16: with the trainer's loss
+ * scaling at its initial scale, 2^16, and the non-finite check, which must
+ * find the gradients finite), SGD + LARC; then the CPU model takes the GPU
+ * model's stepped parameters (convolution weights rescaled element by
+ * element) and buffers, and both run a second step on the same weights,
+ * which also shows a weight copy left stale.  Last (fp16 only), a step at a
+ * loss scale of 2^30 must overflow fp16 (the average pool's gradient alone
+ * exceeds 65504) and the non-finite check must see it in the float
+ * gradients.
  *
  * What to expect: this model is ill-conditioned for elementwise checks.  In
  * fp32 on the CPU, perturbing only its input by 2^-8 (one bf16 rounding)
@@ -586,25 +635,28 @@ static void test_model(void)
     struct nn_resnet_cfg cfg;
     step_model_cfg(&cfg);
     struct nn_resnet_cfg cfg_g = cfg;
-    cfg_g.bf16 = 1;
+    cfg_g.act_dtype = DT;
     const struct nn_crop_group groups[2] = {{2, 48}, {2, 32}};
     const int batch = 4, n_crops = 4, K = cfg.nmb_prototypes;
     struct nn_model *mc = nn_model_new(cpu, &cfg, groups, 2, batch);
     struct nn_model *mg = nn_model_new(gpu, &cfg_g, groups, 2, batch);
     if (!mc || !mg) {
-        printf("FAIL: nn_model_new (bf16 on the GPU, float on the CPU)\n");
+        printf("FAIL: nn_model_new (%s on the GPU, float on the CPU)\n", DTN);
         failures++;
         nn_model_destroy(&mc);
         nn_model_destroy(&mg);
         return;
     }
     struct nn_tensor probe;
-    int is_bf16 = nn_model_activation(mg, 0, "layer1.0", &probe) == 0 &&
-                  probe.dtype == NN_DTYPE_BF16 && probe.layout == NN_LAYOUT_NHWC;
-    expect(is_bf16, "bf16 model: backbone activations bf16 NHWC");
+    int is_lowp = nn_model_activation(mg, 0, "layer1.0", &probe) == 0 && probe.dtype == DT &&
+                  probe.layout == NN_LAYOUT_NHWC;
+    lexpect(is_lowp, "model: backbone activations in the type, NHWC");
     nn_backend_sync(gpu);
-    report("bf16 model: initial parameters (same seed)", rel_err(mg->param_data, mc->param_data,
-                                                                 mc->params.total), 0);
+    lreport("model: initial parameters (same seed)",
+            rel_err(mg->param_data, mc->param_data, mc->params.total), 0);
+    const int fp16 = DT == NN_DTYPE_F16;
+    struct nn_loss_scale ls;
+    nn_loss_scale_init(&ls);
     uint8_t *raw[2];
     float *in_c[2], *in_g[2];
     for (int g = 0; g < 2; g++) {
@@ -650,13 +702,22 @@ static void test_model(void)
         }
         float loss[2];
         loss[0] = side_step(mc, cpu, in_c, raw, groups, 2, batch, K, q_c, lp_c, ds_c, &lc);
-        loss[1] = side_step(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc);
-        printf("-- bf16 model step %d%s\n", step, step ? " (the CPU model on the GPU's weights)" : "");
+        loss[1] = side_step_scaled(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc,
+                                   fp16 ? ls.scale : 1.0f);
+        printf("-- %s model step %d%s\n", DTN, step,
+               step ? " (the CPU model on the GPU's weights)" : "");
+        if (fp16) {
+            int nf = nn_backend_nonfinite(gpu, mg->grad_data, mg->params.total);
+            char what[96];
+            snprintf(what, sizeof what, "model: gradients finite at loss scale %g",
+                     (double)ls.scale);
+            lexpect(!nf, what);
+        }
         double le = fabs(loss[1] - loss[0]) / fabs(loss[0]);
-        printf("%-44s rel err %.3g (tol 2e-02) %s  (cuda bf16 %.6f cpu %.6f)\n", "swav loss", le,
-               le <= 2e-2 ? "ok" : "FAIL", loss[1], loss[0]);
+        printf("%-44s rel err %.3g (tol 2e-02) %s  (cuda %s %.6f cpu %.6f)\n", "swav loss", le,
+               le <= 2e-2 ? "ok" : "FAIL", DTN, loss[1], loss[0]);
         failures += !(le <= 2e-2);
-        report("feats (avgpool of the bf16 backbone)",
+        report("feats (avgpool of the low-precision backbone)",
                rel_err(mg->feats, mc->feats, (size_t)mc->n_rows * mc->feat_channels), 0.3);
         report("scores", rel_err(mg->scores, mc->scores, ns), 0.3);
         report("BN running stats", rel_err(mg->buffer_data, mc->buffer_data, mc->buffers.total),
@@ -690,6 +751,13 @@ static void test_model(void)
     printf("%-44s %d after step 1, %d after step 2 %s\n", "cache entries (nothing new after warm-up)",
            cache_after_first, cache_now, cache_now == cache_after_first ? "ok" : "FAIL");
     failures += cache_now != cache_after_first;
+    if (fp16) { /* a real overflow: inf in the fp16 backward, seen in the float gradients */
+        side_step_scaled(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc, 0x1p30f);
+        int nf = nn_backend_nonfinite(gpu, mg->grad_data, mg->params.total);
+        lexpect(nf == 1, "model: loss scale 2^30 overflows fp16, check sees it");
+        nn_loss_scale_update(&ls, nf);
+        lexpect(ls.scale == NN_LOSS_SCALE_INIT / 2, "model: the scaler halves after it");
+    }
     nn_optim_free(&opt_g);
     nn_optim_free(&opt_c);
     for (int g = 0; g < 2; g++) {
@@ -707,27 +775,57 @@ static void test_model(void)
     nn_model_destroy(&mc);
 }
 
-int main(void)
+/* ---- the loss scaler's check: nn_backend_nonfinite on the device ---------------------
+ * A float buffer of the backend (an odd length, longer than one launch's
+ * grid covers with a grid-stride loop of 4096 blocks) with +inf, -inf and a
+ * NaN planted at its first, a middle and its last element in turn: each
+ * found; finite extremes (FLT_MAX, the smallest subnormal, -0) and n = 0
+ * not; the element just past n not looked at. */
+static void test_nonfinite(void)
 {
-    if (nn_cuda_device_count() == 0) {
-        printf("SKIP: no CUDA device (%s)\n",
-               nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
-        return 77;
+    const size_t n = (size_t)4096 * 256 * 2 + 77;
+    float *x = nn_backend_alloc(gpu, n * sizeof(float));
+    nn_backend_sync(gpu);
+    for (size_t i = 0; i < n; i++) {
+        x[i] = (float)((double)(i % 1000) - 500.0);
     }
-    cpu = nn_backend_cpu_new(0);
-    gpu = nn_backend_cuda_new(0);
-    if (!gpu) {
-        printf("FAIL: nn_backend_cuda_new(0)\n");
-        return 1;
+    int ok = nn_backend_nonfinite(gpu, x, n) == 0 && nn_backend_nonfinite(gpu, x, 0) == 0;
+    const float finite[] = {3.4028235e38f, -3.4028235e38f, 0x1p-149f, -0.0f};
+    for (size_t k = 0; k < 4; k++) {
+        nn_backend_sync(gpu);
+        x[n / 3] = finite[k];
+        ok &= nn_backend_nonfinite(gpu, x, n) == 0;
     }
-    if (!nn_backend_has_bf16(gpu)) {
-        printf("FAIL: the CUDA backend does not declare bf16\n");
-        return 1;
+    const float bad[] = {INFINITY, -INFINITY, NAN};
+    const size_t where[] = {0, n / 2, n - 1};
+    int found = 0;
+    for (size_t k = 0; k < 3; k++) {
+        for (size_t w = 0; w < 3; w++) {
+            nn_backend_sync(gpu);
+            float keep = x[where[w]];
+            x[where[w]] = bad[k];
+            found += nn_backend_nonfinite(gpu, x, n) == 1;
+            if (where[w] == n - 1) {
+                ok &= nn_backend_nonfinite(gpu, x, n - 1) == 0;
+            }
+            nn_backend_sync(gpu);
+            x[where[w]] = keep;
+        }
     }
+    printf("%-44s %d of 9 planted inf/NaN found, finite ones passed: %s\n",
+           "nonfinite (loss scaling's check)", found, ok && found == 9 ? "ok" : "FAIL");
+    failures += !(ok && found == 9);
+    nn_backend_free(gpu, x);
+}
+
+static void run_layers_and_model(enum nn_dtype dt)
+{
+    set_dtype(dt);
+    printf("==== %s (tolerance of one rounding %.0e) ====\n", DTN, TOL_ROUND);
     swav_rng_init(&rng, 17, 0, 0, 0);
     test_convert();
     test_conv(2, 8, 8, 12, 16, 3, 1, 1, 1);  /* a 3x3 block conv */
-    test_conv(2, 3, NN_BF16_STEM_CHANNELS, 20, 8, 7, 2, 3, 0); /* the stem: 3 -> 4 channels */
+    test_conv(2, 3, NN_LOWP_STEM_CHANNELS, 20, 8, 7, 2, 3, 0); /* the stem: 3 -> 4 channels */
     test_conv(2, 16, 16, 9, 32, 1, 2, 0, 1); /* a downsample 1x1/s2 */
     test_conv(3, 8, 8, 3, 8, 3, 1, 1, 1);    /* 3x3 on a 3x3 map */
     test_bn(2, 64, 20, NN_BN_TRAIN);           /* pairs, 800 rows: several chunks */
@@ -746,6 +844,33 @@ int main(void)
     test_pool(2, 8, 11);
     test_pool(3, 5, 12);
     test_model();
+}
+
+int main(void)
+{
+    if (nn_cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device (%s)\n",
+               nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
+        return 77;
+    }
+    cpu = nn_backend_cpu_new(0);
+    gpu = nn_backend_cuda_new(0);
+    if (!gpu) {
+        printf("FAIL: nn_backend_cuda_new(0)\n");
+        return 1;
+    }
+    if (!nn_backend_has_lowp(gpu)) {
+        printf("FAIL: the CUDA backend does not declare bf16/fp16\n");
+        return 1;
+    }
+    const char *only = getenv("SWAV_LOWP_ONLY"); /* "bf16" or "fp16": one type (rehearsals) */
+    if (!only || strcmp(only, "fp16") != 0) {
+        run_layers_and_model(NN_DTYPE_BF16);
+    }
+    if (!only || strcmp(only, "bf16") != 0) {
+        run_layers_and_model(NN_DTYPE_F16);
+    }
+    test_nonfinite();
     printf("cache entries %d\n", nn_backend_cache_size(gpu));
     nn_backend_destroy(&gpu);
     nn_backend_destroy(&cpu);
