@@ -584,9 +584,11 @@ static void test_pool(int64_t N, int64_t C, int64_t H)
  * 30 prototypes, crops 2x48 + 2x32, batch 4, same seed: the same initial
  * float weights) with cfg.act_dtype (bf16, fp16) on the GPU against the
  * float model on the CPU: crops normalized by each backend from the same
- * uint8 batch, forward, loss, backward (fp16: with the trainer's loss
- * scaling at its initial scale, 2^16, and the non-finite check, which must
- * find the gradients finite), SGD + LARC; then the CPU model takes the GPU
+ * uint8 batch, forward, loss, backward (fp16: with the trainer's dynamic
+ * loss scaling from 2^16: while the non-finite check finds an overflow in
+ * the gradients the GPU side's step is skipped, S halved and the step run
+ * again from the same BN buffers, as the trainer skips a step; then the
+ * gradients must be finite), SGD + LARC; then the CPU model takes the GPU
  * model's stepped parameters (convolution weights rescaled element by
  * element) and buffers, and both run a second step on the same weights,
  * which also shows a weight copy left stale.  Last (fp16 only), a step at a
@@ -607,7 +609,13 @@ static void test_pool(int64_t N, int64_t C, int64_t H)
  * printed and at least 0.71 for any one tensor.  Tolerances: loss 2e-2,
  * feats and scores 0.3 (of the largest value), running statistics 5e-2,
  * gradient cosine at least 0.75 over all parameters and 0.5 for the single
- * tensors printed.  A wiring fault shows well beyond them: with the bf16
+ * tensors printed.  fp16 rounds 8x finer (2^-11); the same rehearsal (a
+ * loss scale of 8192 after three overflows from 2^16: this model at width
+ * 16 has large activation gradients) measured loss 6e-4 to 1.3e-3, feats
+ * 0.008 to 0.010, scores 0.012 to 0.017, running statistics 3e-4 to 6e-4,
+ * gradient cosine 0.991 to 0.996 over all parameters and at least 0.990
+ * for the tensors printed; its tolerances: loss 1e-2, feats and scores 0.1,
+ * running statistics 5e-3, cosine 0.9 over all and 0.8 for one tensor.  A wiring fault shows well beyond them: with the bf16
  * weight copies left stale (rehearsed), step 1 gave feats 0.89, scores 1.2
  * and a gradient cosine of 0.00; a wrong max-pool routing, a cosine of
  * 0.42; a wrong average-pool gradient, -0.09. */
@@ -655,8 +663,13 @@ static void test_model(void)
     lreport("model: initial parameters (same seed)",
             rel_err(mg->param_data, mc->param_data, mc->params.total), 0);
     const int fp16 = DT == NN_DTYPE_F16;
+    /* tolerances (see above): bf16's, and fp16's from its 8x smaller rounding */
+    const double tol_loss = fp16 ? 1e-2 : 2e-2, tol_out = fp16 ? 0.1 : 0.3;
+    const double tol_run = fp16 ? 5e-3 : 5e-2, cos_all = fp16 ? 0.9 : 0.75;
+    const double cos_one = fp16 ? 0.8 : 0.5;
     struct nn_loss_scale ls;
     nn_loss_scale_init(&ls);
+    float *buf_save = malloc(mg->buffers.total * sizeof(float));
     uint8_t *raw[2];
     float *in_c[2], *in_g[2];
     for (int g = 0; g < 2; g++) {
@@ -702,27 +715,43 @@ static void test_model(void)
         }
         float loss[2];
         loss[0] = side_step(mc, cpu, in_c, raw, groups, 2, batch, K, q_c, lp_c, ds_c, &lc);
-        loss[1] = side_step_scaled(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc,
-                                   fp16 ? ls.scale : 1.0f);
         printf("-- %s model step %d%s\n", DTN, step,
                step ? " (the CPU model on the GPU's weights)" : "");
-        if (fp16) {
+        nn_backend_sync(gpu);
+        memcpy(buf_save, mg->buffer_data, mg->buffers.total * sizeof(float));
+        for (int attempt = 0;; attempt++) {
+            loss[1] = side_step_scaled(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g,
+                                       &lc, fp16 ? ls.scale : 1.0f);
+            if (!fp16) {
+                break;
+            }
+            float s_used = ls.scale;
             int nf = nn_backend_nonfinite(gpu, mg->grad_data, mg->params.total);
-            char what[96];
-            snprintf(what, sizeof what, "model: gradients finite at loss scale %g",
-                     (double)ls.scale);
-            lexpect(!nf, what);
+            if (!nf || attempt == 24) {
+                char what[96];
+                snprintf(what, sizeof what, "model: gradients finite at loss scale %g",
+                         (double)s_used);
+                lexpect(!nf, what);
+                nn_loss_scale_update(&ls, nf);
+                break;
+            }
+            nn_loss_scale_update(&ls, nf);
+            printf("%s model: loss scale %g overflowed fp16: step skipped, scale now %g\n", DTN,
+                   (double)s_used, (double)ls.scale);
+            nn_backend_sync(gpu); /* the skipped step's BN buffer updates undone */
+            memcpy(mg->buffer_data, buf_save, mg->buffers.total * sizeof(float));
         }
         double le = fabs(loss[1] - loss[0]) / fabs(loss[0]);
-        printf("%-44s rel err %.3g (tol 2e-02) %s  (cuda %s %.6f cpu %.6f)\n", "swav loss", le,
-               le <= 2e-2 ? "ok" : "FAIL", DTN, loss[1], loss[0]);
-        failures += !(le <= 2e-2);
+        printf("%-44s rel err %.3g (tol %.0e) %s  (cuda %s %.6f cpu %.6f)\n", "swav loss", le,
+               tol_loss, le <= tol_loss ? "ok" : "FAIL", DTN, loss[1], loss[0]);
+        failures += !(le <= tol_loss);
         report("feats (avgpool of the low-precision backbone)",
-               rel_err(mg->feats, mc->feats, (size_t)mc->n_rows * mc->feat_channels), 0.3);
-        report("scores", rel_err(mg->scores, mc->scores, ns), 0.3);
+               rel_err(mg->feats, mc->feats, (size_t)mc->n_rows * mc->feat_channels), tol_out);
+        report("scores", rel_err(mg->scores, mc->scores, ns), tol_out);
         report("BN running stats", rel_err(mg->buffer_data, mc->buffer_data, mc->buffers.total),
-               5e-2);
-        cos_check("all parameter gradients", mg->grad_data, mc->grad_data, mc->params.total, 0.75);
+               tol_run);
+        cos_check("all parameter gradients", mg->grad_data, mc->grad_data, mc->params.total,
+                  cos_all);
         for (int i = 0; i < mc->params.n; i++) {
             const struct nn_param *p = &mc->params.p[i];
             if (i == 0 || i == mc->params.n - 1 || strstr(p->name, "layer4.1.conv2") ||
@@ -731,7 +760,7 @@ static void test_model(void)
                 char name[160];
                 snprintf(name, sizeof name, "grad %s", p->name);
                 cos_check(name, mg->grad_data + p->offset, mc->grad_data + p->offset, p->numel,
-                          0.5);
+                          cos_one);
             }
         }
         for (int side = 0; side < 2; side++) {
@@ -755,9 +784,8 @@ static void test_model(void)
         side_step_scaled(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc, 0x1p30f);
         int nf = nn_backend_nonfinite(gpu, mg->grad_data, mg->params.total);
         lexpect(nf == 1, "model: loss scale 2^30 overflows fp16, check sees it");
-        nn_loss_scale_update(&ls, nf);
-        lexpect(ls.scale == NN_LOSS_SCALE_INIT / 2, "model: the scaler halves after it");
     }
+    free(buf_save);
     nn_optim_free(&opt_g);
     nn_optim_free(&opt_c);
     for (int g = 0; g < 2; g++) {
