@@ -490,7 +490,8 @@ struct cpu_conv_bwd {
     struct cpu_wconv w, bw_src_in, bw_ddst_in; /* bw_*_in: inputs in bwd_w's layout */
     void *dw_buf;
     /* im2col + sgemm weight gradient, where oneDNN has only its reference
-     * loop for the shape (3x3 on maps of 1x1 or 2x2) */
+     * loop for the shape (3x3 on maps of 1x1 or 2x2) or its kernel is slow
+     * (small maps: cpu_conv_bwd_w_small) */
     int im2col;
     float *col, *drows; /* (rows, I*k*k), (rows, O); rows = N*Ho*Wo */
 };
@@ -625,37 +626,96 @@ static size_t cpu_off4(const struct nn_tensor *t, int64_t n, int64_t c, int64_t 
     return (size_t)(((n * C + c) * H + h) * W + w);
 }
 
-static void cpu_conv_bwd_weights_im2col(struct cpu_conv_bwd *c, float *dw,
-                                        const struct nn_tensor *dout, const struct nn_tensor *inp,
-                                        int k, int stride, int pad)
+/* One row of the im2col matrices: the k x k x Ci input patch of output
+ * position (n, oh, ow) in OIHW weight order (i, kh, kw), zeros where the
+ * patch hangs over the padding, and the O output gradients there. */
+static void cpu_im2col_row(float *col, float *drow, const struct nn_tensor *inp,
+                           const struct nn_tensor *dout, int64_t n, int64_t oh, int64_t ow, int k,
+                           int stride, int pad)
 {
-    int64_t N = inp->shape[0], Ci = inp->shape[1], H = inp->shape[2], W = inp->shape[3];
+    int64_t Ci = inp->shape[1], H = inp->shape[2], W = inp->shape[3];
     int64_t O = dout->shape[1], Ho = dout->shape[2], Wo = dout->shape[3];
-    int64_t ikk = Ci * k * k, rows = N * Ho * Wo;
     const float *x = inp->data, *dy = dout->data;
-    for (int64_t n = 0; n < N; n++) {
-        for (int64_t oh = 0; oh < Ho; oh++) {
-            for (int64_t ow = 0; ow < Wo; ow++) {
-                int64_t r = (n * Ho + oh) * Wo + ow;
-                float *col = c->col + r * ikk;
-                for (int64_t i = 0; i < Ci; i++) {
-                    for (int kh = 0; kh < k; kh++) {
-                        int64_t ih = oh * stride - pad + kh;
-                        for (int kw = 0; kw < k; kw++) {
-                            int64_t iw = ow * stride - pad + kw;
-                            int in = ih >= 0 && ih < H && iw >= 0 && iw < W;
-                            col[(i * k + kh) * k + kw] = in ? x[cpu_off4(inp, n, i, ih, iw)] : 0.0f;
+    int64_t kk = (int64_t)k * k;
+    if (inp->layout == NN_LAYOUT_NCHW8C && Ci % 8 == 0) {
+        /* 8 channels of a pixel are contiguous: read them once, write them
+         * k*k apart */
+        int64_t CB = Ci / 8;
+        for (int64_t cb = 0; cb < CB; cb++) {
+            float *cc = col + cb * 8 * kk;
+            for (int kh = 0; kh < k; kh++) {
+                int64_t ih = oh * stride - pad + kh;
+                for (int kw = 0; kw < k; kw++) {
+                    int64_t iw = ow * stride - pad + kw;
+                    float *c = cc + kh * k + kw;
+                    if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+                        for (int l = 0; l < 8; l++) {
+                            c[l * kk] = 0.0f;
+                        }
+                    } else {
+                        const float *px = x + (((n * CB + cb) * H + ih) * W + iw) * 8;
+                        for (int l = 0; l < 8; l++) {
+                            c[l * kk] = px[l];
                         }
                     }
                 }
-                for (int64_t o = 0; o < O; o++) {
-                    c->drows[r * O + o] = dy[cpu_off4(dout, n, o, oh, ow)];
+            }
+        }
+    } else {
+        for (int64_t i = 0; i < Ci; i++) {
+            for (int kh = 0; kh < k; kh++) {
+                int64_t ih = oh * stride - pad + kh;
+                for (int kw = 0; kw < k; kw++) {
+                    int64_t iw = ow * stride - pad + kw;
+                    int in = ih >= 0 && ih < H && iw >= 0 && iw < W;
+                    col[(i * k + kh) * k + kw] = in ? x[cpu_off4(inp, n, i, ih, iw)] : 0.0f;
                 }
             }
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)O, (int)ikk, (int)rows, 1.0f,
-                c->drows, (int)O, c->col, (int)ikk, 1.0f, dw, (int)ikk);
+    if (dout->layout == NN_LAYOUT_NCHW8C && O % 8 == 0) {
+        for (int64_t ob = 0; ob < O / 8; ob++) {
+            memcpy(drow + ob * 8, dy + (((n * (O / 8) + ob) * Ho + oh) * Wo + ow) * 8,
+                   8 * sizeof(float));
+        }
+    } else {
+        for (int64_t o = 0; o < O; o++) {
+            drow[o] = dy[cpu_off4(dout, n, o, oh, ow)];
+        }
+    }
+}
+
+/* dW (O, Ci*k*k) += dY^T (O, rows) col (rows, Ci*k*k), rows = (n, oh, ow),
+ * straight into the plain gradient (no reorder back).  oneDNN's sgemm, not
+ * OpenBLAS's: it runs on the same OpenMP threads as the im2col before it
+ * and the primitives after it, where OpenBLAS would wake its own threads
+ * beside OpenMP's still-spinning ones. */
+static void cpu_conv_bwd_weights_im2col(struct cpu_conv_bwd *c, float *dw,
+                                        const struct nn_tensor *dout, const struct nn_tensor *inp,
+                                        int k, int stride, int pad)
+{
+    int64_t N = inp->shape[0], Ci = inp->shape[1];
+    int64_t O = dout->shape[1], Ho = dout->shape[2], Wo = dout->shape[3];
+    int64_t ikk = Ci * k * k, rows = N * Ho * Wo;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t n = r / (Ho * Wo), oh = r / Wo % Ho, ow = r % Wo;
+        cpu_im2col_row(c->col + r * ikk, c->drows + r * O, inp, dout, n, oh, ow, k, stride, pad);
+    }
+    DNNL_CHECK(dnnl_sgemm('T', 'N', O, ikk, rows, 1.0f, c->drows, O, c->col, ikk, 1.0f, dw, ikk));
+}
+
+/* The weight gradient of a k x k convolution (k > 1) whose output map has at
+ * most this many positions takes the im2col path: oneDNN 2.6's AVX2
+ * backward-weights kernel is slow there (one thread, ResNet-18's 3x3
+ * convolutions at batch 24 on 3x3 maps: 56-67 ms against 15-20 ms for
+ * im2col + sgemm; batch 8 on 7x7 maps: 43-55 against 27-35; 6x6 maps about
+ * even, 12x12 and larger the kernel wins). */
+#define CPU_IM2COL_MAX_MAP 49
+
+static int cpu_conv_bwd_w_small(const struct nn_tensor *dout, int k)
+{
+    return k > 1 && dout->shape[2] * dout->shape[3] <= CPU_IM2COL_MAX_MAP;
 }
 
 static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight,
@@ -691,10 +751,11 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
         cpu_conv_desc(&d, 2, &src, &wany, &dst, inp, dout, k, stride, pad);
         cpu_prim_create(b, &c->bwd_w, &d, attr, c->fwd_hint.pd);
         DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
-        if (cpu_is_ref(&c->bwd_w)) {
+        if (cpu_is_ref(&c->bwd_w) || cpu_conv_bwd_w_small(dout, k)) {
             /* The AVX2 kernels refuse 3x3 on tiny maps and the reference
-             * loop is ~1000x slower (oneDNN's gemm version ~50x): one
-             * im2col and one sgemm instead. */
+             * loop is ~1000x slower (oneDNN's gemm version ~50x); where
+             * they do run on small maps they are slow too: one im2col and
+             * one sgemm instead. */
             cpu_prim_free(&c->bwd_w);
             c->im2col = 1;
             size_t rows = (size_t)(dout->shape[0] * dout->shape[2] * dout->shape[3]);

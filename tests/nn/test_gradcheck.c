@@ -499,6 +499,9 @@ int main(void)
     /* the stem: plain 3-channel input into the blocked layout */
     test_conv(NN_LAYOUT_NCHW, NN_LAYOUT_NCHW8C, 2, 3, 8, 16, 7, 2, 3);
     test_conv(NN_LAYOUT_NCHW, NN_LAYOUT_NCHW, 2, 3, 5, 11, 7, 2, 3);
+    /* a 6x6 output map: the im2col weight gradient from a plain input into
+     * a blocked output gradient */
+    test_conv(NN_LAYOUT_NCHW, NN_LAYOUT_NCHW8C, 2, 3, 8, 11, 7, 2, 3);
     for (int l = 0; l < 2; l++) {
         test_bn(L[l], 4, 3, 8, 5, NN_BN_TRAIN);
         test_bn(L[l], 4, 3, 8, 5, NN_BN_TRAIN | NN_BN_RELU);
