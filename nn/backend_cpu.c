@@ -1023,15 +1023,25 @@ cpu_bn_stats_lanes8_avx2(const float *x, int64_t outer, int64_t ostride, int64_t
 }
 #endif
 
-static void cpu_bn_stats_block(const float *x, int lanes, int64_t outer, int64_t ostride,
-                               int64_t inner, int64_t istride, double *mean, double *m2)
+/* 1 where the AVX2 paths (AVX2 and FMA) can run. */
+static int cpu_avx2(void)
 {
 #ifdef CPU_HAVE_AVX2_PATH
     static int avx2 = -1;
     if (avx2 < 0) {
         avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
-    if (avx2 && lanes == 8) {
+    return avx2;
+#else
+    return 0;
+#endif
+}
+
+static void cpu_bn_stats_block(const float *x, int lanes, int64_t outer, int64_t ostride,
+                               int64_t inner, int64_t istride, double *mean, double *m2)
+{
+#ifdef CPU_HAVE_AVX2_PATH
+    if (cpu_avx2() && lanes == 8) {
         cpu_bn_stats_lanes8_avx2(x, outer, ostride, inner, istride, mean, m2);
         return;
     }
@@ -1405,10 +1415,145 @@ static struct cpu_pool *cpu_pool_get(struct cpu_backend *b, const struct nn_tens
     return p;
 }
 
+/* Max pooling of nChw8c tensors (C a multiple of 8) is our own pass, not
+ * oneDNN's (whose AVX2 kernel took 10 ms, 2 threads, for ResNet's stem pool
+ * at batch 8 x 224 pixels, a pass that reads 26 MB): one task per (image,
+ * 8-channel block) plane, the 8 channels of a pixel one vector.  The
+ * workspace is one byte per output, the window position (kh k + kw) of its
+ * maximum; as torch, the first maximum in window order wins and a NaN
+ * propagates.  Other layouts keep oneDNN's primitive. */
+static int cpu_pool_own(const struct nn_tensor *inp, int k)
+{
+    return inp->layout == NN_LAYOUT_NCHW8C && inp->shape[1] % 8 == 0 && k * k <= 255;
+}
+
+/* The window rows [*k0, *k1) of output row o that fall inside the input. */
+static void cpu_pool_range(int64_t o, int64_t in, int k, int stride, int pad, int *k0, int *k1)
+{
+    int64_t i0 = o * stride - pad;
+    *k0 = i0 < 0 ? (int)-i0 : 0;
+    *k1 = i0 + k > in ? (int)(in - i0) : k;
+}
+
+/* One (image, channel block) plane: x (H, W, 8) -> y (Ho, Wo, 8), ws (Ho, Wo, 8). */
+static void cpu_maxpool_plane(const float *x, float *y, uint8_t *ws, int64_t H, int64_t W,
+                              int64_t Ho, int64_t Wo, int k, int stride, int pad)
+{
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        int h0, h1;
+        cpu_pool_range(oh, H, k, stride, pad, &h0, &h1);
+        for (int64_t ow = 0; ow < Wo; ow++) {
+            int w0, w1;
+            cpu_pool_range(ow, W, k, stride, pad, &w0, &w1);
+            int64_t at = (oh * stride - pad) * W + (ow * stride - pad); /* may be < 0 */
+            float m[8];
+            uint8_t id[8];
+            for (int l = 0; l < 8; l++) {
+                m[l] = -INFINITY;
+                id[l] = (uint8_t)(h0 * k + w0);
+            }
+            for (int kh = h0; kh < h1; kh++) {
+                for (int kw = w0; kw < w1; kw++) {
+                    const float *v = x + (at + kh * W + kw) * 8;
+                    for (int l = 0; l < 8; l++) {
+                        if (v[l] > m[l] || v[l] != v[l]) {
+                            m[l] = v[l];
+                            id[l] = (uint8_t)(kh * k + kw);
+                        }
+                    }
+                }
+            }
+            memcpy(y + (oh * Wo + ow) * 8, m, sizeof m);
+            memcpy(ws + (oh * Wo + ow) * 8, id, sizeof id);
+        }
+    }
+}
+
+/* dx plane = 0, then each output's gradient added at its maximum. */
+static void cpu_maxpool_bwd_plane(float *dx, const float *dy, const uint8_t *ws, int64_t H,
+                                  int64_t W, int64_t Ho, int64_t Wo, int k, int stride, int pad)
+{
+    memset(dx, 0, (size_t)(H * W * 8) * sizeof(float));
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        for (int64_t ow = 0; ow < Wo; ow++) {
+            int64_t at = (oh * stride - pad) * W + (ow * stride - pad); /* may be < 0 */
+            const float *g = dy + (oh * Wo + ow) * 8;
+            const uint8_t *id = ws + (oh * Wo + ow) * 8;
+            for (int l = 0; l < 8; l++) {
+                dx[(at + id[l] / k * W + id[l] % k) * 8 + l] += g[l];
+            }
+        }
+    }
+}
+
+#ifdef CPU_HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static void
+cpu_maxpool_plane_avx2(const float *x, float *y, uint8_t *ws, int64_t H, int64_t W, int64_t Ho,
+                       int64_t Wo, int k, int stride, int pad)
+{
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        int h0, h1;
+        cpu_pool_range(oh, H, k, stride, pad, &h0, &h1);
+        for (int64_t ow = 0; ow < Wo; ow++) {
+            int w0, w1;
+            cpu_pool_range(ow, W, k, stride, pad, &w0, &w1);
+            int64_t at = (oh * stride - pad) * W + (ow * stride - pad); /* may be < 0 */
+            __m256 m = _mm256_set1_ps(-INFINITY);
+            __m256 id = _mm256_castsi256_ps(_mm256_set1_epi32(h0 * k + w0));
+            for (int kh = h0; kh < h1; kh++) {
+                for (int kw = w0; kw < w1; kw++) {
+                    __m256 v = _mm256_loadu_ps(x + (at + kh * W + kw) * 8);
+                    __m256 gt = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ),
+                                             _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                    m = _mm256_blendv_ps(m, v, gt);
+                    id = _mm256_blendv_ps(id, _mm256_castsi256_ps(_mm256_set1_epi32(kh * k + kw)),
+                                          gt);
+                }
+            }
+            _mm256_storeu_ps(y + (oh * Wo + ow) * 8, m);
+            __m256i i32 = _mm256_castps_si256(id);
+            __m128i i16 = _mm_packus_epi32(_mm256_castsi256_si128(i32),
+                                           _mm256_extracti128_si256(i32, 1));
+            _mm_storel_epi64((__m128i *)(ws + (oh * Wo + ow) * 8), _mm_packus_epi16(i16, i16));
+        }
+    }
+}
+
+__attribute__((target("avx2"))) static void
+cpu_maxpool_bwd_plane_avx2(float *dx, const float *dy, const uint8_t *ws, int64_t H, int64_t W,
+                           int64_t Ho, int64_t Wo, int k, int stride, int pad)
+{
+    memset(dx, 0, (size_t)(H * W * 8) * sizeof(float));
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        int h0, h1;
+        cpu_pool_range(oh, H, k, stride, pad, &h0, &h1);
+        for (int64_t ow = 0; ow < Wo; ow++) {
+            int w0, w1;
+            cpu_pool_range(ow, W, k, stride, pad, &w0, &w1);
+            int64_t at = (oh * stride - pad) * W + (ow * stride - pad); /* may be < 0 */
+            __m256 g = _mm256_loadu_ps(dy + (oh * Wo + ow) * 8);
+            __m256i id = _mm256_cvtepu8_epi32(
+                _mm_loadl_epi64((const __m128i *)(ws + (oh * Wo + ow) * 8)));
+            for (int kh = h0; kh < h1; kh++) {
+                for (int kw = w0; kw < w1; kw++) {
+                    __m256 hit = _mm256_castsi256_ps(
+                        _mm256_cmpeq_epi32(id, _mm256_set1_epi32(kh * k + kw)));
+                    float *p = dx + (at + kh * W + kw) * 8;
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_and_ps(g, hit)));
+                }
+            }
+        }
+    }
+}
+#endif
+
 static size_t cpu_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out,
                                             const struct nn_tensor *inp, int k, int stride,
                                             int pad)
 {
+    if (cpu_pool_own(inp, k)) {
+        return (size_t)nn_tensor_numel(out);
+    }
     return cpu_pool_get(cpu(be), out, inp, k, stride, pad)->ws_bytes;
 }
 
@@ -1417,6 +1562,30 @@ static void cpu_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out,
                                   int pad)
 {
     struct cpu_backend *b = cpu(be);
+    if (cpu_pool_own(inp, k)) {
+        SWAV_ASSERT(out->layout == inp->layout && out->shape[0] == inp->shape[0] &&
+                    out->shape[1] == inp->shape[1]);
+        SWAV_ASSERT(out->shape[2] == (inp->shape[2] + 2 * pad - k) / stride + 1);
+        SWAV_ASSERT(out->shape[3] == (inp->shape[3] + 2 * pad - k) / stride + 1);
+        int64_t H = inp->shape[2], W = inp->shape[3], Ho = out->shape[2], Wo = out->shape[3];
+        int64_t planes = inp->shape[0] * (inp->shape[1] / 8);
+        int avx2 = cpu_avx2();
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < planes; i++) {
+            const float *x = (const float *)inp->data + i * H * W * 8;
+            float *y = (float *)out->data + i * Ho * Wo * 8;
+            uint8_t *ws = (uint8_t *)workspace + i * Ho * Wo * 8;
+#ifdef CPU_HAVE_AVX2_PATH
+            if (avx2) {
+                cpu_maxpool_plane_avx2(x, y, ws, H, W, Ho, Wo, k, stride, pad);
+                continue;
+            }
+#endif
+            cpu_maxpool_plane(x, y, ws, H, W, Ho, Wo, k, stride, pad);
+        }
+        (void)avx2;
+        return;
+    }
     struct cpu_pool *p = cpu_pool_get(b, out, inp, k, stride, pad);
     cpu_mem_set(p->src, inp->data);
     cpu_mem_set(p->dst, out->data);
@@ -1431,6 +1600,28 @@ static void cpu_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp,
                                    int stride, int pad)
 {
     struct cpu_backend *b = cpu(be);
+    if (cpu_pool_own(dinp, k)) {
+        SWAV_ASSERT(dout->layout == dinp->layout && dout->shape[0] == dinp->shape[0] &&
+                    dout->shape[1] == dinp->shape[1]);
+        int64_t H = dinp->shape[2], W = dinp->shape[3], Ho = dout->shape[2], Wo = dout->shape[3];
+        int64_t planes = dinp->shape[0] * (dinp->shape[1] / 8);
+        int avx2 = cpu_avx2();
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < planes; i++) {
+            float *dx = (float *)dinp->data + i * H * W * 8;
+            const float *dy = (const float *)dout->data + i * Ho * Wo * 8;
+            const uint8_t *ws = (const uint8_t *)workspace + i * Ho * Wo * 8;
+#ifdef CPU_HAVE_AVX2_PATH
+            if (avx2) {
+                cpu_maxpool_bwd_plane_avx2(dx, dy, ws, H, W, Ho, Wo, k, stride, pad);
+                continue;
+            }
+#endif
+            cpu_maxpool_bwd_plane(dx, dy, ws, H, W, Ho, Wo, k, stride, pad);
+        }
+        (void)avx2;
+        return;
+    }
     struct cpu_pool *p = cpu_pool_get(b, dout, dinp, k, stride, pad);
     cpu_mem_set(p->dsrc, dinp->data);
     cpu_mem_set(p->ddst, dout->data);
