@@ -27,6 +27,14 @@ struct nn_collective_ops {
     /* buf[0..bytes) of `root` copied to every rank. */
     int (*broadcast)(struct nn_collective *c, void *buf, size_t bytes, int root);
     void (*destroy)(struct nn_collective *c);
+    /* Optional (NULL: allreduce_sum at once).  Starts allreduce_sum on
+     * buf[0..n) and returns without waiting for it: buf belongs to the
+     * collective until wait_all.  Started calls complete in the order they
+     * were started, and before any later allreduce_sum or broadcast. */
+    int (*allreduce_start)(struct nn_collective *c, float *buf, size_t n);
+    /* Optional: completes every started call (with the deadline, as the
+     * others); a backend with allreduce_start has it. */
+    int (*wait_all)(struct nn_collective *c);
 };
 
 struct nn_collective {
@@ -46,6 +54,24 @@ static inline int nn_allreduce_sum(struct nn_collective *c, float *buf, size_t n
 static inline int nn_broadcast(struct nn_collective *c, void *buf, size_t bytes, int root)
 {
     return c->world == 1 ? 0 : c->ops->broadcast(c, buf, bytes, root);
+}
+
+/* The gradient all-reduce in buckets during the backward (DDP's buckets):
+ * start each bucket as soon as its gradients are final, so that the
+ * transfer overlaps the rest of the backward where the backend can (NCCL on
+ * its own stream); then wait for all. */
+static inline int nn_allreduce_start(struct nn_collective *c, float *buf, size_t n)
+{
+    if (c->world == 1) {
+        return 0;
+    }
+    return c->ops->allreduce_start ? c->ops->allreduce_start(c, buf, n)
+                                   : c->ops->allreduce_sum(c, buf, n);
+}
+
+static inline int nn_collective_wait_all(struct nn_collective *c)
+{
+    return c->world == 1 || !c->ops->wait_all ? 0 : c->ops->wait_all(c);
 }
 
 void nn_collective_destroy(struct nn_collective **c);

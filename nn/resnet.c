@@ -98,6 +98,9 @@ struct nn_model_impl {
     int last_batch;
     /* SyncBN (nn_model_set_sync_bn); NULL: per-rank statistics */
     nn_syncbn_t *sync;
+    /* nn_model_set_grad_ready */
+    nn_grad_ready_fn grad_ready;
+    void *grad_ready_ctx;
     double h1_count;
     /* num_batches_tracked of the backbone's BatchNorms (buffer offsets):
      * a train-mode forward adds one per crop group, in one backend call */
@@ -758,6 +761,9 @@ int nn_model_backward(struct nn_model *m, const float *dout)
         }
         struct nn_tensor feats = nn_tensor_2d(m->feats, rows, m->feat_channels);
         struct nn_tensor dfe = nn_tensor_2d(I->dfeats, rows, m->feat_channels);
+        /* the head runs once over every group's rows: its gradients are
+         * final after it (declared after the backbone: [head0.w, total)) */
+        size_t head_lo = I->head0.w;
         if (I->hidden) {
             struct nn_tensor h0 = nn_tensor_2d(I->h0, rows, I->hidden);
             struct nn_tensor h1 = nn_tensor_2d(I->h1, rows, I->hidden);
@@ -774,6 +780,9 @@ int nn_model_backward(struct nn_model *m, const float *dout)
                                P + I->head0.w);
         }
         dfeats = I->dfeats;
+        if (I->grad_ready) {
+            I->grad_ready(I->grad_ready_ctx, head_lo);
+        }
     }
     for (int gi = m->n_groups - 1; gi >= 0; gi--) {
         struct rn_group_act *g = &I->g[gi];
@@ -835,6 +844,12 @@ int nn_model_backward(struct nn_model *m, const float *dout)
             }
             gcur = t3;
             dcur = dx;
+            if (gi == 0 && I->grad_ready) {
+                /* the last group done with this block: its parameters
+                 * (declared in order: [conv1.weight, the next block's)) are
+                 * final */
+                I->grad_ready(I->grad_ready_ctx, b->conv[0].w);
+            }
         }
         /* stem */
         struct nn_tensor dstem = rn_like(rn_free_buf(I, gcur, NULL, NULL), &g->stem.y);
@@ -846,7 +861,22 @@ int nn_model_backward(struct nn_model *m, const float *dout)
         const struct nn_tensor *stem_in = nn_dtype_is_lowp(I->dtype) ? &g->in_bf : &g->input;
         rn_cbn_backward(m, NULL, &dstem, &g->stem, stem_in, &I->stem_conv, &I->stem_bn, 1);
     }
+    if (I->grad_ready) {
+        I->grad_ready(I->grad_ready_ctx, 0); /* the stem: everything */
+    }
     return nn_model_sync_status(m);
+}
+
+void nn_model_set_grad_ready(struct nn_model *m, nn_grad_ready_fn fn, void *ctx)
+{
+    struct nn_model_impl *I = m->impl;
+    /* the calls' offsets rely on the declaration order: stem, blocks, head */
+    for (int i = 0; i < I->n_blocks; i++) {
+        SWAV_ASSERT(I->blocks[i].conv[0].w > (i ? I->blocks[i - 1].conv[0].w : I->stem_bn.b));
+    }
+    SWAV_ASSERT(!I->has_head || I->head0.w > I->blocks[I->n_blocks - 1].conv[0].w);
+    I->grad_ready = fn;
+    I->grad_ready_ctx = ctx;
 }
 
 int nn_model_set_sync_bn(struct nn_model *m, struct nn_collective *c, int group_size, char *err,

@@ -131,6 +131,15 @@ int nn_model_set_sync_bn(struct nn_model *m, struct nn_collective *c, int group_
  * statistics; the collective must be rebuilt, i.e. the trainer stops). */
 int nn_model_sync_status(const struct nn_model *m);
 void nn_model_zero_grad(struct nn_model *m);
+/* fn(ctx, lo) is called during nn_model_backward each time the gradients
+ * grad_data[lo, params.total) have become final (no later layer of the
+ * backward touches them), lo falling from call to call, the last call with
+ * lo 0: the trainer starts their all-reduce there, in buckets that overlap
+ * the rest of the backward (DDP's buckets).  The producing layers are
+ * queued on the backend when fn runs, not necessarily finished: a consumer
+ * on another stream orders itself after the backend's queue.  fn NULL: off. */
+typedef void (*nn_grad_ready_fn)(void *ctx, size_t lo);
+void nn_model_set_grad_ready(struct nn_model *m, nn_grad_ready_fn fn, void *ctx);
 /* prototypes.weight rows scaled to unit L2 norm (start of every step). */
 void nn_model_normalize_prototypes(struct nn_model *m);
 

@@ -79,6 +79,7 @@ struct trainer_args {
     int64_t batch_warn_ms;
     int64_t assigner_retries;
     int64_t ring_timeout_ms;
+    double bucket_cap_mb;
     int64_t stop_after_steps;
     const char *trace_images;
     const char *curve_secret;
@@ -119,6 +120,10 @@ static const struct swav_flag trainer_flags[] = {
      "times a step's codes are asked for again (hello first) before giving up"},
     {"ring_timeout_ms", SWAV_FLAG_INT, TOFF(ring_timeout_ms), 100, 86400000, "120000",
      "deadline of a gradient all-reduce"},
+    {"bucket_cap_mb", SWAV_FLAG_FLOAT, TOFF(bucket_cap_mb), 0, 65536, "25",
+     "several ranks: all-reduce the gradients in buckets of about this many MB, each started "
+     "during the backward as soon as it is final (DDP's bucket_cap_mb); 0: one all-reduce "
+     "after the backward"},
     {"stop_after_steps", SWAV_FLAG_INT, TOFF(stop_after_steps), 0, INT64_MAX, "0",
      "stop (with a checkpoint) after this many steps of this process (tests); 0: never"},
     {"trace_images", SWAV_FLAG_STR, TOFF(trace_images), 0, 0, "",
@@ -185,6 +190,13 @@ struct trainer {
     float *codes_dev;   /* the same, backend */
     float *logp;        /* (n_crops * bs, K) backend */
     float *dscores;     /* (n_crops * bs, K) backend */
+    /* the gradient all-reduce's buckets (--bucket_cap_mb, grad_ready) */
+    struct {
+        size_t cap;   /* elements; 0: one all-reduce after the backward */
+        size_t hi;    /* grad_data[hi, total) is started */
+        int started;  /* buckets started this step */
+        int status;   /* the first failed start of this step */
+    } bucket;
     /* position */
     int64_t epoch;          /* epoch of the next step */
     int64_t iteration;      /* global iteration of the next step */
@@ -748,6 +760,55 @@ static int get_codes(struct trainer *T, double *waited, struct proto_codes_stats
     }
 }
 
+/* nn_model_set_grad_ready: grad_data[lo, total) is final.  Starts the
+ * all-reduce of what is final and not started yet once it reaches
+ * --bucket_cap_mb, and of the rest at the stem (lo 0). */
+static void grad_ready(void *ctx, size_t lo)
+{
+    struct trainer *T = ctx;
+    if (T->bucket.status || T->bucket.hi == lo || (lo > 0 && T->bucket.hi - lo < T->bucket.cap)) {
+        return;
+    }
+    /* the ZeroMQ ring reads and writes the gradients from the host (NCCL
+     * orders itself after the backend's stream) */
+    if (!T->ring) nn_backend_sync(T->be);
+    T->bucket.status = nn_allreduce_start(T->coll, T->model->grad_data + lo, T->bucket.hi - lo);
+    T->bucket.hi = lo;
+    T->bucket.started++;
+}
+
+/* The gradients summed over the ranks and divided by the world (and by
+ * fp16's loss scale): in the buckets grad_ready started during the
+ * backward, or in one call. */
+static int reduce_gradients(struct trainer *T)
+{
+    float unscale = T->loss_scaling ? 1.0f / T->ls.scale : 1.0f;
+    if (T->world == 1) {
+        if (T->loss_scaling) {
+            nn_backend_scale(T->be, T->model->grad_data, T->model->params.total, unscale);
+        }
+        return 0;
+    }
+    if (!T->bucket.status) {
+        grad_ready(T, 0); /* all of it when there are no buckets */
+    }
+    int st = nn_collective_wait_all(T->coll);
+    if (T->bucket.status || st) {
+        LOG_ERROR("iteration %lld: gradient all-reduce failed: %s", (long long)T->iteration,
+                  T->coll->err);
+        return -1;
+    }
+    if (T->steps_run == 0) {
+        LOG_INFO("gradient all-reduce: %d bucket%s (--bucket_cap_mb %g), %s", T->bucket.started,
+                 T->bucket.started == 1 ? "" : "s", T->t.bucket_cap_mb,
+                 T->ring ? "NCCL on its own stream, overlapping the backward"
+                         : "the ZeroMQ ring, each bucket as the backward reaches it");
+    }
+    nn_backend_scale(T->be, T->model->grad_data, T->model->params.total,
+                     unscale / (float)T->world);
+    return 0;
+}
+
 static int train_step(struct trainer *T, const char *resume_key)
 {
     struct trainer_step_record rec = {0};
@@ -784,25 +845,15 @@ static int train_step(struct trainer *T, const char *resume_key)
         nn_backend_scale(T->be, T->dscores, (size_t)T->n_crops * bs * K, T->ls.scale);
     }
     nn_model_zero_grad(T->model);
+    T->bucket.hi = T->model->params.total;
+    T->bucket.started = 0;
+    T->bucket.status = 0;
     if (nn_model_backward(T->model, T->dscores) != 0) {
         LOG_ERROR("iteration %lld: SyncBN all-reduce failed: %s", (long long)T->iteration,
                   T->coll->err);
         return -1;
     }
-    if (T->world > 1) {
-        /* the ZeroMQ ring reads and writes the gradients from the host (NCCL
-         * runs on the backend's stream, after the backward) */
-        if (!T->ring) nn_backend_sync(T->be);
-        if (nn_allreduce_sum(T->coll, T->model->grad_data, T->model->params.total) != 0) {
-            LOG_ERROR("iteration %lld: gradient all-reduce failed: %s", (long long)T->iteration,
-                      T->coll->err);
-            return -1;
-        }
-        nn_backend_scale(T->be, T->model->grad_data, T->model->params.total,
-                         1.0f / ((float)T->world * (T->loss_scaling ? T->ls.scale : 1.0f)));
-    } else if (T->loss_scaling) {
-        nn_backend_scale(T->be, T->model->grad_data, T->model->params.total, 1.0f / T->ls.scale);
-    }
+    if (reduce_gradients(T) != 0) return -1;
     /* The mean loss, and whether any rank was asked to stop: all ranks then
      * stop after the same step. */
     float shared[2] = {loss, g_stop ? 1.0f : 0.0f};
@@ -987,6 +1038,10 @@ int main(int argc, char **argv)
         }
         LOG_INFO("SyncBN (%s): BatchNorm statistics over %d ranks", T.a.sync_bn,
                  apex && group < T.world ? group : T.world);
+    }
+    if (T.world > 1 && T.t.bucket_cap_mb > 0) {
+        T.bucket.cap = (size_t)(T.t.bucket_cap_mb * 1024 * 1024 / sizeof(float));
+        nn_model_set_grad_ready(T.model, grad_ready, &T);
     }
     if (T.rank == 0 && T.t.pub[0]) {
         /* --pub_allow: a CURVE server letting in the listed subscribers, in

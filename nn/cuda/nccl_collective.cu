@@ -1,6 +1,16 @@
-/* The collective interface (nn/collective.h) over NCCL, on the CUDA
- * backend's stream: the trainer's gradient all-reduce and SyncBN with
- * --device cuda and more than one rank.
+/* The collective interface (nn/collective.h) over NCCL, on a stream of its
+ * own: the trainer's gradient all-reduce (in buckets started during the
+ * backward, nn_allreduce_start) and SyncBN with --device cuda and more than
+ * one rank.
+ *
+ * Streams: every NCCL call, and the staging of host buffers, runs on the
+ * communicator's stream `cs`, after an event recorded on the backend's
+ * compute stream when the call is made: it sees everything queued before
+ * it, and a started all-reduce runs beside the compute queued after it (the
+ * rest of the backward).  One stream for all of them keeps NCCL's calls in
+ * the order every rank makes them.  The compute stream never waits on `cs`:
+ * the host does (a synchronous call, or wait_all), before it queues anything
+ * that reads or writes a reduced buffer.
  *
  * Bootstrap: rank 0 makes the NCCL unique id and the ranks' existing
  * collective (the trainer's ZeroMQ ring) broadcasts it; every rank then joins
@@ -36,6 +46,9 @@ struct nccl_coll {
     ncclComm_t comm;
     int timeout_ms;
     int broken; /* aborted: every later call fails at once */
+    cudaStream_t cs;   /* NCCL's calls and the staging copies */
+    cudaEvent_t after; /* recorded on the compute stream before each call */
+    int pending;       /* all-reduces started and not waited for */
     void *stage; /* device staging for host buffers */
     size_t stage_bytes;
 };
@@ -69,12 +82,12 @@ static int nccl_settle(struct nccl_coll *c, ncclResult_t st, const char *what, d
     return 0;
 }
 
-/* Waits for the stream (the collective and what precedes it) with the
- * deadline, watching NCCL's asynchronous error. */
+/* Waits for the communicator's stream (the collectives queued there) with
+ * the deadline, watching NCCL's asynchronous error. */
 static int nccl_wait(struct nccl_coll *c, const char *what, double deadline)
 {
     for (unsigned spin = 0;; spin++) {
-        cudaError_t q = cudaStreamQuery(c->b->stream);
+        cudaError_t q = cudaStreamQuery(c->cs);
         if (q == cudaSuccess) {
             return 0;
         }
@@ -115,16 +128,26 @@ static int nccl_fail(struct nccl_coll *c, int st)
     return st;
 }
 
+/* The next call on the communicator's stream comes after everything queued
+ * on the compute stream so far. */
+static void nccl_after_compute(struct nccl_coll *c)
+{
+    CUDA_CHECK(cudaEventRecord(c->after, c->b->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(c->cs, c->after, 0));
+}
+
 /* A device pointer for buf: buf itself, or the staging buffer holding a
- * copy of it (queued on the stream). */
+ * copy of it (queued on the communicator's stream). */
 static void *nccl_device_view(struct nccl_coll *c, void *buf, size_t bytes, int *staged)
 {
     *staged = cu_is_host(buf);
     if (!*staged) {
         return buf;
     }
+    /* cu_grow may free the old buffer: nothing on cs may still use it
+     * (synchronous calls leave cs idle; started ones are device buffers) */
     cu_grow(c->b, &c->stage, &c->stage_bytes, bytes);
-    CUDA_CHECK(cudaMemcpyAsync(c->stage, buf, bytes, cudaMemcpyDefault, c->b->stream));
+    CUDA_CHECK(cudaMemcpyAsync(c->stage, buf, bytes, cudaMemcpyDefault, c->cs));
     return c->stage;
 }
 
@@ -139,9 +162,10 @@ static int nccl_finish(struct nccl_coll *c, void *buf, void *dev, size_t bytes, 
     if (st) {
         return nccl_fail(c, st);
     }
+    c->pending = 0; /* cs is idle: the started ones are done too */
     if (staged) {
-        CUDA_CHECK(cudaMemcpyAsync(buf, dev, bytes, cudaMemcpyDefault, c->b->stream));
-        CUDA_CHECK(cudaStreamSynchronize(c->b->stream)); /* pinned host memory: async */
+        CUDA_CHECK(cudaMemcpyAsync(buf, dev, bytes, cudaMemcpyDefault, c->cs));
+        CUDA_CHECK(cudaStreamSynchronize(c->cs)); /* pinned host memory: async */
     }
     return 0;
 }
@@ -160,6 +184,7 @@ static int nccl_run(struct nccl_coll *c, void *buf, size_t bytes, const char *wh
         return 0;
     }
     double deadline = swav_now_s() + c->timeout_ms / 1000.0;
+    nccl_after_compute(c);
     int staged;
     void *dev = nccl_device_view(c, buf, bytes, &staged);
     int st = nccl_settle(c, enqueue(dev), what, deadline);
@@ -173,7 +198,7 @@ static int nccl_allreduce(struct nn_collective *base, float *buf, size_t n)
 {
     struct nccl_coll *c = (struct nccl_coll *)base;
     return nccl_run(c, buf, n * sizeof(float), "all-reduce", [c, n](void *dev) {
-        return ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->b->stream);
+        return ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->cs);
     });
 }
 
@@ -181,8 +206,51 @@ static int nccl_broadcast(struct nn_collective *base, void *buf, size_t bytes, i
 {
     struct nccl_coll *c = (struct nccl_coll *)base;
     return nccl_run(c, buf, bytes, "broadcast", [c, bytes, root](void *dev) {
-        return ncclBroadcast(dev, dev, bytes, ncclUint8, root, c->comm, c->b->stream);
+        return ncclBroadcast(dev, dev, bytes, ncclUint8, root, c->comm, c->cs);
     });
+}
+
+/* A bucket of gradients: queued on cs after the compute queued so far (the
+ * layers that made it), not waited for.  A host buffer (never the
+ * gradients) is reduced at once instead. */
+static int nccl_allreduce_start(struct nn_collective *base, float *buf, size_t n)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    if (cu_is_host(buf)) {
+        return nccl_allreduce(base, buf, n);
+    }
+    if (c->broken) {
+        return NN_COLLECTIVE_ERR_TRANSPORT;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    double deadline = swav_now_s() + c->timeout_ms / 1000.0;
+    nccl_after_compute(c);
+    int st = nccl_settle(c, ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, c->comm, c->cs),
+                         "all-reduce (bucket)", deadline);
+    if (st) {
+        return nccl_fail(c, st);
+    }
+    c->pending++;
+    return 0;
+}
+
+static int nccl_wait_all(struct nn_collective *base)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    if (c->broken) {
+        return NN_COLLECTIVE_ERR_TRANSPORT;
+    }
+    if (!c->pending) {
+        return 0;
+    }
+    int st = nccl_wait(c, "all-reduce (buckets)", swav_now_s() + c->timeout_ms / 1000.0);
+    if (st) {
+        return nccl_fail(c, st);
+    }
+    c->pending = 0;
+    return 0;
 }
 
 static void nccl_destroy(struct nn_collective *base)
@@ -190,8 +258,11 @@ static void nccl_destroy(struct nn_collective *base)
     struct nccl_coll *c = (struct nccl_coll *)base;
     cudaStreamSynchronize(c->b->stream);
     if (c->comm) {
-        ncclCommAbort(c->comm); /* no pending work: releases at once, never waits for peers */
+        ncclCommAbort(c->comm); /* aborts pending work: releases at once, never waits for peers */
     }
+    cudaStreamSynchronize(c->cs);
+    cudaStreamDestroy(c->cs);
+    cudaEventDestroy(c->after);
     cudaFree(c->stage);
     free(c);
 }
@@ -200,6 +271,8 @@ static const struct nn_collective_ops nccl_ops = {
     nccl_allreduce,
     nccl_broadcast,
     nccl_destroy,
+    nccl_allreduce_start,
+    nccl_wait_all,
 };
 
 extern "C" struct nn_collective *nn_collective_nccl_new(nn_backend_t *be,
@@ -228,6 +301,8 @@ extern "C" struct nn_collective *nn_collective_nccl_new(nn_backend_t *be,
     c->b = b;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 120000;
     CUDA_CHECK(cudaSetDevice(b->device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&c->cs, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&c->after, cudaEventDisableTiming));
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     double deadline = swav_now_s() + c->timeout_ms / 1000.0;
@@ -241,6 +316,8 @@ extern "C" struct nn_collective *nn_collective_nccl_new(nn_backend_t *be,
         if (c->comm) {
             ncclCommAbort(c->comm);
         }
+        cudaStreamDestroy(c->cs);
+        cudaEventDestroy(c->after);
         free(c);
         return NULL;
     }

@@ -6,6 +6,12 @@
  * nn_allreduce_sum wrapper skips a world of one): an all-reduce of device
  * memory, of host memory (staged) and a broadcast leave the values as they
  * are (exact).
+ * Buckets (the trainer's gradient all-reduce, any world): a device buffer
+ * scaled by 2 on the backend's stream, then all-reduced in three pieces
+ * started with allreduce_start (the last two with a host all-reduce between
+ * them), then wait_all: every piece must see the scale (the communicator's
+ * stream waits for the compute queued before each start) and sum exactly,
+ * and the host all-reduce must complete.
  * Two GPUs or more: two processes, one GPU each, over an ipc ring:
  * all-reduce of device and host buffers against the exact sums (the values
  * are small integers: any order of float additions is exact), the same bits
@@ -102,6 +108,41 @@ static int run_rank(int rank, int world, const char *const *eps)
         printf("rank %d: all-reduce of %zu floats (device, host) %s\n", rank, n,
                failures ? "FAILED" : "exact");
         free(back);
+        free(host);
+        free(want);
+        nn_backend_free(be, dev);
+    }
+    {
+        size_t n = 3u << 18, third = n / 3;
+        float *host = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
+        float *dev = nn_backend_alloc(be, n * sizeof(float));
+        for (size_t i = 0; i < n; i++) {
+            host[i] = value(rank, i);
+            want[i] = 0;
+            for (int r = 0; r < world; r++) {
+                want[i] += 2 * value(r, i);
+            }
+        }
+        nn_backend_copy(be, dev, host, n * sizeof(float));
+        nn_backend_scale(be, dev, n, 2.0f); /* queued: the buckets must come after it */
+        int st = c->ops->allreduce_start(c, dev + 2 * third, n - 2 * third);
+        EXPECT(st == 0, "rank %d: bucket 1 started: %d %s", rank, st, c->err);
+        st = c->ops->allreduce_start(c, dev + third, third);
+        EXPECT(st == 0, "rank %d: bucket 2 started: %d %s", rank, st, c->err);
+        float x[2] = {1.0f, (float)rank};
+        st = c->ops->allreduce_sum(c, x, 2); /* host, between the buckets */
+        EXPECT(st == 0 && x[0] == (float)world && x[1] == (float)(world * (world - 1) / 2),
+               "rank %d: host all-reduce between buckets: %d %s (%g %g)", rank, st, c->err,
+               x[0], x[1]);
+        st = c->ops->allreduce_start(c, dev, third);
+        EXPECT(st == 0, "rank %d: bucket 3 started: %d %s", rank, st, c->err);
+        st = c->ops->wait_all(c);
+        EXPECT(st == 0, "rank %d: wait_all: %d %s", rank, st, c->err);
+        nn_backend_copy(be, host, dev, n * sizeof(float));
+        EXPECT(!memcmp(host, want, n * sizeof(float)), "rank %d: bucketed all-reduce: sums",
+               rank);
+        printf("rank %d: bucketed all-reduce of %zu floats in 3 %s\n", rank, n,
+               failures ? "FAILED" : "exact");
         free(host);
         free(want);
         nn_backend_free(be, dev);

@@ -30,6 +30,10 @@ max |y|):
   (5) control: 2 ranks with --sync_bn off (per-rank statistics) miss the
       single rank's step-0 loss by more than 1e-3 (100 x the tolerance):
       the comparison sees BatchNorm statistics.
+  (6) the gradient all-reduce in buckets started during the backward
+      (--bucket_cap_mb 0.02: more than 4 buckets) against one bucket (the
+      default holds this model): losses and every checkpoint tensor equal
+      to the bit (2 ranks: each sum is a + b, whatever the partition).
 Left out of (1) and (3): projection_head.0.bias, the Linear bias before the
 head's BatchNorm1d.  Its exact gradient is 0, so both runs' are rounding
 noise, which LARC scales to a full-size step in a noise direction (the two
@@ -57,10 +61,10 @@ LOSS_TOL, GRAD_TOL, PARAM_TOL, RM_TOL, CONTROL_MIN = 1e-5, 2e-4, 2e-4, 2e-3, 1e-
 NOISE = "projection_head.0.bias"  # exact gradient 0 (see above)
 
 
-def run(name, nproc, steps, sync="pytorch"):
+def run(name, nproc, steps, sync="pytorch", more=()):
     dump = os.path.join(tmp, name)
     extra = ["--batch_size", str(BS * 2 // nproc), "--epoch_queue_starts", "0",
-             "--sync_bn", sync, "--stop_after_steps", str(steps)]
+             "--sync_bn", sync, "--stop_after_steps", str(steps), *more]
     p = tr.swav_train(bins, train, dump, 2, dump + ".log", extra=extra,
                       trace=dump + ".trace", nproc=nproc, loaders=1)
     rc = tr.exit_code(p, 300)
@@ -140,4 +144,24 @@ r = abs(losses(off)[0] - lb[0]) / abs(lb[0])
 check(r > CONTROL_MIN, f"--sync_bn off: step-0 loss within {r:.2e} of the single rank's")
 print(f"control, --sync_bn off: step-0 loss off by {r:.2e} (SyncBN: {abs(la[0] - lb[0]) / abs(lb[0]):.2e})")
 tr.show(tr.role_log(two4, "trainer-0"), "SyncBN")
+
+# (6) the gradient all-reduce in buckets started during the backward
+# (--bucket_cap_mb 0.02: ~5k floats, a bucket every block or so) against
+# one bucket (the default 25 MB holds this model whole): with 2 ranks every
+# sum is a + b, whatever the partition, so losses and checkpoints are equal
+# to the bit.
+bk = run("two-4-buckets", 2, 4, more=["--bucket_cap_mb", "0.02"])
+check(losses(bk) == la, f"bucketed all-reduce: losses {losses(bk)} vs {la}")
+a, b = tensors(bk), tensors(two4)
+check(set(a) == set(b), "bucketed all-reduce: checkpoint tensor names differ")
+diff = [k for k in b if not np.array_equal(a[k], b[k])]
+check(not diff, f"bucketed all-reduce: tensors differ from one bucket's: {diff[:5]}")
+def buckets(dump):
+    for line in tr.role_log(dump, "trainer-0").splitlines():
+        if "gradient all-reduce: " in line:
+            return int(line.split("gradient all-reduce: ")[1].split()[0])
+    return 0
+nb, n1 = buckets(bk), buckets(two4)
+check(nb > 4 and n1 == 1, f"buckets: {nb} with --bucket_cap_mb 0.02, {n1} with the default")
+print(f"bucketed all-reduce: {nb} buckets, {len(b)} tensors and 4 losses equal to 1 bucket's")
 tr.finish("syncbn", tmp)
