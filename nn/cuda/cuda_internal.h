@@ -47,8 +47,11 @@ struct cuda_backend {
     double *red; /* device partial sums (losses, norms) */
     size_t red_bytes;
     double *host_red; /* pinned: results read back */
-    unsigned char *stage; /* device: a loader's uint8 crops (normalize_crops) */
-    size_t stage_bytes;
+    /* normalize_crops: a loader's uint8 crops copied in on a stream of their
+     * own (step_cuda.cu), one staging buffer per destination */
+    cudaStream_t copy_stream;
+    struct cu_stage *stages;
+    int n_stages, stage_next;
     int64_t *idx; /* device: add_at's offsets */
     size_t idx_bytes;
     int *flag; /* device: nonfinite's answer (one int) */

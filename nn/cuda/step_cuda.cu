@@ -145,21 +145,85 @@ static int cu_nonfinite(nn_backend_t *be, const float *x, size_t n)
     return h != 0;
 }
 
+/* normalize_crops' staging.  The host-to-device copy of a loader's batch
+ * runs on the copy stream, so that its DMA overlaps the compute stream's
+ * queue (the previous step's backward and optimizer, which the host has not
+ * waited for); the normalizing kernel on the compute stream waits for the
+ * copy (event `copied`), and the next copy into the same buffer waits for
+ * that kernel (event `used`).  One buffer per destination (the trainer's
+ * resolution groups), so no group's copy waits for another's kernel. */
+struct cu_stage {
+    const float *dst;
+    unsigned char *buf;
+    size_t bytes;
+    cudaEvent_t copied, used; /* never recorded yet: waiting on them is a no-op */
+};
+enum { CU_MAX_STAGES = 8 };
+
+static struct cu_stage *cu_stage_for(struct cuda_backend *b, const float *dst, size_t bytes)
+{
+    if (!b->stages) {
+        b->stages = (struct cu_stage *)swav_xcalloc(CU_MAX_STAGES, sizeof *b->stages);
+        CUDA_CHECK(cudaStreamCreateWithFlags(&b->copy_stream, cudaStreamNonBlocking));
+    }
+    struct cu_stage *s = NULL;
+    for (int i = 0; i < b->n_stages && !s; i++) {
+        s = b->stages[i].dst == dst ? &b->stages[i] : NULL;
+    }
+    if (!s) {
+        /* a new destination; past CU_MAX_STAGES (callers with many inputs,
+         * never the trainer) the slots are shared round-robin: correct, as
+         * the events order every use of a slot, only less overlapped */
+        if (b->n_stages < CU_MAX_STAGES) {
+            s = &b->stages[b->n_stages++];
+            CUDA_CHECK(cudaEventCreateWithFlags(&s->copied, cudaEventDisableTiming));
+            CUDA_CHECK(cudaEventCreateWithFlags(&s->used, cudaEventDisableTiming));
+        } else {
+            s = &b->stages[b->stage_next++ % CU_MAX_STAGES];
+        }
+        s->dst = dst;
+    }
+    if (bytes > s->bytes) {
+        /* the buffer's last kernel (and so its copy) done before it goes */
+        CUDA_CHECK(cudaEventSynchronize(s->used));
+        CUDA_CHECK(cudaFree(s->buf));
+        s->buf = NULL;
+        CUDA_CHECK(cudaMalloc((void **)&s->buf, bytes));
+        s->bytes = bytes;
+    }
+    return s;
+}
+
 static void cu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
                                int n_crops, int h, int w)
 {
     struct cuda_backend *b = cu_be(be);
     int64_t plane = (int64_t)h * w, rows = (int64_t)batch * n_crops;
     size_t bytes = (size_t)(rows * plane * 3);
-    const uint8_t *dsrc = src;
-    if (cu_is_host(src)) {
-        cu_grow(b, (void **)&b->stage, &b->stage_bytes, bytes);
-        CUDA_CHECK(cudaMemcpyAsync(b->stage, src, bytes, cudaMemcpyDefault, b->stream));
-        dsrc = b->stage;
+    if (!cu_is_host(src)) {
+        k_normalize_crops<<<cu_blocks((size_t)(rows * plane)), TPB, 0, b->stream>>>(
+            dst, src, batch, n_crops, plane);
+        CUDA_LAUNCH_CHECK();
+        return;
     }
-    k_normalize_crops<<<cu_blocks((size_t)(rows * plane)), TPB, 0, b->stream>>>(
-        dst, dsrc, batch, n_crops, plane);
+    struct cu_stage *s = cu_stage_for(b, dst, bytes);
+    CUDA_CHECK(cudaStreamWaitEvent(b->copy_stream, s->used, 0));
+    /* from pageable memory (a ZeroMQ frame) the call returns once the bytes
+     * are in the driver's staging: src is the caller's again */
+    CUDA_CHECK(cudaMemcpyAsync(s->buf, src, bytes, cudaMemcpyDefault, b->copy_stream));
+    CUDA_CHECK(cudaEventRecord(s->copied, b->copy_stream));
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, src) == cudaSuccess && a.type == cudaMemoryTypeHost) {
+        /* pinned memory is read by the DMA itself, later: wait for it, as
+         * the interface promises src back on return */
+        CUDA_CHECK(cudaEventSynchronize(s->copied));
+    }
+    cudaGetLastError(); /* cudaPointerGetAttributes' error on older runtimes */
+    CUDA_CHECK(cudaStreamWaitEvent(b->stream, s->copied, 0));
+    k_normalize_crops<<<cu_blocks((size_t)(rows * plane)), TPB, 0, b->stream>>>(dst, s->buf, batch,
+                                                                               n_crops, plane);
     CUDA_LAUNCH_CHECK();
+    CUDA_CHECK(cudaEventRecord(s->used, b->stream));
 }
 
 __global__ void k_rows_normalize(float *w, int64_t cols); /* below, with the prototypes */
@@ -216,10 +280,20 @@ void cu_iface_fill_step(struct nn_backend_iface *t)
 
 void cu_step_free(struct cuda_backend *b)
 {
-    cudaFree(b->stage);
+    if (b->stages) {
+        cudaStreamSynchronize(b->copy_stream);
+        for (int i = 0; i < b->n_stages; i++) {
+            cudaFree(b->stages[i].buf);
+            cudaEventDestroy(b->stages[i].copied);
+            cudaEventDestroy(b->stages[i].used);
+        }
+        free(b->stages);
+        cudaStreamDestroy(b->copy_stream);
+        b->stages = NULL;
+        b->n_stages = 0;
+    }
     cudaFree(b->idx);
     cudaFree(b->flag);
-    b->stage = NULL;
     b->idx = NULL;
     b->flag = NULL;
 }
