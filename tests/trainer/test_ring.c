@@ -4,6 +4,7 @@
  *   every rank, for sizes smaller than, equal to and not divisible by W;
  * - broadcast from every root;
  * - a rank that never joins: the others get a timeout naming it, no hang. */
+#include <dirent.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,6 +19,23 @@
 #define MAXW 4
 
 static char eps[MAXW][128];
+static char g_dir[64]; /* the ranks' ipc files, removed at the end */
+
+/* ZeroMQ leaves a bound ipc socket's file behind (zmq_close does not
+ * unlink it): the endpoints live in a private folder, emptied when done. */
+static void remove_dir(void)
+{
+    DIR *d = opendir(g_dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char p[128 + 256];
+        snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(g_dir);
+}
 
 static float value(int rank, size_t i)
 {
@@ -139,7 +157,7 @@ static int child(int rank, int world, int fd, int timeout_ms)
 
 static int run_world(int world)
 {
-    for (int r = 0; r < world; r++) snprintf(eps[r], sizeof eps[r], "ipc:///tmp/swav-ring-%d-%d-%d", (int)getpid(), world, r);
+    for (int r = 0; r < world; r++) snprintf(eps[r], sizeof eps[r], "ipc://%s/%d-%d", g_dir, world, r);
     int pfd[2];
     if (pipe(pfd)) return 1;
     pid_t pids[MAXW];
@@ -186,7 +204,7 @@ static int run_world(int world)
  * names a missing rank, within the deadline. */
 static int run_missing_peer(void)
 {
-    for (int r = 0; r < 3; r++) snprintf(eps[r], sizeof eps[r], "ipc:///tmp/swav-ring-%d-miss-%d", (int)getpid(), r);
+    for (int r = 0; r < 3; r++) snprintf(eps[r], sizeof eps[r], "ipc://%s/miss-%d", g_dir, r);
     int fails = 0;
     pid_t pids[2];
     for (int r = 0; r < 2; r++) {
@@ -217,6 +235,11 @@ static int run_missing_peer(void)
 int main(void)
 {
     alarm(120); /* a hang is a failure, not a stuck CI */
+    snprintf(g_dir, sizeof g_dir, "/tmp/swav-ring-XXXXXX");
+    if (!mkdtemp(g_dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
     int fails = 0;
     for (int w = 2; w <= MAXW; w++) fails += run_world(w);
     with_garbage = 1;
@@ -224,5 +247,6 @@ int main(void)
     fails += run_world(3);
     with_garbage = 0;
     fails += run_missing_peer();
+    remove_dir();
     return fails ? 1 : 0;
 }
