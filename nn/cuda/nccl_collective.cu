@@ -172,9 +172,10 @@ static int nccl_finish(struct nccl_coll *c, void *buf, void *dev, size_t bytes, 
 
 /* One collective on buf (bytes): staged when it is host memory, enqueued by
  * `enqueue(dev)` (the NCCL call on the device view), waited for with the
- * deadline, copied back; a failure aborts the communicator. */
+ * deadline, copied back; a failure aborts the communicator.  start: a
+ * device buffer's call is left running (wait_all completes it). */
 template <typename Enqueue>
-static int nccl_run(struct nccl_coll *c, void *buf, size_t bytes, const char *what,
+static int nccl_run(struct nccl_coll *c, void *buf, size_t bytes, const char *what, bool start,
                     Enqueue enqueue)
 {
     if (c->broken) {
@@ -191,49 +192,40 @@ static int nccl_run(struct nccl_coll *c, void *buf, size_t bytes, const char *wh
     if (st) {
         return nccl_fail(c, st);
     }
+    if (start && !staged) {
+        c->pending++;
+        return 0;
+    }
     return nccl_finish(c, buf, dev, bytes, staged, what, deadline);
+}
+
+static int nccl_allreduce_run(struct nn_collective *base, float *buf, size_t n, bool start)
+{
+    struct nccl_coll *c = (struct nccl_coll *)base;
+    return nccl_run(c, buf, n * sizeof(float), "all-reduce", start, [c, n](void *dev) {
+        return ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->cs);
+    });
 }
 
 static int nccl_allreduce(struct nn_collective *base, float *buf, size_t n)
 {
-    struct nccl_coll *c = (struct nccl_coll *)base;
-    return nccl_run(c, buf, n * sizeof(float), "all-reduce", [c, n](void *dev) {
-        return ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->cs);
-    });
+    return nccl_allreduce_run(base, buf, n, false);
 }
 
 static int nccl_broadcast(struct nn_collective *base, void *buf, size_t bytes, int root)
 {
     struct nccl_coll *c = (struct nccl_coll *)base;
-    return nccl_run(c, buf, bytes, "broadcast", [c, bytes, root](void *dev) {
+    return nccl_run(c, buf, bytes, "broadcast", false, [c, bytes, root](void *dev) {
         return ncclBroadcast(dev, dev, bytes, ncclUint8, root, c->comm, c->cs);
     });
 }
 
 /* A bucket of gradients: queued on cs after the compute queued so far (the
  * layers that made it), not waited for.  A host buffer (never the
- * gradients) is reduced at once instead. */
+ * gradients) is reduced at once. */
 static int nccl_allreduce_start(struct nn_collective *base, float *buf, size_t n)
 {
-    struct nccl_coll *c = (struct nccl_coll *)base;
-    if (cu_is_host(buf)) {
-        return nccl_allreduce(base, buf, n);
-    }
-    if (c->broken) {
-        return NN_COLLECTIVE_ERR_TRANSPORT;
-    }
-    if (n == 0) {
-        return 0;
-    }
-    double deadline = swav_now_s() + c->timeout_ms / 1000.0;
-    nccl_after_compute(c);
-    int st = nccl_settle(c, ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, c->comm, c->cs),
-                         "all-reduce (bucket)", deadline);
-    if (st) {
-        return nccl_fail(c, st);
-    }
-    c->pending++;
-    return 0;
+    return nccl_allreduce_run(base, buf, n, true);
 }
 
 static int nccl_wait_all(struct nn_collective *base)

@@ -53,6 +53,18 @@ static float value(int rank, size_t i)
     return (float)((int)(i % 97) - 40 + 100 * rank);
 }
 
+/* host[i] = this rank's value, want[i] = scale x the sum over the ranks'. */
+static void fill(int rank, int world, size_t n, float scale, float *host, float *want)
+{
+    for (size_t i = 0; i < n; i++) {
+        host[i] = value(rank, i);
+        want[i] = 0;
+        for (int r = 0; r < world; r++) {
+            want[i] += scale * value(r, i);
+        }
+    }
+}
+
 /* Runs the checks on rank `rank` of `world`; returns the failure count. */
 static int run_rank(int rank, int world, const char *const *eps)
 {
@@ -87,13 +99,7 @@ static int run_rank(int rank, int world, const char *const *eps)
         size_t n = sizes[k];
         float *host = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
         float *dev = nn_backend_alloc(be, n * sizeof(float));
-        for (size_t i = 0; i < n; i++) {
-            host[i] = value(rank, i);
-            want[i] = 0;
-            for (int r = 0; r < world; r++) {
-                want[i] += value(r, i);
-            }
-        }
+        fill(rank, world, n, 1, host, want);
         nn_backend_copy(be, dev, host, n * sizeof(float));
         int st = c->ops->allreduce_sum(c, dev, n);
         EXPECT(st == 0, "rank %d: device all-reduce of %zu: %d %s", rank, n, st, c->err);
@@ -116,13 +122,7 @@ static int run_rank(int rank, int world, const char *const *eps)
         size_t n = 3u << 18, third = n / 3;
         float *host = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
         float *dev = nn_backend_alloc(be, n * sizeof(float));
-        for (size_t i = 0; i < n; i++) {
-            host[i] = value(rank, i);
-            want[i] = 0;
-            for (int r = 0; r < world; r++) {
-                want[i] += 2 * value(r, i);
-            }
-        }
+        fill(rank, world, n, 2, host, want);
         nn_backend_copy(be, dev, host, n * sizeof(float));
         nn_backend_scale(be, dev, n, 2.0f); /* queued: the buckets must come after it */
         int st = c->ops->allreduce_start(c, dev + 2 * third, n - 2 * third);
