@@ -14,7 +14,14 @@
  * autocast; FP16=1 with an fp16 one and the trainer's dynamic loss scaling
  * in the timed step (dscores times S, gradients times 1 / S, the non-finite
  * check, which synchronizes, and the scaler's update; a skipped step skips
- * the optimizer, counted on the precision line); else fp32 NCHW. */
+ * the optimizer, counted on the precision line); else fp32 NCHW.
+ * Also printed: "launch_ms X step_ms Y", the host's time per step spent
+ * queueing the work that does not wait for the GPU (crops to the forward's
+ * return; the loss's return to the optimizer's) against the whole step: if
+ * X is far below Y, kernel launches hide behind the GPU's work and a CUDA
+ * graph of those parts would gain little (docs/cuda.md).  With FP16=1 the
+ * overflow check waits for the backward inside the second part: there X
+ * holds GPU time too. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,26 +118,30 @@ int main(int argc, char **argv)
     float *q = nn_backend_alloc(be, sizeof(float) * 2 * batch * K);
     float *logp = nn_backend_alloc(be, sizeof(float) * m->n_rows * K);
     float *dscores = nn_backend_alloc(be, sizeof(float) * m->n_rows * K);
-    double t0 = 0;
+    double t0 = 0, launch = 0;
     float loss = 0;
     for (int it = 0; it <= steps; it++) {
         if (it == 1) {
             nn_backend_sync(be);
             t0 = swav_now_s();
+            launch = 0;
         }
+        double tq = swav_now_s();
         for (int g = 0; g < ng; g++) {
             nn_backend_normalize_crops(be, inputs[g], raw[g], batch, groups[g].n_crops,
                                        groups[g].size, groups[g].size);
         }
         nn_model_normalize_prototypes(m);
         nn_model_forward(m, (const float *const *)inputs, batch, NN_MODEL_TRAIN);
+        launch += swav_now_s() - tq;
         for (int i = 0; i < 2; i++) {
             nn_cuda_sinkhorn(be, q + (size_t)i * batch * K, m->scores + (size_t)assign[i] * batch * K,
                              batch, K, 0.05f, 3);
         }
         struct nn_tensor sc = nn_tensor_2d(m->scores, m->n_rows, K);
         struct nn_tensor dsc = nn_tensor_2d(dscores, m->n_rows, K);
-        loss = nn_swav_loss_forward(be, logp, &sc, q, &lc);
+        loss = nn_swav_loss_forward(be, logp, &sc, q, &lc); /* reads the loss: a sync */
+        tq = swav_now_s();
         nn_swav_loss_backward(be, &dsc, logp, q, &lc);
         if (fp16) {
             nn_backend_scale(be, dscores, (size_t)m->n_rows * K, ls.scale);
@@ -146,6 +157,7 @@ int main(int argc, char **argv)
         if (take) {
             nn_optim_step(&opt, m->param_data, m->grad_data, 0.1, it);
         }
+        launch += swav_now_s() - tq;
     }
     nn_backend_sync(be);
     double dt = swav_now_s() - t0;
@@ -156,6 +168,7 @@ int main(int argc, char **argv)
     }
     printf("precision %s loss %.4f arena %.1f MiB cache %d%s\n", nn_dtype_name(cfg.act_dtype),
            loss, nn_model_arena_bytes(m) / 1048576.0, nn_backend_cache_size(be), extra);
+    printf("launch_ms %.3f step_ms %.3f\n", launch * 1e3 / steps, dt * 1e3 / steps);
     printf("images/s %.3f\n", steps * batch / dt);
     nn_optim_free(&opt);
     nn_model_destroy(&m);
