@@ -32,8 +32,8 @@ struct cli {
     const char *curve_allow;
 };
 
-#define F(name, type, field, mn, mx, def, help) \
-    {name, type, offsetof(struct cli, field), mn, mx, def, help}
+#define F(name, type, field, mn, mx, def, help, ...) \
+    {name, type, offsetof(struct cli, field), mn, mx, def, help, __VA_ARGS__}
 static const struct swav_flag cli_flags[] = {
     F("endpoint", SWAV_FLAG_STR, endpoint, 0, 0, "tcp://127.0.0.1:5570",
       "ROUTER bind address (loopback or ipc:// unless told otherwise)"),
@@ -43,7 +43,7 @@ static const struct swav_flag cli_flags[] = {
     F("threads", SWAV_FLAG_INT, threads, 1, 64, "2", "Sinkhorn and BLAS threads (--device cpu)"),
     F("device", SWAV_FLAG_STR, device, 0, 0, "cpu",
       "where scores and Sinkhorn run: cpu, cuda (GPU 0) or cuda:N (builds with the CUDA "
-      "toolkit)"),
+      "toolkit)", 0, 0, SWAV_FLAG_DEVICE_CHOICES),
     F("embed_timeout_ms", SWAV_FLAG_INT, embed_timeout_ms, 1, 86400000, "60000",
       "a rank this late with its embed gets the others an error naming it"),
     F("hello_timeout_ms", SWAV_FLAG_INT, hello_timeout_ms, 1, 86400000, "120000",

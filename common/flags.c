@@ -86,7 +86,8 @@ static int parse_float(const struct swav_flag *f, const char *s, double *out, ch
     return 0;
 }
 
-/* s is one of the '|'-separated words of choices. */
+/* s is one of the '|'-separated words of choices; a word "PREFIX:N"
+ * stands for PREFIX: and an index 0..1023 ("cuda:N": cuda:0, cuda:7). */
 static int in_choices(const char *choices, const char *s)
 {
     size_t n = strlen(s);
@@ -96,6 +97,14 @@ static int in_choices(const char *choices, const char *s)
         size_t len = bar ? (size_t)(bar - p) : strlen(p);
         if (len == n && !strncmp(p, s, n)) {
             return 1;
+        }
+        if (len >= 2 && !strncmp(p + len - 2, ":N", 2) && n > len - 1 &&
+            !strncmp(p, s, len - 1) && s[len - 1] >= '0' && s[len - 1] <= '9') {
+            char *end = NULL;
+            long v = strtol(s + len - 1, &end, 10);
+            if (*end == '\0' && v < 1024) {
+                return 1;
+            }
         }
         if (!bar) {
             return 0;

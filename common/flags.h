@@ -78,5 +78,7 @@ int swav_flags_parse_bool(const char *s);
 /* A --device value: 0 "cpu", 1 "cuda" (index 0) or "cuda:N" (index N < 1024),
  * -1 anything else. */
 int swav_flags_parse_device(const char *s, int *index);
+/* The choices of a --device flag: checked while parsing (before --help). */
+#define SWAV_FLAG_DEVICE_CHOICES "cpu|cuda|cuda:N"
 
 #endif

@@ -68,8 +68,8 @@ struct cli {
     bool once, random_init_baseline;
 };
 
-#define F(name, type, field, mn, mx, def, help) \
-    {name, type, offsetof(struct cli, field), mn, mx, def, help}
+#define F(name, type, field, mn, mx, def, help, ...) \
+    {name, type, offsetof(struct cli, field), mn, mx, def, help, __VA_ARGS__}
 static const struct swav_flag cli_flags[] = {
     F("features_train", SWAV_FLAG_STR, features_train, 0, 0, "", "float32 (N, dim) training features"),
     F("labels_train", SWAV_FLAG_STR, labels_train, 0, 0, "", "int32 (N) training labels"),
@@ -88,7 +88,7 @@ static const struct swav_flag cli_flags[] = {
     F("knn_k", SWAV_FLAG_INT, knn_k, 1, EVAL_KNN_MAX_K, "20", "kNN neighbours"),
     F("knn_temperature", SWAV_FLAG_FLOAT, knn_temperature, 1e-6, 1e6, "0.07", "kNN vote temperature"),
     F("threads", SWAV_FLAG_INT, threads, 1, 256, "1", "kNN worker threads (live: backbone threads too)"),
-    F("device", SWAV_FLAG_STR, device, 0, 0, "cpu", "live: where the backbone's features and the fine-tuning run: cpu, cuda (GPU 0) or cuda:N (kNN and the linear probe stay on the host; docs/cuda.md)"),
+    F("device", SWAV_FLAG_STR, device, 0, 0, "cpu", "live: where the backbone's features and the fine-tuning run: cpu, cuda (GPU 0) or cuda:N (kNN and the linear probe stay on the host; docs/cuda.md)", 0, 0, SWAV_FLAG_DEVICE_CHOICES),
     F("epochs", SWAV_FLAG_INT, epochs, 1, 100000, "100", "linear: epochs"),
     F("batch_size", SWAV_FLAG_INT, batch_size, 1, 1 << 20, "32", "linear: batch size (live: also images per loader order and forward, unless --feature_batch)"),
     F("lr", SWAV_FLAG_FLOAT, lr, 0, 1e6, "0.3", "linear: initial learning rate"),

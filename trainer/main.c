@@ -140,7 +140,8 @@ static const struct swav_flag trainer_flags[] = {
      "rank 0: file of subscriber (evaluator) public keys let in on --pub, which is then CURVE "
      "with the --curve_secret keypair; empty: a plain --pub"},
     {"device", SWAV_FLAG_STR, TOFF(device), 0, 0, "cpu",
-     "where the model trains: cpu, cuda (GPU 0) or cuda:N (docs/cuda.md)"},
+     "where the model trains: cpu, cuda (GPU 0) or cuda:N (docs/cuda.md)", 0, 0,
+     SWAV_FLAG_DEVICE_CHOICES},
     {"amp_dtype", SWAV_FLAG_STR, TOFF(amp_dtype), 0, 0, "bf16",
      "with --use_fp16 on cuda, the backbone's type: bf16, or fp16 with dynamic loss scaling "
      "(GPUs without bf16 tensor cores: T4, Turing); the CPU trains in fp32 either way",

@@ -340,6 +340,19 @@ int main(int argc, char **argv)
         EXPECT(kind == dev[i].kind && (kind != 1 || index == dev[i].index),
                "--device '%s': kind %d index %d, want %d %d", dev[i].s, kind, index, dev[i].kind,
                dev[i].index);
+        /* a flag with SWAV_FLAG_DEVICE_CHOICES (the programs' --device)
+         * takes exactly the values the grammar takes, while parsing */
+        struct {
+            const char *device;
+        } dc;
+        static const struct swav_flag dflag[] = {{"device", SWAV_FLAG_STR, 0, 0, 0, "cpu", "",
+                                                  0, 0, SWAV_FLAG_DEVICE_CHOICES}};
+        struct swav_flag_set dset = {dflag, 1, &dc};
+        char derr[256] = "";
+        char *dargv[] = {"--device", (char *)dev[i].s};
+        int rc = swav_flags_parse(&dset, 1, 2, dargv, derr, sizeof derr);
+        EXPECT(rc == (dev[i].kind < 0 ? -1 : 0) && (rc == 0 || strstr(derr, "--device")),
+               "--device '%s' through the choices: rc %d (%s)", dev[i].s, rc, derr);
     }
 
     char err[512];
