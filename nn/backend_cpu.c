@@ -708,8 +708,8 @@ static void cpu_conv_bwd_weights_im2col(struct cpu_conv_bwd *c, float *dw,
 /* The weight gradient of a k x k convolution (k > 1) whose output map has at
  * most this many positions takes the im2col path: oneDNN 2.6's AVX2
  * backward-weights kernel is slow there (one thread, ResNet-18's 3x3
- * convolutions at batch 24 on 3x3 maps: 56-67 ms against 15-20 ms for
- * im2col + sgemm; batch 8 on 7x7 maps: 43-55 against 27-35; 6x6 maps about
+ * convolutions at batch 24 on 3x3 maps: 56-74 ms against 14-20 ms for
+ * im2col + sgemm; batch 8 on 7x7 maps: 43-56 against 27-37; 6x6 maps about
  * even, 12x12 and larger the kernel wins). */
 #define CPU_IM2COL_MAX_MAP 49
 
