@@ -690,19 +690,34 @@ static void cpu_im2col_row(float *col, float *drow, const struct nn_tensor *inp,
  * OpenBLAS's: it runs on the same OpenMP threads as the im2col before it
  * and the primitives after it, where OpenBLAS would wake its own threads
  * beside OpenMP's still-spinning ones. */
+/* The im2col buffer holds at most this many bytes: larger problems (big
+ * batches) go through it in chunks of rows, each GEMM adding into dW. */
+#define CPU_IM2COL_MAX_BYTES ((size_t)16 << 20)
+
+/* Rows of one im2col chunk for a (rows, ikk) problem. */
+static int64_t cpu_im2col_chunk(int64_t rows, int64_t ikk)
+{
+    int64_t cap = (int64_t)(CPU_IM2COL_MAX_BYTES / ((size_t)ikk * sizeof(float)));
+    return cap < 1 ? 1 : (cap < rows ? cap : rows);
+}
+
 static void cpu_conv_bwd_weights_im2col(struct cpu_conv_bwd *c, float *dw,
                                         const struct nn_tensor *dout, const struct nn_tensor *inp,
                                         int k, int stride, int pad)
 {
     int64_t N = inp->shape[0], Ci = inp->shape[1];
     int64_t O = dout->shape[1], Ho = dout->shape[2], Wo = dout->shape[3];
-    int64_t ikk = Ci * k * k, rows = N * Ho * Wo;
+    int64_t ikk = Ci * k * k, rows = N * Ho * Wo, chunk = cpu_im2col_chunk(rows, ikk);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t nr = rows - r0 < chunk ? rows - r0 : chunk;
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t n = r / (Ho * Wo), oh = r / Wo % Ho, ow = r % Wo;
-        cpu_im2col_row(c->col + r * ikk, c->drows + r * O, inp, dout, n, oh, ow, k, stride, pad);
+        for (int64_t i = 0; i < nr; i++) {
+            int64_t r = r0 + i, n = r / (Ho * Wo), oh = r / Wo % Ho, ow = r % Wo;
+            cpu_im2col_row(c->col + i * ikk, c->drows + i * O, inp, dout, n, oh, ow, k, stride,
+                           pad);
+        }
+        DNNL_CHECK(dnnl_sgemm('T', 'N', O, ikk, nr, 1.0f, c->drows, O, c->col, ikk, 1.0f, dw, ikk));
     }
-    DNNL_CHECK(dnnl_sgemm('T', 'N', O, ikk, rows, 1.0f, c->drows, O, c->col, ikk, 1.0f, dw, ikk));
 }
 
 /* The weight gradient of a k x k convolution (k > 1) whose output map has at
@@ -758,8 +773,10 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
              * one sgemm instead. */
             cpu_prim_free(&c->bwd_w);
             c->im2col = 1;
-            size_t rows = (size_t)(dout->shape[0] * dout->shape[2] * dout->shape[3]);
-            c->col = cpu_buf(rows * (size_t)(inp->shape[1] * k * k) * sizeof(float));
+            int64_t ikk = inp->shape[1] * k * k;
+            int64_t all = dout->shape[0] * dout->shape[2] * dout->shape[3];
+            size_t rows = (size_t)cpu_im2col_chunk(all, ikk);
+            c->col = cpu_buf(rows * (size_t)ikk * sizeof(float));
             c->drows = cpu_buf(rows * (size_t)dout->shape[1] * sizeof(float));
             cpu_cache_put(b, key, c, cpu_conv_bwd_free);
             goto run;
