@@ -82,6 +82,20 @@ static void *cu_alloc(nn_backend_t *be, size_t bytes)
     size_t n = (bytes + 255) / 256 * 256;
     void *p = NULL;
     CUDA_CHECK(cudaSetDevice(b->device));
+    /* Managed memory past the device's free memory would page to the host,
+     * and on some drivers and VMs hang the GPU rather than fail: refuse it
+     * with a message (a smaller --batch_size fits), keeping 512 MiB for
+     * cuDNN's workspace and the scratch buffers. */
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const size_t margin = (size_t)512 << 20;
+    if (n + margin > free_b) {
+        LOG_ERROR("CUDA backend: %.1f MiB asked on GPU %d with %.1f MiB of its %.1f MiB free; "
+                  "refused (managed memory must fit the device's free memory): lower "
+                  "--batch_size or free the GPU",
+                  n / 1048576.0, b->device, free_b / 1048576.0, total_b / 1048576.0);
+        abort();
+    }
     CUDA_CHECK(cudaMallocManaged(&p, n ? n : 256, cudaMemAttachGlobal));
     CUDA_CHECK(cudaMemsetAsync(p, 0, n ? n : 256, b->stream));
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
