@@ -494,6 +494,7 @@ struct cpu_conv_bwd {
      * (small maps: cpu_conv_bwd_w_small) */
     int im2col;
     float *col, *drows; /* (rows, I*k*k), (rows, O); rows = N*Ho*Wo */
+    float *dwt; /* direct path (cpu_conv_bwd_weights_direct): its tiles, O*I*9 */
 };
 
 static void cpu_conv_fwd_free(void *op)
@@ -523,6 +524,7 @@ static void cpu_conv_bwd_free(void *op)
     free(c->dw_buf);
     free(c->col);
     free(c->drows);
+    free(c->dwt);
     free(c);
 }
 
@@ -720,12 +722,175 @@ static void cpu_conv_bwd_weights_im2col(struct cpu_conv_bwd *c, float *dw,
     }
 }
 
+static int cpu_avx2(void);
+
+/* ---- direct 3x3 weight gradient on nChw8c maps ---------------------------------
+ *
+ * dW[o][i][kh][kw] = sum over (n, oh, ow) of dY[n][o][oh][ow] *
+ * X[n][i][oh*s - p + kh][ow*s - p + kw], for 3x3 kernels with both tensors in
+ * nChw8c and channel counts multiples of 8.  A tile holds 4 output channels
+ * x 3 kw x 8 input channels (one input block) in 12 AVX2 accumulators for
+ * one kh: per output position 4 broadcasts of dY and 3 loads of X feed 12
+ * FMAs.  Output rows go in bands of about CPU_DW_BAND positions of one
+ * image, so that one input block's rows and one output block's rows stay in
+ * L1 while every tile of the band passes over them.  The threads split the
+ * output-channel blocks: each dW element is summed by one thread over the
+ * positions in order (n, oh, ow), whatever the number of threads.
+ * Used on output maps larger than CPU_IM2COL_MAX_MAP, where it beat oneDNN
+ * 2.6's AVX2 backward-weights kernel on every ResNet-18 shape measured (CPU
+ * time per call, 2 threads, load 1.3, alternating: batch 8 on 56x56 maps
+ * 46-48 ms -> 26; 28x28 32-41 -> 23-25; 14x14 36-39 -> 24-27; stride 2
+ * into 28x28 20 -> 16; batch 24 on 24x24 and 12x12 maps even to 5% faster,
+ * stride 2 into 12x12 9-14 -> 9). */
+#define CPU_DW_BAND 256
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CPU_HAVE_DW_DIRECT 1
+/* One band (rows oh0..oh1 of image n) of one tile: output channels
+ * q*4 .. +4 of dY's block dyb, input block xb, kernel row kh; the tile at t
+ * is [kw][o 4][i 8].  The output positions whose three taps are all inside
+ * the row take 3 loads and 4 broadcasts for 12 FMAs; the edge positions
+ * take their taps inside the row one by one.  The accumulators are named
+ * variables (an array of them went to the stack): 12 + 3 inputs + 1
+ * broadcast = 16 registers. */
+__attribute__((target("avx2,fma"))) static void
+cpu_dw3_tile(float *t, const float *xb, const float *dyb, int64_t H, int64_t W, int64_t Wo,
+             int64_t oh0, int64_t oh1, int kh, int q, int stride, int pad)
+{
+    /* ow with all three taps inside the row: ow*s - p >= 0, ow*s - p + 2 <= W - 1 */
+    int64_t lo = (pad + stride - 1) / stride, hi = W - 3 + pad >= 0 ? (W - 3 + pad) / stride : -1;
+    if (hi > Wo - 1) {
+        hi = Wo - 1;
+    }
+#define CPU_DW3_ACC(kw, j) __m256 a##kw##j = _mm256_loadu_ps(t + ((kw) * 4 + (j)) * 8);
+    CPU_DW3_ACC(0, 0) CPU_DW3_ACC(0, 1) CPU_DW3_ACC(0, 2) CPU_DW3_ACC(0, 3)
+    CPU_DW3_ACC(1, 0) CPU_DW3_ACC(1, 1) CPU_DW3_ACC(1, 2) CPU_DW3_ACC(1, 3)
+    CPU_DW3_ACC(2, 0) CPU_DW3_ACC(2, 1) CPU_DW3_ACC(2, 2) CPU_DW3_ACC(2, 3)
+#undef CPU_DW3_ACC
+#define CPU_DW3_TAP(kw)                                                                            \
+    if (iw + (kw) >= 0 && iw + (kw) < W) {                                                         \
+        __m256 x = _mm256_loadu_ps(xr + (iw + (kw)) * 8);                                          \
+        a##kw##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(d), x, a##kw##0);                           \
+        a##kw##1 = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 1), x, a##kw##1);                       \
+        a##kw##2 = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 2), x, a##kw##2);                       \
+        a##kw##3 = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 3), x, a##kw##3);                       \
+    }
+#define CPU_DW3_EDGE(ow_)                                                                          \
+    {                                                                                              \
+        int64_t iw = (ow_) * stride - pad;                                                         \
+        const float *d = dr + (ow_) * 8;                                                           \
+        CPU_DW3_TAP(0) CPU_DW3_TAP(1) CPU_DW3_TAP(2)                                               \
+    }
+    for (int64_t oh = oh0; oh < oh1; oh++) {
+        int64_t ih = oh * stride - pad + kh;
+        if (ih < 0 || ih >= H) {
+            continue;
+        }
+        const float *xr = xb + ih * W * 8, *dr = dyb + (oh * Wo) * 8 + q * 4;
+        for (int64_t ow = 0; ow < lo && ow < Wo; ow++) {
+            CPU_DW3_EDGE(ow)
+        }
+        for (int64_t ow = lo; ow <= hi; ow++) {
+            const float *d = dr + ow * 8, *x = xr + (ow * stride - pad) * 8;
+            __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8),
+                   x2 = _mm256_loadu_ps(x + 16);
+#define CPU_DW3_ROW(j)                                                                             \
+    {                                                                                              \
+        __m256 dj = _mm256_broadcast_ss(d + (j));                                                  \
+        a0##j = _mm256_fmadd_ps(dj, x0, a0##j);                                                    \
+        a1##j = _mm256_fmadd_ps(dj, x1, a1##j);                                                    \
+        a2##j = _mm256_fmadd_ps(dj, x2, a2##j);                                                    \
+    }
+            CPU_DW3_ROW(0)
+            CPU_DW3_ROW(1)
+            CPU_DW3_ROW(2)
+            CPU_DW3_ROW(3)
+#undef CPU_DW3_ROW
+        }
+        for (int64_t ow = (hi + 1 > lo ? hi + 1 : lo); ow < Wo; ow++) {
+            CPU_DW3_EDGE(ow)
+        }
+    }
+#undef CPU_DW3_EDGE
+#undef CPU_DW3_TAP
+#define CPU_DW3_ST(kw, j) _mm256_storeu_ps(t + ((kw) * 4 + (j)) * 8, a##kw##j);
+    CPU_DW3_ST(0, 0) CPU_DW3_ST(0, 1) CPU_DW3_ST(0, 2) CPU_DW3_ST(0, 3)
+    CPU_DW3_ST(1, 0) CPU_DW3_ST(1, 1) CPU_DW3_ST(1, 2) CPU_DW3_ST(1, 3)
+    CPU_DW3_ST(2, 0) CPU_DW3_ST(2, 1) CPU_DW3_ST(2, 2) CPU_DW3_ST(2, 3)
+#undef CPU_DW3_ST
+}
+#endif
+
+/* The direct path's conditions (besides AVX2 and FMA). */
+static int cpu_dw_direct_fits(const struct nn_tensor *dout, const struct nn_tensor *inp, int k)
+{
+    return k == 3 && inp->layout == NN_LAYOUT_NCHW8C && dout->layout == NN_LAYOUT_NCHW8C &&
+           inp->shape[1] % 8 == 0 && dout->shape[1] % 8 == 0;
+}
+
+/* dw (plain OIHW) += the weight gradient; buf: O*Ci*9 floats, laid out
+ * [ob][ib][kh][q][kw][o 4][i 8]. */
+static void cpu_conv_bwd_weights_direct(float *buf, float *dw, const struct nn_tensor *dout,
+                                        const struct nn_tensor *inp, int stride, int pad)
+{
+#ifdef CPU_HAVE_DW_DIRECT
+    int64_t N = inp->shape[0], Ci = inp->shape[1], H = inp->shape[2], W = inp->shape[3];
+    int64_t O = dout->shape[1], Ho = dout->shape[2], Wo = dout->shape[3];
+    int64_t IB = Ci / 8, OB = O / 8;
+    int64_t band = CPU_DW_BAND / Wo < 1 ? 1 : CPU_DW_BAND / Wo;
+    const float *x = inp->data, *dy = dout->data;
+    memset(buf, 0, (size_t)(O * Ci * 9) * sizeof(float));
+#pragma omp parallel
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int64_t ob0 = OB * id / nt, ob1 = OB * (id + 1) / nt;
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t oh0 = 0; oh0 < Ho; oh0 += band) {
+                int64_t oh1 = oh0 + band < Ho ? oh0 + band : Ho;
+                for (int64_t ib = 0; ib < IB; ib++) {
+                    const float *xb = x + (n * IB + ib) * H * W * 8;
+                    for (int64_t ob = ob0; ob < ob1; ob++) {
+                        const float *dyb = dy + (n * OB + ob) * Ho * Wo * 8;
+                        for (int kh = 0; kh < 3; kh++) {
+                            for (int q = 0; q < 2; q++) {
+                                float *t = buf + ((((ob * IB + ib) * 3 + kh) * 2 + q) * 12) * 8;
+                                cpu_dw3_tile(t, xb, dyb, H, W, Wo, oh0, oh1, kh, q, stride, pad);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* into the plain gradient: o = ob*8 + q*4 + j, i = ib*8 + l */
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < O; o++) {
+        int64_t ob = o / 8, q = o % 8 / 4, j = o % 4;
+        for (int64_t i = 0; i < Ci; i++) {
+            int64_t ib = i / 8, l = i % 8;
+            for (int kh = 0; kh < 3; kh++) {
+                const float *t = buf + ((((ob * IB + ib) * 3 + kh) * 2 + q) * 12) * 8;
+                float *d = dw + ((o * Ci + i) * 3 + kh) * 3;
+                for (int kw = 0; kw < 3; kw++) {
+                    d[kw] += t[(kw * 4 + j) * 8 + l];
+                }
+            }
+        }
+    }
+#else
+    (void)buf, (void)dw, (void)dout, (void)inp, (void)stride, (void)pad;
+    SWAV_ASSERT(0);
+#endif
+}
+
 /* The weight gradient of a k x k convolution (k > 1) whose output map has at
  * most this many positions takes the im2col path: oneDNN 2.6's AVX2
  * backward-weights kernel is slow there (one thread, ResNet-18's 3x3
  * convolutions at batch 24 on 3x3 maps: 56-74 ms against 14-20 ms for
  * im2col + sgemm; batch 8 on 7x7 maps: 43-56 against 27-37; 6x6 maps about
- * even, 12x12 and larger the kernel wins). */
+ * even, 12x12 and larger oneDNN's kernel won, and cpu_dw3_tile wins there
+ * now where it fits). */
 #define CPU_IM2COL_MAX_MAP 49
 
 static int cpu_conv_bwd_w_small(const struct nn_tensor *dout, int k)
@@ -766,6 +931,13 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
         cpu_conv_desc(&d, 2, &src, &wany, &dst, inp, dout, k, stride, pad);
         cpu_prim_create(b, &c->bwd_w, &d, attr, c->fwd_hint.pd);
         DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+        if (!cpu_conv_bwd_w_small(dout, k) && cpu_avx2() && cpu_dw_direct_fits(dout, inp, k)) {
+            /* larger maps: our direct kernel, faster than oneDNN's there */
+            cpu_prim_free(&c->bwd_w);
+            c->dwt = cpu_buf((size_t)(dout->shape[1] * inp->shape[1] * 9) * sizeof(float));
+            cpu_cache_put(b, key, c, cpu_conv_bwd_free);
+            goto run;
+        }
         if (cpu_is_ref(&c->bwd_w) || cpu_conv_bwd_w_small(dout, k)) {
             /* The AVX2 kernels refuse 3x3 on tiny maps and the reference
              * loop is ~1000x slower (oneDNN's gemm version ~50x); where
@@ -798,6 +970,10 @@ static void cpu_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct
     }
 run:;
     dnnl_exec_arg_t args[CPU_ARGS_MAX];
+    if (c->dwt) {
+        cpu_conv_bwd_weights_direct(c->dwt, dweight->data, dout, inp, stride, pad);
+        goto data;
+    }
     if (c->im2col) {
         cpu_conv_bwd_weights_im2col(c, dweight->data, dout, inp, k, stride, pad);
         goto data;

@@ -502,6 +502,13 @@ int main(void)
     /* a 6x6 output map: the im2col weight gradient from a plain input into
      * a blocked output gradient */
     test_conv(NN_LAYOUT_NCHW, NN_LAYOUT_NCHW8C, 2, 3, 8, 11, 7, 2, 3);
+    /* 3x3 on blocked maps larger than 7x7: the direct weight gradient
+     * (cpu_dw3_tile) on AVX2 machines; stride 2 from odd and even maps
+     * (the right edge's taps inside or not), three output blocks over the
+     * two threads, and a 40x40 map in bands of 6 rows */
+    test_conv(NN_LAYOUT_NCHW8C, NN_LAYOUT_NCHW8C, 2, 16, 24, 17, 3, 2, 1);
+    test_conv(NN_LAYOUT_NCHW8C, NN_LAYOUT_NCHW8C, 2, 16, 8, 18, 3, 2, 1);
+    test_conv(NN_LAYOUT_NCHW8C, NN_LAYOUT_NCHW8C, 1, 8, 16, 40, 3, 1, 1);
     for (int l = 0; l < 2; l++) {
         test_bn(L[l], 4, 3, 8, 5, NN_BN_TRAIN);
         test_bn(L[l], 4, 3, 8, 5, NN_BN_TRAIN | NN_BN_RELU);
