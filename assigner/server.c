@@ -296,8 +296,20 @@ static void establish(assigner_server_t *s)
         snprintf(path, sizeof path, "%s%s", ckpt, QUEUE_SUFFIX);
         int rc = assigner_core_load(target, path, err, sizeof err);
         if (rc == -ENOENT) {
-            LOG_WARN("resume from %s: no queue file %s; starting without a queue (as the "
-                     "reference does when queue<rank>.pth is absent)", ckpt, path);
+            /* expected when the run has no queue, or resumes before the
+             * epoch that starts it (the queue did not exist to be saved) */
+            if (assigner_core_queue_length(target) == 0 ||
+                (s->peers[0].hello.resume_path[0] &&
+                 s->peers[0].hello.resume_epoch < s->cfg.epoch_queue_starts)) {
+                LOG_INFO("resume from %s: no queue to restore (--queue_length %u, resuming at "
+                         "epoch %u, the queue starts at epoch %u)",
+                         ckpt, (unsigned)s->cfg.queue_length,
+                         (unsigned)s->peers[0].hello.resume_epoch,
+                         (unsigned)s->cfg.epoch_queue_starts);
+            } else {
+                LOG_WARN("resume from %s: no queue file %s; starting without a queue (as "
+                         "the reference does when queue<rank>.pth is absent)", ckpt, path);
+            }
             assigner_core_reset_queue(target);
         } else if (rc < 0) {
             for (uint32_t r = 0; r < w; r++) {
