@@ -23,6 +23,7 @@
  * them), and the assigner and evaluator on GPU 0 unless told otherwise. */
 #include "train.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -82,6 +83,19 @@ struct train_opts {
 };
 
 /* Our own flags accept dashes too (--eval-data); the reference's are passed on. */
+/* The NVIDIA GPUs the driver lists (one folder each under
+ * /proc/driver/nvidia/gpus), 0 without the driver: for a hint when a run is
+ * left on the CPU of a machine that has them. */
+static int nvidia_gpus(void)
+{
+    DIR *d = opendir("/proc/driver/nvidia/gpus");
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 static int take_value(int *i, int argc, char **argv, const char *name, const char **out)
 {
     const char *a = argv[*i];
@@ -761,6 +775,12 @@ int swav_train_main(int argc, char **argv, const char *self_dir)
              o.nproc, o.nproc > 1 ? "s" : "", o.loaders, o.loaders == 1 ? "" : "s", o.workers,
              o.eval_data[0] ? ", live evaluation" : "", logs, sock,
              curve ? ", CURVE on every link" : "");
+    int gpus = strcmp(o.device, "cpu") ? 0 : nvidia_gpus();
+    if (gpus > 0) {
+        LOG_INFO("this machine has %d NVIDIA GPU%s and the run trains on the CPU (--device cpu, "
+                 "the default): --device cuda --nproc %d puts a rank on each (docs/cuda.md)",
+                 gpus, gpus == 1 ? "" : "s", gpus);
+    }
     if (sup_start_all(&s) != 0) {
         sup_stop_all(&s, 5000);
         return 1;
