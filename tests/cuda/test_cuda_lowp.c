@@ -318,22 +318,53 @@ static void test_conv(int N, int C, int cin_pad, int H, int O, int k, int s, int
  * NHWC with C odd (scalar kernels) or even (pairs), M rows spanning several
  * row chunks; means far from zero against their spread. */
 
+/* The buffers of one BatchNorm (or SyncBN) check, on both sides. */
+struct bn_case {
+    struct act x, y, dy, dx;
+    struct pair w, b, rm, rv, sm, sv, dw, db;
+    struct nn_tensor xc, xg, yc, yg, dyc, dyg, dxc, dxg;
+    struct bn_side cs, gs; /* point into this struct: never copy it */
+};
+
+/* The activations: x as act_new(x_rand, x_spread) makes it, the output and
+ * input gradient empty, dy random.  The caller may fill x (then act_upload). */
+static void bn_case_acts(struct bn_case *k, int64_t N, int64_t C, int64_t H, int x_rand,
+                         double x_spread)
+{
+    k->x = act_new(N, C, H, H, x_rand, x_spread), k->y = act_new(N, C, H, H, 0, 0);
+    k->dy = act_new(N, C, H, H, 1, 0), k->dx = act_new(N, C, H, H, 0, 0);
+}
+
+/* Then the parameters and statistics (weight around 1, bias, running
+ * statistics, the gradients to accumulate into) and both sides' views. */
+static void bn_case_sides(struct bn_case *k, int64_t C)
+{
+    k->w = pair_new((size_t)C, 0.5, 1), k->b = pair_new((size_t)C, 0.5, 0);
+    k->rm = pair_new((size_t)C, 0.1, 0), k->rv = pair_new((size_t)C, 0.1, 1.5);
+    k->sm = pair_new((size_t)C, 0, 0), k->sv = pair_new((size_t)C, 0, 0);
+    k->dw = pair_new((size_t)C, 1, 0), k->db = pair_new((size_t)C, 1, 0);
+    k->xc = act_cpu(&k->x), k->xg = act_gpu(&k->x), k->yc = act_cpu(&k->y), k->yg = act_gpu(&k->y);
+    k->dyc = act_cpu(&k->dy), k->dyg = act_gpu(&k->dy);
+    k->dxc = act_cpu(&k->dx), k->dxg = act_gpu(&k->dx);
+    k->cs = (struct bn_side){cpu, &k->yc, &k->dxc, &k->xc, &k->dyc, k->w.c, k->b.c, k->rm.c,
+                             k->rv.c, k->sm.c, k->sv.c, k->dw.c, k->db.c, 0};
+    k->gs = (struct bn_side){gpu, &k->yg, &k->dxg, &k->xg, &k->dyg, k->w.g, k->b.g, k->rm.g,
+                             k->rv.g, k->sm.g, k->sv.g, k->dw.g, k->db.g, 0};
+}
+
 /* A BatchNorm step's results (BatchNorm's or SyncBN's) against the CPU's, a
  * line "<tag> <what>" each: the output and the input gradient (one
  * rounding), the saved and running statistics (training only), the
- * parameter gradients. */
-static void bn_results_check(const char *tag, int train, const struct act *y,
-                             const struct act *dx, const struct pair *sm, const struct pair *sv,
-                             const struct pair *rm, const struct pair *rv, const struct pair *dw,
-                             const struct pair *db)
+ * parameter gradients.  Then the case's buffers are freed. */
+static void bn_case_check_free(struct bn_case *k, const char *tag, int train)
 {
     char name[96];
 #define BN_ACT(what, buf, tol)                              \
     snprintf(name, sizeof name, "%s %s", tag, what);        \
-    act_check(name, buf, tol)
+    act_check(name, &k->buf, tol)
 #define BN_PAIR(what, buf, tol)                             \
     snprintf(name, sizeof name, "%s %s", tag, what);        \
-    pair_check(name, buf, tol)
+    pair_check(name, &k->buf, tol)
     BN_ACT("out", y, TOL_ROUND);
     if (train) {
         BN_PAIR("save_mean", sm, 1e-5);
@@ -346,41 +377,33 @@ static void bn_results_check(const char *tag, int train, const struct act *y,
     BN_PAIR("dbias (+=)", db, 1e-4);
 #undef BN_ACT
 #undef BN_PAIR
+    act_free(&k->x), act_free(&k->y), act_free(&k->dy), act_free(&k->dx);
+    struct pair *ps[] = {&k->w, &k->b, &k->rm, &k->rv, &k->sm, &k->sv, &k->dw, &k->db};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        pair_free(ps[i]);
+    }
 }
 
 static void test_bn(int64_t N, int64_t C, int64_t H, unsigned flags)
 {
-    struct act x = act_new(N, C, H, H, 0, 0), y = act_new(N, C, H, H, 0, 0);
-    struct act dy = act_new(N, C, H, H, 1, 0), dx = act_new(N, C, H, H, 0, 0);
+    struct bn_case k;
+    bn_case_acts(&k, N, C, H, 0, 0);
     for (int64_t c = 0; c < C; c++) {
         double mu = c % 3 == 0 ? 20.0 - (double)c : -1.0 + 0.25 * (double)c;
         double sd = 0.05 + 0.3 * (double)(c % 7);
         for (int64_t n = 0; n < N; n++)
             for (int64_t i = 0; i < H * H; i++)
-                x.c[(n * C + c) * H * H + i] = lp_round((float)(mu + sd * swav_rng_normal(&rng)));
+                k.x.c[(n * C + c) * H * H + i] =
+                    lp_round((float)(mu + sd * swav_rng_normal(&rng)));
     }
-    act_upload(&x);
-    struct pair w = pair_new((size_t)C, 0.5, 1), b = pair_new((size_t)C, 0.5, 0);
-    struct pair rm = pair_new((size_t)C, 0.1, 0), rv = pair_new((size_t)C, 0.1, 1.5);
-    struct pair sm = pair_new((size_t)C, 0, 0), sv = pair_new((size_t)C, 0, 0);
-    struct pair dw = pair_new((size_t)C, 1, 0), db = pair_new((size_t)C, 1, 0);
-    struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
-    struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
-    struct bn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, b.c, rm.c, rv.c,
-                         sm.c, sv.c, dw.c, db.c, 0};
-    struct bn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, b.g, rm.g, rv.g,
-                         sm.g, sv.g, dw.g, db.g, 0};
-    bn_step(flags, &cs, &gs);
+    act_upload(&k.x);
+    bn_case_sides(&k, C);
+    bn_step(flags, &k.cs, &k.gs);
     int train = (flags & NN_BN_TRAIN) != 0;
     char tag[64];
     snprintf(tag, sizeof tag, "bn %s%s C%d M%d", train ? "train" : "eval",
              (flags & NN_BN_RELU) ? "+relu" : "", (int)C, (int)(N * H * H));
-    bn_results_check(tag, train, &y, &dx, &sm, &sv, &rm, &rv, &dw, &db);
-    act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
-    struct pair *ps[] = {&w, &b, &rm, &rv, &sm, &sv, &dw, &db};
-    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
-        pair_free(ps[i]);
-    }
+    bn_case_check_free(&k, tag, train);
 }
 
 /* SyncBN's pieces on DT: statistics against long double on the same DT
@@ -451,32 +474,18 @@ static void test_bn_sync_pieces(int64_t N, int64_t C, int64_t H)
  * backward_elemt) against the CPU's on float: test_bn's tolerances. */
 static void test_syncbn_single(int64_t N, int64_t C, int64_t H, unsigned relu)
 {
-    struct act x = act_new(N, C, H, H, 1, 0.5), y = act_new(N, C, H, H, 0, 0);
-    struct act dy = act_new(N, C, H, H, 1, 0), dx = act_new(N, C, H, H, 0, 0);
-    struct pair w = pair_new((size_t)C, 0.5, 1), b = pair_new((size_t)C, 0.5, 0);
-    struct pair rm = pair_new((size_t)C, 0.1, 0), rv = pair_new((size_t)C, 0.1, 1.5);
-    struct pair sm = pair_new((size_t)C, 0, 0), sv = pair_new((size_t)C, 0, 0);
-    struct pair dw = pair_new((size_t)C, 1, 0), db = pair_new((size_t)C, 1, 0);
-    struct nn_tensor xc = act_cpu(&x), xg = act_gpu(&x), yc = act_cpu(&y), yg = act_gpu(&y);
-    struct nn_tensor dyc = act_cpu(&dy), dyg = act_gpu(&dy), dxc = act_cpu(&dx), dxg = act_gpu(&dx);
-    struct bn_side cs = {cpu, &yc, &dxc, &xc, &dyc, w.c, b.c, rm.c, rv.c,
-                         sm.c, sv.c, dw.c, db.c, 0};
-    struct bn_side gs = {gpu, &yg, &dxg, &xg, &dyg, w.g, b.g, rm.g, rv.g,
-                         sm.g, sv.g, dw.g, db.g, 0};
-    int st = syncbn_step((int)C, relu, &cs, &gs);
-    double cnt_c = cs.count, cnt_g = gs.count;
+    struct bn_case k;
+    bn_case_acts(&k, N, C, H, 1, 0.5);
+    bn_case_sides(&k, C);
+    int st = syncbn_step((int)C, relu, &k.cs, &k.gs);
+    double cnt_c = k.cs.count, cnt_g = k.gs.count;
     char tag[48];
     snprintf(tag, sizeof tag, "syncbn(1)%s C%d", relu ? "+relu" : "", (int)C);
     int ok = st == 0 && cnt_g == cnt_c && cnt_c == (double)(N * H * H);
     printf("%s %-39s status %d, count cuda %g cpu %g %s\n", DTN, tag, st, cnt_g, cnt_c,
            ok ? "ok" : "FAIL");
     failures += !ok;
-    bn_results_check(tag, 1, &y, &dx, &sm, &sv, &rm, &rv, &dw, &db);
-    act_free(&x), act_free(&y), act_free(&dy), act_free(&dx);
-    struct pair *ps[] = {&w, &b, &rm, &rv, &sm, &sv, &dw, &db};
-    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
-        pair_free(ps[i]);
-    }
+    bn_case_check_free(&k, tag, 1);
 }
 
 /* ---- element-wise ---------------------------------------------------------------------
