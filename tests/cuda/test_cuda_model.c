@@ -9,9 +9,19 @@
  *
  * Tolerances (max |cuda - cpu| / max |cpu| over the whole output): inputs
  * 1e-6, loss 1e-4, scores 1e-3, BN running statistics 1e-3, parameter
- * gradients 2e-3 (fp32 through 20 layers with batch norm, different
- * summation orders), parameters and momentum after two steps 2e-3,
- * num_batches_tracked exact.
+ * gradients 2e-3 at step 0 (fp32 through 20 layers with batch norm,
+ * different summation orders) and 2e-2 at step 1, parameters and momentum
+ * after two steps 2e-3, num_batches_tracked exact.
+ * Step 1 starts from weights that step 0 moved at lr 4.8 by gradients that
+ * differ by ~1e-5, and this small model has BN+ReLU outputs within 1e-6 of
+ * zero: one that lands on the other side of zero on one backend moves whole
+ * weight gradients by several 1e-3 (seen under a host emulation of the
+ * kernels: layer4.0.bn1, one value of 1.1e-6, 5.9e-3 in layer4.1.conv2's
+ * gradient, with scores still within 1e-5), hence 2e-2 there.
+ * projection_head.0.bias is not compared: a Linear before a train-mode
+ * BatchNorm1d has a bias gradient of exactly zero, so both sides hold
+ * rounding noise (1e-8 to 1e-7 against 0.4 for the weight's); the check is
+ * that both stay below 1e-5 of the weight gradient's largest value.
  *
  * Exit 77 without a device. */
 #include <math.h>
@@ -102,15 +112,38 @@ int main(void)
                le <= 1e-4 ? "ok" : "FAIL", loss[1], loss[0]);
         failures += !(le <= 1e-4);
         check("scores", mg->scores, mc->scores, ns, 1e-3);
-        check("all parameter gradients", mg->grad_data, mc->grad_data, mc->params.total, 2e-3);
+        const double gtol = step == 0 ? 2e-3 : 2e-2; /* the header says why */
+        check("all parameter gradients", mg->grad_data, mc->grad_data, mc->params.total, gtol);
         for (int i = 0; i < mc->params.n; i++) {
             const struct nn_param *p = &mc->params.p[i];
             if (i == 0 || i == mc->params.n - 1 || strstr(p->name, "layer4.1.conv2") ||
-                strstr(p->name, "projection_head.0")) {
+                !strcmp(p->name, "projection_head.0.weight")) {
                 char name[160];
                 snprintf(name, sizeof name, "grad %s", p->name);
-                check(name, mg->grad_data + p->offset, mc->grad_data + p->offset, p->numel, 2e-3);
+                check(name, mg->grad_data + p->offset, mc->grad_data + p->offset, p->numel, gtol);
             }
+        }
+        /* the bias before the head's BatchNorm1d: zero up to rounding on both sides */
+        int wi = nn_param_table_find(&mc->params, "projection_head.0.weight");
+        int bi = nn_param_table_find(&mc->params, "projection_head.0.bias");
+        if (wi >= 0 && bi >= 0) {
+            const struct nn_param *pw = &mc->params.p[wi], *pb = &mc->params.p[bi];
+            double wmax = 0, bmax[2] = {0, 0};
+            for (size_t k = 0; k < pw->numel; k++) {
+                wmax = fmax(wmax, fabs(mc->grad_data[pw->offset + k]));
+            }
+            for (size_t k = 0; k < pb->numel; k++) {
+                bmax[0] = fmax(bmax[0], fabs(mc->grad_data[pb->offset + k]));
+                bmax[1] = fmax(bmax[1], fabs(mg->grad_data[pb->offset + k]));
+            }
+            int ok = wmax > 0 && bmax[0] <= 1e-5 * wmax && bmax[1] <= 1e-5 * wmax;
+            printf("%-36s max |g| cuda %.3g cpu %.3g, weight's %.3g (at most 1e-5 of it) %s\n",
+                   "grad projection_head.0.bias (zero)", bmax[1], bmax[0], wmax,
+                   ok ? "ok" : "FAIL");
+            failures += !ok;
+        } else {
+            printf("FAIL: projection_head.0 parameters not found\n");
+            failures++;
         }
         for (int side = 0; side < 2; side++) {
             struct nn_model *m = side ? mg : mc;
