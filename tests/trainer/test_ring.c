@@ -4,7 +4,6 @@
  *   every rank, for sizes smaller than, equal to and not divisible by W;
  * - broadcast from every root;
  * - a rank that never joins: the others get a timeout naming it, no hang. */
-#include <dirent.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,28 +13,16 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/fileio.h"
 #include "trainer/ring.h"
 
 #define MAXW 4
 
 static char eps[MAXW][128];
-static char g_dir[64]; /* the ranks' ipc files, removed at the end */
-
-/* ZeroMQ leaves a bound ipc socket's file behind (zmq_close does not
- * unlink it): the endpoints live in a private folder, emptied when done. */
-static void remove_dir(void)
-{
-    DIR *d = opendir(g_dir);
-    if (!d) return;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.') continue;
-        char p[128 + 256];
-        snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(g_dir);
-}
+/* the ranks' ipc endpoints: ZeroMQ leaves a bound ipc socket's file behind
+ * (zmq_close does not unlink it), so they live in a private folder,
+ * removed at the end */
+static char g_dir[64];
 
 static float value(int rank, size_t i)
 {
@@ -247,6 +234,10 @@ int main(void)
     fails += run_world(3);
     with_garbage = 0;
     fails += run_missing_peer();
-    remove_dir();
+    char err[256];
+    if (swav_rm_tree(g_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        fails++;
+    }
     return fails ? 1 : 0;
 }
