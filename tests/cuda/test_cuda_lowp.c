@@ -679,30 +679,9 @@ static void test_model(void)
     struct nn_loss_scale ls;
     nn_loss_scale_init(&ls);
     float *buf_save = malloc(mg->buffers.total * sizeof(float));
-    uint8_t *raw[2];
-    float *in_c[2], *in_g[2];
-    for (int g = 0; g < 2; g++) {
-        size_t n = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
-        raw[g] = malloc(n);
-        for (size_t i = 0; i < n; i++) {
-            raw[g][i] = (uint8_t)swav_rng_below(&rng, 256);
-        }
-        in_c[g] = nn_backend_alloc(cpu, n * sizeof(float));
-        in_g[g] = nn_backend_alloc(gpu, n * sizeof(float));
-    }
-    size_t nq = (size_t)2 * batch * K, ns = (size_t)n_crops * batch * K;
-    float *q_c = malloc(nq * sizeof(float)), *q_g = nn_backend_alloc(gpu, nq * sizeof(float));
-    codes_fill(q_c, nq / K, K, &rng);
-    nn_backend_copy(gpu, q_g, q_c, nq * sizeof(float));
-    float *lp_c = malloc(ns * sizeof(float)), *ds_c = malloc(ns * sizeof(float));
-    float *lp_g = nn_backend_alloc(gpu, ns * sizeof(float));
-    float *ds_g = nn_backend_alloc(gpu, ns * sizeof(float));
-    static const int assign[2] = {0, 1};
-    struct nn_swav_loss_cfg lc = {n_crops, batch, 2, assign, 0.1f};
-    struct nn_optim_config oc = nn_optim_config_swav(1e-6, 0);
-    struct nn_optim opt_c, opt_g;
-    nn_optim_init_on(&opt_c, cpu, &mc->params, &oc);
-    nn_optim_init_on(&opt_g, gpu, &mg->params, &oc);
+    struct step_pair d;
+    step_pair_init(&d, cpu, gpu, mc, mg, groups, 2, batch, n_crops, K, &rng);
+    const size_t ns = d.ns;
     int cache_after_first = 0;
     for (int step = 0; step < 2; step++) {
         if (step == 1) { /* the same weights on both sides: the GPU's, stepped */
@@ -723,14 +702,15 @@ static void test_model(void)
             memcpy(mc->buffer_data, mg->buffer_data, mc->buffers.total * sizeof(float));
         }
         float loss[2];
-        loss[0] = side_step(mc, cpu, in_c, raw, groups, 2, batch, K, q_c, lp_c, ds_c, &lc);
+        loss[0] = side_step(mc, cpu, d.in_c, d.raw, groups, 2, batch, K, d.q_c, d.lp_c, d.ds_c,
+                            &d.lc);
         printf("-- %s model step %d%s\n", DTN, step,
                step ? " (the CPU model on the GPU's weights)" : "");
         nn_backend_sync(gpu);
         memcpy(buf_save, mg->buffer_data, mg->buffers.total * sizeof(float));
         for (int attempt = 0;; attempt++) {
-            loss[1] = side_step_scaled(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g,
-                                       &lc, fp16 ? ls.scale : 1.0f);
+            loss[1] = side_step_scaled(mg, gpu, d.in_g, d.raw, groups, 2, batch, K, d.q_g,
+                                       d.lp_g, d.ds_g, &d.lc, fp16 ? ls.scale : 1.0f);
             if (!fp16) {
                 break;
             }
@@ -774,7 +754,7 @@ static void test_model(void)
         }
         for (int side = 0; side < 2; side++) {
             struct nn_model *m = side ? mg : mc;
-            nn_optim_step(side ? &opt_g : &opt_c, m->param_data, m->grad_data, 4.8, step);
+            nn_optim_step(side ? &d.opt_g : &d.opt_c, m->param_data, m->grad_data, 4.8, step);
             nn_backend_sync(side ? gpu : cpu);
         }
         if (step == 0) {
@@ -790,24 +770,13 @@ static void test_model(void)
            cache_after_first, cache_now, cache_now == cache_after_first ? "ok" : "FAIL");
     failures += cache_now != cache_after_first;
     if (fp16) { /* a real overflow: inf in the fp16 backward, seen in the float gradients */
-        side_step_scaled(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc, 0x1p30f);
+        side_step_scaled(mg, gpu, d.in_g, d.raw, groups, 2, batch, K, d.q_g, d.lp_g, d.ds_g,
+                         &d.lc, 0x1p30f);
         int nf = nn_backend_nonfinite(gpu, mg->grad_data, mg->params.total);
         lexpect(nf == 1, "model: loss scale 2^30 overflows fp16, check sees it");
     }
     free(buf_save);
-    nn_optim_free(&opt_g);
-    nn_optim_free(&opt_c);
-    for (int g = 0; g < 2; g++) {
-        free(raw[g]);
-        nn_backend_free(cpu, in_c[g]);
-        nn_backend_free(gpu, in_g[g]);
-    }
-    free(q_c);
-    free(lp_c);
-    free(ds_c);
-    nn_backend_free(gpu, q_g);
-    nn_backend_free(gpu, lp_g);
-    nn_backend_free(gpu, ds_g);
+    step_pair_free(&d, cpu, gpu);
     nn_model_destroy(&mg);
     nn_model_destroy(&mc);
 }

@@ -68,44 +68,24 @@ int main(void)
 
     struct swav_rng r;
     swav_rng_init(&r, 21, 0, 0, 0);
-    uint8_t *raw[2];
-    float *in_c[2], *in_g[2];
-    size_t n_in[2];
-    for (int g = 0; g < 2; g++) {
-        n_in[g] = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
-        raw[g] = malloc(n_in[g]); /* host memory, as a loader's batch */
-        for (size_t i = 0; i < n_in[g]; i++) {
-            raw[g][i] = (uint8_t)swav_rng_below(&r, 256);
-        }
-        in_c[g] = nn_backend_alloc(cpu, n_in[g] * sizeof(float));
-        in_g[g] = nn_backend_alloc(gpu, n_in[g] * sizeof(float));
-    }
-    /* codes: fixed rows of a softmax, the same on both sides */
-    size_t nq = (size_t)2 * batch * K, ns = (size_t)n_crops * batch * K;
-    float *q_c = malloc(nq * sizeof(float)), *q_g = nn_backend_alloc(gpu, nq * sizeof(float));
-    codes_fill(q_c, nq / K, K, &r);
-    nn_backend_copy(gpu, q_g, q_c, nq * sizeof(float)); /* host -> device */
-    float *lp_c = malloc(ns * sizeof(float)), *ds_c = malloc(ns * sizeof(float));
-    float *lp_g = nn_backend_alloc(gpu, ns * sizeof(float)), *ds_g = nn_backend_alloc(gpu, ns * sizeof(float));
-    static const int assign[2] = {0, 1};
-    struct nn_swav_loss_cfg lc = {n_crops, batch, 2, assign, 0.1f};
-    struct nn_optim_config oc = nn_optim_config_swav(1e-6, 0);
-    struct nn_optim opt_c, opt_g;
-    nn_optim_init_on(&opt_c, cpu, &mc->params, &oc);
-    nn_optim_init_on(&opt_g, gpu, &mg->params, &oc);
-    if (!opt_g.dev) {
+    struct step_pair d;
+    step_pair_init(&d, cpu, gpu, mc, mg, groups, 2, batch, n_crops, K, &r);
+    const size_t ns = d.ns;
+    if (!d.opt_g.dev) {
         printf("FAIL: the CUDA backend has no optimizer of its own\n");
         return 1;
     }
 
     for (int step = 0; step < 2; step++) {
         float loss[2];
-        loss[0] = side_step(mc, cpu, in_c, raw, groups, 2, batch, K, q_c, lp_c, ds_c, &lc);
-        loss[1] = side_step(mg, gpu, in_g, raw, groups, 2, batch, K, q_g, lp_g, ds_g, &lc);
+        loss[0] = side_step(mc, cpu, d.in_c, d.raw, groups, 2, batch, K, d.q_c, d.lp_c, d.ds_c,
+                            &d.lc);
+        loss[1] = side_step(mg, gpu, d.in_g, d.raw, groups, 2, batch, K, d.q_g, d.lp_g, d.ds_g,
+                            &d.lc);
         printf("-- step %d\n", step);
         if (step == 0) {
-            check("normalized crops (group 0)", in_g[0], in_c[0], n_in[0], 1e-6);
-            check("normalized crops (group 1)", in_g[1], in_c[1], n_in[1], 1e-6);
+            check("normalized crops (group 0)", d.in_g[0], d.in_c[0], d.n_in[0], 1e-6);
+            check("normalized crops (group 1)", d.in_g[1], d.in_c[1], d.n_in[1], 1e-6);
         }
         double le = fabs(loss[1] - loss[0]) / fabs(loss[0]);
         printf("%-36s rel err %.3g (tol 1e-04) %s  (cuda %.6f cpu %.6f)\n", "swav loss", le,
@@ -147,11 +127,12 @@ int main(void)
         }
         for (int side = 0; side < 2; side++) {
             struct nn_model *m = side ? mg : mc;
-            nn_optim_step(side ? &opt_g : &opt_c, m->param_data, m->grad_data, 4.8, step);
+            nn_optim_step(side ? &d.opt_g : &d.opt_c, m->param_data, m->grad_data, 4.8, step);
             nn_backend_sync(side ? gpu : cpu);
         }
         check("parameters after the step", mg->param_data, mc->param_data, mc->params.total, 2e-3);
-        check("momentum after the step", opt_g.momentum, opt_c.momentum, mc->params.total, 2e-3);
+        check("momentum after the step", d.opt_g.momentum, d.opt_c.momentum, mc->params.total,
+              2e-3);
     }
     check("BN running stats and num_batches_tracked", mg->buffer_data, mc->buffer_data,
           mc->buffers.total, 1e-3);
@@ -161,8 +142,7 @@ int main(void)
     printf("%-36s cuda %g cpu %g head %g (want 4, 4, 2) %s\n", "num_batches_tracked", *nbt_g, *nbt_c,
            *hnbt_g, *nbt_g == 4 && *nbt_c == 4 && *hnbt_g == 2 ? "ok" : "FAIL");
     failures += !(*nbt_g == 4 && *nbt_c == 4 && *hnbt_g == 2);
-    nn_optim_free(&opt_g);
-    nn_optim_free(&opt_c);
+    step_pair_free(&d, cpu, gpu);
     nn_model_destroy(&mg);
     nn_model_destroy(&mc);
     nn_backend_destroy(&gpu);
