@@ -83,6 +83,11 @@ void cu_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp,
  * the synchronization: first sight of a shape only.  Every grow-only scratch
  * buffer of nn/cuda goes through it. */
 void cu_grow(struct cuda_backend *b, void **p, size_t *have, size_t want);
+/* What p is: device or managed memory, pageable host memory (copies from it
+ * are staged by the driver before cudaMemcpyAsync returns), or pinned host
+ * memory (read by the DMA itself, later). */
+enum { CU_DEVICE, CU_HOST_PAGEABLE, CU_HOST_PINNED };
+int cu_host_kind(const void *p);
 /* 1 when p is host memory (pageable or pinned), 0 for device or managed. */
 int cu_is_host(const void *p);
 void cu_tmp_reserve(struct cuda_backend *b, size_t bytes);

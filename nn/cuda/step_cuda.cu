@@ -55,14 +55,21 @@ __global__ void k_normalize_crops(float *dst, const uint8_t *src, int64_t batch,
 
 /* ---- the table's memory operations ------------------------------------------------ */
 
-int cu_is_host(const void *p)
+int cu_host_kind(const void *p)
 {
     cudaPointerAttributes a;
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
         cudaGetLastError();
-        return 1; /* older runtimes: unregistered host memory is an error here */
+        return CU_HOST_PAGEABLE; /* older runtimes: unregistered host memory is an error here */
     }
-    return a.type == cudaMemoryTypeUnregistered || a.type == cudaMemoryTypeHost;
+    return a.type == cudaMemoryTypeUnregistered ? CU_HOST_PAGEABLE
+           : a.type == cudaMemoryTypeHost       ? CU_HOST_PINNED
+                                                : CU_DEVICE;
+}
+
+int cu_is_host(const void *p)
+{
+    return cu_host_kind(p) != CU_DEVICE;
 }
 
 static void cu_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
@@ -200,7 +207,8 @@ static void cu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src,
     struct cuda_backend *b = cu_be(be);
     int64_t plane = (int64_t)h * w, rows = (int64_t)batch * n_crops;
     size_t bytes = (size_t)(rows * plane * 3);
-    if (!cu_is_host(src)) {
+    const int kind = cu_host_kind(src);
+    if (kind == CU_DEVICE) {
         k_normalize_crops<<<cu_blocks((size_t)(rows * plane)), TPB, 0, b->stream>>>(
             dst, src, batch, n_crops, plane);
         CUDA_LAUNCH_CHECK();
@@ -212,13 +220,11 @@ static void cu_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src,
      * are in the driver's staging: src is the caller's again */
     CUDA_CHECK(cudaMemcpyAsync(s->buf, src, bytes, cudaMemcpyDefault, b->copy_stream));
     CUDA_CHECK(cudaEventRecord(s->copied, b->copy_stream));
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, src) == cudaSuccess && a.type == cudaMemoryTypeHost) {
+    if (kind == CU_HOST_PINNED) {
         /* pinned memory is read by the DMA itself, later: wait for it, as
          * the interface promises src back on return */
         CUDA_CHECK(cudaEventSynchronize(s->copied));
     }
-    cudaGetLastError(); /* cudaPointerGetAttributes' error on older runtimes */
     CUDA_CHECK(cudaStreamWaitEvent(b->stream, s->copied, 0));
     k_normalize_crops<<<cu_blocks((size_t)(rows * plane)), TPB, 0, b->stream>>>(dst, s->buf, batch,
                                                                                n_crops, plane);
