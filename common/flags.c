@@ -19,22 +19,6 @@ int swav_flags_parse_bool(const char *s)
     return -1;
 }
 
-int swav_flags_parse_device(const char *s, int *index)
-{
-    *index = 0;
-    if (!strcmp(s, "cpu")) return 0;
-    if (!strcmp(s, "cuda")) return 1;
-    if (!strncmp(s, "cuda:", 5) && s[5] >= '0' && s[5] <= '9') {
-        char *end = NULL;
-        long v = strtol(s + 5, &end, 10);
-        if (*end == '\0' && v >= 0 && v < 1024) {
-            *index = (int)v;
-            return 1;
-        }
-    }
-    return -1;
-}
-
 static const char *type_name(enum swav_flag_type t)
 {
     switch (t) {
@@ -111,6 +95,15 @@ static int in_choices(const char *choices, const char *s)
         }
         p = bar + 1;
     }
+}
+
+int swav_flags_parse_device(const char *s, int *index)
+{
+    *index = 0;
+    if (!in_choices(SWAV_FLAG_DEVICE_CHOICES, s)) return -1;
+    if (!strcmp(s, "cpu")) return 0;
+    if (s[4] == ':') *index = (int)strtol(s + 5, NULL, 10);
+    return 1;
 }
 
 /* Store the values vals[0..nvals) into f's field. */
