@@ -24,6 +24,7 @@
 #include "backend_impl.h"
 #include "common/check.h"
 #include "common/log.h"
+#include "guard.h"
 
 #define CPU_KEY_MAX 16
 
@@ -263,6 +264,10 @@ static void cpu_mem_free(dnnl_memory_t *m)
 
 static void *cpu_alloc(nn_backend_t *be, size_t bytes)
 {
+    void *g = nn_guard_alloc(bytes); /* SWAV_NN_GUARD: zeroed pages */
+    if (g) {
+        return g;
+    }
     size_t n = (bytes + 63) / 64 * 64;
     void *p = aligned_alloc(64, n ? n : 64);
     SWAV_ASSERT(p != NULL);
@@ -272,7 +277,9 @@ static void *cpu_alloc(nn_backend_t *be, size_t bytes)
 
 static void cpu_free(nn_backend_t *be, void *p)
 {
-    free(p);
+    if (!nn_guard_free(p)) {
+        free(p);
+    }
 }
 
 static void cpu_sync(nn_backend_t *be)
@@ -2186,6 +2193,7 @@ nn_backend_t *nn_backend_cpu_new(int nthreads)
         omp_set_num_threads(nthreads);
         openblas_set_num_threads(nthreads);
     }
+    nn_guard_init();
     struct cpu_backend *b = swav_xcalloc(1, sizeof *b);
     b->base.iface = &cpu_iface;
     b->weights_version = 1;

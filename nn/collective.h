@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "nn/guard.h"
+
 enum nn_collective_status {
     NN_COLLECTIVE_OK = 0,
     NN_COLLECTIVE_ERR_TIMEOUT = -1,  /* a peer did not answer in time */
@@ -48,12 +50,24 @@ struct nn_collective *nn_collective_single_new(void);
 
 static inline int nn_allreduce_sum(struct nn_collective *c, float *buf, size_t n)
 {
-    return c->world == 1 ? 0 : c->ops->allreduce_sum(c, buf, n);
+    if (c->world == 1) {
+        return 0;
+    }
+    nn_guard_enter(); /* buf may be backend memory (guard.h) */
+    int st = c->ops->allreduce_sum(c, buf, n);
+    nn_guard_leave();
+    return st;
 }
 
 static inline int nn_broadcast(struct nn_collective *c, void *buf, size_t bytes, int root)
 {
-    return c->world == 1 ? 0 : c->ops->broadcast(c, buf, bytes, root);
+    if (c->world == 1) {
+        return 0;
+    }
+    nn_guard_enter();
+    int st = c->ops->broadcast(c, buf, bytes, root);
+    nn_guard_leave();
+    return st;
 }
 
 /* The gradient all-reduce in buckets during the backward (DDP's buckets):
@@ -65,13 +79,22 @@ static inline int nn_allreduce_start(struct nn_collective *c, float *buf, size_t
     if (c->world == 1) {
         return 0;
     }
-    return c->ops->allreduce_start ? c->ops->allreduce_start(c, buf, n)
-                                   : c->ops->allreduce_sum(c, buf, n);
+    nn_guard_enter();
+    int st = c->ops->allreduce_start ? c->ops->allreduce_start(c, buf, n)
+                                     : c->ops->allreduce_sum(c, buf, n);
+    nn_guard_leave();
+    return st;
 }
 
 static inline int nn_collective_wait_all(struct nn_collective *c)
 {
-    return c->world == 1 || !c->ops->wait_all ? 0 : c->ops->wait_all(c);
+    if (c->world == 1 || !c->ops->wait_all) {
+        return 0;
+    }
+    nn_guard_enter();
+    int st = c->ops->wait_all(c);
+    nn_guard_leave();
+    return st;
 }
 
 void nn_collective_destroy(struct nn_collective **c);

@@ -3,21 +3,38 @@
 
 #include "backend_impl.h"
 #include "common/check.h"
+#include "guard.h"
+
+/* Every call that reads or writes backend memory runs inside the host-access
+ * guard (guard.h; a load and a branch when it is off). */
+#define CALL(stmt)           \
+    do {                     \
+        nn_guard_enter();    \
+        stmt;                \
+        nn_guard_leave();    \
+    } while (0)
+#define CALL_RET(type, expr)   \
+    do {                       \
+        nn_guard_enter();      \
+        type call_ret_ = expr; \
+        nn_guard_leave();      \
+        return call_ret_;      \
+    } while (0)
 
 void nn_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src)
 {
     SWAV_ASSERT(be->iface->convert != NULL); /* a backend without bf16/fp16 */
-    be->iface->convert(be, dst, src);
+    CALL(be->iface->convert(be, dst, src));
 }
 
 void nn_conv2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad)
 {
-    be->iface->conv2d_forward(be, out, inp, weight, stride, pad);
+    CALL(be->iface->conv2d_forward(be, out, inp, weight, stride, pad));
 }
 
 void nn_conv2d_backward(nn_backend_t *be, struct nn_tensor *dinp, struct nn_tensor *dweight, const struct nn_tensor *dout, const struct nn_tensor *inp, const struct nn_tensor *weight, int stride, int pad)
 {
-    be->iface->conv2d_backward(be, dinp, dweight, dout, inp, weight, stride, pad);
+    CALL(be->iface->conv2d_backward(be, dinp, dweight, dout, inp, weight, stride, pad));
 }
 
 size_t nn_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *inp, unsigned flags)
@@ -27,44 +44,44 @@ size_t nn_batchnorm_workspace_bytes(nn_backend_t *be, const struct nn_tensor *in
 
 void nn_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const float *weight, const float *bias, float *running_mean, float *running_var, float *save_mean, float *save_var, void *workspace, unsigned flags, float momentum, float eps)
 {
-    be->iface->batchnorm_forward(be, out, inp, weight, bias, running_mean, running_var, save_mean, save_var, workspace, flags, momentum, eps);
+    CALL(be->iface->batchnorm_forward(be, out, inp, weight, bias, running_mean, running_var, save_mean, save_var, workspace, flags, momentum, eps));
 }
 
 void nn_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight, const float *save_mean, const float *save_var, const void *workspace, unsigned flags, float eps)
 {
-    be->iface->batchnorm_backward(be, dinp, dweight, dbias, dout, inp, weight, save_mean, save_var, workspace, flags, eps);
+    CALL(be->iface->batchnorm_backward(be, dinp, dweight, dbias, dout, inp, weight, save_mean, save_var, workspace, flags, eps));
 }
 
 void nn_batchnorm_stats(nn_backend_t *be, double *mean, double *m2, const struct nn_tensor *inp)
 {
     SWAV_ASSERT(be->iface->batchnorm_stats != NULL); /* a backend without SyncBN pieces */
-    be->iface->batchnorm_stats(be, mean, m2, inp);
+    CALL(be->iface->batchnorm_stats(be, mean, m2, inp));
 }
 
 void nn_batchnorm_backward_elemt(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *inp, const float *weight, const float *mean, const float *var, const float *mean_dy, const float *mean_dy_xhat, float eps)
 {
     SWAV_ASSERT(be->iface->batchnorm_backward_elemt != NULL);
-    be->iface->batchnorm_backward_elemt(be, dinp, inp, weight, mean, var, mean_dy, mean_dy_xhat, eps);
+    CALL(be->iface->batchnorm_backward_elemt(be, dinp, inp, weight, mean, var, mean_dy, mean_dy_xhat, eps));
 }
 
 void nn_relu_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
 {
-    be->iface->relu_forward(be, out, inp);
+    CALL(be->iface->relu_forward(be, out, inp));
 }
 
 void nn_relu_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out)
 {
-    be->iface->relu_backward(be, dinp, dout, out);
+    CALL(be->iface->relu_backward(be, dinp, dout, out));
 }
 
 void nn_add_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *a, const struct nn_tensor *b, int relu)
 {
-    be->iface->add_forward(be, out, a, b, relu);
+    CALL(be->iface->add_forward(be, out, a, b, relu));
 }
 
 void nn_accumulate(nn_backend_t *be, struct nn_tensor *y, const struct nn_tensor *x)
 {
-    be->iface->accumulate(be, y, x);
+    CALL(be->iface->accumulate(be, y, x));
 }
 
 size_t nn_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *out, const struct nn_tensor *inp, int k, int stride, int pad)
@@ -74,82 +91,82 @@ size_t nn_maxpool2d_workspace_bytes(nn_backend_t *be, const struct nn_tensor *ou
 
 void nn_maxpool2d_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, void *workspace, int k, int stride, int pad)
 {
-    be->iface->maxpool2d_forward(be, out, inp, workspace, k, stride, pad);
+    CALL(be->iface->maxpool2d_forward(be, out, inp, workspace, k, stride, pad));
 }
 
 void nn_maxpool2d_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const void *workspace, int k, int stride, int pad)
 {
-    be->iface->maxpool2d_backward(be, dinp, dout, workspace, k, stride, pad);
+    CALL(be->iface->maxpool2d_backward(be, dinp, dout, workspace, k, stride, pad));
 }
 
 void nn_avgpool_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp)
 {
-    be->iface->avgpool_forward(be, out, inp);
+    CALL(be->iface->avgpool_forward(be, out, inp));
 }
 
 void nn_avgpool_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout)
 {
-    be->iface->avgpool_backward(be, dinp, dout);
+    CALL(be->iface->avgpool_backward(be, dinp, dout));
 }
 
 void nn_linear_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, const float *weight, const float *bias)
 {
-    be->iface->linear_forward(be, out, inp, weight, bias);
+    CALL(be->iface->linear_forward(be, out, inp, weight, bias));
 }
 
 void nn_linear_backward(nn_backend_t *be, struct nn_tensor *dinp, float *dweight, float *dbias, const struct nn_tensor *dout, const struct nn_tensor *inp, const float *weight)
 {
-    be->iface->linear_backward(be, dinp, dweight, dbias, dout, inp, weight);
+    CALL(be->iface->linear_backward(be, dinp, dweight, dbias, dout, inp, weight));
 }
 
 void nn_l2_normalize_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, float *norms)
 {
-    be->iface->l2_normalize_forward(be, out, inp, norms);
+    CALL(be->iface->l2_normalize_forward(be, out, inp, norms));
 }
 
 void nn_l2_normalize_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out, const float *norms)
 {
-    be->iface->l2_normalize_backward(be, dinp, dout, out, norms);
+    CALL(be->iface->l2_normalize_backward(be, dinp, dout, out, norms));
 }
 
 void nn_log_softmax_forward(nn_backend_t *be, struct nn_tensor *out, const struct nn_tensor *inp, float scale)
 {
-    be->iface->log_softmax_forward(be, out, inp, scale);
+    CALL(be->iface->log_softmax_forward(be, out, inp, scale));
 }
 
 void nn_log_softmax_backward(nn_backend_t *be, struct nn_tensor *dinp, const struct nn_tensor *dout, const struct nn_tensor *out, float scale)
 {
-    be->iface->log_softmax_backward(be, dinp, dout, out, scale);
+    CALL(be->iface->log_softmax_backward(be, dinp, dout, out, scale));
 }
 
 float nn_swav_loss_forward(nn_backend_t *be, float *logp, const struct nn_tensor *scores, const float *q, const struct nn_swav_loss_cfg *cfg)
 {
-    return be->iface->swav_loss_forward(be, logp, scores, q, cfg);
+    CALL_RET(float, be->iface->swav_loss_forward(be, logp, scores, q, cfg));
 }
 
 void nn_swav_loss_backward(nn_backend_t *be, struct nn_tensor *dscores, const float *logp, const float *q, const struct nn_swav_loss_cfg *cfg)
 {
-    be->iface->swav_loss_backward(be, dscores, logp, q, cfg);
+    CALL(be->iface->swav_loss_backward(be, dscores, logp, q, cfg));
 }
 
 float nn_cross_entropy_soft_forward(nn_backend_t *be, float *logp, const struct nn_tensor *logits, const float *target)
 {
-    return be->iface->cross_entropy_soft_forward(be, logp, logits, target);
+    CALL_RET(float, be->iface->cross_entropy_soft_forward(be, logp, logits, target));
 }
 
 void nn_cross_entropy_soft_backward(nn_backend_t *be, struct nn_tensor *dlogits, const float *logp, const float *target)
 {
-    be->iface->cross_entropy_soft_backward(be, dlogits, logp, target);
+    CALL(be->iface->cross_entropy_soft_backward(be, dlogits, logp, target));
 }
 
 float nn_cross_entropy_forward(nn_backend_t *be, float *logp, const struct nn_tensor *logits, const int32_t *labels)
 {
-    return be->iface->cross_entropy_forward(be, logp, logits, labels);
+    CALL_RET(float, be->iface->cross_entropy_forward(be, logp, logits, labels));
 }
 
 void nn_cross_entropy_backward(nn_backend_t *be, struct nn_tensor *dlogits, const float *logp, const int32_t *labels)
 {
-    be->iface->cross_entropy_backward(be, dlogits, logp, labels);
+    CALL(be->iface->cross_entropy_backward(be, dlogits, logp, labels));
 }
 /* ---- backend.h: generic entry points ------------------------------------- */
 
@@ -199,47 +216,50 @@ void nn_backend_weights_updated(nn_backend_t *be)
 void nn_backend_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
 {
     if (bytes) {
-        be->iface->copy(be, dst, src, bytes);
+        CALL(be->iface->copy(be, dst, src, bytes));
     }
 }
 
 void nn_backend_zero(nn_backend_t *be, void *p, size_t bytes)
 {
     if (bytes) {
-        be->iface->zero(be, p, bytes);
+        CALL(be->iface->zero(be, p, bytes));
     }
 }
 
 void nn_backend_scale(nn_backend_t *be, float *x, size_t n, float s)
 {
     if (n) {
-        be->iface->scale(be, x, n, s);
+        CALL(be->iface->scale(be, x, n, s));
     }
 }
 
 void nn_backend_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int n, float value)
 {
     if (n > 0) {
-        be->iface->add_at(be, base, offsets, n, value);
+        CALL(be->iface->add_at(be, base, offsets, n, value));
     }
 }
 
 int nn_backend_nonfinite(nn_backend_t *be, const float *x, size_t n)
 {
-    return n ? be->iface->nonfinite(be, x, n) : 0;
+    if (!n) {
+        return 0;
+    }
+    CALL_RET(int, be->iface->nonfinite(be, x, n));
 }
 
 void nn_backend_normalize_crops(nn_backend_t *be, float *dst, const uint8_t *src, int batch,
                                 int n_crops, int h, int w)
 {
     if (batch > 0 && n_crops > 0) {
-        be->iface->normalize_crops(be, dst, src, batch, n_crops, h, w);
+        CALL(be->iface->normalize_crops(be, dst, src, batch, n_crops, h, w));
     }
 }
 
 void nn_backend_normalize_rows(nn_backend_t *be, float *w, int64_t rows, int64_t cols)
 {
     if (rows > 0) {
-        be->iface->normalize_rows(be, w, rows, cols);
+        CALL(be->iface->normalize_rows(be, w, rows, cols));
     }
 }

@@ -18,6 +18,7 @@
 
 #include "backend_impl.h"
 #include "common/check.h"
+#include "guard.h"
 
 #define NN_OPTIM_CHUNK 16384 /* elements per norm chunk */
 
@@ -223,7 +224,11 @@ void nn_optim_init(struct nn_optim *o, const struct nn_param_table *table,
         o->cfg.nthreads = 1;
     }
     o->table = table;
-    o->momentum = swav_xcalloc(table->total ? table->total : 1, sizeof(float));
+    /* SWAV_NN_GUARD: the momentum is backend memory, as the CUDA optimizer's */
+    o->momentum = nn_guard_alloc((table->total ? table->total : 1) * sizeof(float));
+    if (!o->momentum) {
+        o->momentum = swav_xcalloc(table->total ? table->total : 1, sizeof(float));
+    }
     o->group = swav_xcalloc((size_t)table->n + 1, sizeof(int));
     int nchunks = 0;
     for (int i = 0; i < table->n; i++) {
@@ -320,7 +325,9 @@ void nn_optim_free(struct nn_optim *o)
         free(pool->first_chunk);
         free(pool);
     }
-    free(o->momentum);
+    if (!nn_guard_free(o->momentum)) {
+        free(o->momentum);
+    }
     free(o->group);
     free(o->chunks);
     free(o->partial);
@@ -347,21 +354,23 @@ void nn_optim_step_groups(struct nn_optim *o, float *params, const float *grads,
     }
     struct nn_optim_pool *pool = o->pool;
     struct nn_optim_job job = {params, grads, group_lr, iteration};
+    nn_guard_enter(); /* the host optimizer is the CPU backend's step */
     if (pool->nthreads == 1) {
         if (o->cfg.larc) {
             pass_norms(o, &job, 0, o->nchunks);
         }
         pass_update(o, pool->first_chunk, &job, 0, o->nchunks);
-        return;
+    } else {
+        pool->job = job;
+        pthread_barrier_wait(&pool->start);
+        if (o->cfg.larc) {
+            pass_norms(o, &job, pool->chunk0[0], pool->chunk0[1]);
+        }
+        pthread_barrier_wait(&pool->mid);
+        pass_update(o, pool->first_chunk, &job, pool->chunk0[0], pool->chunk0[1]);
+        pthread_barrier_wait(&pool->end);
     }
-    pool->job = job;
-    pthread_barrier_wait(&pool->start);
-    if (o->cfg.larc) {
-        pass_norms(o, &job, pool->chunk0[0], pool->chunk0[1]);
-    }
-    pthread_barrier_wait(&pool->mid);
-    pass_update(o, pool->first_chunk, &job, pool->chunk0[0], pool->chunk0[1]);
-    pthread_barrier_wait(&pool->end);
+    nn_guard_leave();
 }
 
 void nn_optim_step(struct nn_optim *o, float *params, const float *grads, double lr,
