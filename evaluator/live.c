@@ -435,11 +435,10 @@ enum nn_checkpoint_status eval_backbone_load(struct nn_model *m, const char *pat
                                              struct nn_checkpoint_info *info, char *err,
                                              size_t errlen)
 {
-    nn_backend_sync(m->be); /* the host writes the model's memory */
     struct nn_checkpoint_load_opts lo = {.strict = false, .quiet = true};
-    enum nn_checkpoint_status cs = nn_checkpoint_load(path, &m->params, m->param_data,
-                                                      &m->buffers, m->buffer_data, NULL, &lo,
-                                                      info, err, errlen);
+    enum nn_checkpoint_status cs =
+        nn_checkpoint_load_backend(m->be, path, &m->params, m->param_data, &m->buffers,
+                                   m->buffer_data, NULL, &lo, info, err, errlen);
     nn_backend_weights_updated(m->be);
     return cs;
 }

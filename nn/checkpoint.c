@@ -518,3 +518,64 @@ out:
     safetensors_file_free(&f);
     return rc;
 }
+
+/* ---- on a backend's memory: staged through host copies ----------------------------- */
+
+static float *stage_in(nn_backend_t *be, const float *src, size_t n)
+{
+    if (!src) {
+        return NULL;
+    }
+    float *h = swav_xmalloc((n ? n : 1) * sizeof(float));
+    nn_backend_copy(be, h, src, n * sizeof(float));
+    return h;
+}
+
+enum nn_checkpoint_status nn_checkpoint_save_backend(nn_backend_t *be, const char *path,
+                                                     const struct nn_param_table *params,
+                                                     const float *param_data,
+                                                     const struct nn_param_table *buffers,
+                                                     const float *buffer_data,
+                                                     const float *momentum,
+                                                     const struct nn_checkpoint_meta *meta,
+                                                     char *err, size_t errlen)
+{
+    size_t np = params->total, nb = buffers ? buffers->total : 0;
+    float *hp = stage_in(be, param_data, np);
+    float *hb = buffers ? stage_in(be, buffer_data, nb) : NULL;
+    float *hm = stage_in(be, momentum, np);
+    enum nn_checkpoint_status st =
+        nn_checkpoint_save(path, params, hp, buffers, hb, hm, meta, err, errlen);
+    free(hp);
+    free(hb);
+    free(hm);
+    return st;
+}
+
+enum nn_checkpoint_status nn_checkpoint_load_backend(nn_backend_t *be, const char *path,
+                                                     const struct nn_param_table *params,
+                                                     float *param_data,
+                                                     const struct nn_param_table *buffers,
+                                                     float *buffer_data, float *momentum,
+                                                     const struct nn_checkpoint_load_opts *opts,
+                                                     struct nn_checkpoint_info *info, char *err,
+                                                     size_t errlen)
+{
+    size_t np = params->total, nb = buffers ? buffers->total : 0;
+    float *hp = stage_in(be, param_data, np);
+    float *hb = buffers ? stage_in(be, buffer_data, nb) : NULL;
+    float *hm = stage_in(be, momentum, np);
+    enum nn_checkpoint_status st = nn_checkpoint_load(path, params, hp, buffers, hb, hm, opts,
+                                                      info, err, errlen);
+    nn_backend_copy(be, param_data, hp, np * sizeof(float));
+    if (hb) {
+        nn_backend_copy(be, buffer_data, hb, nb * sizeof(float));
+    }
+    if (hm) {
+        nn_backend_copy(be, momentum, hm, np * sizeof(float));
+    }
+    free(hp);
+    free(hb);
+    free(hm);
+    return st;
+}

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nn/backend.h"
 #include "nn/params.h"
 
 #define NN_CHECKPOINT_FORMAT_VERSION 1
@@ -111,5 +112,27 @@ enum nn_checkpoint_status nn_checkpoint_load(const char *path,
                                              const struct nn_checkpoint_load_opts *opts,
                                              struct nn_checkpoint_info *info, char *err,
                                              size_t errlen);
+
+/* The same two on a backend's memory (nn_backend_alloc: a model's
+ * param_data and buffer_data, a backend optimizer's momentum), which the
+ * host may not touch (the CUDA backend's is device memory): staged through
+ * host copies with nn_backend_copy.  A load copies every table back, so
+ * entries the file does not fill keep their values. */
+enum nn_checkpoint_status nn_checkpoint_save_backend(nn_backend_t *be, const char *path,
+                                                     const struct nn_param_table *params,
+                                                     const float *param_data,
+                                                     const struct nn_param_table *buffers,
+                                                     const float *buffer_data,
+                                                     const float *momentum,
+                                                     const struct nn_checkpoint_meta *meta,
+                                                     char *err, size_t errlen);
+enum nn_checkpoint_status nn_checkpoint_load_backend(nn_backend_t *be, const char *path,
+                                                     const struct nn_param_table *params,
+                                                     float *param_data,
+                                                     const struct nn_param_table *buffers,
+                                                     float *buffer_data, float *momentum,
+                                                     const struct nn_checkpoint_load_opts *opts,
+                                                     struct nn_checkpoint_info *info, char *err,
+                                                     size_t errlen);
 
 #endif

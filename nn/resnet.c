@@ -481,10 +481,12 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
         }
     }
 
-    /* allocate and initialize */
-    m->param_data = nn_backend_alloc(be, m->params.total * sizeof(float));
-    m->grad_data = nn_backend_alloc(be, m->params.total * sizeof(float));
-    m->buffer_data = nn_backend_alloc(be, (m->buffers.total ? m->buffers.total : 1) * sizeof(float));
+    /* initialize on the host, then copy into the backend's memory (which
+     * the host may not touch: the CUDA backend's is device memory) */
+    const size_t param_bytes = (m->params.total ? m->params.total : 1) * sizeof(float);
+    const size_t buffer_bytes = (m->buffers.total ? m->buffers.total : 1) * sizeof(float);
+    m->param_data = swav_xcalloc(1, param_bytes);
+    m->buffer_data = swav_xcalloc(1, buffer_bytes);
     uint32_t tag = 0;
     rn_init_conv(m, &I->stem_conv, tag++);
     rn_init_bn(m, &I->stem_bn);
@@ -513,6 +515,14 @@ struct nn_model *nn_model_new(nn_backend_t *be, const struct nn_resnet_cfg *cfg,
             rn_init_linear(m, &I->protos, tag++);
         }
     }
+    float *host_params = m->param_data, *host_buffers = m->buffer_data;
+    m->param_data = nn_backend_alloc(be, param_bytes);
+    m->buffer_data = nn_backend_alloc(be, buffer_bytes);
+    m->grad_data = nn_backend_alloc(be, param_bytes);
+    nn_backend_copy(be, m->param_data, host_params, param_bytes);
+    nn_backend_copy(be, m->buffer_data, host_buffers, buffer_bytes);
+    free(host_params);
+    free(host_buffers);
 
     /* activations: measure, allocate once, lay out */
     for (int i = 0; i < n_groups; i++) {

@@ -18,6 +18,7 @@ struct nn_syncbn {
     float *dw, *db;            /* (max_c) this rank's weight / bias gradient sums */
     nn_backend_t *dw_be;       /* whose memory dw, db are: the layer backward writes them */
     float *mean_dy, *mean_dyx; /* (max_c) the group's means */
+    float *host;               /* (4 max_c) staging: the backend's memory is copied, never touched */
 };
 
 nn_syncbn_t *nn_syncbn_new(struct nn_collective *c, int group_size, int max_channels, char *err,
@@ -44,6 +45,7 @@ nn_syncbn_t *nn_syncbn_new(struct nn_collective *c, int group_size, int max_chan
     s->red = swav_xcalloc(W * 2 * C, sizeof(float));
     s->mean_dy = swav_xcalloc(C, sizeof(float));
     s->mean_dyx = swav_xcalloc(C, sizeof(float));
+    s->host = swav_xcalloc(4 * C, sizeof(float));
     return s;
 }
 
@@ -63,6 +65,7 @@ void nn_syncbn_destroy(nn_syncbn_t **sp)
     }
     free(s->mean_dy);
     free(s->mean_dyx);
+    free(s->host);
     free(s);
     *sp = NULL;
 }
@@ -129,13 +132,22 @@ int nn_syncbn_forward(nn_syncbn_t *s, nn_backend_t *be, struct nn_tensor *out,
     double n = (double)nn_tensor_numel(inp) / (double)C;
     nn_batchnorm_stats(be, s->mean, s->m2, inp);
     int st = syncbn_merge_stats(s, C, &n);
+    /* the running statistics and the saved ones are backend memory: staged */
+    const size_t bytes = (size_t)C * sizeof(float);
+    float *h_rm = s->host, *h_rv = s->host + C, *h_sm = s->host + 2 * C, *h_sv = s->host + 3 * C;
+    nn_backend_copy(be, h_rm, running_mean, bytes);
+    nn_backend_copy(be, h_rv, running_var, bytes);
     for (int64_t c = 0; c < C; c++) {
-        save_mean[c] = (float)s->mean[c];
-        save_var[c] = (float)(s->m2[c] / n);
+        h_sm[c] = (float)s->mean[c];
+        h_sv[c] = (float)(s->m2[c] / n);
         double uvar = s->m2[c] / (n > 1 ? n - 1 : 1);
-        running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * s->mean[c]);
-        running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * uvar);
+        h_rm[c] = (float)((1 - momentum) * h_rm[c] + momentum * s->mean[c]);
+        h_rv[c] = (float)((1 - momentum) * h_rv[c] + momentum * uvar);
     }
+    nn_backend_copy(be, save_mean, h_sm, bytes);
+    nn_backend_copy(be, save_var, h_sv, bytes);
+    nn_backend_copy(be, running_mean, h_rm, bytes);
+    nn_backend_copy(be, running_var, h_rv, bytes);
     *count = n;
     unsigned relu = flags & NN_BN_RELU;
     /* eval mode = normalize with the statistics given (as running stats) */
@@ -161,24 +173,26 @@ int nn_syncbn_backward(nn_syncbn_t *s, nn_backend_t *be, struct nn_tensor *dinp,
         s->db = nn_backend_alloc(be, (size_t)s->max_c * sizeof(float));
         s->dw_be = be;
     }
-    memset(s->dw, 0, (size_t)C * sizeof(float));
-    memset(s->db, 0, (size_t)C * sizeof(float));
+    const size_t bytes = (size_t)C * sizeof(float);
+    nn_backend_zero(be, s->dw, bytes);
+    nn_backend_zero(be, s->db, bytes);
     /* statistics as constants: dinp = weight invstd dy', dw = sum dy' xhat, db = sum dy' */
     nn_batchnorm_backward(be, dinp, s->dw, s->db, dout, inp, weight, save_mean, save_var,
                           relu ? workspace : NULL, relu, eps);
-    nn_backend_sync(be); /* dw, db are read below */
+    /* this rank's sums on the host: (db, dw), as the slots hold them */
+    float *h_sums = s->host;
+    nn_backend_copy(be, h_sums, s->db, bytes);
+    nn_backend_copy(be, h_sums + C, s->dw, bytes);
     float *red = s->red;
     size_t W = (size_t)s->c->world, two = 2 * (size_t)C;
     int st = s->status;
     if (!st && s->group_size == s->c->world) {
-        memcpy(red, s->db, (size_t)C * sizeof(float));
-        memcpy(red + C, s->dw, (size_t)C * sizeof(float));
+        memcpy(red, h_sums, two * sizeof(float));
         st = nn_allreduce_sum(s->c, red, two);
     } else if (!st) {
         memset(red, 0, W * two * sizeof(float));
         float *mine = red + (size_t)s->c->rank * two;
-        memcpy(mine, s->db, (size_t)C * sizeof(float));
-        memcpy(mine + C, s->dw, (size_t)C * sizeof(float));
+        memcpy(mine, h_sums, two * sizeof(float));
         st = nn_allreduce_sum(s->c, red, W * two);
         if (!st) {
             /* the group's slots, summed in rank order into slot 0 */
@@ -193,15 +207,17 @@ int nn_syncbn_backward(nn_syncbn_t *s, nn_backend_t *be, struct nn_tensor *dinp,
     }
     if (st) {
         s->status = st;
-        memcpy(red, s->db, (size_t)C * sizeof(float));
-        memcpy(red + C, s->dw, (size_t)C * sizeof(float));
+        memcpy(red, h_sums, two * sizeof(float));
     }
     for (int64_t c = 0; c < C; c++) {
         s->mean_dy[c] = (float)(red[c] / count);
         s->mean_dyx[c] = (float)(red[C + c] / count);
-        dweight[c] += s->dw[c];
-        dbias[c] += s->db[c];
     }
+    /* this rank's own sums into the parameter gradients, on the backend */
+    struct nn_tensor gw = nn_tensor_1d(dweight, C), gb = nn_tensor_1d(dbias, C);
+    struct nn_tensor tw = nn_tensor_1d(s->dw, C), tb = nn_tensor_1d(s->db, C);
+    nn_accumulate(be, &gw, &tw);
+    nn_accumulate(be, &gb, &tb);
     nn_batchnorm_backward_elemt(be, dinp, inp, weight, save_mean, save_var, s->mean_dy,
                                 s->mean_dyx, eps);
     return st;

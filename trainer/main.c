@@ -378,8 +378,9 @@ static enum nn_checkpoint_status load_checkpoint(struct trainer *T, const char *
                                                  size_t errlen)
 {
     struct nn_checkpoint_load_opts lo = {.strict = true};
-    return nn_checkpoint_load(path, &T->model->params, T->model->param_data, &T->model->buffers,
-                              T->model->buffer_data, T->optim.momentum, &lo, info, err, errlen);
+    return nn_checkpoint_load_backend(T->be, path, &T->model->params, T->model->param_data,
+                                      &T->model->buffers, T->model->buffer_data,
+                                      T->optim.momentum, &lo, info, err, errlen);
 }
 
 /* Resume from checkpoint.safetensors, or from the one before it when the
@@ -571,10 +572,9 @@ static int save_checkpoint(struct trainer *T, bool epoch_end)
         }
         unlink(prev_tmp);
     }
-    nn_backend_sync(T->be); /* the host reads the parameters, buffers and momentum */
-    enum nn_checkpoint_status st = nn_checkpoint_save(
-        path, &T->model->params, T->model->param_data, &T->model->buffers, T->model->buffer_data,
-        T->optim.momentum, &meta, err, sizeof err);
+    enum nn_checkpoint_status st = nn_checkpoint_save_backend(
+        T->be, path, &T->model->params, T->model->param_data, &T->model->buffers,
+        T->model->buffer_data, T->optim.momentum, &meta, err, sizeof err);
     if (st != NN_CHECKPOINT_OK) {
         LOG_ERROR("checkpoint not written: %s (%s); the previous one stays", err,
                   nn_checkpoint_status_str(st));

@@ -66,9 +66,9 @@ static int make_ckpt(int argc, char **argv)
                                       .config_json = module ? NULL : config,
                                       .extra = extra, .nextra = 1};
     char err[512];
-    enum nn_checkpoint_status st = nn_checkpoint_save(path, &m->params, m->param_data,
-                                                      &m->buffers, m->buffer_data, NULL, &meta,
-                                                      err, sizeof err);
+    enum nn_checkpoint_status st =
+        nn_checkpoint_save_backend(be, path, &m->params, m->param_data, &m->buffers,
+                                   m->buffer_data, NULL, &meta, err, sizeof err);
     nn_model_destroy(&m);
     nn_backend_destroy(&be);
     if (st != NN_CHECKPOINT_OK) {

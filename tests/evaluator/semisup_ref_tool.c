@@ -19,6 +19,16 @@
 #include "nn/resnet.h"
 #include "tests/evaluator/ref_io.h"
 
+/* write_file of a backend's memory (the model's), through a host copy */
+static void write_backend(nn_backend_t *be, const char *dir, const char *name, const float *p,
+                          size_t bytes)
+{
+    void *h = malloc(bytes ? bytes : 1);
+    nn_backend_copy(be, h, p, bytes);
+    write_file(dir, name, h, bytes);
+    free(h);
+}
+
 static void write_table(FILE *f, const struct nn_param_table *t)
 {
     fprintf(f, "[");
@@ -114,8 +124,8 @@ int main(int argc, char **argv)
     write_table(f, &m->buffers);
     fprintf(f, "}\n");
     SWAV_ASSERT(fclose(f) == 0);
-    write_file(dir, "init_params.f32", m->param_data, sizeof(float) * m->params.total);
-    write_file(dir, "init_buffers.f32", m->buffer_data, sizeof(float) * m->buffers.total);
+    write_backend(be, dir, "init_params.f32", m->param_data, sizeof(float) * m->params.total);
+    write_backend(be, dir, "init_buffers.f32", m->buffer_data, sizeof(float) * m->buffers.total);
     uint32_t *order = malloc(sizeof(uint32_t) * (size_t)NT * cfg.epochs);
     for (int e = 0; e < cfg.epochs; e++)
         eval_linear_epoch_order(cfg.seed, e, order + (size_t)e * NT, NT);
@@ -141,8 +151,8 @@ int main(int argc, char **argv)
     SWAV_ASSERT(r.n == steps);
     write_file(dir, "loss.f32", r.loss, sizeof(float) * r.n);
     write_file(dir, "lr.f64", r.lr, 2 * sizeof(double) * r.n);
-    write_file(dir, "final_params.f32", m->param_data, sizeof(float) * m->params.total);
-    write_file(dir, "final_buffers.f32", m->buffer_data, sizeof(float) * m->buffers.total);
+    write_backend(be, dir, "final_params.f32", m->param_data, sizeof(float) * m->params.total);
+    write_backend(be, dir, "final_buffers.f32", m->buffer_data, sizeof(float) * m->buffers.total);
     printf("{\"steps\": %lld, \"last_top1\": %.6f, \"last_top5\": %.6f, \"best_top1\": %.6f, "
            "\"best_top5\": %.6f, \"best_epoch\": %d}\n", (long long)r.n, res.last_top1,
            res.last_top5, res.best_top1, res.best_top5, res.best_epoch);

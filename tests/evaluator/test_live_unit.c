@@ -70,8 +70,8 @@ static void arch_case(int depth, int width, int small_stem, bool module, const c
     close(fd);
     char err[512];
     struct nn_checkpoint_meta meta = {.epoch = 1, .step = 2, .config_json = config};
-    SWAV_ASSERT(nn_checkpoint_save(path, &m->params, m->param_data, NULL, NULL, NULL, &meta,
-                                   err, sizeof err) == NN_CHECKPOINT_OK);
+    SWAV_ASSERT(nn_checkpoint_save_backend(m->be, path, &m->params, m->param_data, NULL, NULL,
+                                           NULL, &meta, err, sizeof err) == NN_CHECKPOINT_OK);
     struct safetensors_file f;
     SWAV_ASSERT(safetensors_read(&f, path, 0, err, sizeof err) == SAFETENSORS_OK);
     struct eval_arch a;

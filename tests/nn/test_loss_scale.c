@@ -103,22 +103,31 @@ static void test_text(void)
     }
 }
 
+/* The backend's buffer x is only written by copies of the host's h (the
+ * host may not touch backend memory: nn/guard.h). */
+static int nonfinite_of(nn_backend_t *be, float *x, const float *h, size_t n, size_t look)
+{
+    nn_backend_copy(be, x, h, n * sizeof(float));
+    return nn_backend_nonfinite(be, x, look);
+}
+
 static void test_nonfinite(nn_backend_t *be)
 {
     const size_t n = 1001;
     float *x = nn_backend_alloc(be, n * sizeof(float));
+    float *h = malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) {
-        x[i] = (float)i * 0.37f - 100.0f;
+        h[i] = (float)i * 0.37f - 100.0f;
     }
-    EXPECT(nn_backend_nonfinite(be, x, n) == 0, "a finite buffer reported non-finite");
+    EXPECT(nonfinite_of(be, x, h, n, n) == 0, "a finite buffer reported non-finite");
     EXPECT(nn_backend_nonfinite(be, x, 0) == 0, "n = 0 reported non-finite");
     const float specials_ok[] = {FLT_MAX, -FLT_MAX, 0x1p-149f, -0.0f, FLT_MIN};
     for (size_t k = 0; k < sizeof specials_ok / sizeof specials_ok[0]; k++) {
-        float keep = x[n / 2];
-        x[n / 2] = specials_ok[k];
-        EXPECT(nn_backend_nonfinite(be, x, n) == 0, "finite %g reported non-finite",
+        float keep = h[n / 2];
+        h[n / 2] = specials_ok[k];
+        EXPECT(nonfinite_of(be, x, h, n, n) == 0, "finite %g reported non-finite",
                (double)specials_ok[k]);
-        x[n / 2] = keep;
+        h[n / 2] = keep;
     }
     uint32_t snan_bits = 0x7f800001u;
     float snan;
@@ -128,17 +137,18 @@ static void test_nonfinite(nn_backend_t *be)
     const size_t where[] = {0, n / 2, n - 1};
     for (size_t k = 0; k < 4; k++) {
         for (size_t w = 0; w < 3; w++) {
-            float keep = x[where[w]];
-            x[where[w]] = bad[k];
-            EXPECT(nn_backend_nonfinite(be, x, n) == 1, "%s at %zu not found", names[k],
+            float keep = h[where[w]];
+            h[where[w]] = bad[k];
+            EXPECT(nonfinite_of(be, x, h, n, n) == 1, "%s at %zu not found", names[k],
                    where[w]);
             /* outside the range looked at: not seen */
             if (where[w] == n - 1) {
                 EXPECT(nn_backend_nonfinite(be, x, n - 1) == 0, "%s beyond n seen", names[k]);
             }
-            x[where[w]] = keep;
+            h[where[w]] = keep;
         }
     }
+    free(h);
     nn_backend_free(be, x);
 }
 
@@ -151,7 +161,7 @@ static void test_step(nn_backend_t *be)
     const size_t n = 64;
     const int world = 2;
     float *g = nn_backend_alloc(be, n * sizeof(float));
-    float *want = malloc(n * sizeof(float));
+    float *h = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
     struct nn_loss_scale ls;
     nn_loss_scale_init(&ls);
     ls.scale = NN_LOSS_SCALE_MAX; /* 2^24: 1e32 * 2^24 = 1.7e39 > FLT_MAX */
@@ -159,12 +169,13 @@ static void test_step(nn_backend_t *be)
     for (int attempt = 0; attempt < 40 && !taken; attempt++) {
         for (size_t i = 0; i < n; i++) {
             float base = (i == 5) ? 1e32f : (float)(i + 1) * 1e-3f; /* one huge gradient */
-            g[i] = 0.0f;
+            h[i] = 0.0f;
             for (int r = 0; r < world; r++) { /* each rank's scaled gradient, summed */
-                g[i] += base * ls.scale;
+                h[i] += base * ls.scale;
             }
             want[i] = base;
         }
+        nn_backend_copy(be, g, h, n * sizeof(float));
         nn_backend_scale(be, g, n, 1.0f / ((float)world * ls.scale));
         int nf = nn_backend_nonfinite(be, g, n);
         if (nn_loss_scale_update(&ls, nf)) {
@@ -177,11 +188,13 @@ static void test_step(nn_backend_t *be)
      * 2^23, 2^22 and 2^21 (4.2e38); 2^20 gives 2.1e38: four skips */
     EXPECT(taken && skipped == 4 && ls.scale == 1048576.0f,
            "taken %d after %d skips, S %g (want 4 skips, S 2^20)", taken, skipped, ls.scale);
+    nn_backend_copy(be, h, g, n * sizeof(float));
     int exact = 1;
     for (size_t i = 0; i < n; i++) {
-        exact &= g[i] == want[i];
+        exact &= h[i] == want[i];
     }
     EXPECT(exact, "unscaled gradients differ from the unscaled ones");
+    free(h);
     free(want);
     nn_backend_free(be, g);
 }

@@ -29,6 +29,23 @@ static int all_finite(const float *x, size_t n)
     return 1;
 }
 
+/* n floats of the backend's memory, copied out (the host may not read it:
+ * nn/guard.h); freed by the caller */
+static float *to_host(nn_backend_t *be, const float *p, size_t n)
+{
+    float *h = malloc((n ? n : 1) * sizeof(float));
+    nn_backend_copy(be, h, p, n * sizeof(float));
+    return h;
+}
+
+/* the first value of a buffer of the model */
+static float buffer0(struct nn_model *m, const char *name)
+{
+    float v;
+    nn_backend_copy(m->be, &v, nn_model_buffer(m, name), sizeof v);
+    return v;
+}
+
 /* One train step: forward, SwAV loss with fixed q, backward. Returns loss. */
 static float step(nn_backend_t *be, struct nn_model *m, float **inputs, int batch, int n_crops,
                   const float *q, float *logp, float *dsc)
@@ -76,7 +93,7 @@ static void test_model(nn_backend_t *be, int depth, int width, int small_stem,
     int bi = nn_param_table_find(&m->buffers, "bn1.num_batches_tracked");
     EXPECT(bi >= 0 && (m->buffers.p[bi].flags & NN_PARAM_INT64) && m->buffers.p[bi].ndim == 0,
            "num_batches_tracked");
-    EXPECT(nn_model_buffer(m, "projection_head.1.running_var")[0] == 1.0f, "running var init");
+    EXPECT(buffer0(m, "projection_head.1.running_var") == 1.0f, "running var init");
     /* inputs, q */
     struct swav_rng r;
     swav_rng_init(&r, 9, 0, 0, 0);
@@ -97,43 +114,53 @@ static void test_model(nn_backend_t *be, int depth, int width, int small_stem,
         q[i] = 1.0f / K + 0.05f * (float)swav_rng_uniform(&r);
     }
     float *logp = malloc(sizeof(float) * R * K), *dsc = malloc(sizeof(float) * R * K);
-    float *scores1 = malloc(sizeof(float) * R * K), *grads1 = malloc(sizeof(float) * m->params.total);
     nn_model_normalize_prototypes(m);
     float l1 = step(be, m, inputs, batch, n_crops, q, logp, dsc);
     int cache1 = nn_backend_cache_size(be);
-    memcpy(scores1, m->scores, sizeof(float) * R * K);
-    memcpy(grads1, m->grad_data, sizeof(float) * m->params.total);
+    float *scores1 = to_host(be, m->scores, R * K);
+    float *grads1 = to_host(be, m->grad_data, m->params.total);
     float l2 = step(be, m, inputs, batch, n_crops, q, logp, dsc);
     EXPECT(nn_backend_cache_size(be) == cache1, "second step created %d primitives",
            nn_backend_cache_size(be) - cache1);
     EXPECT(l1 == l2 && isfinite(l1), "loss %g then %g", l1, l2);
-    EXPECT(!memcmp(scores1, m->scores, sizeof(float) * R * K), "scores differ between steps");
-    EXPECT(!memcmp(grads1, m->grad_data, sizeof(float) * m->params.total),
+    float *scores2 = to_host(be, m->scores, R * K);
+    float *grads2 = to_host(be, m->grad_data, m->params.total);
+    EXPECT(!memcmp(scores1, scores2, sizeof(float) * R * K), "scores differ between steps");
+    EXPECT(!memcmp(grads1, grads2, sizeof(float) * m->params.total),
            "gradients differ between steps");
-    EXPECT(all_finite(m->grad_data, m->params.total), "gradients finite");
+    EXPECT(all_finite(grads2, m->params.total), "gradients finite");
     double gn = 0;
     for (size_t i = 0; i < m->params.total; i++) {
-        gn += (double)m->grad_data[i] * m->grad_data[i];
+        gn += (double)grads2[i] * grads2[i];
     }
     EXPECT(gn > 0, "zero gradient");
-    EXPECT(nn_model_buffer(m, "bn1.num_batches_tracked")[0] == 2.0f * ng, "backbone nbt %g",
-           nn_model_buffer(m, "bn1.num_batches_tracked")[0]);
-    EXPECT(nn_model_buffer(m, "projection_head.1.num_batches_tracked")[0] == 2.0f, "head nbt");
+    EXPECT(buffer0(m, "bn1.num_batches_tracked") == 2.0f * ng, "backbone nbt %g",
+           buffer0(m, "bn1.num_batches_tracked"));
+    EXPECT(buffer0(m, "projection_head.1.num_batches_tracked") == 2.0f, "head nbt");
     /* prototypes normalized */
-    const float *w = nn_model_param(m, "prototypes.weight");
+    float *w = to_host(be, nn_model_param(m, "prototypes.weight"), (size_t)cfg.feat_dim);
     double n0 = 0;
     for (int d = 0; d < cfg.feat_dim; d++) {
         n0 += (double)w[d] * w[d];
     }
+    free(w);
     EXPECT(fabs(n0 - 1.0) < 1e-5, "prototype norm %g", n0);
     /* smaller batch, then eval */
     if (batch > 1) {
         step(be, m, inputs, batch - 1, n_crops, q, logp, dsc);
         EXPECT(m->n_rows == n_crops * (batch - 1), "rows %d", m->n_rows);
-        EXPECT(all_finite(m->grad_data, m->params.total), "small-batch gradients finite");
+        float *g = to_host(be, m->grad_data, m->params.total);
+        EXPECT(all_finite(g, m->params.total), "small-batch gradients finite");
+        free(g);
     }
     nn_model_forward(m, (const float *const *)inputs, batch, NN_MODEL_EVAL);
-    EXPECT(all_finite(m->scores, R * K) && all_finite(m->feats, R * m->feat_channels), "eval finite");
+    float *es = to_host(be, m->scores, R * K);
+    float *ef = to_host(be, m->feats, R * m->feat_channels);
+    EXPECT(all_finite(es, R * K) && all_finite(ef, R * m->feat_channels), "eval finite");
+    free(es);
+    free(ef);
+    free(scores2);
+    free(grads2);
     printf("  loss %.5f, gradient norm %.4g, %d primitives\n", l1, sqrt(gn), cache1);
     for (int g = 0; g < ng; g++) {
         free(inputs[g]);

@@ -37,8 +37,8 @@ int main(int argc, char **argv)
     struct nn_checkpoint_load_opts opts = {.strict = false};
     struct nn_checkpoint_info info;
     enum nn_checkpoint_status st =
-        nn_checkpoint_load(argv[1], &m->params, m->param_data, &m->buffers, m->buffer_data,
-                           NULL, &opts, &info, err, sizeof err);
+        nn_checkpoint_load_backend(be, argv[1], &m->params, m->param_data, &m->buffers,
+                                   m->buffer_data, NULL, &opts, &info, err, sizeof err);
     if (st != NN_CHECKPOINT_OK) {
         fprintf(stderr, "load: %s\n", err);
         return 1;
@@ -56,17 +56,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "input: %s\n", err);
         return 2;
     }
-    const float *inputs[1] = {in};
+    float *x = nn_backend_alloc(be, n * 4); /* the model's input: backend memory */
+    nn_backend_copy(be, x, in, n * 4);
+    const float *inputs[1] = {x};
     nn_model_forward(m, inputs, batch, NN_MODEL_EVAL);
     if (m->feat_channels != 2048) {
         fprintf(stderr, "feat_channels %d\n", m->feat_channels);
         bad = 1;
     }
-    if (swav_file_write_atomic(argv[3], m->feats, (size_t)batch * m->feat_channels * 4, err,
-                               sizeof err)) {
+    size_t fbytes = (size_t)batch * m->feat_channels * 4;
+    float *feats = malloc(fbytes);
+    nn_backend_copy(be, feats, m->feats, fbytes);
+    if (swav_file_write_atomic(argv[3], feats, fbytes, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 2;
     }
+    free(feats);
+    nn_backend_free(be, x);
     free(in);
     nn_model_destroy(&m);
     nn_backend_destroy(&be);
