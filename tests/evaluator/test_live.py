@@ -102,12 +102,17 @@ def make_random_folder(root, per_class, seed):
                 quality=95)
 
 
+PROCS = []  # every process started, killed at the end if still running (a failed check
+             # or an exception must not leave loaders behind)
+
+
 class Proc:
     def __init__(self, args, log):
         self.args = args
         self.logpath = log
         self.logf = open(log, "w")
         self.p = subprocess.Popen(args, stdout=self.logf, stderr=subprocess.STDOUT)
+        PROCS.append(self.p)
 
     def wait(self, timeout):
         try:
@@ -444,11 +449,21 @@ def main(tmp):
     ldr.wait(20)
 
 
+def run_main(tmp):
+    try:
+        main(tmp)
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 if KEEP:
     os.makedirs(KEEP, exist_ok=True)
-    main(KEEP)
+    run_main(KEEP)
 else:
     with tempfile.TemporaryDirectory() as d:
-        main(d)
+        run_main(d)
 print("test_live: %d failures, %.1f s" % (len(fails), time.time() - T_START))
 sys.exit(1 if fails else 0)
