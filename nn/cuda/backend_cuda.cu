@@ -80,24 +80,31 @@ static void *cu_alloc(nn_backend_t *be, size_t bytes)
 {
     struct cuda_backend *b = cu_be(be);
     size_t n = (bytes + 255) / 256 * 256;
+    if (!n) {
+        n = 256;
+    }
     void *p = NULL;
     CUDA_CHECK(cudaSetDevice(b->device));
-    /* Managed memory past the device's free memory would page to the host,
-     * and on some drivers and VMs hang the GPU rather than fail: refuse it
-     * with a message (a smaller --batch_size fits), keeping 512 MiB for
-     * cuDNN's workspace and the scratch buffers. */
+    /* Every allocation must fit the device's free memory, keeping 512 MiB
+     * for cuDNN's workspace and the scratch buffers: a clear message (a
+     * smaller --batch_size fits) rather than a failure in the middle of a
+     * step, and managed memory past it would page to the host, which on
+     * some drivers and VMs hangs the GPU rather than failing. */
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     const size_t margin = (size_t)512 << 20;
     if (n + margin > free_b) {
         LOG_ERROR("CUDA backend: %.1f MiB asked on GPU %d with %.1f MiB of its %.1f MiB free; "
-                  "refused (managed memory must fit the device's free memory): lower "
-                  "--batch_size or free the GPU",
+                  "refused: lower --batch_size or free the GPU",
                   n / 1048576.0, b->device, free_b / 1048576.0, total_b / 1048576.0);
         abort();
     }
-    CUDA_CHECK(cudaMallocManaged(&p, n ? n : 256, cudaMemAttachGlobal));
-    CUDA_CHECK(cudaMemsetAsync(p, 0, n ? n : 256, b->stream));
+    if (b->managed) {
+        CUDA_CHECK(cudaMallocManaged(&p, n, cudaMemAttachGlobal));
+    } else {
+        CUDA_CHECK(cudaMalloc(&p, n));
+    }
+    CUDA_CHECK(cudaMemsetAsync(p, 0, n, b->stream));
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
     return p;
 }
@@ -1239,10 +1246,20 @@ extern "C" nn_backend_t *nn_backend_cuda_new(int device)
         LOG_ERROR("cuda: device %d asked for, %d present", device, n);
         return NULL;
     }
+    /* nn_backend_alloc: device memory (cudaMalloc), which the host reaches
+     * only through nn_backend_copy; SWAV_CUDA_MEMORY=managed gives managed
+     * memory instead, which host code may read after nn_backend_sync (the
+     * CUDA tests compare buffers that way).  Anything else is refused. */
+    const char *mem = getenv("SWAV_CUDA_MEMORY");
+    if (mem && *mem && strcmp(mem, "device") != 0 && strcmp(mem, "managed") != 0) {
+        LOG_ERROR("cuda: SWAV_CUDA_MEMORY=%s: expected device (the default) or managed", mem);
+        return NULL;
+    }
     cu_iface_fill();
     struct cuda_backend *b = (struct cuda_backend *)swav_xcalloc(1, sizeof *b);
     b->base.iface = &cu_iface;
     b->device = device;
+    b->managed = mem && !strcmp(mem, "managed");
     CUDA_CHECK(cudaSetDevice(device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     CUDNN_CHECK(cudnnCreate(&b->dnn));
@@ -1251,6 +1268,7 @@ extern "C" nn_backend_t *nn_backend_cuda_new(int device)
     CUBLAS_CHECK(cublasSetStream(b->blas, b->stream));
     const char *tf32 = getenv("SWAV_CUDA_TF32");
     int allow_tf32 = tf32 && tf32[0] == '1';
+
     b->conv_math = allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
     CUBLAS_CHECK(cublasSetMathMode(b->blas, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                        : CUBLAS_PEDANTIC_MATH));
@@ -1258,8 +1276,8 @@ extern "C" nn_backend_t *nn_backend_cuda_new(int device)
     cu_red_reserve(b, 4096);
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    LOG_INFO("cuda: device %d %s (sm_%d%d, %.1f GiB), cuDNN %zu, tf32 %s", device, prop.name,
-             prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0, cudnnGetVersion(),
-             allow_tf32 ? "on" : "off");
+    LOG_INFO("cuda: device %d %s (sm_%d%d, %.1f GiB), cuDNN %zu, tf32 %s, %s memory", device,
+             prop.name, prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0,
+             cudnnGetVersion(), allow_tf32 ? "on" : "off", b->managed ? "managed" : "device");
     return &b->base;
 }

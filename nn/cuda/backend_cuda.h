@@ -2,11 +2,13 @@
  * pieces of a training step that are not layers: crop normalization,
  * prototype normalization, Sinkhorn, and a fused SGD+LARC step.
  *
- * Memory: nn_backend_alloc on this backend returns CUDA managed memory
- * (cudaMallocManaged), so host code that still touches model buffers
- * (memset of gradients, checkpoint copies) keeps working; every pointer
- * handed to a layer must be device-accessible (nn_backend_alloc memory or
- * cudaMalloc'd).  Layouts: NCHW (4-D) and NC (2-D) only; nChw8c is the CPU
+ * Memory: nn_backend_alloc on this backend returns device memory
+ * (cudaMalloc): the host reaches it only through nn_backend_copy (nn/guard.h
+ * proves on the CPU that the model, trainer and evaluator never touch it
+ * otherwise); SWAV_CUDA_MEMORY=managed in the environment gives managed
+ * memory instead, readable by the host after nn_backend_sync (the CUDA tests
+ * compare buffers so).  Every pointer handed to a layer must be device
+ * memory (nn_backend_alloc'd or cudaMalloc'd).  Layouts: NCHW (4-D) and NC (2-D) only; nChw8c is the CPU
  * backend's and is refused (build the model with cfg.plain_layout = 1).
  * fp32 throughout (no TF32 unless SWAV_CUDA_TF32=1 in the environment).
  * Calls are asynchronous on the backend's stream; loss forwards return their
@@ -53,7 +55,7 @@ void nn_cuda_optim_step(struct nn_cuda_optim *o, float *params, const float *gra
                         int64_t iteration);
 void nn_cuda_optim_step_groups(struct nn_cuda_optim *o, float *params, const float *grads,
                                const double *group_lr, int64_t iteration);
-/* The momentum buffer (table->total floats, managed memory). */
+/* The momentum buffer (table->total floats, the backend's memory: nn_backend_alloc). */
 float *nn_cuda_optim_momentum(struct nn_cuda_optim *o);
 
 /* A collective over NCCL for the ranks of `bootstrap` (the trainer's ZeroMQ

@@ -36,6 +36,7 @@ struct cu_entry {
 struct cuda_backend {
     struct nn_backend base;
     int device;
+    int managed; /* SWAV_CUDA_MEMORY=managed: nn_backend_alloc gives managed memory */
     cudaStream_t stream;
     cudnnHandle_t dnn;
     cublasHandle_t blas;

@@ -469,7 +469,7 @@ struct nn_cuda_optim {
     struct nn_optim_config cfg;
     const struct nn_param_table *table;
     int n, nchunks;
-    float *momentum;          /* managed, table->total */
+    float *momentum;          /* nn_backend_alloc (device memory), table->total */
     struct opt_chunk *chunks; /* device */
     int *first_chunk;         /* device, n + 1 */
     int *group_host;          /* host copy, n */

@@ -75,11 +75,14 @@ int main(int argc, char **argv)
     {
         int B = 4096;
         float *s = nn_backend_alloc(be, sizeof(float) * B * K), *q = nn_backend_alloc(be, sizeof(float) * B * K);
+        float *hs = malloc(sizeof(float) * B * K); /* device memory: filled by a copy */
         struct swav_rng r;
         swav_rng_init(&r, 3, 0, 0, 0);
         for (size_t i = 0; i < (size_t)B * K; i++) {
-            s[i] = (float)(0.05 * swav_rng_normal(&r));
+            hs[i] = (float)(0.05 * swav_rng_normal(&r));
         }
+        nn_backend_copy(be, s, hs, sizeof(float) * B * K);
+        free(hs);
         nn_cuda_sinkhorn(be, q, s, B, K, 0.05f, 3); /* warm-up */
         nn_backend_sync(be);
         int reps = 20;
@@ -107,11 +110,10 @@ int main(int argc, char **argv)
     for (int g = 0; g < ng; g++) {
         size_t n = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
         inputs[g] = nn_backend_alloc(be, n * sizeof(float));
-        raw[g] = nn_backend_alloc(be, n);
+        raw[g] = malloc(n); /* host memory, as the trainer's batches from the loaders */
         for (size_t i = 0; i < n; i++) {
             raw[g][i] = (uint8_t)swav_rng_below(&r, 256);
         }
-        nn_backend_sync(be);
     }
     static const int assign[2] = {0, 1};
     struct nn_swav_loss_cfg lc = {n_crops, batch, 2, assign, 0.1f};

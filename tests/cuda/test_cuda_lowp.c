@@ -859,6 +859,11 @@ int main(void)
                nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
         return 77;
     }
+    /* These checks read the CUDA backend's buffers on the host after
+     * nn_backend_sync: managed memory (production runs use device memory, and
+     * the guard suite proves that the model, trainer and evaluator never
+     * touch it from the host). */
+    setenv("SWAV_CUDA_MEMORY", "managed", 1);
     cpu = nn_backend_cpu_new(0);
     gpu = nn_backend_cuda_new(0);
     if (!gpu) {
