@@ -141,6 +141,29 @@ int nn_guard_free(void *p)
     return found;
 }
 
+void nn_guard_check_slow(const void *p, const char *op, const char *arg)
+{
+    if (!p) {
+        return;
+    }
+    uintptr_t a = (uintptr_t)p;
+    int found = 0;
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < n_regions && !found; i++) {
+        found = a >= regions[i].base && a < regions[i].base + regions[i].len;
+    }
+    pthread_mutex_unlock(&mu);
+    if (!found) {
+        LOG_ERROR("nn guard (SWAV_NN_GUARD): %s: %s at %p is host memory, not the backend's "
+                  "(nn_backend_alloc it, and nn_backend_copy into it)",
+                  op, arg, p);
+        void *frames[64];
+        int n = backtrace(frames, 64);
+        backtrace_symbols_fd(frames, n, STDERR_FILENO);
+        abort();
+    }
+}
+
 void nn_guard_enter_slow(void)
 {
     pthread_mutex_lock(&mu);

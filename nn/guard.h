@@ -10,8 +10,10 @@
  * operation runs (nn/layers.c's table calls, the host optimizer's step, the
  * collectives of nn/collective.h).  Host code that touches such memory
  * outside them takes a SIGSEGV, which the guard reports with the allocation
- * and a backtrace before the process dies.  The test suite runs the
- * trainer, evaluator and checkpoint tests under it ("guard" suite).
+ * and a backtrace before the process dies.  Conversely, a layer handed host
+ * memory where it takes the backend's (nn_guard_check) stops with the layer
+ * and argument named.  The test suite runs the model, SyncBN, trainer,
+ * evaluator and checkpoint tests under it ("guard" suite).
  *
  * Process-wide: one set of guarded allocations and one nesting depth,
  * shared by all threads (an operation on one thread opens the memory for
@@ -33,6 +35,18 @@ void *nn_guard_alloc(size_t bytes);
 int nn_guard_free(void *p);
 
 void nn_guard_enter_slow(void);
+void nn_guard_check_slow(const void *p, const char *op, const char *arg);
+/* The converse mistake: p (unless NULL) must be guarded memory, the
+ * backend's, because `op` hands it to the backend as such (a GPU kernel
+ * cannot read a host pointer); otherwise the guard reports op and arg and
+ * aborts.  nn/layers.c checks every tensor and array a layer takes, except
+ * those its header documents as host memory. */
+static inline void nn_guard_check(const void *p, const char *op, const char *arg)
+{
+    if (nn_guard_enabled) {
+        nn_guard_check_slow(p, op, arg);
+    }
+}
 void nn_guard_leave_slow(void);
 /* Around a backend operation: the guarded memory is readable and writable
  * from the first enter to the matching leave (they nest). */

@@ -7,7 +7,9 @@
  * layout unless said otherwise.  Weights are plain (PyTorch's layouts:
  * conv OIHW, linear (out, in)) because they live in the flat parameter buffer
  * the optimizer and checkpoints see; the backend reorders them for its
- * kernels. */
+ * kernels.  Every tensor and array is the backend's memory (nn_backend_alloc,
+ * a model's buffers, its arena) unless its comment says host; with
+ * SWAV_NN_GUARD=1 a host pointer is refused (nn/guard.h). */
 #ifndef SWAV_NN_LAYERS_H
 #define SWAV_NN_LAYERS_H
 

@@ -101,19 +101,26 @@ static void test_model(nn_backend_t *be, int depth, int width, int small_stem,
     int n_crops = 0;
     for (int g = 0; g < ng; g++) {
         size_t n = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
-        inputs[g] = malloc(n * sizeof(float));
+        float *h = malloc(n * sizeof(float));
         for (size_t i = 0; i < n; i++) {
-            inputs[g][i] = (float)swav_rng_normal(&r);
+            h[i] = (float)swav_rng_normal(&r);
         }
+        inputs[g] = nn_backend_alloc(be, n * sizeof(float)); /* a layer's input: backend memory */
+        nn_backend_copy(be, inputs[g], h, n * sizeof(float));
+        free(h);
         n_crops += groups[g].n_crops;
     }
     int K = cfg.nmb_prototypes;
     size_t R = (size_t)m->n_rows;
-    float *q = malloc(sizeof(float) * 2 * batch * K);
+    float *hq = malloc(sizeof(float) * 2 * batch * K);
     for (int i = 0; i < 2 * batch * K; i++) {
-        q[i] = 1.0f / K + 0.05f * (float)swav_rng_uniform(&r);
+        hq[i] = 1.0f / K + 0.05f * (float)swav_rng_uniform(&r);
     }
-    float *logp = malloc(sizeof(float) * R * K), *dsc = malloc(sizeof(float) * R * K);
+    float *q = nn_backend_alloc(be, sizeof(float) * 2 * batch * K);
+    nn_backend_copy(be, q, hq, sizeof(float) * 2 * batch * K);
+    free(hq);
+    float *logp = nn_backend_alloc(be, sizeof(float) * R * K);
+    float *dsc = nn_backend_alloc(be, sizeof(float) * R * K);
     nn_model_normalize_prototypes(m);
     float l1 = step(be, m, inputs, batch, n_crops, q, logp, dsc);
     int cache1 = nn_backend_cache_size(be);
@@ -163,11 +170,11 @@ static void test_model(nn_backend_t *be, int depth, int width, int small_stem,
     free(grads2);
     printf("  loss %.5f, gradient norm %.4g, %d primitives\n", l1, sqrt(gn), cache1);
     for (int g = 0; g < ng; g++) {
-        free(inputs[g]);
+        nn_backend_free(be, inputs[g]);
     }
-    free(q);
-    free(logp);
-    free(dsc);
+    nn_backend_free(be, q);
+    nn_backend_free(be, logp);
+    nn_backend_free(be, dsc);
     free(scores1);
     free(grads1);
     nn_model_destroy(&m);

@@ -49,6 +49,26 @@ static float *to_host(nn_backend_t *be, const float *p, size_t n)
     return h;
 }
 
+/* n floats of backend memory holding a copy of h (zeros when h is NULL):
+ * layers take the backend's memory only (nn/guard.h) */
+static float *dev_in(nn_backend_t *be, const float *h, size_t n)
+{
+    float *d = nn_backend_alloc(be, (n ? n : 1) * sizeof(float));
+    if (h) {
+        nn_backend_copy(be, d, h, n * sizeof(float));
+    }
+    return d;
+}
+
+/* d copied back into h (unless h is NULL), then freed */
+static void dev_out(nn_backend_t *be, float *h, float *d, size_t n)
+{
+    if (h) {
+        nn_backend_copy(be, h, d, n * sizeof(float));
+    }
+    nn_backend_free(be, d);
+}
+
 static double rel_err_floor(const float *a, const float *b, size_t n, double floor)
 {
     double d = 0, s = floor;
@@ -190,16 +210,23 @@ static void *layer_rank_main(void *arg)
     char err[256];
     nn_syncbn_t *s = nn_syncbn_new(&tc.base, lc->group, (int)lc->c, err, sizeof err);
     SWAV_ASSERT(s != NULL);
-    size_t row = lc_row_floats(lc), off = (size_t)R->rank * lc->n * row;
-    struct nn_tensor x = lc_tensor(lc, (float *)R->x + off, lc->n);
-    struct nn_tensor y = lc_tensor(lc, R->y + off, lc->n);
-    struct nn_tensor dy = lc_tensor(lc, (float *)R->dy + off, lc->n);
-    struct nn_tensor dx = lc_tensor(lc, R->dx + off, lc->n);
+    size_t row = lc_row_floats(lc), off = (size_t)R->rank * lc->n * row, n = (size_t)lc->n * row;
+    size_t C = (size_t)lc->c;
+    /* this rank's rows and arrays, in its backend's memory */
+    float *d_x = dev_in(be, R->x + off, n), *d_y = dev_in(be, NULL, n);
+    float *d_dy = dev_in(be, R->dy + off, n), *d_dx = dev_in(be, NULL, n);
+    float *d_w = dev_in(be, R->w, C), *d_b = dev_in(be, R->b, C), *d_rm = dev_in(be, R->rm, C);
+    float *d_rv = dev_in(be, R->rv, C), *d_sm = dev_in(be, NULL, C), *d_sv = dev_in(be, NULL, C);
+    float *d_dw = dev_in(be, R->dw, C), *d_db = dev_in(be, R->db, C);
+    struct nn_tensor x = lc_tensor(lc, d_x, lc->n);
+    struct nn_tensor y = lc_tensor(lc, d_y, lc->n);
+    struct nn_tensor dy = lc_tensor(lc, d_dy, lc->n);
+    struct nn_tensor dx = lc_tensor(lc, d_dx, lc->n);
     size_t wsb = nn_batchnorm_workspace_bytes(be, &x, NN_BN_TRAIN | lc->relu);
     void *ws = wsb ? nn_backend_alloc(be, wsb) : NULL;
     double count = 0;
-    int st = nn_syncbn_forward(s, be, &y, &x, R->w, R->b, R->rm, R->rv, R->save_mean, R->save_var,
-                               &count, ws, lc->relu, 0.1f, 1e-5f);
+    int st = nn_syncbn_forward(s, be, &y, &x, d_w, d_b, d_rm, d_rv, d_sm, d_sv, &count, ws,
+                               lc->relu, 0.1f, 1e-5f);
     double want = (double)(lc->group ? lc->group : lc->world) * lc->n * (lc->ndim == 4 ? lc->hw * lc->hw : 1);
     if (R->sh->fail) {
         want = (double)lc->n * (lc->ndim == 4 ? lc->hw * lc->hw : 1);
@@ -208,13 +235,48 @@ static void *layer_rank_main(void *arg)
         printf("FAIL %s rank %d: count %g, want %g\n", lc->name, R->rank, count, want);
         failures++;
     }
-    st |= nn_syncbn_backward(s, be, &dx, R->dw, R->db, &dy, &x, R->w, R->save_mean, R->save_var,
-                             count, ws, lc->relu, 1e-5f);
+    st |= nn_syncbn_backward(s, be, &dx, d_dw, d_db, &dy, &x, d_w, d_sm, d_sv, count, ws, lc->relu,
+                             1e-5f);
     R->status = st ? st : nn_syncbn_status(s);
+    dev_out(be, R->y + off, d_y, n), dev_out(be, R->dx + off, d_dx, n);
+    dev_out(be, R->save_mean, d_sm, C), dev_out(be, R->save_var, d_sv, C);
+    dev_out(be, R->rm, d_rm, C), dev_out(be, R->rv, d_rv, C);
+    dev_out(be, R->dw, d_dw, C), dev_out(be, R->db, d_db, C);
+    dev_out(be, NULL, d_x, n), dev_out(be, NULL, d_dy, n);
+    dev_out(be, NULL, d_w, C), dev_out(be, NULL, d_b, C);
     nn_backend_free(be, ws);
     nn_syncbn_destroy(&s);
     nn_backend_destroy(&be);
     return NULL;
+}
+
+/* Plain (one process) batch norm of `rows` rows with `flags`: the forward,
+ * and the backward when dy is not NULL (dw, db +=); the arrays are host
+ * memory, staged through the backend's. */
+static void plain_bn(nn_backend_t *be, const struct layer_case *lc, int64_t rows, unsigned flags,
+                     const float *x, const float *dy, const float *w, const float *b, float *y,
+                     float *dx, float *sm, float *sv, float *rm, float *rv, float *dw, float *db)
+{
+    size_t n = (size_t)rows * lc_row_floats(lc), C = (size_t)lc->c;
+    float *d_x = dev_in(be, x, n), *d_y = dev_in(be, NULL, n), *d_w = dev_in(be, w, C);
+    float *d_b = dev_in(be, b, C), *d_rm = dev_in(be, rm, C), *d_rv = dev_in(be, rv, C);
+    float *d_sm = dev_in(be, NULL, C), *d_sv = dev_in(be, NULL, C);
+    struct nn_tensor tx = lc_tensor(lc, d_x, rows), ty = lc_tensor(lc, d_y, rows);
+    size_t wsb = nn_batchnorm_workspace_bytes(be, &tx, flags);
+    void *ws = wsb ? nn_backend_alloc(be, wsb) : NULL;
+    nn_batchnorm_forward(be, &ty, &tx, d_w, d_b, d_rm, d_rv, d_sm, d_sv, ws, flags, 0.1f, 1e-5f);
+    if (dy) {
+        float *d_dy = dev_in(be, dy, n), *d_dx = dev_in(be, NULL, n);
+        float *d_dw = dev_in(be, dw, C), *d_db = dev_in(be, db, C);
+        struct nn_tensor tdy = lc_tensor(lc, d_dy, rows), tdx = lc_tensor(lc, d_dx, rows);
+        nn_batchnorm_backward(be, &tdx, d_dw, d_db, &tdy, &tx, d_w, d_sm, d_sv, ws, flags, 1e-5f);
+        dev_out(be, NULL, d_dy, n), dev_out(be, dx, d_dx, n);
+        dev_out(be, dw, d_dw, C), dev_out(be, db, d_db, C);
+    }
+    dev_out(be, y, d_y, n), dev_out(be, sm, d_sm, C), dev_out(be, sv, d_sv, C);
+    dev_out(be, rm, d_rm, C), dev_out(be, rv, d_rv, C);
+    dev_out(be, NULL, d_x, n), dev_out(be, NULL, d_w, C), dev_out(be, NULL, d_b, C);
+    nn_backend_free(be, ws);
 }
 
 static void test_layer(const struct layer_case *lc)
@@ -255,23 +317,15 @@ static void test_layer(const struct layer_case *lc)
     nn_backend_t *be = nn_backend_cpu_new(1);
     for (int g0 = 0; g0 < W; g0 += G) {
         size_t off = (size_t)g0 * lc->n * row, rows = (size_t)G * lc->n;
-        struct nn_tensor tx = lc_tensor(lc, x + off, (int64_t)rows);
         float *ry = swav_xcalloc(rows * row, sizeof(float)), *rdx = swav_xcalloc(rows * row, sizeof(float));
-        struct nn_tensor ty = lc_tensor(lc, ry, (int64_t)rows);
-        struct nn_tensor tdy = lc_tensor(lc, dy + off, (int64_t)rows);
-        struct nn_tensor tdx = lc_tensor(lc, rdx, (int64_t)rows);
         float *sm = swav_xcalloc(C, 4), *sv = swav_xcalloc(C, 4), *rm = swav_xcalloc(C, 4);
         float *rv = swav_xcalloc(C, 4), *dw = swav_xcalloc(C, 4), *db = swav_xcalloc(C, 4);
         float *sdw = swav_xcalloc(C, 4), *sdb = swav_xcalloc(C, 4);
         for (size_t c = 0; c < C; c++) {
             rv[c] = 1.0f;
         }
-        size_t wsb = nn_batchnorm_workspace_bytes(be, &tx, NN_BN_TRAIN | lc->relu);
-        void *ws = wsb ? nn_backend_alloc(be, wsb) : NULL;
-        nn_batchnorm_forward(be, &ty, &tx, w, b, rm, rv, sm, sv, ws, NN_BN_TRAIN | lc->relu, 0.1f,
-                             1e-5f);
-        nn_batchnorm_backward(be, &tdx, dw, db, &tdy, &tx, w, sm, sv, ws, NN_BN_TRAIN | lc->relu,
-                              1e-5f);
+        plain_bn(be, lc, (int64_t)rows, NN_BN_TRAIN | lc->relu, x + off, dy + off, w, b, ry, rdx,
+                 sm, sv, rm, rv, dw, db);
         char what[160];
         for (int r = g0; r < g0 + G; r++) {
             if (R[r].status != 0) {
@@ -298,7 +352,6 @@ static void test_layer(const struct layer_case *lc)
                  g0 + G - 1);
         expect_close(what, sdw, dw, C);
         expect_close(what, sdb, db, C);
-        nn_backend_free(be, ws);
         free(ry), free(rdx), free(sm), free(sv), free(rm), free(rv), free(dw), free(db);
         free(sdw), free(sdb);
     }
@@ -335,15 +388,11 @@ static void test_failure(void)
            ok ? "ok" : "FAIL");
     failures += !ok;
     nn_backend_t *be = nn_backend_cpu_new(1);
-    struct nn_tensor tx = lc_tensor(&lc, x, lc.n), ty = lc_tensor(&lc, yr, lc.n);
     float *sm = swav_xcalloc(C, 4), *sv = swav_xcalloc(C, 4), *rm = swav_xcalloc(C, 4);
     float *rv = swav_xcalloc(C, 4);
-    size_t wsb = nn_batchnorm_workspace_bytes(be, &tx, NN_BN_TRAIN | NN_BN_RELU);
-    void *ws = nn_backend_alloc(be, wsb);
-    nn_batchnorm_forward(be, &ty, &tx, w, b, rm, rv, sm, sv, ws, NN_BN_TRAIN | NN_BN_RELU, 0.1f,
-                         1e-5f);
+    plain_bn(be, &lc, lc.n, NN_BN_TRAIN | NN_BN_RELU, x, NULL, w, b, yr, NULL, sm, sv, rm, rv, NULL,
+             NULL);
     expect_close("failing collective: output = this rank's batch norm", y, yr, (size_t)lc.n * row);
-    nn_backend_free(be, ws);
     nn_backend_destroy(&be);
     free(x), free(y), free(yr), free(dy), free(dx), free(w), free(b), free(sm), free(sv), free(rm);
     free(rv);
@@ -376,6 +425,7 @@ static struct nn_resnet_cfg m_cfg(void)
 struct model_data {
     float *full[2], *rank_in[2][2]; /* [group], [rank][group] */
     float *dout_full, *dout_rank[2];
+    size_t n_full[2]; /* floats of full[g] */
     int rows_full, K;
 };
 
@@ -399,10 +449,17 @@ static void *model_rank_main(void *arg)
     tcoll_init(&tc, R->sh, R->rank);
     char err[256];
     SWAV_ASSERT(nn_model_set_sync_bn(m, &tc.base, 0, err, sizeof err) == 0);
-    const float *in[2] = {R->d->rank_in[R->rank][0], R->d->rank_in[R->rank][1]};
+    const struct model_data *d = R->d;
+    float *d_in[2] = {dev_in(be, d->rank_in[R->rank][0], d->n_full[0] / 2),
+                      dev_in(be, d->rank_in[R->rank][1], d->n_full[1] / 2)};
+    size_t n_dout = (size_t)d->rows_full / 2 * d->K;
+    float *d_dout = dev_in(be, d->dout_rank[R->rank], n_dout);
+    const float *in[2] = {d_in[0], d_in[1]};
     R->status = nn_model_forward(m, in, M_B, NN_MODEL_TRAIN);
     nn_model_zero_grad(m);
-    R->status |= nn_model_backward(m, R->d->dout_rank[R->rank]);
+    R->status |= nn_model_backward(m, d_dout);
+    dev_out(be, NULL, d_in[0], d->n_full[0] / 2), dev_out(be, NULL, d_in[1], d->n_full[1] / 2);
+    dev_out(be, NULL, d_dout, n_dout);
     R->n_emb = (size_t)m->n_rows * cfg.feat_dim;
     R->n_scores = (size_t)m->n_rows * cfg.nmb_prototypes;
     R->n_params = m->params.total;
@@ -434,6 +491,7 @@ static void test_model(void)
     for (int g = 0; g < 2; g++) {
         size_t img = 3 * (size_t)m_groups[g].size * m_groups[g].size;
         size_t n = (size_t)m_groups[g].n_crops * 2 * M_B * img;
+        d.n_full[g] = n;
         d.full[g] = swav_xmalloc(n * 4);
         fill(d.full[g], n, 20 + (uint32_t)g, 1.0, 0.0);
         for (int r = 0; r < 2; r++) {
@@ -465,10 +523,14 @@ static void test_model(void)
 
     nn_backend_t *be = nn_backend_cpu_new(1);
     struct nn_model *m = nn_model_new(be, &cfg, m_groups, 2, 2 * M_B);
-    const float *in[2] = {d.full[0], d.full[1]};
+    float *d_full[2] = {dev_in(be, d.full[0], d.n_full[0]), dev_in(be, d.full[1], d.n_full[1])};
+    float *d_dout = dev_in(be, d.dout_full, (size_t)d.rows_full * d.K);
+    const float *in[2] = {d_full[0], d_full[1]};
     nn_model_forward(m, in, 2 * M_B, NN_MODEL_TRAIN);
     nn_model_zero_grad(m);
-    nn_model_backward(m, d.dout_full);
+    nn_model_backward(m, d_dout);
+    dev_out(be, NULL, d_full[0], d.n_full[0]), dev_out(be, NULL, d_full[1], d.n_full[1]);
+    dev_out(be, NULL, d_dout, (size_t)d.rows_full * d.K);
     float *emb_full = to_host(be, m->embedding, (size_t)m->n_rows * cfg.feat_dim);
     float *scores_full = to_host(be, m->scores, (size_t)m->n_rows * d.K);
     float *buffers_full = to_host(be, m->buffer_data, m->buffers.total);
