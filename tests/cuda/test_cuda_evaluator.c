@@ -210,12 +210,11 @@ static int run_side(struct side *sd, const char *ckpt, const uint8_t *fcrops,
         printf("FAIL: %s: eval_backbone_load: %s\n", sd->name, err);
         return -1;
     }
-    nn_backend_sync(sd->be);
     size_t np = sd->bb->params.total, nb = sd->bb->buffers.total;
     sd->bb_params = malloc(np * sizeof(float));
     sd->bb_buffers = malloc(nb * sizeof(float));
-    memcpy(sd->bb_params, sd->bb->param_data, np * sizeof(float));
-    memcpy(sd->bb_buffers, sd->bb->buffer_data, nb * sizeof(float));
+    nn_backend_copy(sd->be, sd->bb_params, sd->bb->param_data, np * sizeof(float));
+    nn_backend_copy(sd->be, sd->bb_buffers, sd->bb->buffer_data, nb * sizeof(float));
 
     /* 2. features, as the live evaluator extracts them */
     const int64_t D = sd->bb->feat_channels;
@@ -248,9 +247,8 @@ static int run_side(struct side *sd, const char *ckpt, const uint8_t *fcrops,
         return -1;
     }
     size_t nfp = sd->ft->params.total, nfb = sd->ft->buffers.total;
-    nn_backend_sync(sd->be);
     sd->ft_before = malloc(nfp * sizeof(float));
-    memcpy(sd->ft_before, sd->ft->param_data, nfp * sizeof(float));
+    nn_backend_copy(sd->be, sd->ft_before, sd->ft->param_data, nfp * sizeof(float));
     struct u8_source ts = {.crops = tcrops, .y = ty, .batch = malloc((size_t)SB * S * S * 3)};
     struct f32_source vs = {.x = vx, .y = vy};
     struct eval_image_source train = {.ctx = &ts, .n = NT, .begin = u8_begin, .fill_u8 = u8_fill};
@@ -262,13 +260,12 @@ static int run_side(struct side *sd, const char *ckpt, const uint8_t *fcrops,
         printf("FAIL: %s: eval_semisup_run: %s\n", sd->name, eval_semisup_status_str(st));
         return -1;
     }
-    nn_backend_sync(sd->be);
     sd->ft_after = malloc(nfp * sizeof(float));
     sd->ft_momentum = malloc(nfp * sizeof(float));
     sd->ft_buffers = malloc(nfb * sizeof(float));
-    memcpy(sd->ft_after, sd->ft->param_data, nfp * sizeof(float));
-    memcpy(sd->ft_momentum, sd->s.optim.momentum, nfp * sizeof(float));
-    memcpy(sd->ft_buffers, sd->ft->buffer_data, nfb * sizeof(float));
+    nn_backend_copy(sd->be, sd->ft_after, sd->ft->param_data, nfp * sizeof(float));
+    nn_backend_copy(sd->be, sd->ft_momentum, sd->s.optim.momentum, nfp * sizeof(float));
+    nn_backend_copy(sd->be, sd->ft_buffers, sd->ft->buffer_data, nfb * sizeof(float));
     printf("%s: %d steps, losses %.6f %.6f, val loss %.6f, val top-1 %.2f top-5 %.2f\n",
            sd->name, sd->loss.n, sd->loss.v[0], sd->loss.v[1], sd->res.last_val_loss,
            sd->res.last_top1, sd->res.last_top5);
@@ -323,13 +320,12 @@ static int write_checkpoint(const char *path, struct swav_rng *r)
         const float *ins[1] = {in};
         nn_model_forward(m, ins, FB, NN_MODEL_TRAIN);
     }
-    nn_backend_sync(be);
     struct nn_checkpoint_meta meta = {.epoch = 3, .step = 30, .seed = 7,
                                       .config_json = "{\"seed\": 7}"};
     char err[512];
     enum nn_checkpoint_status st =
-        nn_checkpoint_save(path, &m->params, m->param_data, &m->buffers, m->buffer_data, NULL,
-                           &meta, err, sizeof err);
+        nn_checkpoint_save_backend(be, path, &m->params, m->param_data, &m->buffers,
+                                   m->buffer_data, NULL, &meta, err, sizeof err);
     if (st != NN_CHECKPOINT_OK) {
         printf("FAIL: nn_checkpoint_save: %s\n", err);
     }
@@ -346,11 +342,6 @@ int main(void)
         printf("SKIP: no CUDA device (%s)\n", nn_cuda_count_error());
         return 77;
     }
-    /* These checks read the CUDA backend's buffers on the host after
-     * nn_backend_sync: managed memory (production runs use device memory, and
-     * the guard suite proves that the model, trainer and evaluator never
-     * touch it from the host). */
-    setenv("SWAV_CUDA_MEMORY", "managed", 1);
     char dir[] = "/tmp/cuda_evaluator_XXXXXX", path[64];
     if (!mkdtemp(dir)) {
         printf("FAIL: mkdtemp\n");
@@ -446,11 +437,13 @@ int main(void)
     check("momentum after the steps", gpu.ft_momentum, cpu.ft_momentum, np, 2e-3);
     check("BN running statistics after the steps", gpu.ft_buffers, cpu.ft_buffers,
           cpu.ft->buffers.total, 1e-3);
-    const float *nbt_c = nn_model_buffer(cpu.ft, "layer1.0.bn1.num_batches_tracked");
-    const float *nbt_g = nn_model_buffer(gpu.ft, "layer1.0.bn1.num_batches_tracked");
-    nn_backend_sync(gpu.be);
-    printf("num_batches_tracked: cuda %g cpu %g (want %d)\n", *nbt_g, *nbt_c, NPRE + 2);
-    expect(*nbt_c == NPRE + 2 && *nbt_g == NPRE + 2, "num_batches_tracked NPRE + 2 steps");
+    float nbt_c, nbt_g; /* device memory on the GPU side: copied out */
+    nn_backend_copy(cpu.be, &nbt_c, nn_model_buffer(cpu.ft, "layer1.0.bn1.num_batches_tracked"),
+                    sizeof nbt_c);
+    nn_backend_copy(gpu.be, &nbt_g, nn_model_buffer(gpu.ft, "layer1.0.bn1.num_batches_tracked"),
+                    sizeof nbt_g);
+    printf("num_batches_tracked: cuda %g cpu %g (want %d)\n", nbt_g, nbt_c, NPRE + 2);
+    expect(nbt_c == NPRE + 2 && nbt_g == NPRE + 2, "num_batches_tracked NPRE + 2 steps");
     double ve = fabs(gpu.res.last_val_loss - cpu.res.last_val_loss) / fabs(cpu.res.last_val_loss);
     printf("%-44s rel err %.3g (tol 1e-03) %s\n", "validation loss after the epoch", ve,
            ve <= 1e-3 ? "ok" : "FAIL");
