@@ -110,10 +110,15 @@ int main(int argc, char **argv)
     for (int g = 0; g < ng; g++) {
         size_t n = (size_t)groups[g].n_crops * batch * 3 * groups[g].size * groups[g].size;
         inputs[g] = nn_backend_alloc(be, n * sizeof(float));
-        raw[g] = malloc(n); /* host memory, as the trainer's batches from the loaders */
+        /* on the device, as the PyTorch side's synthetic crops (the host-to-device
+         * copy of real batches is in the end-to-end run) */
+        raw[g] = nn_backend_alloc(be, n);
+        uint8_t *h = malloc(n);
         for (size_t i = 0; i < n; i++) {
-            raw[g][i] = (uint8_t)swav_rng_below(&r, 256);
+            h[i] = (uint8_t)swav_rng_below(&r, 256);
         }
+        nn_backend_copy(be, raw[g], h, n);
+        free(h);
     }
     static const int assign[2] = {0, 1};
     struct nn_swav_loss_cfg lc = {n_crops, batch, 2, assign, 0.1f};
