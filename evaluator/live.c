@@ -837,8 +837,6 @@ static int run_semisup(struct live *L, const struct target *t, const struct eval
     rc_cfg.no_l2norm = 1;
     rc_cfg.seed = cfg->seed;
     struct nn_crop_group g = {.n_crops = 1, .size = L->o->size};
-    /* the new model's initialization writes its (backend) memory from the host */
-    nn_backend_sync(L->be);
     struct nn_model *m = nn_model_new(L->be, &rc_cfg, &g, 1, cfg->batch_size);
     if (!m) {
         LOG_ERROR("semisup: cannot build %s with a %d-class head for %d-pixel crops", a->name,

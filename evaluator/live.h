@@ -28,7 +28,7 @@
  * semi-supervised fine-tuning run on that backend (the GPU's with cuda):
  * the loaders' uint8 crops normalized by the backend into its memory,
  * features and logits read back with nn_backend_copy, checkpoints loaded
- * after nn_backend_sync.  kNN and the linear probe run on the host, on the
+ * through host copies (nn_checkpoint_load_backend).  kNN and the linear probe run on the host, on the
  * extracted features (knn.h, linear.h: BLAS on their own buffers).
  *
  * The data set's size is learnt from the loaders (the `datasets` map of

@@ -17,8 +17,9 @@ typedef struct nn_backend nn_backend_t;
 nn_backend_t *nn_backend_cpu_new(int nthreads);
 void nn_backend_destroy(nn_backend_t **be);
 const char *nn_backend_name(const nn_backend_t *be);
-/* Device memory of this backend (host memory for the CPU backend), 64-byte
- * aligned and zeroed. */
+/* Memory of this backend (device memory on the CUDA backend; host memory,
+ * or the guard's pages under SWAV_NN_GUARD, on the CPU), 64-byte aligned
+ * and zeroed.  Reached from the host only through nn_backend_copy. */
 void *nn_backend_alloc(nn_backend_t *be, size_t bytes);
 void nn_backend_free(nn_backend_t *be, void *p);
 /* Waits for queued work (no-op on CPU). */
@@ -39,8 +40,10 @@ int nn_backend_cache_size(const nn_backend_t *be);
 /* ---- memory operations, ordered with the layers ---------------------------
  * On the CPU backend these run at once; on the CUDA one they are queued on
  * its stream like every layer, so model memory is only touched in order.
- * Host code that reads or writes model memory itself (checkpoints, the
- * evaluator's copies, tests) calls nn_backend_sync first. */
+ * Host code never reads or writes a backend's memory itself (the CUDA
+ * backend's is device memory): it copies with nn_backend_copy, which waits
+ * for the queued work when its destination is host memory (nn/guard.h
+ * checks this on the CPU). */
 
 /* bytes from src to dst, each host memory or this backend's.  When dst is
  * host memory the bytes are there when the call returns; when src is host

@@ -102,9 +102,9 @@ void nn_model_destroy(struct nn_model **m);
 /* inputs[g]: (groups[g].n_crops * batch, 3, S, S) float NCHW, normalized,
  * in the backend's memory (nn_backend_alloc; nn_backend_normalize_crops
  * fills it from a loader's batch).  Like every layer call, the forward is
- * queued on the backend: host code reading the outputs (feats, embedding,
- * scores) or any model buffer calls nn_backend_sync first, or copies them
- * out with nn_backend_copy.
+ * queued on the backend: host code reads the outputs (feats, embedding,
+ * scores) or any model buffer only by copying them out with nn_backend_copy
+ * (the CUDA backend's memory is device memory; nn/guard.h).
  * batch <= the built batch.  NN_MODEL_EVAL skips nothing but uses running
  * stats; its backward is not supported (the evaluator probes frozen
  * features, or fine-tunes in train mode).  Returns 0, or with SyncBN the
