@@ -521,7 +521,7 @@ out:
 
 /* ---- on a backend's memory: staged through host copies ----------------------------- */
 
-static float *stage_in(nn_backend_t *be, const float *src, size_t n)
+static float *host_copy(nn_backend_t *be, const float *src, size_t n)
 {
     if (!src) {
         return NULL;
@@ -541,9 +541,9 @@ enum nn_checkpoint_status nn_checkpoint_save_backend(nn_backend_t *be, const cha
                                                      char *err, size_t errlen)
 {
     size_t np = params->total, nb = buffers ? buffers->total : 0;
-    float *hp = stage_in(be, param_data, np);
-    float *hb = buffers ? stage_in(be, buffer_data, nb) : NULL;
-    float *hm = stage_in(be, momentum, np);
+    float *hp = host_copy(be, param_data, np);
+    float *hb = buffers ? host_copy(be, buffer_data, nb) : NULL;
+    float *hm = host_copy(be, momentum, np);
     enum nn_checkpoint_status st =
         nn_checkpoint_save(path, params, hp, buffers, hb, hm, meta, err, errlen);
     free(hp);
@@ -562,9 +562,9 @@ enum nn_checkpoint_status nn_checkpoint_load_backend(nn_backend_t *be, const cha
                                                      size_t errlen)
 {
     size_t np = params->total, nb = buffers ? buffers->total : 0;
-    float *hp = stage_in(be, param_data, np);
-    float *hb = buffers ? stage_in(be, buffer_data, nb) : NULL;
-    float *hm = stage_in(be, momentum, np);
+    float *hp = host_copy(be, param_data, np);
+    float *hb = buffers ? host_copy(be, buffer_data, nb) : NULL;
+    float *hm = host_copy(be, momentum, np);
     enum nn_checkpoint_status st = nn_checkpoint_load(path, params, hp, buffers, hb, hm, opts,
                                                       info, err, errlen);
     nn_backend_copy(be, param_data, hp, np * sizeof(float));

@@ -1268,7 +1268,6 @@ extern "C" nn_backend_t *nn_backend_cuda_new(int device)
     CUBLAS_CHECK(cublasSetStream(b->blas, b->stream));
     const char *tf32 = getenv("SWAV_CUDA_TF32");
     int allow_tf32 = tf32 && tf32[0] == '1';
-
     b->conv_math = allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
     CUBLAS_CHECK(cublasSetMathMode(b->blas, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                        : CUBLAS_PEDANTIC_MATH));
