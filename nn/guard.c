@@ -42,29 +42,44 @@ static void protect_all(int prot)
     }
 }
 
+/* The index of the region holding address a, or -1.  The caller holds mu,
+ * or is the SIGSEGV handler (which cannot take it). */
+static int region_of(uintptr_t a)
+{
+    for (int i = 0; i < n_regions; i++) {
+        if (a >= regions[i].base && a < regions[i].base + regions[i].len) {
+            return i;
+        }
+    }
+    return -1;
+}
+
 static void put_str(const char *s)
 {
     ssize_t r = write(STDERR_FILENO, s, strlen(s));
     (void)r;
 }
 
+static void put_backtrace(void)
+{
+    void *frames[64];
+    int n = backtrace(frames, 64);
+    backtrace_symbols_fd(frames, n, STDERR_FILENO);
+}
+
 static void on_segv(int sig, siginfo_t *si, void *uctx)
 {
     uintptr_t a = (uintptr_t)si->si_addr;
-    for (int i = 0; i < n_regions; i++) {
-        if (a >= regions[i].base && a < regions[i].base + regions[i].len) {
-            char msg[256];
-            snprintf(msg, sizeof msg,
-                     "nn guard (SWAV_NN_GUARD): host code touched backend memory outside a "
-                     "backend operation: byte %zu of an allocation of %zu bytes at %p; "
-                     "use nn_backend_copy. Backtrace:\n",
-                     (size_t)(a - regions[i].base), regions[i].bytes, (void *)regions[i].base);
-            put_str(msg);
-            void *frames[64];
-            int n = backtrace(frames, 64);
-            backtrace_symbols_fd(frames, n, STDERR_FILENO);
-            break;
-        }
+    int i = region_of(a);
+    if (i >= 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "nn guard (SWAV_NN_GUARD): host code touched backend memory outside a "
+                 "backend operation: byte %zu of an allocation of %zu bytes at %p; "
+                 "use nn_backend_copy. Backtrace:\n",
+                 (size_t)(a - regions[i].base), regions[i].bytes, (void *)regions[i].base);
+        put_str(msg);
+        put_backtrace();
     }
     /* Not ours, or reported: let the previous disposition have it. */
     sigaction(SIGSEGV, &previous, NULL);
@@ -146,20 +161,14 @@ void nn_guard_check_slow(const void *p, const char *op, const char *arg)
     if (!p) {
         return;
     }
-    uintptr_t a = (uintptr_t)p;
-    int found = 0;
     pthread_mutex_lock(&mu);
-    for (int i = 0; i < n_regions && !found; i++) {
-        found = a >= regions[i].base && a < regions[i].base + regions[i].len;
-    }
+    int found = region_of((uintptr_t)p) >= 0;
     pthread_mutex_unlock(&mu);
     if (!found) {
         LOG_ERROR("nn guard (SWAV_NN_GUARD): %s: %s at %p is host memory, not the backend's "
                   "(nn_backend_alloc it, and nn_backend_copy into it)",
                   op, arg, p);
-        void *frames[64];
-        int n = backtrace(frames, 64);
-        backtrace_symbols_fd(frames, n, STDERR_FILENO);
+        put_backtrace();
         abort();
     }
 }
