@@ -20,8 +20,33 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
+
+#include "nn/cuda/backend_cuda.h"
 
 static int failures;
+
+/* The CUDA side of a comparison: *gpu, the backend on GPU 0, and 0; 77
+ * (said as a SKIP line) where there is no device; 1 (a FAIL line) when the
+ * backend cannot be opened.  Its memory is managed: these checks read the
+ * CUDA backend's buffers on the host after nn_backend_sync (production runs
+ * use device memory, and the guard suite proves that the model, trainer and
+ * evaluator never touch it from the host). */
+static inline int open_gpu(nn_backend_t **gpu)
+{
+    if (nn_cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device (cudaGetDeviceCount: %s)\n",
+               nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
+        return 77;
+    }
+    setenv("SWAV_CUDA_MEMORY", "managed", 1);
+    *gpu = nn_backend_cuda_new(0);
+    if (!*gpu) {
+        printf("FAIL: nn_backend_cuda_new(0)\n");
+        return 1;
+    }
+    return 0;
+}
 
 static inline double rel_err(const float *a, const float *ref, size_t n)
 {

@@ -735,23 +735,11 @@ static void test_optim_paths(void)
 
 int main(void)
 {
-    int ndev = nn_cuda_device_count();
-    if (ndev == 0) {
-        printf("SKIP: no CUDA device (cudaGetDeviceCount: %s)\n",
-               nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
-        return 77;
+    int rc = open_gpu(&gpu);
+    if (rc) {
+        return rc;
     }
-    /* These checks read the CUDA backend's buffers on the host after
-     * nn_backend_sync: managed memory (production runs use device memory, and
-     * the guard suite proves that the model, trainer and evaluator never
-     * touch it from the host). */
-    setenv("SWAV_CUDA_MEMORY", "managed", 1);
     cpu = nn_backend_cpu_new(0);
-    gpu = nn_backend_cuda_new(0);
-    if (!gpu) {
-        printf("FAIL: nn_backend_cuda_new(0)\n");
-        return 1;
-    }
     swav_rng_init(&rng, 11, 0, 0, 0);
     test_conv(2, 8, 12, 16, 3, 1, 1);
     test_conv(2, 3, 20, 8, 7, 2, 3);

@@ -854,22 +854,11 @@ static void run_layers_and_model(enum nn_dtype dt)
 
 int main(void)
 {
-    if (nn_cuda_device_count() == 0) {
-        printf("SKIP: no CUDA device (%s)\n",
-               nn_cuda_count_error()[0] ? nn_cuda_count_error() : "0 devices");
-        return 77;
+    int rc = open_gpu(&gpu);
+    if (rc) {
+        return rc;
     }
-    /* These checks read the CUDA backend's buffers on the host after
-     * nn_backend_sync: managed memory (production runs use device memory, and
-     * the guard suite proves that the model, trainer and evaluator never
-     * touch it from the host). */
-    setenv("SWAV_CUDA_MEMORY", "managed", 1);
     cpu = nn_backend_cpu_new(0);
-    gpu = nn_backend_cuda_new(0);
-    if (!gpu) {
-        printf("FAIL: nn_backend_cuda_new(0)\n");
-        return 1;
-    }
     if (!nn_backend_has_lowp(gpu)) {
         printf("FAIL: the CUDA backend does not declare bf16/fp16\n");
         return 1;
