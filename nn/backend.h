@@ -49,6 +49,9 @@ int nn_backend_cache_size(const nn_backend_t *be);
  * host memory the bytes are there when the call returns; when src is host
  * memory it may be reused when the call returns. */
 void nn_backend_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes);
+/* A host copy of n floats of p (this backend's memory), malloc'd: the
+ * caller frees it.  NULL when p is NULL. */
+float *nn_backend_to_host(nn_backend_t *be, const float *p, size_t n);
 /* bytes of p (this backend's memory) set to zero. */
 void nn_backend_zero(nn_backend_t *be, void *p, size_t bytes);
 /* x[0..n) *= s (this backend's memory). */

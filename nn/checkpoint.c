@@ -521,16 +521,6 @@ out:
 
 /* ---- on a backend's memory: staged through host copies ----------------------------- */
 
-static float *host_copy(nn_backend_t *be, const float *src, size_t n)
-{
-    if (!src) {
-        return NULL;
-    }
-    float *h = swav_xmalloc((n ? n : 1) * sizeof(float));
-    nn_backend_copy(be, h, src, n * sizeof(float));
-    return h;
-}
-
 enum nn_checkpoint_status nn_checkpoint_save_backend(nn_backend_t *be, const char *path,
                                                      const struct nn_param_table *params,
                                                      const float *param_data,
@@ -541,9 +531,9 @@ enum nn_checkpoint_status nn_checkpoint_save_backend(nn_backend_t *be, const cha
                                                      char *err, size_t errlen)
 {
     size_t np = params->total, nb = buffers ? buffers->total : 0;
-    float *hp = host_copy(be, param_data, np);
-    float *hb = buffers ? host_copy(be, buffer_data, nb) : NULL;
-    float *hm = host_copy(be, momentum, np);
+    float *hp = nn_backend_to_host(be, param_data, np);
+    float *hb = buffers ? nn_backend_to_host(be, buffer_data, nb) : NULL;
+    float *hm = nn_backend_to_host(be, momentum, np);
     enum nn_checkpoint_status st =
         nn_checkpoint_save(path, params, hp, buffers, hb, hm, meta, err, errlen);
     free(hp);
@@ -562,9 +552,9 @@ enum nn_checkpoint_status nn_checkpoint_load_backend(nn_backend_t *be, const cha
                                                      size_t errlen)
 {
     size_t np = params->total, nb = buffers ? buffers->total : 0;
-    float *hp = host_copy(be, param_data, np);
-    float *hb = buffers ? host_copy(be, buffer_data, nb) : NULL;
-    float *hm = host_copy(be, momentum, np);
+    float *hp = nn_backend_to_host(be, param_data, np);
+    float *hb = buffers ? nn_backend_to_host(be, buffer_data, nb) : NULL;
+    float *hm = nn_backend_to_host(be, momentum, np);
     enum nn_checkpoint_status st = nn_checkpoint_load(path, params, hp, buffers, hb, hm, opts,
                                                       info, err, errlen);
     nn_backend_copy(be, param_data, hp, np * sizeof(float));

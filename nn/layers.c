@@ -320,6 +320,16 @@ void nn_backend_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
     }
 }
 
+float *nn_backend_to_host(nn_backend_t *be, const float *p, size_t n)
+{
+    if (!p) {
+        return NULL;
+    }
+    float *h = swav_xmalloc((n ? n : 1) * sizeof(float));
+    nn_backend_copy(be, h, p, n * sizeof(float));
+    return h;
+}
+
 void nn_backend_zero(nn_backend_t *be, void *p, size_t bytes)
 {
     DEV(p);

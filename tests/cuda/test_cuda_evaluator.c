@@ -211,10 +211,8 @@ static int run_side(struct side *sd, const char *ckpt, const uint8_t *fcrops,
         return -1;
     }
     size_t np = sd->bb->params.total, nb = sd->bb->buffers.total;
-    sd->bb_params = malloc(np * sizeof(float));
-    sd->bb_buffers = malloc(nb * sizeof(float));
-    nn_backend_copy(sd->be, sd->bb_params, sd->bb->param_data, np * sizeof(float));
-    nn_backend_copy(sd->be, sd->bb_buffers, sd->bb->buffer_data, nb * sizeof(float));
+    sd->bb_params = nn_backend_to_host(sd->be, sd->bb->param_data, np);
+    sd->bb_buffers = nn_backend_to_host(sd->be, sd->bb->buffer_data, nb);
 
     /* 2. features, as the live evaluator extracts them */
     const int64_t D = sd->bb->feat_channels;
@@ -247,8 +245,7 @@ static int run_side(struct side *sd, const char *ckpt, const uint8_t *fcrops,
         return -1;
     }
     size_t nfp = sd->ft->params.total, nfb = sd->ft->buffers.total;
-    sd->ft_before = malloc(nfp * sizeof(float));
-    nn_backend_copy(sd->be, sd->ft_before, sd->ft->param_data, nfp * sizeof(float));
+    sd->ft_before = nn_backend_to_host(sd->be, sd->ft->param_data, nfp);
     struct u8_source ts = {.crops = tcrops, .y = ty, .batch = malloc((size_t)SB * S * S * 3)};
     struct f32_source vs = {.x = vx, .y = vy};
     struct eval_image_source train = {.ctx = &ts, .n = NT, .begin = u8_begin, .fill_u8 = u8_fill};
@@ -260,12 +257,9 @@ static int run_side(struct side *sd, const char *ckpt, const uint8_t *fcrops,
         printf("FAIL: %s: eval_semisup_run: %s\n", sd->name, eval_semisup_status_str(st));
         return -1;
     }
-    sd->ft_after = malloc(nfp * sizeof(float));
-    sd->ft_momentum = malloc(nfp * sizeof(float));
-    sd->ft_buffers = malloc(nfb * sizeof(float));
-    nn_backend_copy(sd->be, sd->ft_after, sd->ft->param_data, nfp * sizeof(float));
-    nn_backend_copy(sd->be, sd->ft_momentum, sd->s.optim.momentum, nfp * sizeof(float));
-    nn_backend_copy(sd->be, sd->ft_buffers, sd->ft->buffer_data, nfb * sizeof(float));
+    sd->ft_after = nn_backend_to_host(sd->be, sd->ft->param_data, nfp);
+    sd->ft_momentum = nn_backend_to_host(sd->be, sd->s.optim.momentum, nfp);
+    sd->ft_buffers = nn_backend_to_host(sd->be, sd->ft->buffer_data, nfb);
     printf("%s: %d steps, losses %.6f %.6f, val loss %.6f, val top-1 %.2f top-5 %.2f\n",
            sd->name, sd->loss.n, sd->loss.v[0], sd->loss.v[1], sd->res.last_val_loss,
            sd->res.last_top1, sd->res.last_top5);

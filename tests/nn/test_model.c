@@ -29,15 +29,6 @@ static int all_finite(const float *x, size_t n)
     return 1;
 }
 
-/* n floats of the backend's memory, copied out (the host may not read it:
- * nn/guard.h); freed by the caller */
-static float *to_host(nn_backend_t *be, const float *p, size_t n)
-{
-    float *h = malloc((n ? n : 1) * sizeof(float));
-    nn_backend_copy(be, h, p, n * sizeof(float));
-    return h;
-}
-
 /* the first value of a buffer of the model */
 static float buffer0(struct nn_model *m, const char *name)
 {
@@ -124,14 +115,14 @@ static void test_model(nn_backend_t *be, int depth, int width, int small_stem,
     nn_model_normalize_prototypes(m);
     float l1 = step(be, m, inputs, batch, n_crops, q, logp, dsc);
     int cache1 = nn_backend_cache_size(be);
-    float *scores1 = to_host(be, m->scores, R * K);
-    float *grads1 = to_host(be, m->grad_data, m->params.total);
+    float *scores1 = nn_backend_to_host(be, m->scores, R * K);
+    float *grads1 = nn_backend_to_host(be, m->grad_data, m->params.total);
     float l2 = step(be, m, inputs, batch, n_crops, q, logp, dsc);
     EXPECT(nn_backend_cache_size(be) == cache1, "second step created %d primitives",
            nn_backend_cache_size(be) - cache1);
     EXPECT(l1 == l2 && isfinite(l1), "loss %g then %g", l1, l2);
-    float *scores2 = to_host(be, m->scores, R * K);
-    float *grads2 = to_host(be, m->grad_data, m->params.total);
+    float *scores2 = nn_backend_to_host(be, m->scores, R * K);
+    float *grads2 = nn_backend_to_host(be, m->grad_data, m->params.total);
     EXPECT(!memcmp(scores1, scores2, sizeof(float) * R * K), "scores differ between steps");
     EXPECT(!memcmp(grads1, grads2, sizeof(float) * m->params.total),
            "gradients differ between steps");
@@ -145,7 +136,7 @@ static void test_model(nn_backend_t *be, int depth, int width, int small_stem,
            buffer0(m, "bn1.num_batches_tracked"));
     EXPECT(buffer0(m, "projection_head.1.num_batches_tracked") == 2.0f, "head nbt");
     /* prototypes normalized */
-    float *w = to_host(be, nn_model_param(m, "prototypes.weight"), (size_t)cfg.feat_dim);
+    float *w = nn_backend_to_host(be, nn_model_param(m, "prototypes.weight"), (size_t)cfg.feat_dim);
     double n0 = 0;
     for (int d = 0; d < cfg.feat_dim; d++) {
         n0 += (double)w[d] * w[d];
@@ -156,13 +147,13 @@ static void test_model(nn_backend_t *be, int depth, int width, int small_stem,
     if (batch > 1) {
         step(be, m, inputs, batch - 1, n_crops, q, logp, dsc);
         EXPECT(m->n_rows == n_crops * (batch - 1), "rows %d", m->n_rows);
-        float *g = to_host(be, m->grad_data, m->params.total);
+        float *g = nn_backend_to_host(be, m->grad_data, m->params.total);
         EXPECT(all_finite(g, m->params.total), "small-batch gradients finite");
         free(g);
     }
     nn_model_forward(m, (const float *const *)inputs, batch, NN_MODEL_EVAL);
-    float *es = to_host(be, m->scores, R * K);
-    float *ef = to_host(be, m->feats, R * m->feat_channels);
+    float *es = nn_backend_to_host(be, m->scores, R * K);
+    float *ef = nn_backend_to_host(be, m->feats, R * m->feat_channels);
     EXPECT(all_finite(es, R * K) && all_finite(ef, R * m->feat_channels), "eval finite");
     free(es);
     free(ef);

@@ -65,8 +65,7 @@ int main(int argc, char **argv)
         bad = 1;
     }
     size_t fbytes = (size_t)batch * m->feat_channels * 4;
-    float *feats = malloc(fbytes);
-    nn_backend_copy(be, feats, m->feats, fbytes);
+    float *feats = nn_backend_to_host(be, m->feats, fbytes / 4);
     if (swav_file_write_atomic(argv[3], feats, fbytes, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 2;

@@ -40,15 +40,6 @@
 
 static int failures;
 
-/* n floats of a backend's memory, copied out (the host may not read it:
- * nn/guard.h) */
-static float *to_host(nn_backend_t *be, const float *p, size_t n)
-{
-    float *h = swav_xmalloc((n ? n : 1) * sizeof(float));
-    nn_backend_copy(be, h, p, n * sizeof(float));
-    return h;
-}
-
 /* n floats of backend memory holding a copy of h (zeros when h is NULL):
  * layers take the backend's memory only (nn/guard.h) */
 static float *dev_in(nn_backend_t *be, const float *h, size_t n)
@@ -464,10 +455,10 @@ static void *model_rank_main(void *arg)
     R->n_scores = (size_t)m->n_rows * cfg.nmb_prototypes;
     R->n_params = m->params.total;
     R->n_buffers = m->buffers.total;
-    R->emb = to_host(be, m->embedding, R->n_emb);
-    R->scores = to_host(be, m->scores, R->n_scores);
-    R->grads = to_host(be, m->grad_data, R->n_params);
-    R->buffers = to_host(be, m->buffer_data, R->n_buffers);
+    R->emb = nn_backend_to_host(be, m->embedding, R->n_emb);
+    R->scores = nn_backend_to_host(be, m->scores, R->n_scores);
+    R->grads = nn_backend_to_host(be, m->grad_data, R->n_params);
+    R->buffers = nn_backend_to_host(be, m->buffer_data, R->n_buffers);
     nn_model_destroy(&m);
     nn_backend_destroy(&be);
     return NULL;
@@ -531,10 +522,10 @@ static void test_model(void)
     nn_model_backward(m, d_dout);
     dev_out(be, NULL, d_full[0], d.n_full[0]), dev_out(be, NULL, d_full[1], d.n_full[1]);
     dev_out(be, NULL, d_dout, (size_t)d.rows_full * d.K);
-    float *emb_full = to_host(be, m->embedding, (size_t)m->n_rows * cfg.feat_dim);
-    float *scores_full = to_host(be, m->scores, (size_t)m->n_rows * d.K);
-    float *buffers_full = to_host(be, m->buffer_data, m->buffers.total);
-    float *grads_full = to_host(be, m->grad_data, m->params.total);
+    float *emb_full = nn_backend_to_host(be, m->embedding, (size_t)m->n_rows * cfg.feat_dim);
+    float *scores_full = nn_backend_to_host(be, m->scores, (size_t)m->n_rows * d.K);
+    float *buffers_full = nn_backend_to_host(be, m->buffer_data, m->buffers.total);
+    float *grads_full = nn_backend_to_host(be, m->grad_data, m->params.total);
     char what[160];
     for (int r = 0; r < 2; r++) {
         if (R[r].status) {
