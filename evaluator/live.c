@@ -120,7 +120,8 @@ struct live {
     struct loader_client *client;
     struct proto_zap *zap;  /* --curve_allow's handler (logs refusals) */
     void *sub;
-    void *sub_monitor;      /* CURVE --sub: PAIR receiving its handshake events */
+    void *sub_monitor;      /* --sub: PAIR receiving its connection events */
+    int sub_handshake;      /* of --sub's connection: 0 pending, 1 done, -1 failed or closed */
     struct proto_rx rx;
     nn_backend_t *be;
     struct nn_model *model;
@@ -1156,13 +1157,29 @@ static void drain_sub_monitor(struct live *L)
             more = zmq_msg_recv(&m, L->sub_monitor, 0) >= 0 && zmq_msg_more(&m);
             zmq_msg_close(&m);
         }
-        if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
-            LOG_INFO("--sub %s: CURVE handshake done", L->o->sub);
+        if (ev == ZMQ_EVENT_CONNECTED) {
+            L->sub_handshake = 0;
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            L->sub_handshake = 1;
+            LOG_INFO("--sub %s: connected%s", L->o->sub, set(L->o->sub_public) ? " (CURVE)" : "");
+        } else if (ev == ZMQ_EVENT_DISCONNECTED) {
+            /* A CURVE server may hang up on a plain client before the client
+             * has read its greeting: then no HANDSHAKE_FAILED event comes. */
+            if (L->sub_handshake == 0) {
+                LOG_LIMITED(SWAV_LOG_ERROR, "handshake with --sub %s failed: it closed the "
+                            "connection before the handshake ended (CURVE on one side only?) "
+                            "(retrying)", L->o->sub);
+            } else if (L->sub_handshake == 1) {
+                LOG_INFO("--sub %s: disconnected (reconnecting)", L->o->sub);
+            }
+            L->sub_handshake = -1;
         } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+            L->sub_handshake = -1;
             LOG_LIMITED(SWAV_LOG_ERROR, "--sub %s refused this evaluator's CURVE key (status "
                         "%u): is its public key in the trainer's --pub_allow list? (retrying)",
                         L->o->sub, (unsigned)val);
         } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+            L->sub_handshake = -1;
             LOG_LIMITED(SWAV_LOG_ERROR, "handshake with --sub %s failed (ZMTP error %#x): "
                         "CURVE on one side only, or the wrong --sub_public? (retrying)",
                         L->o->sub, (unsigned)val);
@@ -1248,19 +1265,21 @@ static int setup(struct live *L, char *err, size_t errlen)
                 snprintf(err, errlen, "--sub %s: %s", L->o->sub, cerr);
                 return -1;
             }
-            static unsigned generation;
-            char mon[64];
-            snprintf(mon, sizeof mon, "inproc://eval-sub-monitor-%u", ++generation);
-            if (zmq_socket_monitor(L->sub, mon,
+        }
+        /* Its connection events, CURVE or not: a failed handshake is logged. */
+        static unsigned generation;
+        char mon[64];
+        snprintf(mon, sizeof mon, "inproc://eval-sub-monitor-%u", ++generation);
+        if (zmq_socket_monitor(L->sub, mon,
+                               ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
                                    ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
-                                       ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0 ||
-                !(L->sub_monitor = zmq_socket(L->zctx, ZMQ_PAIR)) ||
-                zmq_connect(L->sub_monitor, mon) != 0) {
-                snprintf(err, errlen, "--sub %s: monitor: %s", L->o->sub,
-                         zmq_strerror(zmq_errno()));
-                return -1;
-            }
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0 ||
+            !(L->sub_monitor = zmq_socket(L->zctx, ZMQ_PAIR)) ||
+            zmq_connect(L->sub_monitor, mon) != 0) {
+            snprintf(err, errlen, "--sub %s: monitor: %s", L->o->sub,
+                     zmq_strerror(zmq_errno()));
+            return -1;
         }
         if (zmq_connect(L->sub, L->o->sub) != 0) {
             snprintf(err, errlen, "--sub %s: %s", L->o->sub, zmq_strerror(zmq_errno()));

@@ -143,7 +143,8 @@ struct loader {
     void *socks[MAX_CONSUMERS];
     void *monitors[MAX_CONSUMERS]; /* PAIR: connection events of socks[k] */
     unsigned generation[MAX_CONSUMERS];
-    int rebuild[MAX_CONSUMERS];    /* the connection dropped: make a fresh socket */
+    int64_t rebuild_at[MAX_CONSUMERS]; /* the connection dropped: a fresh socket then (0: none) */
+    int handshake[MAX_CONSUMERS];      /* this socket's handshake: 0 pending, 1 done, -1 failed */
     const char *endpoints[MAX_CONSUMERS];
     int nsocks;
     uint32_t in_hand[MAX_CONSUMERS];
@@ -616,14 +617,17 @@ static void on_monitor(struct loader *L, int k, int stopping)
             zmq_msg_close(&m);
         }
         if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            L->handshake[k] = 1;
             LOG_INFO("connected to %s", L->endpoints[k]);
             send_ready(L, k, stopping);
         } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+            L->handshake[k] = -1;
             LOG_LIMITED(SWAV_LOG_ERROR,
                         "%s refused this loader's CURVE key (status %u): is its public key in "
                         "the consumer's --curve_allow list? (retrying)",
                         L->endpoints[k], (unsigned)evval);
         } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+            L->handshake[k] = -1;
             LOG_LIMITED(SWAV_LOG_ERROR,
                         "handshake with %s failed (ZMTP error %#x): CURVE on one side only, or "
                         "the wrong --curve_server_public? (retrying)",
@@ -631,9 +635,22 @@ static void on_monitor(struct loader *L, int k, int stopping)
         } else if (ev == ZMQ_EVENT_DISCONNECTED) {
             /* libzmq reconnects after a network error but gives up on the
              * endpoint after a protocol error (an oversized or malformed
-             * ZMTP frame): a fresh socket reconnects in both cases. */
-            LOG_INFO("disconnected from %s (reconnecting)", L->endpoints[k]);
-            L->rebuild[k] = 1;
+             * ZMTP frame): a fresh socket reconnects in both cases.  A
+             * connection that closes before its handshake ends failed it: when
+             * the consumer uses CURVE and this loader does not, the consumer
+             * may hang up before this side has read its greeting, and then no
+             * HANDSHAKE_FAILED event comes.  Such a retry waits one beat, so a
+             * consumer that refuses every handshake is not hammered. */
+            int64_t delay = 0;
+            if (L->handshake[k] == 0) {
+                LOG_LIMITED(SWAV_LOG_ERROR,
+                            "handshake with %s failed: it closed the connection before the "
+                            "handshake ended (CURVE on one side only?) (retrying)",
+                            L->endpoints[k]);
+            }
+            if (L->handshake[k] != 1) delay = L->cfg.beat_ms;
+            else LOG_INFO("disconnected from %s (reconnecting)", L->endpoints[k]);
+            L->rebuild_at[k] = swav_now_ms() + delay;
         }
     }
 }
@@ -677,6 +694,7 @@ static int open_consumer(struct loader *L, int k)
         return -1;
     }
     L->socks[k] = s;
+    L->handshake[k] = 0;
     /* Say ready the moment a connection is up (a consumer that just started
      * or restarted), not at the next beat. */
     char mon[64];
@@ -882,8 +900,8 @@ int main(int argc, char **argv)
         }
         if (stopping && jobs_in_hand(L) == 0) break;
         for (int k = 0; k < L->nsocks; k++) {
-            if (!L->rebuild[k]) continue;
-            L->rebuild[k] = 0;
+            if (!L->rebuild_at[k] || now < L->rebuild_at[k]) continue;
+            L->rebuild_at[k] = 0;
             close_consumer(L, k, 0);
             if (open_consumer(L, k) != 0) {
                 LOG_ERROR("cannot reopen the socket of %s", L->endpoints[k]);

@@ -12,6 +12,9 @@
  *   ok                    the handshake succeeded
  *   refused STATUS        the server's ZAP handler refused the key (400)
  *   protocol-error CODE   the handshake failed (CURVE on one side only, ...)
+ *   closed                the server closed the connection before the handshake
+ *                         ended (a CURVE server may hang up on a plain client
+ *                         before the client has read its greeting)
  *   none                  no handshake within SECONDS (nothing listening)
  * Exit 2: bad arguments or a key file that does not read. */
 #include <stdint.h>
@@ -54,7 +57,8 @@ int main(int argc, char **argv)
         }
     }
     if (zmq_socket_monitor(s, "inproc://probe-monitor",
-                           ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0) {
         fprintf(stderr, "curve_probe: monitor: %s\n", zmq_strerror(zmq_errno()));
         return 2;
@@ -98,6 +102,8 @@ int main(int argc, char **argv)
         } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
             snprintf(line, sizeof line, "protocol-error %#x", (unsigned)val);
             result = line;
+        } else if (ev == ZMQ_EVENT_DISCONNECTED) {
+            result = "closed";
         } else {
             continue;
         }

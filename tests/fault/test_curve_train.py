@@ -83,7 +83,8 @@ try:
     for n, (intruder, plain) in results.items():
         print(f"  {n}: intruder key -> {intruder}; no CURVE -> {plain}")
         check(intruder == "refused 400", f"{n}: a client with an unknown key got '{intruder}'")
-        check(plain.startswith("protocol-error"), f"{n}: a client without CURVE got '{plain}'")
+        check(plain.startswith("protocol-error") or plain == "closed",
+              f"{n}: a client without CURVE got '{plain}'")
     print(f"  checkpoints: the evaluator's (trainer) key -> {good}")
     check(good == "ok", f"--pub refused the trainer keypair: '{good}'")
 
@@ -123,7 +124,7 @@ last = EPOCHS * 160 // (T.BS * NPROC)
 probes = {r["probe"] for r in T.records(dump) if not r["baseline"] and r["step"] == last}
 check({"knn", "linear"} <= probes, f"eval.jsonl records of the last checkpoint: {sorted(probes)}")
 elog = T.role_log(dump, "evaluator")
-check("(CURVE)" in elog and f"--sub ipc://{sock}/checkpoints: CURVE handshake done" in elog,
+check("(CURVE)" in elog and f"--sub ipc://{sock}/checkpoints: connected (CURVE)" in elog,
       "the evaluator's log does not show its CURVE endpoints:\n" + elog[-2000:])
 check(re.search(r"announced: \S+ \(epoch \d+, step \d+\)", elog),
       "no announcement reached the evaluator over the CURVE --sub:\n" + elog[-2000:])
