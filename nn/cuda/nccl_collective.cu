@@ -274,18 +274,23 @@ extern "C" struct nn_collective *nn_collective_nccl_new(nn_backend_t *be,
     struct cuda_backend *b = cu_be(be);
     ncclUniqueId id;
     memset(&id, 0, sizeof id);
+    int no_id = 0;
     if (bootstrap->rank == 0) {
         ncclResult_t st = ncclGetUniqueId(&id);
         if (st != ncclSuccess) {
             snprintf(err, errlen, "ncclGetUniqueId: %s", nccl_why(st));
             /* the others wait in the broadcast: send them the zero id, which
              * fails their init with a message rather than a hang */
+            memset(&id, 0, sizeof id);
+            no_id = 1;
         }
     }
     if (nn_broadcast(bootstrap, &id, sizeof id, 0) != 0) {
+        if (no_id) return NULL; /* the first error is the cause */
         snprintf(err, errlen, "sending the NCCL id over the ring: %s", bootstrap->err);
         return NULL;
     }
+    if (no_id) return NULL; /* err says why; not a wait for the init's deadline */
     struct nccl_coll *c = (struct nccl_coll *)swav_xcalloc(1, sizeof *c);
     c->base.ops = &nccl_ops;
     c->base.rank = bootstrap->rank;
