@@ -266,6 +266,9 @@ static int cu_pick(const P *perf, int n, size_t *mem, const struct cu_conv_searc
     abort();
 }
 
+/* The workspace reserved is the larger of what the search reported for the
+ * chosen algorithm and what cudnnGet*WorkspaceSize says for it with the math
+ * type adopted (as PyTorch does): the convolution call then never lacks it. */
 void cu_conv_find(struct cuda_backend *b, const struct cu_conv_search *s, int fwd,
                   cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w, cudnnTensorDescriptor_t y,
                   cudnnConvolutionDescriptor_t conv, cudnnConvolutionDescriptor_t conv_data,
@@ -282,6 +285,11 @@ void cu_conv_find(struct cuda_backend *b, const struct cu_conv_search *s, int fw
         if (s->adopt_math) {
             CUDNN_CHECK(cudnnSetConvolutionMathType(conv, perf[i].mathType));
         }
+        size_t need = 0;
+        if (cudnnGetConvolutionForwardWorkspaceSize(b->dnn, x, w, conv, y, algo->fwd, &need) ==
+            CUDNN_STATUS_SUCCESS) {
+            mem = need > mem ? need : mem;
+        }
         cu_ws_reserve(b, mem);
         return;
     }
@@ -293,6 +301,11 @@ void cu_conv_find(struct cuda_backend *b, const struct cu_conv_search *s, int fw
     if (s->adopt_math) {
         CUDNN_CHECK(cudnnSetConvolutionMathType(conv, fp[i].mathType));
     }
+    size_t need = 0;
+    if (cudnnGetConvolutionBackwardFilterWorkspaceSize(b->dnn, x, y, conv, w, algo->filter,
+                                                       &need) == CUDNN_STATUS_SUCCESS) {
+        mem = need > mem ? need : mem;
+    }
     cu_ws_reserve(b, mem);
     if (conv_data) {
         cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
@@ -302,6 +315,11 @@ void cu_conv_find(struct cuda_backend *b, const struct cu_conv_search *s, int fw
         algo->data = dp[i].algo;
         if (s->adopt_math) {
             CUDNN_CHECK(cudnnSetConvolutionMathType(conv_data, dp[i].mathType));
+        }
+        need = 0;
+        if (cudnnGetConvolutionBackwardDataWorkspaceSize(b->dnn, w, y, conv_data, x, algo->data,
+                                                         &need) == CUDNN_STATUS_SUCCESS) {
+            mem = need > mem ? need : mem;
         }
         cu_ws_reserve(b, mem);
     }

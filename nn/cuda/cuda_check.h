@@ -36,8 +36,8 @@ static inline int swav_cuda_count(char *why, size_t whylen)
     do {                                                                                   \
         cudaError_t swav_cu_st_ = (expr);                                                  \
         if (swav_cu_st_ != cudaSuccess) {                                                  \
-            LOG_ERROR("%s failed: %s at %s:%d", #expr, cudaGetErrorString(swav_cu_st_),    \
-                      __FILE__, __LINE__);                                                 \
+            LOG_ERROR("%s failed: %s (%s) at %s:%d", #expr, cudaGetErrorString(swav_cu_st_), \
+                      cudaGetErrorName(swav_cu_st_), __FILE__, __LINE__);                  \
             abort();                                                                       \
         }                                                                                  \
     } while (0)
@@ -46,14 +46,16 @@ static inline int swav_cuda_count(char *why, size_t whylen)
     do {                                                                                   \
         cublasStatus_t swav_blas_st_ = (expr);                                             \
         if (swav_blas_st_ != CUBLAS_STATUS_SUCCESS) {                                      \
-            LOG_ERROR("%s failed: cublas status %d at %s:%d", #expr, (int)swav_blas_st_,   \
-                      __FILE__, __LINE__);                                                 \
+            LOG_ERROR("%s failed: %s (cublas status %d) at %s:%d", #expr,                 \
+                      cublasGetStatusString(swav_blas_st_), (int)swav_blas_st_, __FILE__,  \
+                      __LINE__);                                                           \
             abort();                                                                       \
         }                                                                                  \
     } while (0)
 
 /* A launch: check the configuration right away (asynchronous faults show at
- * the next synchronizing call). */
+ * the next synchronizing call; with CUDA_LAUNCH_BLOCKING=1 in the environment,
+ * here: scripts/gpu-check reruns a failed test so). */
 #define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 
 #endif

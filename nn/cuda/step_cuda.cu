@@ -76,8 +76,11 @@ static void cu_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
 {
     struct cuda_backend *b = cu_be(be);
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, b->stream));
-    if (cu_is_host(dst)) {
-        CUDA_CHECK(cudaStreamSynchronize(b->stream)); /* the bytes are there on return */
+    /* the bytes are there on return, and src is the caller's again: a pageable
+     * source is staged by the driver before the call returns, but the DMA reads
+     * a pinned one later */
+    if (cu_is_host(dst) || cu_host_kind(src) == CU_HOST_PINNED) {
+        CUDA_CHECK(cudaStreamSynchronize(b->stream));
     }
 }
 
@@ -116,6 +119,9 @@ static void cu_add_at(nn_backend_t *be, float *base, const int64_t *offsets, int
      * after the previous kernel that read b->idx */
     CUDA_CHECK(cudaMemcpyAsync(b->idx, offsets, (size_t)n * sizeof(int64_t), cudaMemcpyDefault,
                                b->stream));
+    if (cu_host_kind(offsets) == CU_HOST_PINNED) { /* read by the DMA later */
+        CUDA_CHECK(cudaStreamSynchronize(b->stream));
+    }
     k_add_at<<<cu_blocks((size_t)n), TPB, 0, b->stream>>>(base, b->idx, n, value);
     CUDA_LAUNCH_CHECK();
 }
