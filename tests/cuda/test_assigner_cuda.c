@@ -14,9 +14,14 @@
  *
  * Tolerances, per code q (both sides fp32; the differences come from the
  * order of the sums in S = x w^T, amplified by 1/eps, and exp's last bits):
- * |gpu - cpu| <= 5e-5 |cpu| + 1e-12 and <= 1e-5 absolute.  Entropy per row:
+ * |gpu - cpu| <= 1.5e-4 |cpu| + 1e-12 and <= 3e-5 absolute.  The model: two
+ * summation orders of a D = 128 dot product of unit vectors differ by about
+ * 3e-7 (sigma), up to about 2e-6 at the tail of 7.7M scores; q moves by
+ * dS / eps = 20 dS relative, so up to about 4e-5, and more for the samples of
+ * larger norm: 1.5e-4 leaves a margin, while an indexing or iteration bug
+ * moves codes by orders of magnitude more.  Entropy per row:
  * 1e-4 relative + 1e-6.  Argmax: the same prototype, or a near tie (the CPU
- * code at the GPU's argmax within 5e-5 of the CPU's maximum).  Statistics:
+ * code at the GPU's argmax within REL_TOL of the CPU's maximum).  Statistics:
  * mean entropy 1e-4 relative; prototypes used equal, or differing by at
  * most the rows whose argmax is a near tie (counted and printed).  The GPU
  * repeated on the same problem gives the same codes, entropy and argmax,
@@ -40,8 +45,8 @@
 #define EXPECT_STREAM stdout /* among the progress lines */
 #include "tests/expect.h"
 
-#define REL_TOL 5e-5
-#define ABS_TOL 1e-5
+#define REL_TOL 1.5e-4
+#define ABS_TOL 3e-5
 #define ENT_TOL 1e-4
 #define ENTROPY_SENTINEL -7.0f
 
