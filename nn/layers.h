@@ -23,7 +23,10 @@
  * to nearest even and may widen C (the extra channels written as zeros: the
  * low-precision stem's input, NN_LOWP_STEM_CHANNELS); BF16/F16 NHWC -> F32
  * NCHW is exact and keeps C.  dst and src do not overlap. ------------------- */
-#define NN_LOWP_STEM_CHANNELS 4 /* RGB + a zero channel: 8-byte pixels for cuDNN's NHWC kernels */
+/* RGB + a zero channel: 8-byte pixels for cuDNN's NHWC tensor-core kernels (NVIDIA's
+ * convolution performance guide: 4 channels suffice for a stride-2 first layer, 8
+ * elsewhere; DALI pads to 4 for the same reason) */
+#define NN_LOWP_STEM_CHANNELS 4
 void nn_convert(nn_backend_t *be, struct nn_tensor *dst, const struct nn_tensor *src);
 
 /* ---- conv2d: no bias, square kernel k = weight->shape[2], symmetric pad,

@@ -481,7 +481,7 @@ static void lowp_batchnorm_forward(nn_backend_t *be, struct nn_tensor *out,
                                                                              p.chunk);
         }
         CUDA_LAUNCH_CHECK();
-        LOWP_LAUNCH(k_lowp_bn_fwd_final<T>, lowp_blocks(C), LOWP_TPB, b->stream)(
+        LOWP_LAUNCH(k_lowp_bn_fwd_final<T>, lowp_warp_blocks(C), LOWP_TPB, b->stream)(
             s->part, p.chunks, x, C, (double)M, weight, bias, running_mean, running_var,
             save_mean, save_var, scale, shift, momentum, eps);
     } else {
@@ -543,7 +543,7 @@ static void lowp_batchnorm_backward(nn_backend_t *be, struct nn_tensor *dinp, fl
             s->part, dy, x, save_mean, save_var, scale, shift, C, M, p.chunk, eps);
     }
     CUDA_LAUNCH_CHECK();
-    LOWP_LAUNCH(k_lowp_bn_bwd_final, lowp_blocks(C), LOWP_TPB, b->stream)(
+    LOWP_LAUNCH(k_lowp_bn_bwd_final, lowp_warp_blocks(C), LOWP_TPB, b->stream)(
         s->part, p.chunks, C, (double)M, weight, save_var, eps, dweight, dbias, inv, A, mdy, mdyx,
         (flags & NN_BN_TRAIN) != 0);
     CUDA_LAUNCH_CHECK();
@@ -585,7 +585,7 @@ static void lowp_batchnorm_stats(nn_backend_t *be, double *mean, double *m2,
         LOWP_LAUNCH(LOWP_K2(k_lowp_bn_stats, 1), grid, block, b->stream)(s->part, x, C, M, p.chunk);
     }
     CUDA_LAUNCH_CHECK();
-    LOWP_LAUNCH(k_lowp_bn_stats_final<T>, lowp_blocks(C), LOWP_TPB, b->stream)(
+    LOWP_LAUNCH(k_lowp_bn_stats_final<T>, lowp_warp_blocks(C), LOWP_TPB, b->stream)(
         s->stat, s->part, p.chunks, x, C, (double)M);
     CUDA_LAUNCH_CHECK();
     /* mean, m2: the caller's host arrays (any pointer kind works with Default) */

@@ -70,7 +70,7 @@ template <> struct lowp<f16> {
 #define LOWP_BN_TY 8
 #define LOWP_BN_MIN_ROWS 64         /* rows of a chunk at least (8 a thread) */
 #define LOWP_BN_TARGET_BLOCKS 2048  /* enough blocks to fill an H100 several times */
-#define LOWP_BN_MAX_CHUNKS 1024     /* gridDim.y; the final pass adds them in order */
+#define LOWP_BN_MAX_CHUNKS 1024     /* gridDim.y; the final pass adds them in a fixed order */
 #define LOWP_TPB 256
 
 struct lowp_bn_plan {
@@ -450,18 +450,34 @@ k_lowp_bn_stats(double *part, const T *x, unsigned C, unsigned M, unsigned chunk
     lowp_bn_block_store<VEC>(part, s, c0, C);
 }
 
-/* The chunks' sums of channel c in order: s1, s2. */
+/* The chunks' sums of channel c, s1 and s2, by a whole warp (the final
+ * kernels run a warp a channel: with one thread a channel, the 64 channels
+ * of ResNet's first stages would leave one thread adding 1024 chunks in a
+ * row).  Lane l adds chunks l, l + 32, ... in order, then a butterfly
+ * (xor) reduction: a fixed order, and every lane ends with the same bits
+ * (each pair adds the same two values, and addition commutes). */
+#define LOWP_WARP 32
 static __device__ __forceinline__ void lowp_bn_sum_chunks(const double *part, unsigned P,
-                                                          unsigned C, unsigned c, double *s1,
-                                                          double *s2)
+                                                          unsigned C, unsigned c, unsigned lane,
+                                                          double *s1, double *s2)
 {
     double a = 0, q = 0;
-    for (unsigned p = 0; p < P; p++) {
+    for (unsigned p = lane; p < P; p += LOWP_WARP) {
         a += part[((size_t)2 * p) * C + c];
         q += part[((size_t)2 * p + 1) * C + c];
     }
+    for (int m = LOWP_WARP / 2; m > 0; m >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, m);
+        q += __shfl_xor_sync(0xffffffffu, q, m);
+    }
     *s1 = a;
     *s2 = q;
+}
+
+/* Blocks of LOWP_TPB threads for a warp a channel (LOWP_TPB is a multiple of 32). */
+static inline unsigned lowp_warp_blocks(unsigned C)
+{
+    return lowp_blocks(C * LOWP_WARP);
 }
 
 /* Train-mode statistics of channel c from its shifted sums: mean and the
@@ -473,12 +489,15 @@ k_lowp_bn_fwd_final(const double *part, unsigned P, const T *x, unsigned C, doub
                     const float *w, const float *bias, float *rm, float *rv, float *save_mean,
                     float *save_var, float *scale, float *shift, float momentum, float eps)
 {
-    unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x, c = t / LOWP_WARP;
+    if (c >= C) { /* the whole warp: c is the warp's */
         return;
     }
     double s1, s2;
-    lowp_bn_sum_chunks(part, P, C, c, &s1, &s2);
+    lowp_bn_sum_chunks(part, P, C, c, t % LOWP_WARP, &s1, &s2);
+    if (t % LOWP_WARP) {
+        return;
+    }
     double mean = (double)lowp<T>::to(x[c]) + s1 / M;
     double m2 = s2 - s1 * s1 / M;
     m2 = m2 > 0 ? m2 : 0;
@@ -498,12 +517,15 @@ __global__ void __launch_bounds__(LOWP_TPB)
 k_lowp_bn_stats_final(double *out, const double *part, unsigned P, const T *x, unsigned C,
                       double M)
 {
-    unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x, c = t / LOWP_WARP;
+    if (c >= C) { /* the whole warp: c is the warp's */
         return;
     }
     double s1, s2;
-    lowp_bn_sum_chunks(part, P, C, c, &s1, &s2);
+    lowp_bn_sum_chunks(part, P, C, c, t % LOWP_WARP, &s1, &s2);
+    if (t % LOWP_WARP) {
+        return;
+    }
     out[c] = (double)lowp<T>::to(x[c]) + s1 / M;
     double m2 = s2 - s1 * s1 / M;
     out[C + c] = m2 > 0 ? m2 : 0;
@@ -590,12 +612,15 @@ k_lowp_bn_bwd_final(const double *part, unsigned P, unsigned C, double M, const 
                     const float *var, float eps, float *dw, float *db, float *inv, float *A,
                     float *mdy, float *mdyx, int train)
 {
-    unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x, c = t / LOWP_WARP;
+    if (c >= C) { /* the whole warp: c is the warp's */
         return;
     }
     double sdy, sdyx;
-    lowp_bn_sum_chunks(part, P, C, c, &sdy, &sdyx);
+    lowp_bn_sum_chunks(part, P, C, c, t % LOWP_WARP, &sdy, &sdyx);
+    if (t % LOWP_WARP) {
+        return;
+    }
     dw[c] += (float)sdyx;
     db[c] += (float)sdy;
     float iv = lowp_invstd(var[c], eps);
