@@ -308,7 +308,7 @@ struct proto_embed {
 
 /* codes: assigner -> trainer.  Frames: header, q (f32 [n_assign, B, K]). */
 struct proto_codes_stats {
-    double entropy;          /* of the mean assignment, nats */
+    double entropy;          /* mean per-sample entropy of the codes, nats */
     uint32_t prototypes_used;
     double sinkhorn_ms;
     bool queue_used;
