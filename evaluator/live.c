@@ -1166,9 +1166,9 @@ static void drain_sub_monitor(struct live *L)
             /* A CURVE server may hang up on a plain client before the client
              * has read its greeting: then no HANDSHAKE_FAILED event comes. */
             if (L->sub_handshake == 0) {
-                LOG_LIMITED(SWAV_LOG_ERROR, "handshake with --sub %s failed: it closed the "
-                            "connection before the handshake ended (CURVE on one side only?) "
-                            "(retrying)", L->o->sub);
+                LOG_LIMITED(SWAV_LOG_ERROR, "handshake with --sub %s failed: the connection "
+                            "closed before it ended (CURVE on one side only, or the trainer "
+                            "stopped or gone?) (retrying)", L->o->sub);
             } else if (L->sub_handshake == 1) {
                 LOG_INFO("--sub %s: disconnected (reconnecting)", L->o->sub);
             }

@@ -644,8 +644,8 @@ static void on_monitor(struct loader *L, int k, int stopping)
             int64_t delay = 0;
             if (L->handshake[k] == 0) {
                 LOG_LIMITED(SWAV_LOG_ERROR,
-                            "handshake with %s failed: it closed the connection before the "
-                            "handshake ended (CURVE on one side only?) (retrying)",
+                            "handshake with %s failed: the connection closed before it ended "
+                            "(CURVE on one side only, or a consumer stopped or gone?) (retrying)",
                             L->endpoints[k]);
             }
             if (L->handshake[k] != 1) delay = L->cfg.beat_ms;
