@@ -1278,11 +1278,42 @@ extern "C" nn_backend_t *nn_backend_cuda_new(int device)
     b->base.iface = &cu_iface;
     b->device = device;
     b->managed = mem && !strcmp(mem, "managed");
-    CUDA_CHECK(cudaSetDevice(device));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
-    CUDNN_CHECK(cudnnCreate(&b->dnn));
+    /* The device's first touches fail cleanly (NULL and a line saying why):
+     * a GPU in exclusive-process mode that another process holds, a driver or
+     * library that does not start; after them, a failure is a bug: abort. */
+    cudaError_t st = cudaSetDevice(device);
+    if (st == cudaSuccess) {
+        st = cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking);
+    }
+    if (st != cudaSuccess) {
+        LOG_ERROR("cuda: device %d does not start: %s (%s)%s", device, cudaGetErrorString(st),
+                  cudaGetErrorName(st),
+                  st == cudaErrorDevicesUnavailable
+                      ? ": is it in exclusive-process mode and held by another process "
+                        "(nvidia-smi's compute mode)? Put the assigner and evaluator on the CPU "
+                        "(swav train --assigner_device cpu --eval_device cpu) or on another GPU"
+                      : "");
+        cudaGetLastError();
+        free(b);
+        return NULL;
+    }
+    cudnnStatus_t dst = cudnnCreate(&b->dnn);
+    if (dst != CUDNN_STATUS_SUCCESS) {
+        LOG_ERROR("cuda: cudnnCreate on device %d: %s (is libcudnn.so.9 the version we were "
+                  "built against, %d?)", device, cudnnGetErrorString(dst), CUDNN_VERSION);
+        cudaStreamDestroy(b->stream);
+        free(b);
+        return NULL;
+    }
     CUDNN_CHECK(cudnnSetStream(b->dnn, b->stream));
-    CUBLAS_CHECK(cublasCreate(&b->blas));
+    cublasStatus_t bst = cublasCreate(&b->blas);
+    if (bst != CUBLAS_STATUS_SUCCESS) {
+        LOG_ERROR("cuda: cublasCreate on device %d: %s", device, cublasGetStatusString(bst));
+        cudnnDestroy(b->dnn);
+        cudaStreamDestroy(b->stream);
+        free(b);
+        return NULL;
+    }
     CUBLAS_CHECK(cublasSetStream(b->blas, b->stream));
     const char *tf32 = getenv("SWAV_CUDA_TF32");
     int allow_tf32 = tf32 && tf32[0] == '1';
