@@ -1257,6 +1257,20 @@ extern "C" int nn_cuda_device_count(void)
     return swav_cuda_count(cu_count_error, sizeof cu_count_error);
 }
 
+/* nn_backend_cuda_new gives up: what it had made so far goes (the handles
+ * and the stream are made in that order, the missing ones are NULL). */
+static nn_backend_t *cu_new_failed(struct cuda_backend *b)
+{
+    if (b->dnn) {
+        cudnnDestroy(b->dnn);
+    }
+    if (b->stream) {
+        cudaStreamDestroy(b->stream);
+    }
+    free(b);
+    return NULL;
+}
+
 extern "C" nn_backend_t *nn_backend_cuda_new(int device)
 {
     int n = nn_cuda_device_count();
@@ -1294,25 +1308,19 @@ extern "C" nn_backend_t *nn_backend_cuda_new(int device)
                         "(swav train --assigner_device cpu --eval_device cpu) or on another GPU"
                       : "");
         cudaGetLastError();
-        free(b);
-        return NULL;
+        return cu_new_failed(b);
     }
     cudnnStatus_t dst = cudnnCreate(&b->dnn);
     if (dst != CUDNN_STATUS_SUCCESS) {
         LOG_ERROR("cuda: cudnnCreate on device %d: %s (is libcudnn.so.9 the version we were "
                   "built against, %d?)", device, cudnnGetErrorString(dst), CUDNN_VERSION);
-        cudaStreamDestroy(b->stream);
-        free(b);
-        return NULL;
+        return cu_new_failed(b);
     }
     CUDNN_CHECK(cudnnSetStream(b->dnn, b->stream));
     cublasStatus_t bst = cublasCreate(&b->blas);
     if (bst != CUBLAS_STATUS_SUCCESS) {
         LOG_ERROR("cuda: cublasCreate on device %d: %s", device, cublasGetStatusString(bst));
-        cudnnDestroy(b->dnn);
-        cudaStreamDestroy(b->stream);
-        free(b);
-        return NULL;
+        return cu_new_failed(b);
     }
     CUBLAS_CHECK(cublasSetStream(b->blas, b->stream));
     const char *tf32 = getenv("SWAV_CUDA_TF32");
